@@ -1,0 +1,238 @@
+"""The annotation data model.
+
+A ``Project`` holds prompts, responses and pairwise ``Comparison``s between two responses to
+one prompt. Annotators belong to ``Pool``s through a ``Membership`` that also carries their
+role. The queue hands out ``Assignment``s (one annotator, one comparison, the display order
+shown); a submitted assignment becomes exactly one ``Judgment``. Gold answers live in their
+own table (``GoldAnswer``) so that nothing that renders a comparison can leak them.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def content_hash(text: str) -> str:
+    """SHA-256 of the text, the key used to de-duplicate prompts and responses."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    RESEARCHER = "researcher", "Researcher"
+    ANNOTATOR = "annotator", "Annotator"
+
+
+class Choice(models.TextChoices):
+    """A judgment in terms of the underlying responses, whatever side they were shown on."""
+
+    A = "a", "A is better"
+    B = "b", "B is better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class Strength(models.IntegerChoices):
+    SLIGHT = 1, "Slightly better"
+    CLEAR = 2, "Clearly better"
+    MUCH = 3, "Much better"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    instructions = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    overlap = models.PositiveSmallIntegerField(
+        default=3, help_text="How many annotators must judge each comparison (k)."
+    )
+    gold_rate = models.FloatField(default=0.1, help_text="Share of served items that are gold (0-1).")
+    allow_ties = models.BooleanField(default=True)
+    assignment_timeout_s = models.PositiveIntegerField(
+        default=600, help_text="Seconds before an unanswered assignment returns to the queue."
+    )
+    show_accuracy_after = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Annotators see their own gold accuracy after this many gold tasks; empty = never.",
+    )
+    license = models.CharField(max_length=100, blank=True, default="")
+    current_round = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Pool(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pools")
+    name = models.CharField(max_length=100)
+    attributes = models.JSONField(default=dict, blank=True, help_text="Free attributes: region, language, expertise…")
+    target_share = models.FloatField(default=0.0, help_text="Target share of the judgments (0-1).")
+
+    class Meta:
+        ordering = ["project", "name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="pool_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.project}: {self.name}"
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.ANNOTATOR)
+    pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.SET_NULL, related_name="members")
+    excluded = models.BooleanField(default=False, help_text="Excluded annotators are not served; judgments are kept.")
+    weight_override = models.FloatField(
+        null=True, blank=True, help_text="Admin-set weight in [0, 1] replacing the computed one."
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} ({self.role})"
+
+
+class Prompt(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    text = models.TextField()
+    messages = models.JSONField(null=True, blank=True, help_text="The prompt as chat messages, when it is a chat.")
+    content_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "content_hash"], name="prompt_unique_hash")]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Response(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    text = models.TextField()
+    model_name = models.CharField(max_length=200, blank=True, default="")
+    content_hash = models.CharField(max_length=64)
+    round = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "content_hash", "model_name"], name="response_unique_hash")
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Comparison(models.Model):
+    """Two responses to one prompt. ``slots_taken`` = judgments + live assignments.
+
+    ``is_open`` is kept equal to ``slots_taken < project.overlap`` by the queue service so that
+    serving the next item is an index range scan, never a scan of all comparisons.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    response_a = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    response_b = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    round = models.PositiveIntegerField(default=0)
+    pair_hash = models.CharField(max_length=64, help_text="Order-independent hash of (prompt, response, response).")
+    metadata = models.JSONField(default=dict, blank=True)
+    source_preference = models.CharField(
+        max_length=1,
+        blank=True,
+        default="",
+        help_text="Provenance of imported TRL/HH lines: which response the source preferred. Never shown.",
+    )
+    is_gold = models.BooleanField(default=False)
+    is_open = models.BooleanField(default=True)
+    slots_taken = models.PositiveIntegerField(default=0)
+    n_judgments = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "round", "pair_hash"], name="comparison_unique_pair")
+        ]
+        indexes = [
+            models.Index(fields=["project", "is_gold", "is_open", "id"], name="comparison_queue_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk}"
+
+
+class GoldAnswer(models.Model):
+    """The known answer of a calibration comparison. Never rendered to annotators."""
+
+    comparison = models.OneToOneField(Comparison, on_delete=models.CASCADE, related_name="gold")
+    answer = models.CharField(max_length=8, choices=Choice.choices)
+
+    def __str__(self) -> str:
+        return f"Gold {self.comparison_id}: {self.answer}"
+
+
+class AssignmentStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped"
+    EXPIRED = "expired", "Expired"
+
+
+class Assignment(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    a_on_left = models.BooleanField(help_text="Whether response A was displayed on the left.")
+    status = models.CharField(max_length=10, choices=AssignmentStatus.choices, default=AssignmentStatus.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "comparison"], name="assignment_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["project", "status", "expires_at"], name="assignment_expiry_idx"),
+            models.Index(fields=["annotator", "project", "status"], name="assignment_annotator_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Assignment {self.pk} ({self.status})"
+
+
+class Judgment(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments")
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgment"
+    )
+    pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    a_on_left = models.BooleanField(help_text="Whether response A was displayed on the left.")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    strength = models.PositiveSmallIntegerField(choices=Strength.choices, null=True, blank=True)
+    rationale = models.TextField(blank=True, default="")
+    seconds = models.FloatField(null=True, blank=True, help_text="Time spent on the item.")
+    source = models.CharField(max_length=100, blank=True, default="", help_text="'' for the app; else the import.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "comparison"], name="judgment_once_per_annotator"),
+        ]
+        indexes = [models.Index(fields=["project", "created_at"], name="judgment_project_time_idx")]
+
+    def __str__(self) -> str:
+        return f"Judgment {self.pk}: {self.choice}"

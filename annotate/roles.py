@@ -1,0 +1,52 @@
+"""Project roles: who may do what in a project.
+
+Every view and API endpoint calls one of these. A superuser counts as a project admin.
+"""
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404
+
+from .models import Membership, Project, Role
+
+# Roles that may read a project's aggregated data and statistics.
+READ_ROLES = (Role.ADMIN, Role.RESEARCHER)
+
+
+def membership(user, project: Project) -> Membership | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, project=project).select_related("pool").first()
+
+
+def role_of(user, project: Project) -> str | None:
+    if user.is_authenticated and user.is_superuser:
+        return Role.ADMIN
+    m = membership(user, project)
+    return m.role if m else None
+
+
+def has_role(user, project: Project, *roles: str) -> bool:
+    return role_of(user, project) in roles
+
+
+def require_role(user, project: Project, *roles: str) -> str:
+    """Return the user's role, or raise PermissionDenied if it is not one of ``roles``."""
+    role = role_of(user, project)
+    if role not in roles:
+        raise PermissionDenied("You do not have the required role in this project.")
+    return role
+
+
+def project_for(user, project_id: int, *roles: str) -> Project:
+    """The project, 404 if missing, 403 unless the user has one of ``roles`` in it."""
+    project = get_object_or_404(Project, pk=project_id)
+    require_role(user, project, *roles)
+    return project
+
+
+def visible_projects(user):
+    """Projects the user has any role in."""
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user).distinct()
