@@ -1,0 +1,351 @@
+"""The annotation queue: which comparison an annotator judges next, and the writes that follow.
+
+Invariants kept here and nowhere else:
+
+* ``Comparison.slots_taken`` = judgments + live (active) assignments, and
+  ``Comparison.is_open`` = ``slots_taken < project.overlap`` for regular comparisons (gold
+  comparisons stay open: every annotator may be served each gold item once).
+* A comparison is never pushed past its overlap: the candidate rows are locked
+  (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite runs write transactions one at
+  a time) and the slot count is re-read under the lock before it is taken.
+* An annotator is never served a comparison they judged, skipped or hold; an expired
+  assignment returns its slot to the queue.
+
+Serving the next item reads a bounded number of rows through the
+``comparison_queue_idx`` index (project, is_gold, is_open, id): it never scans all
+comparisons.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
+from django.utils import timezone
+
+from .models import (
+    Assignment,
+    AssignmentStatus,
+    Choice,
+    Comparison,
+    Judgment,
+    Membership,
+    Project,
+    Role,
+    Strength,
+)
+
+# How many open comparisons are considered (and locked) per request to restore pool balance.
+CANDIDATES = 16
+
+_rng = random.SystemRandom()
+
+
+class QueueError(Exception):
+    """A request the queue refuses, with a message fit for the annotator."""
+
+
+class NotAnAnnotator(QueueError):
+    pass
+
+
+class AssignmentGone(QueueError):
+    """The assignment expired and its comparison has since been filled by others."""
+
+
+@dataclass
+class Progress:
+    done: int
+    skipped: int
+    remaining: int
+
+    @property
+    def total(self) -> int:
+        return self.done + self.remaining
+
+
+def annotator_membership(annotator, project: Project) -> Membership:
+    m = Membership.objects.filter(user=annotator, project=project).select_related("pool").first()
+    if m is None or m.role != Role.ANNOTATOR:
+        raise NotAnAnnotator("You are not an annotator in this project.")
+    if m.excluded:
+        raise NotAnAnnotator("An admin has paused your work in this project.")
+    return m
+
+
+def _open_expr(project: Project):
+    return ExpressionWrapper(Q(is_gold=True) | Q(slots_taken__lt=project.overlap), output_field=BooleanField())
+
+
+def _release_slots(project: Project, comparison_ids: list[int]) -> None:
+    """Give one slot back per id (ids may repeat) and re-open the comparisons."""
+    counts: dict[int, int] = {}
+    for cid in comparison_ids:
+        counts[cid] = counts.get(cid, 0) + 1
+    for cid, n in counts.items():
+        Comparison.objects.filter(pk=cid).update(slots_taken=F("slots_taken") - n)
+    if counts:
+        Comparison.objects.filter(pk__in=list(counts)).update(is_open=_open_expr(project))
+
+
+def expire_stale(project: Project, now: datetime | None = None) -> int:
+    """Mark active assignments past their deadline expired and return their slots."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        stale = list(
+            _lock(
+                Assignment.objects.filter(project=project, status=AssignmentStatus.ACTIVE, expires_at__lt=now)
+            ).values_list("pk", "comparison_id")
+        )
+        if not stale:
+            return 0
+        Assignment.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=AssignmentStatus.EXPIRED)
+        _release_slots(project, [cid for _, cid in stale])
+    return len(stale)
+
+
+def _lock(qs):
+    """Row locks where the database has them; SQLite serializes write transactions instead."""
+    if connection.features.has_select_for_update_skip_locked:
+        return qs.select_for_update(skip_locked=True)
+    return qs
+
+
+def current_assignment(annotator, project: Project, now: datetime | None = None) -> Assignment | None:
+    now = now or timezone.now()
+    return (
+        Assignment.objects.filter(
+            annotator=annotator, project=project, status=AssignmentStatus.ACTIVE, expires_at__gte=now
+        )
+        .select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+        .order_by("created_at")
+        .first()
+    )
+
+
+def next_assignment(annotator, project: Project, *, now: datetime | None = None, rng=None) -> Assignment | None:
+    """The annotator's current assignment, or a newly claimed one; None when nothing is left.
+
+    With probability ``project.gold_rate`` a gold comparison the annotator has not seen is
+    served instead of a regular one; both look the same to the annotator.
+    """
+    rng = rng or _rng
+    now = now or timezone.now()
+    membership = annotator_membership(annotator, project)
+    held = current_assignment(annotator, project, now)
+    if held is not None:
+        return held
+    expire_stale(project, now)
+    want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
+    order = (True, False) if want_gold else (False, True)
+    for gold in order:
+        assignment = _claim(annotator, project, membership, gold=gold, now=now, rng=rng)
+        if assignment is not None:
+            return assignment
+    return None
+
+
+def _seen_ids(annotator, project: Project):
+    """Comparisons this annotator may not be served: judged, skipped or held (not expired)."""
+    return Assignment.objects.filter(annotator=annotator, project=project).exclude(
+        status=AssignmentStatus.EXPIRED
+    ).values("comparison_id")
+
+
+def _pool_targets(project: Project) -> dict[int, float]:
+    pools = list(project.pools.values_list("pk", "target_share"))
+    total = sum(share for _, share in pools if share > 0)
+    if total <= 0:
+        return {}
+    return {pk: share / total for pk, share in pools if share > 0}
+
+
+def _claim(annotator, project: Project, membership: Membership, *, gold: bool, now, rng) -> Assignment | None:
+    with transaction.atomic():
+        candidates = list(
+            _lock(
+                Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
+                .exclude(pk__in=_seen_ids(annotator, project))
+                .order_by("pk")
+            ).only("pk", "slots_taken", "is_gold")[:CANDIDATES]
+        )
+        if not gold:
+            candidates = [c for c in candidates if c.slots_taken < project.overlap]
+        if not candidates:
+            return None
+        chosen = _most_needed(project, membership, candidates) if not gold else rng.choice(candidates)
+        Comparison.objects.filter(pk=chosen.pk).update(slots_taken=F("slots_taken") + 1)
+        Comparison.objects.filter(pk=chosen.pk).update(is_open=_open_expr(project))
+        expires = now + timedelta(seconds=project.assignment_timeout_s)
+        a_on_left = rng.random() < 0.5
+        assignment, _ = Assignment.objects.update_or_create(
+            annotator=annotator,
+            comparison_id=chosen.pk,
+            defaults=dict(
+                project=project,
+                pool=membership.pool,
+                a_on_left=a_on_left,
+                status=AssignmentStatus.ACTIVE,
+                expires_at=expires,
+                finished_at=None,
+            ),
+        )
+    return (
+        Assignment.objects.select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+        .get(pk=assignment.pk)
+    )
+
+
+def _most_needed(project: Project, membership: Membership, candidates: list[Comparison]) -> Comparison:
+    """The candidate on which the annotator's pool is furthest below its target share.
+
+    deficit = target_share(pool) × overlap − judgments and live assignments from the pool.
+    Ties go to the oldest comparison, so work finishes in import order.
+    """
+    targets = _pool_targets(project)
+    pool_id = membership.pool_id
+    if not targets or pool_id not in targets:
+        return candidates[0]
+    taken = dict(
+        Assignment.objects.filter(
+            comparison_id__in=[c.pk for c in candidates],
+            pool_id=pool_id,
+            status__in=[AssignmentStatus.ACTIVE, AssignmentStatus.DONE],
+        )
+        .values("comparison_id")
+        .annotate(n=Count("pk"))
+        .values_list("comparison_id", "n")
+    )
+    target = targets[pool_id] * project.overlap
+    return max(candidates, key=lambda c: (target - taken.get(c.pk, 0), -c.pk))
+
+
+SHOWN_CHOICES = ("left", "right", "tie", "both_bad")
+
+
+def to_underlying(a_on_left: bool, shown: str) -> str:
+    """Map a choice in terms of what was shown (left/right) to the underlying responses (a/b)."""
+    if shown == "left":
+        return Choice.A if a_on_left else Choice.B
+    if shown == "right":
+        return Choice.B if a_on_left else Choice.A
+    if shown in (Choice.TIE, Choice.BOTH_BAD):
+        return shown
+    raise QueueError(f"Unknown choice {shown!r}: expected one of {', '.join(SHOWN_CHOICES)}.")
+
+
+def submit_judgment(
+    annotator,
+    assignment_id: int,
+    *,
+    choice: str,
+    strength: int | None = None,
+    rationale: str = "",
+    seconds: float | None = None,
+    now: datetime | None = None,
+) -> Judgment:
+    """Record the annotator's judgment on their assignment. Idempotent: a second submit of the
+    same assignment returns the first judgment and writes nothing.
+
+    ``choice`` is in displayed terms: left, right, tie or both_bad.
+    Raises Assignment.DoesNotExist for an assignment that is not the annotator's.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        assignment = (
+            Assignment.objects.select_for_update()
+            .select_related("project")
+            .get(pk=assignment_id, annotator=annotator)
+        )
+        project = assignment.project
+        if assignment.status == AssignmentStatus.DONE:
+            return Judgment.objects.get(annotator=annotator, comparison_id=assignment.comparison_id)
+        if assignment.status == AssignmentStatus.SKIPPED:
+            raise QueueError("You skipped this item.")
+        underlying = to_underlying(assignment.a_on_left, choice)
+        if underlying == Choice.TIE and not project.allow_ties:
+            raise QueueError("Ties are not allowed in this project.")
+        if strength is not None and strength not in Strength.values:
+            raise QueueError(f"Unknown strength {strength!r}: expected 1, 2 or 3.")
+        if underlying in (Choice.TIE, Choice.BOTH_BAD):
+            strength = None
+        if assignment.status == AssignmentStatus.EXPIRED:
+            # The slot went back to the queue: take it again if the comparison still has room.
+            comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+            if not comparison.is_gold and comparison.slots_taken >= project.overlap:
+                raise AssignmentGone("This item expired and others have judged it meanwhile.")
+            Comparison.objects.filter(pk=comparison.pk).update(slots_taken=F("slots_taken") + 1)
+        elapsed = (now - assignment.created_at).total_seconds()
+        if seconds is None or not (0 < seconds <= max(elapsed, 0) + 5):
+            seconds = max(elapsed, 0.0)
+        try:
+            with transaction.atomic():
+                judgment = Judgment.objects.create(
+                    project=project,
+                    comparison_id=assignment.comparison_id,
+                    annotator=annotator,
+                    assignment=assignment,
+                    pool=assignment.pool,
+                    a_on_left=assignment.a_on_left,
+                    choice=underlying,
+                    strength=strength,
+                    rationale=(rationale or "").strip(),
+                    seconds=round(float(seconds), 3),
+                )
+        except IntegrityError:
+            return Judgment.objects.get(annotator=annotator, comparison_id=assignment.comparison_id)
+        assignment.status = AssignmentStatus.DONE
+        assignment.finished_at = now
+        assignment.save(update_fields=["status", "finished_at"])
+        Comparison.objects.filter(pk=assignment.comparison_id).update(n_judgments=F("n_judgments") + 1)
+        Comparison.objects.filter(pk=assignment.comparison_id).update(is_open=_open_expr(project))
+    return judgment
+
+
+def skip(annotator, assignment_id: int, *, now: datetime | None = None) -> Assignment:
+    """Give the item back; the annotator is not served it again."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        assignment = Assignment.objects.select_for_update().select_related("project").get(
+            pk=assignment_id, annotator=annotator
+        )
+        if assignment.status == AssignmentStatus.ACTIVE:
+            assignment.status = AssignmentStatus.SKIPPED
+            assignment.finished_at = now
+            assignment.save(update_fields=["status", "finished_at"])
+            _release_slots(assignment.project, [assignment.comparison_id])
+        elif assignment.status == AssignmentStatus.EXPIRED:
+            assignment.status = AssignmentStatus.SKIPPED
+            assignment.finished_at = now
+            assignment.save(update_fields=["status", "finished_at"])
+    return assignment
+
+
+def progress(annotator, project: Project) -> Progress:
+    """Done and skipped by this annotator; remaining = open regular comparisons not yet theirs."""
+    mine = dict(
+        Assignment.objects.filter(annotator=annotator, project=project)
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    open_total = Comparison.objects.filter(project=project, is_gold=False, is_open=True).count()
+    mine_open = Assignment.objects.filter(
+        annotator=annotator,
+        project=project,
+        comparison__is_gold=False,
+        comparison__is_open=True,
+    ).exclude(status=AssignmentStatus.EXPIRED).count()
+    return Progress(
+        done=mine.get(AssignmentStatus.DONE, 0),
+        skipped=mine.get(AssignmentStatus.SKIPPED, 0),
+        remaining=max(open_total - mine_open, 0),
+    )
+
+
+def shown_pair(assignment: Assignment):
+    """(left response, right response) in the order this annotator sees them."""
+    c = assignment.comparison
+    return (c.response_a, c.response_b) if assignment.a_on_left else (c.response_b, c.response_a)
