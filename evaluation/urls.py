@@ -1,3 +1,6 @@
-from django.urls import path  # noqa: F401
+from django.urls import include, path
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", include("evaluation.quality_urls")),
+    path("", include("evaluation.export_urls")),
+]
