@@ -95,7 +95,16 @@ class Export(models.Model):
     content_hash = models.CharField(max_length=64, blank=True, default="")
     n_rows = models.PositiveIntegerField(default=0)
     stats = models.JSONField(default=dict, blank=True)
+    step = models.CharField(max_length=200, blank=True, default="", help_text="What the build is doing now.")
+    salt = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="Secret key of this export's annotator pseudonyms. Never written to a file or an API.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -1,0 +1,175 @@
+"""Forms of the project pages. They parse and validate input; the views call the services."""
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+
+from .models import Membership, Pool, Project, Role, Strength
+from .queue import SHOWN_CHOICES
+
+
+class ProjectForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = [
+            "name",
+            "instructions",
+            "overlap",
+            "gold_rate",
+            "allow_ties",
+            "assignment_timeout_s",
+            "show_accuracy_after",
+            "license",
+        ]
+        labels = {
+            "instructions": "Instructions (Markdown)",
+            "overlap": "Overlap k",
+            "gold_rate": "Gold share",
+            "allow_ties": "Ties allowed",
+            "assignment_timeout_s": "Assignment timeout (seconds)",
+            "show_accuracy_after": "Show annotators their gold accuracy after",
+        }
+        help_texts = {
+            "overlap": "How many annotators judge each comparison.",
+            "gold_rate": "Share of served items that are gold (calibration) tasks, 0 to 1.",
+            "show_accuracy_after": "Number of gold tasks; leave empty to never show it.",
+            "license": "License of the collected judgments, e.g. CC-BY-4.0.",
+        }
+        widgets = {
+            "instructions": forms.Textarea(attrs={"rows": 10, "class": "mono"}),
+            "gold_rate": forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1"}),
+            "overlap": forms.NumberInput(attrs={"min": "1", "max": "50"}),
+            "assignment_timeout_s": forms.NumberInput(attrs={"min": "30", "step": "30"}),
+        }
+
+    def clean_overlap(self):
+        k = self.cleaned_data["overlap"]
+        if not 1 <= k <= 50:
+            raise forms.ValidationError("Overlap must be between 1 and 50.")
+        return k
+
+    def clean_gold_rate(self):
+        rate = self.cleaned_data["gold_rate"]
+        if not 0.0 <= rate <= 1.0:
+            raise forms.ValidationError("The gold share is a fraction between 0 and 1.")
+        return rate
+
+    def clean_assignment_timeout_s(self):
+        t = self.cleaned_data["assignment_timeout_s"]
+        if t < 30:
+            raise forms.ValidationError("Give annotators at least 30 seconds.")
+        return t
+
+
+class PoolForm(forms.ModelForm):
+    attributes = forms.JSONField(
+        required=False,
+        initial=dict,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "mono", "placeholder": '{"region": "EU", "language": "en"}'}),
+        help_text='A JSON object, e.g. {"region": "EU", "language": "en", "expertise": "software"}.',
+    )
+
+    class Meta:
+        model = Pool
+        fields = ["name", "attributes", "target_share"]
+        labels = {"target_share": "Target share"}
+        help_texts = {"target_share": "Share of the judgments this pool should contribute, 0 to 1."}
+        widgets = {"target_share": forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1"})}
+
+    def __init__(self, *args, project: Project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.instance.project = project
+
+    def clean_attributes(self):
+        value = self.cleaned_data.get("attributes")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Attributes must be a JSON object such as {"region": "EU"}.')
+        return value
+
+    def clean_target_share(self):
+        share = self.cleaned_data["target_share"]
+        if not 0.0 <= share <= 1.0:
+            raise forms.ValidationError("The target share is a fraction between 0 and 1.")
+        return share
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        clash = Pool.objects.filter(project=self.project, name__iexact=name).exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise forms.ValidationError("This project already has a pool with that name.")
+        return name
+
+
+def _pool_field(project: Project) -> forms.ModelChoiceField:
+    return forms.ModelChoiceField(queryset=project.pools.all(), required=False, empty_label="— no pool —")
+
+
+class AddMemberForm(forms.Form):
+    username = forms.CharField(max_length=150, help_text="An existing user account.")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.ANNOTATOR)
+
+    def __init__(self, *args, project: Project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.fields["pool"] = _pool_field(project)
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            raise forms.ValidationError(f"There is no user called {username!r}.")
+        if Membership.objects.filter(project=self.project, user=user).exists():
+            raise forms.ValidationError(f"{username} is already a member of this project.")
+        self.cleaned_data["user"] = user
+        return username
+
+
+class MemberChangeForm(forms.ModelForm):
+    """Role and pool of one member (exclusion has its own buttons). ``form_id`` ties the
+    inputs, rendered in table cells, to the row's <form> element."""
+
+    class Meta:
+        model = Membership
+        fields = ["role", "pool"]
+
+    def __init__(self, *args, project: Project, form_id: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["pool"] = _pool_field(project)
+        if form_id:
+            for f in self.fields.values():
+                f.widget.attrs["form"] = form_id
+                f.widget.attrs["aria-label"] = f.label
+
+
+class ImportForm(forms.Form):
+    FORMATS = [("", "Detect from the file name"), ("jsonl", "JSON Lines"), ("csv", "CSV")]
+
+    file = forms.FileField(help_text="JSONL or CSV. The whole file is checked before anything is imported.")
+    fmt = forms.ChoiceField(choices=FORMATS, required=False, label="Format")
+    round = forms.IntegerField(
+        required=False, min_value=0, help_text="Model round of these responses; empty = the project's current round."
+    )
+    token = forms.CharField(required=False, widget=forms.HiddenInput, max_length=64)
+
+
+class JudgmentForm(forms.Form):
+    """The annotator's submit, in the terms shown on screen (left/right)."""
+
+    assignment = forms.IntegerField(min_value=1)
+    choice = forms.ChoiceField(choices=[(c, c) for c in SHOWN_CHOICES])
+    strength = forms.TypedChoiceField(
+        choices=[("", "")] + [(str(v), label) for v, label in Strength.choices],
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+    rationale = forms.CharField(required=False, max_length=5000)
+    seconds = forms.FloatField(required=False, min_value=0)
+
+    def clean_seconds(self):
+        s = self.cleaned_data.get("seconds")
+        return s if s and s > 0 else None

@@ -1,0 +1,466 @@
+"""REST serializers for the annotate app.
+
+What an annotator can receive is deliberately narrow: the queue item (``QueueItemSerializer``)
+and their own judgments (``OwnJudgmentSerializer``) speak only in *shown* terms (left/right),
+never name response A or B, a model, a gold answer, a comparison's provenance
+(``source_preference``), its metadata or anybody else's judgment. Admin and researcher
+serializers never carry gold answers either; ``GoldAnswerSerializer`` is admin-only.
+"""
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .models import (
+    Assignment,
+    AssignmentStatus,
+    Choice,
+    Comparison,
+    GoldAnswer,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    Strength,
+)
+from .queue import SHOWN_CHOICES, shown_pair
+
+# Sums of target shares may exceed 1 by rounding only.
+SHARE_EPSILON = 1e-6
+MAX_RATIONALE_CHARS = 10_000
+
+
+def to_shown(a_on_left: bool, choice: str) -> str:
+    """A stored choice (a/b/tie/both_bad) in the terms the annotator saw (left/right/…).
+
+    The inverse of ``annotate.queue.to_underlying``.
+    """
+    if choice == Choice.A:
+        return "left" if a_on_left else "right"
+    if choice == Choice.B:
+        return "right" if a_on_left else "left"
+    return str(choice)
+
+
+# --- projects, pools, memberships ------------------------------------------------------------
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    """A project. Annotators receive only ``id``, ``name``, ``instructions``, ``allow_ties``,
+    ``role`` and ``created_at``; the queue settings are for admins and researchers."""
+
+    role = serializers.SerializerMethodField(help_text="Your role in this project.")
+
+    ANNOTATOR_FIELDS = ("id", "name", "instructions", "allow_ties", "role", "created_at")
+
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "name",
+            "instructions",
+            "overlap",
+            "gold_rate",
+            "allow_ties",
+            "assignment_timeout_s",
+            "show_accuracy_after",
+            "license",
+            "current_round",
+            "role",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at", "role"]
+
+    @extend_schema_field(
+        serializers.ChoiceField(choices=Role.choices, allow_null=True, help_text="Your role in this project.")
+    )
+    def get_role(self, project: Project) -> str | None:
+        roles = self.context.get("roles") or {}
+        return roles.get(project.pk)
+
+    def to_representation(self, project: Project):
+        data = super().to_representation(project)
+        if data.get("role") == Role.ANNOTATOR:
+            data = {k: v for k, v in data.items() if k in self.ANNOTATOR_FIELDS}
+        return data
+
+    def validate_overlap(self, value: int) -> int:
+        if value < 1:
+            raise serializers.ValidationError("The overlap must be at least 1.")
+        return value
+
+    def validate_gold_rate(self, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise serializers.ValidationError("The gold rate is a share between 0 and 1.")
+        return value
+
+    def validate_assignment_timeout_s(self, value: int) -> int:
+        if value < 10:
+            raise serializers.ValidationError("The assignment timeout must be at least 10 seconds.")
+        return value
+
+
+class PoolSerializer(serializers.ModelSerializer):
+    members = serializers.SerializerMethodField(help_text="Annotators in this pool.")
+
+    class Meta:
+        model = Pool
+        fields = ["id", "name", "attributes", "target_share", "members"]
+        read_only_fields = ["id", "members"]
+
+    def get_members(self, pool: Pool) -> int:
+        n = getattr(pool, "n_members", None)
+        return n if n is not None else pool.members.filter(role=Role.ANNOTATOR).count()
+
+    def validate_attributes(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Attributes are an object of names and values.")
+        return value
+
+    def validate_target_share(self, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise serializers.ValidationError("The target share is between 0 and 1.")
+        return value
+
+    def validate(self, attrs):
+        project: Project = self.context["project"]
+        others = Pool.objects.filter(project=project)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        if name is not None and others.filter(name=name).exists():
+            raise serializers.ValidationError({"name": "A pool with this name already exists in the project."})
+        share = attrs.get("target_share", getattr(self.instance, "target_share", 0.0))
+        total = share + sum(others.values_list("target_share", flat=True))
+        if total > 1.0 + SHARE_EPSILON:
+            raise serializers.ValidationError(
+                {"target_share": f"The project's target shares would add up to {total:.3g}; they must not exceed 1."}
+            )
+        return attrs
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(
+        source="user.username", help_text="The user to add; cannot be changed once the membership exists."
+    )
+    pool = serializers.PrimaryKeyRelatedField(
+        queryset=Pool.objects.all(), allow_null=True, required=False, help_text="The annotator's pool (id)."
+    )
+
+    class Meta:
+        model = Membership
+        fields = ["id", "username", "role", "pool", "excluded", "weight_override"]
+        read_only_fields = ["id"]
+
+    def validate_username(self, value: str):
+        if self.instance is not None:
+            if value != self.instance.user.username:
+                raise serializers.ValidationError(
+                    "The user of a membership cannot be changed; add a new membership instead."
+                )
+            return value
+        user = get_user_model().objects.filter(username=value).first()
+        if user is None:
+            raise serializers.ValidationError(f"No user named {value!r}.")
+        project: Project = self.context["project"]
+        if Membership.objects.filter(project=project, user=user).exists():
+            raise serializers.ValidationError(f"{value!r} is already a member of this project.")
+        return value
+
+    def validate_pool(self, pool: Pool | None):
+        project: Project = self.context["project"]
+        if pool is not None and pool.project_id != project.pk:
+            raise serializers.ValidationError("This pool belongs to another project.")
+        return pool
+
+    def validate_weight_override(self, value):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise serializers.ValidationError("A weight is between 0 and 1.")
+        return value
+
+    def validate(self, attrs):
+        project: Project = self.context["project"]
+        if self.instance is not None and self.instance.role == Role.ADMIN:
+            new_role = attrs.get("role", self.instance.role)
+            if new_role != Role.ADMIN and not (
+                Membership.objects.filter(project=project, role=Role.ADMIN).exclude(pk=self.instance.pk).exists()
+            ):
+                raise serializers.ValidationError({"role": "A project keeps at least one admin."})
+        return attrs
+
+    def create(self, validated_data):
+        user_data = validated_data.pop("user")
+        user = get_user_model().objects.get(username=user_data["username"])
+        return Membership.objects.create(project=self.context["project"], user=user, **validated_data)
+
+    def update(self, instance, validated_data):
+        validated_data.pop("user", None)
+        return super().update(instance, validated_data)
+
+
+# --- comparisons and import ------------------------------------------------------------------
+
+
+class PromptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Prompt
+        fields = ["id", "text", "messages"]
+
+
+class ResponseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Response
+        fields = ["id", "text", "model_name", "round"]
+
+
+class ComparisonSerializer(serializers.ModelSerializer):
+    """A comparison for admins and researchers: responses A and B with model names, counts.
+    Never its gold answer nor the provenance preference of TRL/HH imports."""
+
+    prompt = PromptSerializer(read_only=True)
+    response_a = ResponseSerializer(read_only=True)
+    response_b = ResponseSerializer(read_only=True)
+
+    class Meta:
+        model = Comparison
+        fields = [
+            "id",
+            "round",
+            "prompt",
+            "response_a",
+            "response_b",
+            "metadata",
+            "is_gold",
+            "is_open",
+            "slots_taken",
+            "n_judgments",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class GoldAnswerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GoldAnswer
+        fields = ["comparison", "answer"]
+        read_only_fields = fields
+
+
+IMPORT_FORMATS = ("jsonl", "csv")
+
+
+class ImportUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="A JSONL or CSV file.")
+    format = serializers.ChoiceField(
+        choices=IMPORT_FORMATS, required=False, help_text="Detected from the file name when left out."
+    )
+    round = serializers.IntegerField(
+        min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
+    )
+
+
+class ImportLinesSerializer(serializers.Serializer):
+    lines = serializers.ListField(
+        child=serializers.JSONField(),
+        allow_empty=False,
+        help_text='The JSONL lines as objects: {"prompt", "response_a", "response_b"[, "model_a", "model_b", '
+        '"metadata", "gold"]} or {"prompt", "chosen", "rejected"}. Line numbers in errors count from 1.',
+    )
+    round = serializers.IntegerField(
+        min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
+    )
+
+
+class ImportResultSerializer(serializers.Serializer):
+    lines = serializers.IntegerField()
+    created = serializers.IntegerField(help_text="New comparisons.")
+    duplicates = serializers.IntegerField(help_text="Lines whose comparison already existed.")
+    gold = serializers.IntegerField(help_text="New gold comparisons.")
+    prompts_created = serializers.IntegerField()
+    responses_created = serializers.IntegerField()
+
+
+class LineErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField(help_text="1-based line number; 0 for the file or request as a whole.")
+    field = serializers.CharField(allow_blank=True, help_text="The field at fault; empty for the whole line.")
+    message = serializers.CharField()
+
+
+class ImportErrorsSerializer(serializers.Serializer):
+    errors = LineErrorSerializer(many=True)
+
+
+# --- the annotator's queue -------------------------------------------------------------------
+
+
+class ShownResponseSerializer(serializers.Serializer):
+    text = serializers.CharField()
+
+
+class QueueProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField(help_text="Items this annotator has judged.")
+    remaining = serializers.IntegerField(help_text="Items still open to this annotator.")
+
+
+class QueueItemSerializer(serializers.Serializer):
+    """One item to judge, exactly as the annotator sees it. Serializes an ``Assignment`` whose
+    comparison, prompt and responses are loaded; needs ``progress`` and ``project`` in context.
+    """
+
+    assignment_id = serializers.IntegerField(source="pk")
+    prompt = serializers.CharField(source="comparison.prompt.text")
+    prompt_messages = serializers.JSONField(
+        source="comparison.prompt.messages", allow_null=True, help_text="The prompt as chat messages, if a chat."
+    )
+    left = serializers.SerializerMethodField()
+    right = serializers.SerializerMethodField()
+    allow_ties = serializers.SerializerMethodField()
+    expires_at = serializers.DateTimeField()
+    progress = serializers.SerializerMethodField()
+
+    @extend_schema_field(ShownResponseSerializer)
+    def get_left(self, assignment: Assignment):
+        return {"text": shown_pair(assignment)[0].text}
+
+    @extend_schema_field(ShownResponseSerializer)
+    def get_right(self, assignment: Assignment):
+        return {"text": shown_pair(assignment)[1].text}
+
+    def get_allow_ties(self, assignment: Assignment) -> bool:
+        return bool(self.context["project"].allow_ties)
+
+    @extend_schema_field(QueueProgressSerializer)
+    def get_progress(self, assignment: Assignment):
+        p = self.context["progress"]
+        return {"done": p.done, "remaining": p.remaining}
+
+
+class AssignmentSerializer(QueueItemSerializer):
+    """One of the annotator's own assignments, in shown terms, with its status."""
+
+    status = serializers.ChoiceField(choices=AssignmentStatus.choices)
+
+
+class JudgmentInputSerializer(serializers.Serializer):
+    choice = serializers.ChoiceField(
+        choices=SHOWN_CHOICES, help_text="In the terms shown: the left or right response, a tie, or both bad."
+    )
+    strength = serializers.ChoiceField(
+        choices=Strength.choices,
+        allow_null=True,
+        required=False,
+        help_text="1 slightly, 2 clearly, 3 much better; ignored for tie and both_bad.",
+    )
+    rationale = serializers.CharField(
+        allow_blank=True, required=False, default="", max_length=MAX_RATIONALE_CHARS, trim_whitespace=True
+    )
+    seconds = serializers.FloatField(
+        min_value=0, allow_null=True, required=False, help_text="Time spent; the server's clock when implausible."
+    )
+
+
+class OwnJudgmentSerializer(serializers.ModelSerializer):
+    """A judgment of the requesting annotator, in the terms they saw."""
+
+    assignment_id = serializers.IntegerField(allow_null=True, read_only=True)
+    choice = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Judgment
+        fields = ["id", "assignment_id", "choice", "strength", "rationale", "seconds", "created_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=SHOWN_CHOICES))
+    def get_choice(self, judgment: Judgment) -> str:
+        return to_shown(judgment.a_on_left, judgment.choice)
+
+
+class OwnJudgmentDetailSerializer(OwnJudgmentSerializer):
+    """An own judgment with the prompt and the two responses as they were shown."""
+
+    prompt = serializers.CharField(source="comparison.prompt.text", read_only=True)
+    left = serializers.SerializerMethodField()
+    right = serializers.SerializerMethodField()
+
+    class Meta(OwnJudgmentSerializer.Meta):
+        fields = ["id", "assignment_id", "prompt", "left", "right", "choice", "strength", "rationale", "seconds",
+                  "created_at"]
+        read_only_fields = fields
+
+    def _pair(self, judgment: Judgment):
+        c = judgment.comparison
+        return (c.response_a, c.response_b) if judgment.a_on_left else (c.response_b, c.response_a)
+
+    @extend_schema_field(ShownResponseSerializer)
+    def get_left(self, judgment: Judgment):
+        return {"text": self._pair(judgment)[0].text}
+
+    @extend_schema_field(ShownResponseSerializer)
+    def get_right(self, judgment: Judgment):
+        return {"text": self._pair(judgment)[1].text}
+
+
+class SubmitResultSerializer(serializers.Serializer):
+    judgment = OwnJudgmentSerializer()
+    next = QueueItemSerializer(allow_null=True, help_text="The next item, or null when the queue is empty.")
+    progress = QueueProgressSerializer()
+
+
+class SkipResultSerializer(serializers.Serializer):
+    assignment_id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=AssignmentStatus.choices)
+    next = QueueItemSerializer(allow_null=True, help_text="The next item, or null when the queue is empty.")
+    progress = QueueProgressSerializer()
+
+
+class GoneSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    next = QueueItemSerializer(allow_null=True, help_text="The next item, or null when the queue is empty.")
+    progress = QueueProgressSerializer()
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+class AnnotatorProgressSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=["annotator"])
+    done = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+
+
+class PoolProgressSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    target_share = serializers.FloatField(help_text="The pool's target share, normalized over the project's pools.")
+    judgments = serializers.IntegerField(help_text="Judgments on regular comparisons by this pool.")
+    share = serializers.FloatField(help_text="This pool's share of the regular judgments so far.")
+
+
+class ProjectProgressSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=["project"])
+    overlap = serializers.IntegerField()
+    comparisons = serializers.IntegerField(help_text="Regular (non-gold) comparisons.")
+    gold_comparisons = serializers.IntegerField()
+    complete = serializers.IntegerField(help_text="Regular comparisons with all their judgments.")
+    open = serializers.IntegerField(help_text="Regular comparisons still taking new assignments.")
+    judgments = serializers.IntegerField(help_text="All judgments, gold included.")
+    gold_judgments = serializers.IntegerField()
+    active_assignments = serializers.IntegerField()
+    annotators = serializers.IntegerField(help_text="Annotators in the project, excluded ones included.")
+    pools = PoolProgressSerializer(many=True)
+    unpooled_judgments = serializers.IntegerField(help_text="Regular judgments by annotators without a pool.")
+
+
+class TokenResultSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"})
+

@@ -1,0 +1,525 @@
+"""The annotate app's pages: home, project set-up (settings, pools, members, import), progress,
+and the annotator's page.
+
+Views parse input, check the project role (``annotate.roles``) and call one service
+(``annotate.queue``, ``annotate.imports``); they hold no business logic. Annotator-facing
+templates receive plain dicts built here (``_item_context``), never model instances, so a
+template cannot reach a gold answer, a model name, a source preference or anyone's
+judgments even by accident.
+"""
+from __future__ import annotations
+
+import uuid
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Avg, Count, Max, Q
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from . import queue
+from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
+from .models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Pool, Project, Role
+from .rendering import render_markdown
+from .roles import READ_ROLES, project_for, role_of, visible_projects
+
+SHOWN_IMPORT_ERRORS = 200
+
+
+def login_required(view):
+    """Django's login_required, but an HTMX request gets an HX-Redirect (a full-page
+    navigation to the login page) instead of a login page swapped into a fragment."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            if getattr(request, "htmx", False):
+                login = f"{reverse('login')}?next={request.htmx.current_url_abs_path or request.path}"
+                return HttpResponseClientRedirect(login)
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _can_create_projects(user) -> bool:
+    return user.is_authenticated and (user.is_superuser or user.is_staff)
+
+
+def _project_page(request, project: Project, role: str, template: str, context: dict, *, status: int = 200):
+    context = {"project": project, "role": role, **context}
+    return render(request, template, context, status=status)
+
+
+# --------------------------------------------------------------------------------------------
+# Home and project set-up
+# --------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def home(request):
+    user = request.user
+    roles = dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
+    rows = []
+    for project in visible_projects(user).order_by("name"):
+        role = Role.ADMIN if user.is_superuser else roles.get(project.pk)
+        # A superuser who is also an annotator of the project keeps their annotator entry.
+        is_annotator = roles.get(project.pk) == Role.ANNOTATOR
+        row = {"project": project, "role": role, "role_label": Role(role).label if role else "", "progress": None}
+        if is_annotator:
+            row["annotator"] = True
+            try:
+                queue.annotator_membership(user, project)
+                row["progress"] = queue.progress(user, project)
+            except queue.NotAnAnnotator as exc:
+                row["paused"] = str(exc)
+        rows.append(row)
+    return render(request, "annotate/home.html", {"rows": rows, "can_create": _can_create_projects(user)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_create(request):
+    if not _can_create_projects(request.user):
+        raise PermissionDenied("Only staff can create projects.")
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            project = form.save(commit=False)
+            project.created_by = request.user
+            project.save()
+            Membership.objects.update_or_create(
+                project=project, user=request.user, defaults={"role": Role.ADMIN, "excluded": False}
+            )
+        messages.success(request, f"Project “{project.name}” created. Next: define pools, add members, import data.")
+        return redirect("project_pools", pk=project.pk)
+    return render(request, "annotate/project_form.html", {"form": form, "creating": True})
+
+
+@login_required
+@require_GET
+def project_detail(request, pk: int):
+    """The project's landing page for the user's role."""
+    project = get_object_or_404(Project, pk=pk)
+    role = role_of(request.user, project)
+    if role is None:
+        raise PermissionDenied("You are not a member of this project.")
+    if Membership.objects.filter(project=project, user=request.user, role=Role.ANNOTATOR).exists():
+        return redirect("annotate", pk=pk)
+    return redirect("project_progress", pk=pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request, pk: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    form = ProjectForm(request.POST or None, instance=project)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Settings saved.")
+        return redirect("project_settings", pk=project.pk)
+    return _project_page(request, project, Role.ADMIN, "annotate/project_form.html", {"form": form, "tab": "settings"})
+
+
+def _pool_rows(project: Project):
+    pools = list(project.pools.annotate(n_members=Count("members", filter=Q(members__project=project))))
+    total = sum(p.target_share for p in pools if p.target_share > 0)
+    for p in pools:
+        p.normalized = (p.target_share / total) if total > 0 and p.target_share > 0 else 0.0
+    return pools, total
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_pools(request, pk: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    form = PoolForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        pool = form.save()
+        messages.success(request, f"Pool “{pool.name}” added.")
+        return redirect("project_pools", pk=project.pk)
+    pools, total = _pool_rows(project)
+    return _project_page(
+        request,
+        project,
+        Role.ADMIN,
+        "annotate/pools.html",
+        {"form": form, "pools": pools, "share_total": total, "shares_ok": abs(total - 1.0) < 1e-6, "tab": "pools"},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_pool_edit(request, pk: int, pool_id: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    pool = get_object_or_404(Pool, pk=pool_id, project=project)
+    form = PoolForm(request.POST or None, instance=pool, project=project)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"Pool “{pool.name}” saved.")
+        return redirect("project_pools", pk=project.pk)
+    pools, total = _pool_rows(project)
+    return _project_page(
+        request,
+        project,
+        Role.ADMIN,
+        "annotate/pool_form.html",
+        {"form": form, "pool": pool, "pools": pools, "share_total": total, "tab": "pools"},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_members(request, pk: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    form = AddMemberForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        user = form.cleaned_data["user"]
+        Membership.objects.create(
+            project=project, user=user, role=form.cleaned_data["role"], pool=form.cleaned_data.get("pool")
+        )
+        messages.success(request, f"{user.username} added as {Role(form.cleaned_data['role']).label.lower()}.")
+        return redirect("project_members", pk=project.pk)
+    members = (
+        Membership.objects.filter(project=project)
+        .select_related("user", "pool")
+        .annotate(n_judgments=Count("user__judgments", filter=Q(user__judgments__project=project)))
+        .order_by("role", "user__username")
+    )
+    rows = [
+        (m, MemberChangeForm(instance=m, project=project, prefix=f"m{m.pk}", form_id=f"member-{m.pk}"))
+        for m in members
+    ]
+    return _project_page(
+        request,
+        project,
+        Role.ADMIN,
+        "annotate/members.html",
+        {"form": form, "rows": rows, "tab": "members", "has_pools": project.pools.exists()},
+    )
+
+
+@login_required
+@require_POST
+def project_member_edit(request, pk: int, membership_id: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    m = get_object_or_404(Membership, pk=membership_id, project=project)
+    action = request.POST.get("action", "save")
+    if action in ("exclude", "include"):
+        m.excluded = action == "exclude"
+        m.save(update_fields=["excluded"])
+        verb = "excluded (their judgments are kept)" if m.excluded else "included again"
+        messages.success(request, f"{m.user.username} {verb}.")
+        return redirect("project_members", pk=project.pk)
+    form = MemberChangeForm(request.POST, instance=m, project=project, prefix=f"m{m.pk}")
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for e in errors:
+                messages.error(request, f"{m.user.username}: {e}")
+        return redirect("project_members", pk=project.pk)
+    if m.user_id == request.user.pk and form.cleaned_data["role"] != Role.ADMIN and not request.user.is_superuser:
+        messages.error(request, "You cannot remove your own admin role; ask another admin.")
+        return redirect("project_members", pk=project.pk)
+    form.save()
+    messages.success(request, f"{m.user.username} saved.")
+    return redirect("project_members", pk=project.pk)
+
+
+# --------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------
+
+
+def _import_cache_key(user, project: Project, token: str) -> str:
+    return f"prefloop:import:{user.pk}:{project.pk}:{token}"
+
+
+def _import_progress_callback(key: str | None):
+    """``progress(done, total)`` for the import service, stored where the polled progress
+    view can read it (the default cache; with a per-process cache and several server
+    processes the bar may stay indeterminate, the import itself is unaffected)."""
+    if not key:
+        return None
+
+    def progress(done: int, total: int) -> None:
+        cache.set(key, {"done": int(done), "total": int(total)}, timeout=600)
+
+    return progress
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_import(request, pk: int):
+    from . import imports
+
+    project = project_for(request.user, pk, Role.ADMIN)
+    form = ImportForm(request.POST or None, request.FILES or None, initial={"token": uuid.uuid4().hex})
+    result = errors = None
+    truncated = False
+    filename = ""
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        filename = upload.name
+        token = form.cleaned_data.get("token") or ""
+        key = _import_cache_key(request.user, project, token) if token else None
+        if key:
+            cache.set(key, {"done": 0, "total": 0, "checking": True}, timeout=600)
+        try:
+            result = imports.import_comparisons(
+                project,
+                upload,
+                filename=upload.name,
+                fmt=form.cleaned_data.get("fmt") or None,
+                round=form.cleaned_data.get("round"),
+                progress=_import_progress_callback(key),
+            )
+        except imports.ImportValidationError as exc:
+            errors = exc.errors
+            truncated = exc.truncated
+        finally:
+            if key:
+                cache.delete(key)
+    context = {
+        "form": form,
+        "result": result,
+        "errors": errors[:SHOWN_IMPORT_ERRORS] if errors else None,
+        "n_errors": len(errors) if errors else 0,
+        "hidden_errors": max(len(errors) - SHOWN_IMPORT_ERRORS, 0) if errors else 0,
+        "truncated": truncated,
+        "filename": filename,
+        "tab": "import",
+        "n_comparisons": project.comparisons.count(),
+        "new_token": uuid.uuid4().hex,
+    }
+    if request.htmx and request.method == "POST":
+        return _project_page(request, project, Role.ADMIN, "annotate/_import_result.html", context)
+    return _project_page(request, project, Role.ADMIN, "annotate/import.html", context)
+
+
+@login_required
+@require_GET
+def project_import_progress(request, pk: int):
+    project = project_for(request.user, pk, Role.ADMIN)
+    token = request.GET.get("token", "")[:64]
+    state = cache.get(_import_cache_key(request.user, project, token)) if token else None
+    return render(request, "annotate/_import_progress.html", {"state": state})
+
+
+# --------------------------------------------------------------------------------------------
+# Progress (admins and researchers)
+# --------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def project_progress(request, pk: int):
+    project = project_for(request.user, pk, *READ_ROLES)
+    role = role_of(request.user, project)
+    regular = Comparison.objects.filter(project=project, is_gold=False)
+    counts = regular.aggregate(
+        total=Count("pk"),
+        complete=Count("pk", filter=Q(n_judgments__gte=project.overlap)),
+        open=Count("pk", filter=Q(is_open=True)),
+        untouched=Count("pk", filter=Q(n_judgments=0)),
+    )
+    counts["waiting"] = counts["total"] - counts["complete"] - counts["open"]
+    counts["gold"] = Comparison.objects.filter(project=project, is_gold=True).count()
+    counts["share_complete"] = counts["complete"] / counts["total"] if counts["total"] else 0.0
+
+    judgments = Judgment.objects.filter(project=project)
+    n_judgments = judgments.count()
+    n_gold_judgments = judgments.filter(comparison__is_gold=True).count()
+    per_pool = dict(judgments.values("pool_id").annotate(n=Count("pk")).values_list("pool_id", "n"))
+    pools, share_total = _pool_rows(project)
+    pool_rows = []
+    for p in pools:
+        n = per_pool.get(p.pk, 0)
+        pool_rows.append(
+            {"name": p.name, "n": n, "share": n / n_judgments if n_judgments else 0.0, "target": p.normalized}
+        )
+    if per_pool.get(None):
+        n = per_pool[None]
+        pool_rows.append({"name": "No pool", "n": n, "share": n / n_judgments, "target": None})
+
+    annotators = (
+        Membership.objects.filter(project=project, role=Role.ANNOTATOR)
+        .select_related("user", "pool")
+        .annotate(
+            done=Count(
+                "user__assignments",
+                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.DONE),
+            ),
+            skipped=Count(
+                "user__assignments",
+                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.SKIPPED),
+            ),
+            active=Count(
+                "user__assignments",
+                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.ACTIVE),
+            ),
+        )
+        .order_by("pool__name", "user__username")
+    )
+    timing = dict(
+        (row["annotator_id"], row)
+        for row in judgments.values("annotator_id").annotate(avg_seconds=Avg("seconds"), last=Max("created_at"))
+    )
+    annotator_rows = [
+        {
+            "username": m.user.username,
+            "pool": m.pool.name if m.pool else "",
+            "excluded": m.excluded,
+            "done": m.done,
+            "skipped": m.skipped,
+            "active": m.active,
+            "avg_seconds": (timing.get(m.user_id) or {}).get("avg_seconds"),
+            "last": (timing.get(m.user_id) or {}).get("last"),
+        }
+        for m in annotators
+    ]
+    return _project_page(
+        request,
+        project,
+        role,
+        "annotate/progress.html",
+        {
+            "counts": counts,
+            "n_judgments": n_judgments,
+            "n_gold_judgments": n_gold_judgments,
+            "pool_rows": pool_rows,
+            "annotator_rows": annotator_rows,
+            "tab": "progress",
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The annotator's page
+# --------------------------------------------------------------------------------------------
+
+
+def _prompt_turns(prompt) -> list[dict]:
+    """A chat prompt as role-labelled turns; a plain prompt as one unlabelled turn."""
+    msgs = prompt.messages
+    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
+        return [
+            {"role": str(m.get("role", "")).strip()[:20], "html": render_markdown(str(m.get("content", "")))}
+            for m in msgs
+        ]
+    return [{"role": "", "html": render_markdown(prompt.text)}]
+
+
+def _item_context(request, project: Project, *, notice: str = "", notice_level: str = "info") -> dict:
+    """What the annotator sees next. Only plain values go to the template: the assignment id,
+    the rendered prompt and the two rendered responses in display order, and counters."""
+    user = request.user
+    ctx = {"project": project, "notice": notice, "notice_level": notice_level, "item": None, "blocked": ""}
+    try:
+        assignment = queue.next_assignment(user, project)
+    except queue.NotAnAnnotator as exc:
+        ctx["blocked"] = str(exc)
+        return ctx
+    prog = queue.progress(user, project)
+    remaining = prog.remaining
+    if assignment is not None:
+        # progress() leaves out the item being held; count it so the number drops as the
+        # annotator advances. (Gold items are not in "remaining" at all.)
+        if not assignment.comparison.is_gold:
+            remaining += 1
+        left, right = queue.shown_pair(assignment)
+        ctx["item"] = {
+            "assignment_id": assignment.pk,
+            "prompt_turns": _prompt_turns(assignment.comparison.prompt),
+            "left_html": render_markdown(left.text),
+            "right_html": render_markdown(right.text),
+        }
+    total = prog.done + remaining
+    ctx["progress"] = {
+        "done": prog.done,
+        "skipped": prog.skipped,
+        "remaining": remaining,
+        "fraction": prog.done / total if total else 1.0,
+    }
+    return ctx
+
+
+def _render_item(request, project: Project, **kwargs):
+    return render(request, "annotate/_item.html", _item_context(request, project, **kwargs))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def annotate(request, pk: int):
+    """GET: the annotator's page (or just the item partial for HTMX). POST: submit a judgment;
+    the response is the next item's partial (HTMX) or a redirect back here."""
+    project = project_for(request.user, pk, Role.ANNOTATOR)
+    if request.method == "GET":
+        if request.htmx:
+            return _render_item(request, project)
+        ctx = _item_context(request, project)
+        ctx.update(
+            role=Role.ANNOTATOR,
+            tab="annotate",
+            instructions_html=render_markdown(project.instructions),
+            instructions_open=ctx.get("progress", {}).get("done", 0) == 0,
+        )
+        return render(request, "annotate/annotate.html", ctx)
+
+    notice, level = _submit(request)
+    if request.htmx:
+        return _render_item(request, project, notice=notice, notice_level=level)
+    if notice:
+        getattr(messages, level if level in ("info", "success", "warning", "error") else "info")(request, notice)
+    return redirect("annotate", pk=project.pk)
+
+
+def _submit(request) -> tuple[str, str]:
+    """Record the posted judgment; return a (message, level) for the annotator, or ("", "")."""
+    form = JudgmentForm(request.POST)
+    if not form.is_valid():
+        if "choice" in form.errors:
+            return "Pick which response is better (1, 2, 3 or 0) before submitting.", "warning"
+        return "That submission was incomplete; here is your item again.", "warning"
+    data = form.cleaned_data
+    try:
+        queue.submit_judgment(
+            request.user,
+            data["assignment"],
+            choice=data["choice"],
+            strength=data["strength"],
+            rationale=data["rationale"],
+            seconds=data["seconds"],
+        )
+    except Assignment.DoesNotExist:
+        return "That item is not assigned to you; here is your next one.", "warning"
+    except queue.AssignmentGone as exc:
+        return f"{exc} Here is your next item.", "warning"
+    except queue.QueueError as exc:
+        return str(exc), "warning"
+    return "", ""
+
+
+@login_required
+@require_POST
+def annotate_skip(request, pk: int):
+    project = project_for(request.user, pk, Role.ANNOTATOR)
+    notice, level = "", ""
+    try:
+        assignment_id = int(request.POST.get("assignment", ""))
+        queue.skip(request.user, assignment_id)
+        notice, level = "Skipped. You will not be shown that item again.", "info"
+    except (ValueError, Assignment.DoesNotExist):
+        notice, level = "There was nothing to skip; here is your next item.", "warning"
+    except queue.QueueError as exc:
+        notice, level = str(exc), "warning"
+    if request.htmx:
+        return _render_item(request, project, notice=notice, notice_level=level)
+    messages.info(request, notice)
+    return redirect("annotate", pk=project.pk)

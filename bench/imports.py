@@ -1,0 +1,152 @@
+"""Import speed: ``annotate.imports.import_comparisons`` against a naive per-line ORM import.
+
+    .venv/bin/python bench/imports.py [--lines 100000] [--naive-lines 2000]
+
+Runs on a fresh SQLite file in a temporary folder (WAL, as the app runs it), or, with
+DATABASE_URL set, on a throw-away PostgreSQL database ``bench_prefloop_imports``. Prints lines/s
+for the batched import of ``--lines`` synthetic lines (10% gold, two comparisons per prompt),
+for re-importing the same file (all duplicates), and for the naive import
+(``get_or_create``/``create`` per line, in one transaction) of ``--naive-lines`` lines of the same
+kind, and the ratio between the two rates.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def synthetic(n: int, tag: str) -> bytes:
+    filler = "The quick brown fox jumps over the lazy dog. "
+    out = io.StringIO()
+    for i in range(n):
+        row = {
+            "prompt": f"[{tag}] Question {i // 2}: " + filler * 4,
+            "response_a": f"[{tag}] Answer A{i}. " + filler * 10,
+            "response_b": f"[{tag}] Answer B{i}. " + filler * 9,
+            "model_a": "tiny-sft",
+            "model_b": "tiny-dpo",
+            "metadata": {"i": i},
+        }
+        if i % 10 == 0:
+            row["gold"] = "a"
+        out.write(json.dumps(row) + "\n")
+    return out.getvalue().encode()
+
+
+def naive_import(project, data: bytes) -> int:
+    """What a first version would do: one ORM call per row, no batching."""
+    from django.db import transaction
+
+    from annotate.models import Comparison, GoldAnswer, Prompt, Response, content_hash
+    from annotate.imports import pair_hash
+
+    n = 0
+    with transaction.atomic():
+        for line in data.decode().splitlines():
+            row = json.loads(line)
+            ph = content_hash(row["prompt"])
+            prompt, _ = Prompt.objects.get_or_create(project=project, content_hash=ph, defaults={"text": row["prompt"]})
+            ra, _ = Response.objects.get_or_create(
+                prompt=prompt, content_hash=content_hash(row["response_a"]), model_name=row["model_a"],
+                defaults={"text": row["response_a"]},
+            )
+            rb, _ = Response.objects.get_or_create(
+                prompt=prompt, content_hash=content_hash(row["response_b"]), model_name=row["model_b"],
+                defaults={"text": row["response_b"]},
+            )
+            key = pair_hash(ph, ra.content_hash, ra.model_name, rb.content_hash, rb.model_name)
+            if Comparison.objects.filter(project=project, round=0, pair_hash=key).exists():
+                continue
+            c = Comparison.objects.create(
+                project=project, prompt=prompt, response_a=ra, response_b=rb, pair_hash=key,
+                metadata=row.get("metadata", {}), is_gold="gold" in row,
+            )
+            if "gold" in row:
+                GoldAnswer.objects.create(comparison=c, answer=row["gold"])
+            n += 1
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--naive-lines", type=int, default=2_000)
+    args = parser.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="prefloop-bench-")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "prefloop.settings")
+    on_postgres = bool(os.environ.get("DATABASE_URL"))
+    if not on_postgres:
+        os.environ["PREFLOOP_DATA_DIR"] = tmp.name  # a fresh db.sqlite3 there
+    os.environ.setdefault("LOG_LEVEL", "ERROR")
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    if on_postgres:
+        settings.DATABASES["default"]["TEST"] = {"NAME": "bench_prefloop_imports"}
+        connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    else:
+        call_command("migrate", verbosity=0)
+
+    from annotate.imports import import_comparisons
+    from annotate.models import Comparison, Project
+
+    try:
+        backend = f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else ''}"
+        print(f"backend: {backend.strip()}, python {sys.version.split()[0]}")
+
+        data = synthetic(args.lines, "fast")
+        mb = len(data) / 1e6
+        fast = Project.objects.create(name="bench-fast")
+        t0 = time.perf_counter()
+        result = import_comparisons(fast, io.BytesIO(data), filename="bench.jsonl")
+        t_fast = time.perf_counter() - t0
+        assert result.created == args.lines, result
+        print(f"batched import: {args.lines:,} lines ({mb:.0f} MB) in {t_fast:.2f} s = {args.lines / t_fast:,.0f} lines/s "
+              f"({result.prompts_created:,} prompts, {result.responses_created:,} responses, {result.gold:,} gold)")
+
+        t0 = time.perf_counter()
+        again = import_comparisons(fast, io.BytesIO(data), filename="bench.jsonl")
+        t_again = time.perf_counter() - t0
+        assert again.created == 0 and again.duplicates == args.lines
+        print(f"re-import (all duplicates): {t_again:.2f} s = {args.lines / t_again:,.0f} lines/s")
+
+        sample = synthetic(args.naive_lines, "naive")
+        naive = Project.objects.create(name="bench-naive")
+        t0 = time.perf_counter()
+        n = naive_import(naive, sample)
+        t_naive = time.perf_counter() - t0
+        assert n == args.naive_lines == Comparison.objects.filter(project=naive).count()
+        print(f"naive per-line ORM import: {args.naive_lines:,} lines in {t_naive:.2f} s = "
+              f"{args.naive_lines / t_naive:,.0f} lines/s")
+
+        small = Project.objects.create(name="bench-fast-small")
+        t0 = time.perf_counter()
+        import_comparisons(small, io.BytesIO(sample), filename="bench.jsonl")
+        t_small = time.perf_counter() - t0
+        print(f"batched import of the same {args.naive_lines:,} lines: {t_small:.2f} s = "
+              f"{args.naive_lines / t_small:,.0f} lines/s")
+        print(f"speed-up, batched vs naive (lines/s): {(args.lines / t_fast) / (args.naive_lines / t_naive):.1f}x "
+              f"at {args.lines:,} lines, {t_naive / t_small:.1f}x on the same {args.naive_lines:,} lines")
+    finally:
+        if on_postgres:
+            connection.creation.destroy_test_db("bench_prefloop_imports", verbosity=0)
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,720 @@
+"""Label aggregation for pairwise preference judgments (pure numpy; no Django).
+
+Every judgment says which of two responses to one prompt is better: ``0`` = A, ``1`` = B,
+``2`` = tie (the Django layer maps "both bad" to tie here and passes it separately to
+:mod:`evaluation.bias`). :class:`Judgments` holds them as parallel arrays; :func:`aggregate`
+turns them into one posterior ``P(A better), P(B better), P(tie)`` per comparison ("item").
+
+Methods (``aggregate(j, method)``):
+
+``majority``
+    Vote shares: ``p_k = (votes for k) / (votes)``, optionally weighted per annotator
+    (``worker_weights=``, e.g. :func:`evaluation.bias.annotator_weights`). A 1–1 split between
+    A and B is ``p = (0.5, 0.5, 0)``.
+
+``gold_weighted``
+    Each annotator's vote counts ``w = max(0, log(acc / (1 - acc)))`` where ``acc`` is the
+    Beta-posterior mean of their gold accuracy (prior Beta(2, 1), see :data:`GOLD_PRIOR`; an
+    annotator with no gold gets the prior mean 2/3, i.e. ``w = log 2``). The item posterior is
+    ``softmax_k(sum of w over votes for k)``: the naive-Bayes posterior of a "one-coin" annotator
+    who is right with probability ``acc``. Annotators at or below chance get weight 0.
+
+``dawid_skene``
+    Dawid & Skene (1979) EM with three classes. Annotator ``j`` has a confusion matrix
+    ``pi[j, k, l] = P(says l | truth k)``; the classes have a prior ``rho``. E step:
+    ``log T[i, k] = log rho_k + sum_{judgments n on i} log pi[worker_n, k, label_n]``, normalized.
+    M step: ``pi[j, k, l] ∝ sum_{n by j with label l} T[item_n, k] + smoothing`` and
+    ``rho ∝ sum_i T[i] + prior_smoothing``. Initialized from the (gold-clamped) vote shares;
+    gold items are clamped to their gold label after every E step. Stops when the log
+    likelihood per judgment improves by less than ``tol``.
+
+``dawid_skene_debiased``
+    Dawid–Skene with an explicit position bias. Display order is randomized per assignment,
+    so a judgment either picks the response shown on the left, the one on the right, or tie.
+    Annotator ``j`` answers in one of three ways: with probability ``lam_left[j]`` they click
+    *left* whatever the content, with probability ``lam_right[j]`` they click *right*, and
+    otherwise they judge the content through an ordinary confusion matrix ``pi[j]`` over
+    A/B/tie. So for a judgment showing A on the left::
+
+        P(label = A | truth k) = (1 - lam_left - lam_right) * pi[k, A] + lam_left
+        P(label = B | truth k) = (1 - lam_left - lam_right) * pi[k, B] + lam_right
+        P(label = tie | truth k) = (1 - lam_left - lam_right) * pi[k, tie]
+
+    (mirrored when B is on the left). The constant ``lam_left`` does not depend on the truth,
+    so it pulls the likelihood ratio of a left pick towards 1: a left-biased annotator's left
+    picks are discounted, their right picks keep (and gain) weight. Because the order is
+    random, ``lam`` is identified from how labels correlate with display order. EM treats
+    "which of the three ways" as a second latent variable; ``lam`` gets a pseudo-count prior
+    of ``bias_prior`` judgments of content-driven clicking, so small samples shrink to no bias.
+    ``left_bias = lam_left - lam_right`` is reported per annotator. With ``lam = 0`` the model
+    is exactly ``dawid_skene``.
+
+``pool_balanced=True`` (any method; needs ``pool``) rescales each judgment's weight on an
+item so that every pool present on the item carries the same total weight (the item's total
+is kept), so a large pool cannot outvote a small one. For Dawid–Skene the rescaling applies
+to the item posteriors (E step); annotators' confusion matrices still use all their judgments.
+:func:`pool_disagreement` reports how far pools' vote distributions are apart.
+
+Everything is vectorized over judgments (``np.bincount`` with weights, fancy-index gathers);
+the only Python loops are over EM iterations, the three classes and pool pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+A, B, TIE = 0, 1, 2
+N_CLASSES = 3
+METHODS = ("majority", "gold_weighted", "dawid_skene", "dawid_skene_debiased")
+#: Beta prior on gold accuracy: one pseudo-correct answer on top of a uniform prior.
+#: Its mean 2/3 says "annotators are usually better than chance", and it weighs two answers,
+#: so three right answers give 5/6, not 1.
+GOLD_PRIOR: tuple[float, float] = (2.0, 1.0)
+_TINY = 1e-300
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _as_array(name: str, x, dtype, ndim: int = 1) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
+    if np.issubdtype(np.dtype(dtype), np.integer) or dtype is bool:
+        if arr.size and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ValueError(f"{name}: expected integers")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Judgments:
+    """Judgments as parallel arrays, one row per judgment (validated on construction).
+
+    ``item``/``worker`` are dense indices ``0..n_items-1`` / ``0..n_workers-1``; ``label`` is
+    0 = A better, 1 = B better, 2 = tie. Optional: ``a_left`` (A shown on the left),
+    ``seconds`` (time spent; NaN = unknown), ``both_bad`` (the tie was "both bad"), per-worker
+    ``pool``, per-item ``gold`` (-1 = not gold, else 0/1/2), ``len_a``/``len_b`` (characters).
+    """
+
+    item: np.ndarray
+    worker: np.ndarray
+    label: np.ndarray
+    a_left: np.ndarray | None = None
+    seconds: np.ndarray | None = None
+    both_bad: np.ndarray | None = None
+    n_items: int | None = None
+    n_workers: int | None = None
+    pool: np.ndarray | None = None
+    gold: np.ndarray | None = None
+    len_a: np.ndarray | None = None
+    len_b: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        item = _as_array("item", self.item, np.int64)
+        worker = _as_array("worker", self.worker, np.int64)
+        label = _as_array("label", self.label, np.int8)
+        n = item.shape[0]
+        if worker.shape[0] != n or label.shape[0] != n:
+            raise ValueError(f"item, worker, label must have the same length ({n}, {worker.shape[0]}, {label.shape[0]})")
+        if n and (label.min() < 0 or label.max() > 2):
+            raise ValueError("label must be 0 (A), 1 (B) or 2 (tie)")
+        if n and (item.min() < 0 or worker.min() < 0):
+            raise ValueError("item and worker indices must be >= 0")
+        n_items = int(item.max()) + 1 if n else 0
+        n_workers = int(worker.max()) + 1 if n else 0
+        if self.n_items is not None:
+            if self.n_items < n_items:
+                raise ValueError(f"n_items={self.n_items} but an item index is {n_items - 1}")
+            n_items = int(self.n_items)
+        if self.n_workers is not None:
+            if self.n_workers < n_workers:
+                raise ValueError(f"n_workers={self.n_workers} but a worker index is {n_workers - 1}")
+            n_workers = int(self.n_workers)
+        put("item", item)
+        put("worker", worker)
+        put("label", label)
+        put("n_items", n_items)
+        put("n_workers", n_workers)
+
+        for name, dtype in (("a_left", bool), ("both_bad", bool), ("seconds", np.float64)):
+            value = getattr(self, name)
+            if value is not None:
+                value = _as_array(name, value, dtype)
+                if value.shape[0] != n:
+                    raise ValueError(f"{name} must have one entry per judgment ({n}), got {value.shape[0]}")
+                put(name, value)
+        if self.seconds is not None and np.any(self.seconds < 0):
+            raise ValueError("seconds must be >= 0 (NaN for unknown)")
+        if self.both_bad is not None and np.any(self.both_bad & (label != TIE)):
+            raise ValueError("both_bad judgments must have label 2 (tie)")
+
+        if self.pool is not None:
+            pool = _as_array("pool", self.pool, np.int64)
+            if pool.shape[0] != n_workers:
+                raise ValueError(f"pool must have one entry per worker ({n_workers}), got {pool.shape[0]}")
+            if pool.size and pool.min() < 0:
+                raise ValueError("pool indices must be >= 0")
+            put("pool", pool)
+        if self.gold is not None:
+            gold = _as_array("gold", self.gold, np.int8)
+            if gold.shape[0] != n_items:
+                raise ValueError(f"gold must have one entry per item ({n_items}), got {gold.shape[0]}")
+            if gold.size and (gold.min() < -1 or gold.max() > 2):
+                raise ValueError("gold must be -1 (not gold) or a label 0/1/2")
+            put("gold", gold)
+        for name in ("len_a", "len_b"):
+            value = getattr(self, name)
+            if value is not None:
+                value = _as_array(name, value, np.float64)
+                if value.shape[0] != n_items:
+                    raise ValueError(f"{name} must have one entry per item ({n_items}), got {value.shape[0]}")
+                put(name, value)
+
+    @property
+    def n(self) -> int:
+        return int(self.item.shape[0])
+
+    @property
+    def n_pools(self) -> int:
+        return int(self.pool.max()) + 1 if self.pool is not None and self.pool.size else 0
+
+    def subset(self, mask: np.ndarray) -> Judgments:
+        """The judgments where ``mask`` is true, keeping the item and worker index spaces."""
+        mask = np.asarray(mask)
+
+        def pick(x):
+            return None if x is None else x[mask]
+
+        return Judgments(
+            item=self.item[mask], worker=self.worker[mask], label=self.label[mask],
+            a_left=pick(self.a_left), seconds=pick(self.seconds), both_bad=pick(self.both_bad),
+            n_items=self.n_items, n_workers=self.n_workers, pool=self.pool, gold=self.gold,
+            len_a=self.len_a, len_b=self.len_b,
+        )
+
+
+def class_sums(item: np.ndarray, label: np.ndarray, n_items: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``[n_items, 3]`` sum of ``weights`` (default 1) of the judgments per item and label."""
+    flat = np.bincount(item * N_CLASSES + label, weights=weights, minlength=n_items * N_CLASSES)
+    return flat.reshape(n_items, N_CLASSES).astype(np.float64, copy=False)
+
+
+def gold_counts(j: Judgments) -> tuple[np.ndarray, np.ndarray]:
+    """Per worker: number of gold judgments and number matching the gold label."""
+    if j.gold is None:
+        zeros = np.zeros(j.n_workers, dtype=np.int64)
+        return zeros, zeros.copy()
+    g = j.gold[j.item]
+    is_gold = g >= 0
+    n_gold = np.bincount(j.worker[is_gold], minlength=j.n_workers)
+    n_correct = np.bincount(j.worker[is_gold & (g == j.label)], minlength=j.n_workers)
+    return n_gold, n_correct
+
+
+def gold_posterior_mean(j: Judgments, prior: tuple[float, float] = GOLD_PRIOR) -> np.ndarray:
+    """Beta-posterior mean of each worker's gold accuracy (the prior mean if no gold)."""
+    n_gold, n_correct = gold_counts(j)
+    a, b = prior
+    return (n_correct + a) / (n_gold + a + b)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(eq=False)
+class Aggregate:
+    """Per-item posteriors (``proba[:, k]`` for k = A, B, tie) plus per-worker estimates."""
+
+    method: str
+    proba: np.ndarray
+    n_judgments: np.ndarray
+    confusion: np.ndarray | None = None  # [n_workers, 3, 3]: P(says l | truth k)
+    accuracy: np.ndarray | None = None  # [n_workers]
+    left_bias: np.ndarray | None = None  # [n_workers]: lam_left - lam_right (debiased DS)
+    prior: np.ndarray | None = None  # [3] class prior (Dawid–Skene)
+    iterations: int = 0
+    converged: bool = True
+    log_likelihood: float = float("nan")
+
+    @property
+    def p_a(self) -> np.ndarray:
+        return self.proba[:, A]
+
+    @property
+    def p_b(self) -> np.ndarray:
+        return self.proba[:, B]
+
+    @property
+    def p_tie(self) -> np.ndarray:
+        return self.proba[:, TIE]
+
+    @property
+    def label(self) -> np.ndarray:
+        """Most probable class; when the maximum is shared (e.g. an A/B split), tie (2)."""
+        return argmax_label(self.proba)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The maximum posterior probability."""
+        return self.proba.max(axis=1)
+
+
+def argmax_label(proba: np.ndarray) -> np.ndarray:
+    top = proba.max(axis=1, keepdims=True)
+    at_top = proba >= top - 1e-12
+    label = np.argmax(proba, axis=1).astype(np.int8)
+    label[at_top.sum(axis=1) > 1] = TIE
+    return label
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def aggregate(j: Judgments, method: str = "dawid_skene", **opts) -> Aggregate:
+    """Aggregate judgments into per-item posteriors with ``method`` (one of :data:`METHODS`).
+
+    Common options: ``pool_balanced=False``, ``clamp_gold=True`` (gold items get their gold
+    label with probability 1). ``majority``: ``worker_weights``. ``gold_weighted``:
+    ``gold_prior``. Dawid–Skene: ``max_iter=100``, ``tol=1e-6``, ``smoothing=0.1``,
+    ``prior_smoothing=1.0``, ``init="majority"`` (or an ``[n_items, 3]`` array); debiased also
+    ``bias_prior=5.0``, ``bias_init=0.05``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    pool_balanced = opts.pop("pool_balanced", False)
+    if pool_balanced and j.pool is None:
+        raise ValueError("pool_balanced=True needs Judgments.pool")
+    if method == "majority":
+        return majority_vote(j, pool_balanced=pool_balanced, **opts)
+    if method == "gold_weighted":
+        return gold_weighted_vote(j, pool_balanced=pool_balanced, **opts)
+    return dawid_skene(j, debias=method == "dawid_skene_debiased", pool_balanced=pool_balanced, **opts)
+
+
+# --------------------------------------------------------------------------- votes
+
+
+def pool_balance_factor(j: Judgments, weights: np.ndarray) -> np.ndarray:
+    """Per-judgment multiplier giving each pool present on an item the same total weight.
+
+    ``factor_n = W_i / (P_i * W_{i, pool_n})`` with ``W_i`` the item's total weight, ``P_i`` the
+    number of pools with positive weight on it and ``W_{i,p}`` pool p's weight on it.
+    """
+    n_pools = j.n_pools
+    key = j.item * n_pools + j.pool[j.worker]
+    w_ip = np.bincount(key, weights=weights, minlength=j.n_items * n_pools)
+    w_i = w_ip.reshape(j.n_items, n_pools).sum(axis=1)
+    p_i = (w_ip.reshape(j.n_items, n_pools) > 0).sum(axis=1)
+    denom = p_i[j.item] * w_ip[key]
+    return np.divide(w_i[j.item], denom, out=np.zeros(j.n), where=denom > 0)
+
+
+def _clamp_gold(j: Judgments, proba: np.ndarray) -> np.ndarray:
+    if j.gold is not None:
+        is_gold = j.gold >= 0
+        proba[is_gold] = 0.0
+        proba[is_gold, j.gold[is_gold]] = 1.0
+    return proba
+
+
+def _shares(sums: np.ndarray) -> np.ndarray:
+    total = sums.sum(axis=1, keepdims=True)
+    return np.divide(sums, total, out=np.full_like(sums, 1.0 / N_CLASSES), where=total > 0)
+
+
+def majority_vote(
+    j: Judgments,
+    *,
+    worker_weights: np.ndarray | None = None,
+    pool_balanced: bool = False,
+    clamp_gold: bool = True,
+) -> Aggregate:
+    """(Weighted) vote shares per item; items without votes get 1/3 each."""
+    w = np.ones(j.n) if worker_weights is None else np.asarray(worker_weights, dtype=np.float64)[j.worker]
+    if pool_balanced:
+        w = w * pool_balance_factor(j, w)
+    proba = _shares(class_sums(j.item, j.label, j.n_items, w))
+    if clamp_gold:
+        proba = _clamp_gold(j, proba)
+    return Aggregate("majority", proba, np.bincount(j.item, minlength=j.n_items))
+
+
+def _softmax_rows(scores: np.ndarray) -> np.ndarray:
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def gold_weighted_vote(
+    j: Judgments,
+    *,
+    gold_prior: tuple[float, float] = GOLD_PRIOR,
+    pool_balanced: bool = False,
+    clamp_gold: bool = True,
+) -> Aggregate:
+    """Votes weighted by the log-odds of each worker's Beta-posterior gold accuracy."""
+    acc = gold_posterior_mean(j, gold_prior)
+    log_odds = np.maximum(0.0, np.log(acc) - np.log1p(-acc))
+    w = log_odds[j.worker]
+    if pool_balanced:
+        w = w * pool_balance_factor(j, w)
+    proba = _softmax_rows(class_sums(j.item, j.label, j.n_items, w))
+    if clamp_gold:
+        proba = _clamp_gold(j, proba)
+    return Aggregate("gold_weighted", proba, np.bincount(j.item, minlength=j.n_items), accuracy=acc)
+
+
+# --------------------------------------------------------------------------- Dawid–Skene
+
+
+# Internally posteriors are class-major, ``T[k, i]``, so that every per-class operation reads a
+# contiguous array. Everything a judgment contributes depends only on its (worker, label,
+# a_left) "combo", so likelihoods are computed on small per-combo tables and gathered.
+
+
+class _Combos:
+    """Index of each judgment's (worker, label[, a_left]) combination and what it means."""
+
+    def __init__(self, j: Judgments, with_side: bool):
+        K = N_CLASSES
+        sides = 2 if with_side else 1
+        self.n = j.n_workers * K * sides
+        index = (j.worker * K + j.label) * sides
+        if with_side:
+            index = index + j.a_left
+        self.index = index
+        c = np.arange(self.n)
+        self.worker = c // (K * sides)
+        self.label = (c // sides) % K
+        if with_side:
+            a_left = (c % 2).astype(bool)
+            left_label = np.where(a_left, A, B)
+            self.picked_left = (self.label == left_label).astype(np.float64)
+            self.picked_right = ((self.label != left_label) & (self.label != TIE)).astype(np.float64)
+
+
+def _combo_likelihood(confusion: np.ndarray, combos: _Combos, lam_left=None, lam_right=None):
+    """``[3, n_combos]`` P(label | truth k), and the content-driven share of it (debiased)."""
+    K = N_CLASSES
+    table = confusion.transpose(1, 0, 2).reshape(K, -1)  # [truth, worker * K + said]
+    if lam_left is None:
+        return table, None
+    table = np.repeat(table, 2, axis=1)
+    content = (1.0 - lam_left - lam_right)[combos.worker] * table
+    lik = content + (lam_left[combos.worker] * combos.picked_left + lam_right[combos.worker] * combos.picked_right)
+    return lik, content / np.maximum(lik, _TINY)
+
+
+def _posterior(log_lik_table, combos: _Combos, item, n_items, log_prior, e_weight):
+    """E step: ``[3, n_items]`` posteriors and the marginal log-likelihood."""
+    scores = np.empty((N_CLASSES, n_items))
+    for k in range(N_CLASSES):
+        terms = log_lik_table[k].take(combos.index)
+        if e_weight is not None:
+            terms *= e_weight
+        scores[k] = np.bincount(item, weights=terms, minlength=n_items) + log_prior[k]
+    top = np.maximum(np.maximum(scores[0], scores[1]), scores[2])
+    z = np.exp(scores - top)
+    total = z[0] + z[1] + z[2]
+    return z / total, float(np.sum(np.log(total) + top))
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(x)
+
+
+def _clamp_gold_cm(j: Judgments, T: np.ndarray) -> np.ndarray:
+    if j.gold is not None:
+        is_gold = np.flatnonzero(j.gold >= 0)
+        T[:, is_gold] = 0.0
+        T[j.gold[is_gold], is_gold] = 1.0
+    return T
+
+
+def dawid_skene(
+    j: Judgments,
+    *,
+    debias: bool = False,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    smoothing: float = 0.1,
+    prior_smoothing: float = 1.0,
+    init: str | np.ndarray = "majority",
+    clamp_gold: bool = True,
+    pool_balanced: bool = False,
+    bias_prior: float = 5.0,
+    bias_init: float = 0.05,
+) -> Aggregate:
+    """Dawid–Skene EM (optionally position-debiased); see the module docstring.
+
+    ``smoothing`` is a pseudo-count added to every cell of each confusion matrix (``0`` gives
+    plain maximum likelihood with a 1e-10 floor, crowd-kit's M step); ``prior_smoothing`` the
+    same for the class prior. ``tol``: stop when the log-likelihood per judgment changes by
+    less. ``bias_prior``: pseudo-count of content-driven judgments shrinking ``lam`` to 0.
+    """
+    if debias and j.a_left is None:
+        raise ValueError("dawid_skene_debiased needs Judgments.a_left")
+    if j.n and np.any(j.item[1:] < j.item[:-1]):
+        j = j.subset(np.argsort(j.item, kind="stable"))  # item-sorted gathers/scatters are faster
+    n_items, n_workers, K = j.n_items, j.n_workers, N_CLASSES
+    item = j.item
+    combos = _Combos(j, with_side=debias)
+    n_per_worker = np.bincount(j.worker, minlength=n_workers).astype(np.float64)
+    n_per_item = np.bincount(item, minlength=n_items)
+    judged = n_per_item > 0
+    e_weight = pool_balance_factor(j, np.ones(j.n)) if pool_balanced else None
+
+    if isinstance(init, str):
+        if init != "majority":
+            raise ValueError("init must be 'majority' or an [n_items, 3] array")
+        T = np.ascontiguousarray(_shares(class_sums(item, j.label, n_items)).T)
+    else:
+        T = np.array(np.asarray(init, dtype=np.float64).T, order="C")
+        if T.shape != (K, n_items):
+            raise ValueError(f"init must have shape {(n_items, K)}")
+    # A class nobody ever uses (no tie votes, no tie gold) cannot be estimated: without this
+    # the spare latent class slowly absorbs a cluster of items. Its prior is fixed at 0.
+    used = np.bincount(j.label, minlength=K) > 0
+    if j.gold is not None:
+        used |= np.bincount(j.gold[j.gold >= 0], minlength=K) > 0
+    T[~used] = 0.0
+    if clamp_gold:
+        T = _clamp_gold_cm(j, T)
+    lam_left = np.full(n_workers, bias_init) if debias else None
+    lam_right = np.full(n_workers, bias_init) if debias else None
+
+    def m_step(T: np.ndarray, content_share: np.ndarray | None):
+        """Expected counts -> confusion, prior (and position-click rates when debiased)."""
+        expected = np.empty((K, combos.n))  # sum of T[k, item_n] over the judgments in each combo
+        for k in range(K):
+            expected[k] = np.bincount(combos.index, weights=T[k].take(item), minlength=combos.n)
+        new_left = new_right = None
+        if content_share is not None:
+            position = (expected * (1.0 - content_share)).sum(axis=0)
+            denom = n_per_worker + bias_prior
+            new_left = np.bincount(combos.worker, weights=position * combos.picked_left, minlength=n_workers) / denom
+            new_right = np.bincount(combos.worker, weights=position * combos.picked_right, minlength=n_workers) / denom
+            expected = expected * content_share
+        if debias:
+            expected = expected.reshape(K, n_workers * K, 2).sum(axis=2)
+        counts = expected.reshape(K, n_workers, K).transpose(1, 0, 2)  # [worker, truth, said]
+        confusion = np.maximum(counts + smoothing, 1e-10)
+        confusion /= confusion.sum(axis=2, keepdims=True)
+        prior = np.where(used, np.maximum(T[:, judged].sum(axis=1) + prior_smoothing, 1e-10), 0.0)
+        prior /= prior.sum()
+        return counts, confusion, prior, new_left, new_right
+
+    # Initial parameters from the initial posteriors (every judgment content-driven).
+    counts, confusion, prior, _, _ = m_step(T, None)
+    log_lik = -np.inf
+    converged = False
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        lik, content_share = _combo_likelihood(confusion, combos, lam_left, lam_right)
+        T, new_log_lik = _posterior(np.log(np.maximum(lik, _TINY)), combos, item, n_items, _log(prior), e_weight)
+        if clamp_gold:
+            T = _clamp_gold_cm(j, T)
+        counts, confusion, prior, new_left, new_right = m_step(T, content_share)
+        if debias:
+            lam_left, lam_right = new_left, new_right
+        change = (new_log_lik - log_lik) / max(j.n, 1)
+        log_lik = new_log_lik
+        if abs(change) < tol:
+            converged = True
+            break
+
+    # Final posteriors under the final parameters.
+    lik, _ = _combo_likelihood(confusion, combos, lam_left, lam_right)
+    T, log_lik = _posterior(np.log(np.maximum(lik, _TINY)), combos, item, n_items, _log(prior), e_weight)
+    if clamp_gold:
+        T = _clamp_gold_cm(j, T)
+
+    # Accuracy: P(correct) from the confusion diagonal, mixed by the classes the worker saw.
+    seen = counts.sum(axis=2)  # [worker, truth]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = (seen * np.diagonal(confusion, axis1=1, axis2=2)).sum(axis=1) / seen.sum(axis=1)
+    if debias:
+        # A position click is right when the better response happens to be on that side: half
+        # the non-tie items.
+        accuracy = (1.0 - lam_left - lam_right) * accuracy + 0.5 * (lam_left + lam_right) * (1.0 - prior[TIE])
+    return Aggregate(
+        method="dawid_skene_debiased" if debias else "dawid_skene",
+        proba=np.ascontiguousarray(T.T),
+        n_judgments=n_per_item,
+        confusion=confusion,
+        accuracy=accuracy,
+        left_bias=(lam_left - lam_right) if debias else None,
+        prior=prior,
+        iterations=iterations,
+        converged=converged,
+        log_likelihood=log_lik,
+    )
+
+
+# --------------------------------------------------------------------------- pools
+
+
+@dataclass(eq=False)
+class PoolDisagreement:
+    """How much pools' vote distributions differ.
+
+    ``per_item``: the largest total-variation distance between two pools' vote shares on the
+    item (NaN where fewer than two pools voted). ``matrix[p, q]``: mean of that distance over
+    items both pools voted on (NaN where none); ``n_shared[p, q]`` those items' count.
+    """
+
+    per_item: np.ndarray
+    matrix: np.ndarray
+    n_shared: np.ndarray
+
+
+def pool_disagreement(j: Judgments, pool: np.ndarray | None = None) -> PoolDisagreement:
+    """Per-item and pool-by-pool disagreement (total-variation distance of vote shares)."""
+    pool = j.pool if pool is None else np.asarray(pool, dtype=np.int64)
+    if pool is None:
+        raise ValueError("pool_disagreement needs a pool per worker")
+    n_pools = int(pool.max()) + 1 if pool.size else 0
+    key = (j.item * n_pools + pool[j.worker]) * N_CLASSES + j.label
+    counts = np.bincount(key, minlength=j.n_items * n_pools * N_CLASSES).reshape(j.n_items, n_pools, N_CLASSES)
+    total = counts.sum(axis=2)
+    present = total > 0
+    shares = counts / np.maximum(total, 1)[:, :, None]
+    per_item = np.full(j.n_items, -np.inf)
+    matrix = np.full((n_pools, n_pools), np.nan)
+    n_shared = np.zeros((n_pools, n_pools), dtype=np.int64)
+    for p in range(n_pools):
+        n_shared[p, p] = int(present[:, p].sum())
+        matrix[p, p] = 0.0 if n_shared[p, p] else np.nan
+        for q in range(p + 1, n_pools):
+            both = present[:, p] & present[:, q]
+            tv = 0.5 * np.abs(shares[:, p] - shares[:, q]).sum(axis=1)
+            per_item = np.where(both, np.maximum(per_item, tv), per_item)
+            n_shared[p, q] = n_shared[q, p] = int(both.sum())
+            if both.any():
+                matrix[p, q] = matrix[q, p] = float(tv[both].mean())
+    per_item[np.isneginf(per_item)] = np.nan
+    return PoolDisagreement(per_item=per_item, matrix=matrix, n_shared=n_shared)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@dataclass(eq=False)
+class SimulationTruth:
+    """What :func:`simulate` knows: true labels and each worker's behaviour."""
+
+    label: np.ndarray  # [n_items]
+    accuracy: np.ndarray  # [n_workers] P(correct) when judging the content
+    left_bias: np.ndarray  # [n_workers] P(click left whatever the content)
+    length_bias: np.ndarray  # [n_workers] P(click the longer response whatever the content)
+    effective_accuracy: np.ndarray  # [n_workers] P(label == truth) overall
+
+
+def _distinct_workers(rng: np.random.Generator, n_items: int, overlap: int, p: np.ndarray) -> np.ndarray:
+    """``[n_items, overlap]`` workers, distinct within each row, drawn with probabilities ``p``."""
+    n_workers = p.shape[0]
+    if overlap > n_workers:
+        raise ValueError("overlap cannot exceed the number of workers")
+    cdf = np.cumsum(p)
+    cdf[-1] = 1.0
+
+    def draw(size):
+        return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n_workers - 1)
+
+    w = draw((n_items, overlap))
+    for _ in range(1000):
+        order = np.sort(w, axis=1)
+        dup_rows = np.flatnonzero((order[:, 1:] == order[:, :-1]).any(axis=1))
+        if dup_rows.size == 0:
+            return w
+        # Redraw the later copy of each duplicated worker in those rows.
+        sub = w[dup_rows]
+        srt = np.argsort(sub, axis=1, kind="stable")
+        sorted_sub = np.take_along_axis(sub, srt, axis=1)
+        is_dup = np.zeros_like(sub, dtype=bool)
+        dup_sorted = np.zeros_like(sub, dtype=bool)
+        dup_sorted[:, 1:] = sorted_sub[:, 1:] == sorted_sub[:, :-1]
+        np.put_along_axis(is_dup, srt, dup_sorted, axis=1)
+        sub[is_dup] = draw(int(is_dup.sum()))
+        w[dup_rows] = sub
+    raise RuntimeError("could not draw distinct workers; lower the activity skew")
+
+
+def simulate(
+    n_workers: int = 50,
+    n_items: int = 2000,
+    overlap: int = 5,
+    *,
+    accuracy: np.ndarray | tuple[float, float] = (0.55, 0.95),
+    left_bias: np.ndarray | None = None,
+    length_bias: np.ndarray | None = None,
+    tie_rate: float = 0.0,
+    gold_fraction: float = 0.0,
+    n_pools: int = 1,
+    activity_sigma: float = 0.0,
+    seed: int = 0,
+) -> tuple[Judgments, SimulationTruth]:
+    """Synthetic judgments with known truth (tests, benchmarks, demos).
+
+    Each item gets ``overlap`` distinct workers (chosen with log-normal activity if
+    ``activity_sigma > 0``); A is shown on the left with probability 1/2. A worker clicks left
+    with probability ``left_bias``, else the longer response with probability ``length_bias``,
+    else judges the content: correct with probability ``accuracy``, otherwise one of the other
+    classes at random (only the other side when ``tie_rate == 0``).
+    """
+    rng = np.random.default_rng(seed)
+    if isinstance(accuracy, tuple):
+        accuracy = rng.uniform(accuracy[0], accuracy[1], n_workers)
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    left_bias = np.zeros(n_workers) if left_bias is None else np.asarray(left_bias, dtype=np.float64)
+    length_bias = np.zeros(n_workers) if length_bias is None else np.asarray(length_bias, dtype=np.float64)
+
+    truth = np.where(rng.random(n_items) < 0.5, A, B)
+    if tie_rate > 0:
+        truth = np.where(rng.random(n_items) < tie_rate, TIE, truth)
+    len_a = np.round(np.exp(rng.normal(6.0, 0.7, n_items))) + 1
+    len_b = np.round(np.exp(rng.normal(6.0, 0.7, n_items))) + 1
+    activity = np.exp(rng.normal(0.0, activity_sigma, n_workers)) if activity_sigma > 0 else np.ones(n_workers)
+    workers = _distinct_workers(rng, n_items, overlap, activity / activity.sum())
+
+    item = np.repeat(np.arange(n_items), overlap)
+    worker = workers.ravel()
+    n = item.shape[0]
+    a_left = rng.random(n) < 0.5
+    t = truth[item]
+    # Content judgment: right with P(accuracy), else another class uniformly.
+    right = rng.random(n) < accuracy[worker]
+    if tie_rate > 0:
+        wrong = (t + rng.integers(1, 3, n)) % 3
+    else:
+        wrong = 1 - t
+    content = np.where(right, t, wrong)
+    longer = np.where(len_a[item] >= len_b[item], A, B)
+    left = np.where(a_left, A, B)
+    u = rng.random(n)
+    lb, nb = left_bias[worker], length_bias[worker]
+    label = np.where(u < lb, left, np.where(u < lb + nb, longer, content))
+
+    seconds_median = np.exp(rng.normal(np.log(20.0), 0.4, n_workers))
+    seconds = seconds_median[worker] * np.exp(rng.normal(0.0, 0.5, n))
+    gold = np.full(n_items, -1, dtype=np.int8)
+    if gold_fraction > 0:
+        is_gold = rng.random(n_items) < gold_fraction
+        gold[is_gold] = truth[is_gold]
+    pool = rng.integers(0, n_pools, n_workers) if n_pools > 1 else np.zeros(n_workers, dtype=np.int64)
+
+    p_tie = tie_rate
+    # A position or length click is right when the clicked side is the better one (1/2 of the
+    # non-tie items, independent of the click), never on a tie.
+    effective = (1 - left_bias - length_bias) * accuracy + (left_bias + length_bias) * 0.5 * (1 - p_tie)
+    j = Judgments(
+        item=item, worker=worker, label=label, a_left=a_left, seconds=seconds,
+        n_items=n_items, n_workers=n_workers, pool=pool, gold=gold, len_a=len_a, len_b=len_b,
+    )
+    return j, SimulationTruth(truth, accuracy, left_bias, length_bias, effective)

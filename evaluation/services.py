@@ -1,0 +1,818 @@
+"""Quality services: compute and store annotator quality, admin weight actions, own accuracy.
+
+The statistics live in the pure modules (:mod:`evaluation.aggregation`, :mod:`evaluation.bias`,
+:mod:`evaluation.agreement`, :mod:`evaluation.ranking`); this module feeds them the project's
+judgments (:func:`evaluation.selectors.load_judgments`) and writes what they return:
+
+* one :class:`~evaluation.models.AnnotatorQuality` row per annotator with judgments
+  (gold accuracy with its credible interval, Dawid–Skene accuracy, position and length bias,
+  tie / both-bad rates, median seconds, flags and the *computed* weight), and
+* the report's ``data`` (see :func:`recompute_quality`): agreement overall, per pool and
+  between pools with bootstrap intervals, the pool-by-pool disagreement matrix, agreement over
+  time, the label aggregation summary and per-round model win rates.
+
+The weight the export and training use is :func:`effective_weight`: the computed weight
+(:func:`evaluation.bias.annotator_weights`), replaced by an admin's override when set, and 0
+for an excluded annotator. ``docs/quality.md`` writes the whole rule down.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any, Callable
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from annotate.models import Comparison, GoldAnswer, Judgment, Membership, Pool, Project, Role
+
+from . import agreement, bias, ranking
+from .aggregation import GOLD_PRIOR, TIE, Judgments, aggregate, pool_disagreement
+from .models import AnnotatorQuality, JobStatus, QualityReport
+from .selectors import JudgmentTable, load_judgments
+
+Progress = Callable[[float, str], None]
+
+DATA_VERSION = 1
+NO_POOL = "(no pool)"
+
+# Defaults of the knobs below; each can be set in Django settings.
+DEFAULTS = {
+    # An annotator whose accuracy (gold posterior mean, else Dawid–Skene) is below this is flagged.
+    "PREFLOOP_QUALITY_MIN_ACCURACY": 0.7,
+    # ... and one whose computed weight is below this.
+    "PREFLOOP_QUALITY_MIN_WEIGHT": 0.3,
+    # Bootstrap replicates for the agreement intervals (overall, per pool, between pools).
+    "PREFLOOP_QUALITY_BOOTSTRAP": 500,
+    # Bootstrap replicates per point of the agreement-over-time series.
+    "PREFLOOP_QUALITY_BOOTSTRAP_TIME": 200,
+    # Gold judgments an annotator needs before their gold accuracy replaces the Dawid–Skene one.
+    "PREFLOOP_QUALITY_MIN_GOLD": 10,
+}
+
+FLAG_LABELS = {
+    "low_accuracy": "Accuracy below threshold",
+    "low_weight": "Weight below threshold",
+    "position_bias": "Position bias",
+    "length_bias": "Length bias",
+    "too_fast": "Implausibly fast",
+    "tie_heavy": "Many ties",
+    "excluded": "Excluded",
+}
+#: Flags that make an annotator "below threshold" (highlighted on the dashboard).
+BELOW_THRESHOLD_FLAGS = ("low_accuracy", "low_weight")
+
+
+def knob(name: str):
+    return getattr(settings, name, DEFAULTS[name])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars and arrays to Python, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def _num(value) -> float | None:
+    """A finite float, or None."""
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class _Stepper:
+    """Writes progress into the report row (and calls the caller's ``progress``)."""
+
+    report: QualityReport
+    callback: Progress | None = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = max(0.0, min(1.0, float(fraction)))
+        QualityReport.objects.filter(pk=self.report.pk).update(progress=fraction, message=message)
+        self.report.progress, self.report.message = fraction, message
+        if self.callback is not None:
+            self.callback(fraction, message)
+
+
+def to_judgments(table: JudgmentTable, pool_index: np.ndarray, *, a_left: bool = True) -> Judgments:
+    """The pure modules' :class:`Judgments` from the selector's table."""
+    return Judgments(
+        item=table.item,
+        worker=table.worker,
+        label=table.label,
+        a_left=table.a_left if a_left else None,
+        seconds=table.seconds,
+        both_bad=table.both_bad,
+        n_items=table.n_items,
+        n_workers=table.n_workers,
+        pool=pool_index,
+        gold=table.gold,
+        len_a=table.len_a.astype(np.float64),
+        len_b=table.len_b.astype(np.float64),
+    )
+
+
+def _pool_groups(project: Project, table: JudgmentTable) -> tuple[np.ndarray, list[dict]]:
+    """Dense pool index per worker (annotators without a pool share one group) and pool info."""
+    names = dict(Pool.objects.filter(project=project).values_list("pk", "name"))
+    pool_ids = sorted({int(p) for p in table.worker_pool.tolist()}, key=lambda p: (p < 0, names.get(p, ""), p))
+    index_of = {p: i for i, p in enumerate(pool_ids)}
+    pool_index = np.array([index_of[int(p)] for p in table.worker_pool], dtype=np.int64)
+    info = []
+    for p in pool_ids:
+        workers = pool_index == index_of[p]
+        info.append(
+            {
+                "id": p if p >= 0 else None,
+                "name": names.get(p, NO_POOL) if p >= 0 else NO_POOL,
+                "n_annotators": int(workers.sum()),
+                "n_judgments": int(np.isin(table.worker, np.flatnonzero(workers)).sum()),
+            }
+        )
+    return pool_index, info
+
+
+def _order_known(table: JudgmentTable) -> np.ndarray:
+    """Per worker: whether they saw both display orders (position bias is identifiable).
+
+    Imported votes whose display order was not recorded are stored with A on the left; for
+    an annotator who only ever saw one order, "picks left" and "picks A" cannot be told apart.
+    """
+    n = table.n_workers
+    left = np.bincount(table.worker, weights=table.a_left.astype(np.float64), minlength=n)
+    total = np.bincount(table.worker, minlength=n)
+    return (left > 0) & (left < total)
+
+
+# --------------------------------------------------------------------------- recompute
+
+
+def recompute_quality(
+    project: Project, report: QualityReport | None = None, progress: Progress | None = None
+) -> QualityReport:
+    """Compute every quality statistic of ``project`` and store it; returns the report.
+
+    Writes the ``AnnotatorQuality`` rows and ``report.data``::
+
+        {"version", "computed_at", "n_judgments", "n_items", "n_annotators", "n_gold_items",
+         "settings": {...},
+         "pools": [{"id", "name", "n_annotators", "n_judgments"}],
+         "agreement": {"overall": summary, "per_pool": [{"pool", "name", **summary}],
+                       "between_pools": {"labels", "raw_agreement", "low", "high", "n_pairs"}},
+         "pool_matrix": {"labels", "disagreement", "tv_distance", "n_shared"},
+         "over_time": {"unit": "week"|"items", "points": [{"label", "start", "end", "n_items",
+                       "raw_agreement": {...}, "krippendorff_alpha": {...}}]},
+         "aggregation": {"method", "label_counts", "mean_confidence", "iterations", "converged"},
+         "annotators": {user_id: {"accuracy_source", "accuracy_used", "factors": {...},
+                                  "position_low", "position_high", "length_low", "length_high"}},
+         "rounds": [{"round", "n_comparisons", "models": [{"name", "win_rate", "low", "high",
+                     "strength", "strength_low", "strength_high", "n"}]}]}
+
+    where a summary is :func:`evaluation.agreement.agreement_summary`'s dict (each statistic
+    ``{"value", "low", "high"}``). Statistics are over all judgments, excluded annotators'
+    included, except agreement, which leaves excluded annotators out (their judgments do not
+    reach exports either). Runs synchronously; the Celery task wraps it.
+    """
+    if report is None:
+        report = QualityReport.objects.create(project=project, status=JobStatus.RUNNING)
+    elif report.status != JobStatus.RUNNING:
+        report.status = JobStatus.RUNNING
+        report.save(update_fields=["status"])
+    step = _Stepper(report, progress)
+    step(0.02, "Loading judgments")
+    table = load_judgments(project)
+    pool_index, pools = _pool_groups(project, table)
+    excluded_ids = set(Membership.objects.filter(project=project, excluded=True).values_list("user_id", flat=True))
+    excluded = np.array([int(u) in excluded_ids for u in table.annotator_ids], dtype=bool)
+
+    data: dict[str, Any] = {
+        "version": DATA_VERSION,
+        "n_judgments": len(table),
+        "n_items": table.n_items,
+        "n_annotators": table.n_workers,
+        "n_gold_items": int((table.gold >= 0).sum()),
+        "settings": {
+            name.removeprefix("PREFLOOP_QUALITY_").lower(): knob(name) for name in DEFAULTS
+        }
+        | {"gold_prior": list(GOLD_PRIOR)},
+        "pools": pools,
+    }
+    if len(table):
+        j = to_judgments(table, pool_index)
+        step(0.1, "Aggregating labels (Dawid–Skene)")
+        consensus = aggregate(j, "dawid_skene")
+        data["aggregation"] = _aggregation_summary(consensus)
+
+        step(0.25, "Estimating annotator reliability and bias")
+        rows, per_annotator = _annotator_stats(table, j, consensus, excluded)
+        data["annotators"] = per_annotator
+
+        step(0.4, "Computing agreement")
+        included = j.subset(~excluded[j.worker]) if excluded.any() else j
+        data["agreement"] = _agreement(included, pools)
+        data["pool_matrix"] = _pool_matrix(included, pools, data["agreement"].get("between_pools"))
+
+        step(0.65, "Agreement over time")
+        data["over_time"] = _over_time(project, table, included)
+
+        step(0.85, "Model win rates per round")
+        data["rounds"] = _rounds(table, consensus)
+    else:
+        rows = []
+
+    step(0.95, "Saving")
+    now = timezone.now()
+    data["computed_at"] = now.isoformat()
+    with transaction.atomic():
+        _store_rows(project, rows)
+        report.data = _clean(data)
+        report.n_judgments = len(table)
+        report.status = JobStatus.SUCCEEDED
+        report.progress = 1.0
+        report.message = ""
+        report.finished_at = now
+        report.save(update_fields=["data", "n_judgments", "status", "progress", "message", "finished_at"])
+    if progress is not None:
+        progress(1.0, "Done")
+    return report
+
+
+def _aggregation_summary(consensus) -> dict:
+    judged = consensus.n_judgments > 0
+    labels = consensus.label[judged]
+    return {
+        "method": consensus.method,
+        "label_counts": {
+            "a": int((labels == 0).sum()),
+            "b": int((labels == 1).sum()),
+            "tie": int((labels == TIE).sum()),
+        },
+        "mean_confidence": float(consensus.confidence[judged].mean()) if judged.any() else None,
+        "iterations": int(consensus.iterations),
+        "converged": bool(consensus.converged),
+    }
+
+
+def _annotator_stats(table: JudgmentTable, j: Judgments, consensus, excluded: np.ndarray):
+    """Per-worker AnnotatorQuality field values and the report's per-annotator extras."""
+    W = table.n_workers
+    level = 0.95
+    min_gold = int(knob("PREFLOOP_QUALITY_MIN_GOLD"))
+    min_accuracy = float(knob("PREFLOOP_QUALITY_MIN_ACCURACY"))
+    min_weight = float(knob("PREFLOOP_QUALITY_MIN_WEIGHT"))
+
+    gold = bias.gold_accuracy(j, level=level)
+    prop = bias.propensities(j, level)
+    spd = bias.speed(j)
+    order_known = _order_known(table)
+    pos = bias.position_bias(j, consensus, level)
+    lb = bias.length_bias(j, consensus, level)
+    # The computed weight leaves exclusion and overrides to effective_weight().
+    weights = bias.annotator_weights(j, consensus=consensus, ds_accuracy=consensus.accuracy, min_gold=min_gold,
+                                     level=level)
+    if not order_known.all():
+        # No position factor where the display order is unknown (not identifiable).
+        blind = bias.annotator_weights(to_judgments(table, j.pool, a_left=False), consensus=consensus,
+                                       ds_accuracy=consensus.accuracy, min_gold=min_gold, level=level)
+        for name in ("weight", "position_factor"):
+            getattr(weights, name)[~order_known] = getattr(blind, name)[~order_known]
+
+    n_judgments = np.bincount(table.worker, minlength=W)
+    rows, extras = [], {}
+    for w in range(W):
+        user_id = int(table.annotator_ids[w])
+        flags = []
+        source = str(weights.accuracy_source[w])
+        if source != "prior" and weights.accuracy[w] < min_accuracy:
+            flags.append("low_accuracy")
+        if weights.weight[w] < min_weight:
+            flags.append("low_weight")
+        if order_known[w] and bool(pos.significant[w]):
+            flags.append("position_bias")
+        if bool(lb.significant[w]):
+            flags.append("length_bias")
+        if bool(spd.too_fast[w]):
+            flags.append("too_fast")
+        if n_judgments[w] >= 10 and _num(prop.tie_low[w]) is not None and prop.tie_low[w] > max(
+            0.5, 2 * prop.project_tie_rate
+        ):
+            flags.append("tie_heavy")
+        if excluded[w]:
+            flags.append("excluded")
+        has_gold = gold.n_gold[w] > 0
+        rows.append(
+            {
+                "annotator_id": user_id,
+                "n_judgments": int(n_judgments[w]),
+                "n_gold": int(gold.n_gold[w]),
+                "gold_correct": int(gold.n_correct[w]),
+                "gold_accuracy": _num(gold.mean[w]) if has_gold else None,
+                "gold_accuracy_low": _num(gold.low[w]) if has_gold else None,
+                "gold_accuracy_high": _num(gold.high[w]) if has_gold else None,
+                "estimated_accuracy": _num(consensus.accuracy[w]),
+                "position_bias": _num(pos.bias[w]) if order_known[w] else None,
+                "position_bias_se": _num(pos.se[w]) if order_known[w] else None,
+                "length_bias": _num(lb.bias[w]),
+                "length_bias_se": _num(lb.se[w]),
+                "tie_rate": _num(prop.tie_rate[w]),
+                "both_bad_rate": _num(prop.both_bad_rate[w]) if prop.both_bad_rate is not None else None,
+                "median_seconds": _num(spd.median_seconds[w]),
+                "flags": flags,
+                "weight": float(np.clip(weights.weight[w], 0.0, 1.0)),
+            }
+        )
+        extras[str(user_id)] = {
+            "accuracy_source": source,
+            "accuracy_used": _num(weights.accuracy[w]),
+            "factors": {
+                "base": _num(weights.base[w]),
+                "position": _num(weights.position_factor[w]),
+                "length": _num(weights.length_factor[w]),
+                "speed": _num(weights.speed_factor[w]),
+            },
+            "order_known": bool(order_known[w]),
+            "position_low": _num(pos.low[w]) if order_known[w] else None,
+            "position_high": _num(pos.high[w]) if order_known[w] else None,
+            "position_relative": _num(pos.relative[w]) if order_known[w] else None,
+            "length_low": _num(lb.low[w]),
+            "length_high": _num(lb.high[w]),
+            "length_n": int(lb.n[w]),
+            "tie_low": _num(prop.tie_low[w]),
+            "tie_high": _num(prop.tie_high[w]),
+        }
+    return rows, extras
+
+
+def _store_rows(project: Project, rows: list[dict]) -> None:
+    fields = [f for f in rows[0] if f != "annotator_id"] if rows else []
+    objs = [AnnotatorQuality(project=project, **row) for row in rows]
+    if objs:
+        AnnotatorQuality.objects.bulk_create(
+            objs,
+            update_conflicts=True,
+            unique_fields=["project", "annotator"],
+            update_fields=fields + ["computed_at"],
+            batch_size=500,
+        )
+
+
+def _agreement(j: Judgments, pools: list[dict]) -> dict:
+    n_boot = int(knob("PREFLOOP_QUALITY_BOOTSTRAP"))
+    report = agreement.agreement_report(j, j.pool, n_boot=n_boot)
+    per_pool = []
+    for g, summary in sorted(report.get("per_group", {}).items()):
+        per_pool.append({"pool": pools[g]["id"], "name": pools[g]["name"], **summary})
+    out = {"overall": report["overall"], "per_pool": per_pool}
+    between = report.get("between_groups")
+    if between is not None:
+        out["between_pools"] = {"labels": [p["name"] for p in pools], **between}
+    return out
+
+
+def _pool_matrix(j: Judgments, pools: list[dict], between: dict | None) -> dict:
+    """Pool-by-pool disagreement: 1 − raw agreement between a vote from each pool (diagonal:
+    within the pool), and the total-variation distance of the pools' vote shares."""
+    labels = [p["name"] for p in pools]
+    out: dict[str, Any] = {"labels": labels}
+    if between is not None:
+        out["disagreement"] = 1.0 - np.asarray(between["raw_agreement"], dtype=np.float64)
+        out["n_pairs"] = between["n_pairs"]
+    if len(pools) >= 2 and j.n:
+        pd = pool_disagreement(j)
+        out["tv_distance"] = pd.matrix
+        out["n_shared"] = pd.n_shared
+        per_item = pd.per_item[np.isfinite(pd.per_item)]
+        out["mean_item_tv"] = float(per_item.mean()) if per_item.size else None
+        out["n_items_multi_pool"] = int(per_item.size)
+    return out
+
+
+def _item_completion(project: Project, table: JudgmentTable) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: the time (epoch seconds) and rank (by judgment id) of its last judgment."""
+    rows = list(Judgment.objects.filter(project=project).order_by("pk").values_list("pk", "created_at"))
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    ts = np.fromiter((r[1].timestamp() for r in rows), dtype=np.float64, count=len(rows))
+    pos = np.searchsorted(ids, table.judgment_ids)
+    t = ts[np.minimum(pos, len(ts) - 1)]
+    last_t = np.full(table.n_items, -np.inf)
+    np.maximum.at(last_t, table.item, t)
+    last_id = np.full(table.n_items, -1, dtype=np.int64)
+    np.maximum.at(last_id, table.item, table.judgment_ids)
+    return last_t, last_id
+
+
+def _over_time(project: Project, table: JudgmentTable, j: Judgments) -> dict:
+    """Agreement of the items completed in each period (by the time of their last judgment).
+
+    Weekly when the judgments span at least three weeks, else up to 8 equal-count slices of
+    the items in completion order (imports and short projects).
+    """
+    n_boot = int(knob("PREFLOOP_QUALITY_BOOTSTRAP_TIME"))
+    votes = np.bincount(j.item, minlength=j.n_items)
+    last_t, last_id = _item_completion(project, table)
+    multi = np.flatnonzero(votes >= 2)
+    if multi.size == 0:
+        return {"unit": "items", "points": []}
+    span = last_t[multi].max() - last_t[multi].min()
+    groups: list[tuple[str, str | None, str | None, np.ndarray]] = []
+    if span >= 21 * 86400:
+        unit = "week"
+        days = np.floor(last_t[multi] / 86400).astype(np.int64)
+        # Weeks start on Monday; 1970-01-01 was a Thursday (day 0), so Monday is day -3.
+        week = (days + 3) // 7
+        for wk in np.unique(week):
+            start = datetime.fromtimestamp(float(wk * 7 - 3) * 86400, tz=dt_timezone.utc)
+            end = start + timedelta(days=7)
+            groups.append((start.strftime("%d %b %Y"), start.isoformat(), end.isoformat(), multi[week == wk]))
+    else:
+        unit = "items"
+        order = multi[np.argsort(last_id[multi], kind="stable")]
+        n_bins = int(min(8, max(1, order.size // 20)))
+        lo = 0
+        for chunk in np.array_split(order, n_bins):
+            groups.append((f"{lo + 1}–{lo + len(chunk)}", None, None, chunk))
+            lo += len(chunk)
+    points = []
+    for label, start, end, items in groups:
+        mask = np.zeros(j.n_items, dtype=bool)
+        mask[items] = True
+        sub = j.subset(mask[j.item])
+        summary = agreement.agreement_summary(sub, n_boot=n_boot)
+        points.append(
+            {
+                "label": label,
+                "start": start,
+                "end": end,
+                "n_items": int(items.size),
+                "n_judgments": int(sub.n),
+                "raw_agreement": summary["raw_agreement"],
+                "krippendorff_alpha": summary["krippendorff_alpha"],
+            }
+        )
+    return {"unit": unit, "points": points}
+
+
+def _rounds(table: JudgmentTable, consensus) -> list[dict]:
+    """Per round: each model's mean score against the others (tie = ½) and Bradley–Terry strength."""
+    if not table.n_items:
+        return []
+    info = {
+        pk: (rnd, ma or "", mb or "")
+        for pk, rnd, ma, mb in Comparison.objects.filter(pk__in=table.comparison_ids.tolist()).values_list(
+            "pk", "round", "response_a__model_name", "response_b__model_name"
+        )
+    }
+    ids = table.comparison_ids.tolist()
+    rnd = np.array([info[c][0] for c in ids], dtype=np.int64)
+    ma = np.array([info[c][1] for c in ids], dtype=object)
+    mb = np.array([info[c][2] for c in ids], dtype=object)
+    score = np.clip(consensus.p_a + consensus.p_tie / 2, 0.0, 1.0)
+    usable = (consensus.n_judgments > 0) & (ma != "") & (mb != "") & (ma != mb)
+    out = []
+    for r in np.unique(rnd[usable]):
+        sel = usable & (rnd == r)
+        names = sorted(set(ma[sel].tolist()) | set(mb[sel].tolist()))
+        index = {n: i for i, n in enumerate(names)}
+        a = np.array([index[n] for n in ma[sel]], dtype=np.int64)
+        b = np.array([index[n] for n in mb[sel]], dtype=np.int64)
+        s = score[sel]
+        bt = ranking.bradley_terry(a, b, s, n_models=len(names), n_boot=100)
+        models = []
+        for i, name in enumerate(names):
+            mine = np.concatenate([s[a == i], 1 - s[b == i]])
+            n = mine.size
+            rate = float(mine.mean()) if n else float("nan")
+            se = float(mine.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+            models.append(
+                {
+                    "name": name,
+                    "n": int(n),
+                    "win_rate": rate,
+                    "low": max(0.0, rate - 1.96 * se) if math.isfinite(se) else None,
+                    "high": min(1.0, rate + 1.96 * se) if math.isfinite(se) else None,
+                    "strength": bt.strength[i],
+                    "strength_low": bt.low[i],
+                    "strength_high": bt.high[i],
+                    "elo": bt.elo[i],
+                }
+            )
+        models.sort(key=lambda m: -(m["win_rate"] if math.isfinite(m["win_rate"]) else -1))
+        out.append({"round": int(r), "n_comparisons": int(sel.sum()), "models": models})
+    return out
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def effective_weight(membership: Membership | None, quality: AnnotatorQuality | None) -> float:
+    """The weight an annotator's judgments carry in exports and training, in [0, 1].
+
+    0 when the annotator is excluded; else the admin's override when set; else the computed
+    weight (``quality.weight``, from :func:`evaluation.bias.annotator_weights`); else 1 when
+    quality has not been computed yet.
+    """
+    if membership is not None and membership.excluded:
+        return 0.0
+    if membership is not None and membership.weight_override is not None:
+        return float(min(1.0, max(0.0, membership.weight_override)))
+    if quality is not None:
+        return float(min(1.0, max(0.0, quality.weight)))
+    return 1.0
+
+
+def effective_weights(project: Project) -> dict[int, float]:
+    """``{user_id: effective weight}`` for every annotator member or annotator with quality."""
+    memberships = {m.user_id: m for m in Membership.objects.filter(project=project)}
+    qualities = {q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project)}
+    return {
+        uid: effective_weight(memberships.get(uid), qualities.get(uid))
+        for uid in set(qualities) | {uid for uid, m in memberships.items() if m.role == Role.ANNOTATOR}
+    }
+
+
+class NotAMember(Exception):
+    pass
+
+
+def _membership(project: Project, user_id: int) -> Membership:
+    m = Membership.objects.filter(project=project, user_id=user_id).select_related("user", "pool").first()
+    if m is None:
+        raise NotAMember(f"User {user_id} is not a member of this project.")
+    return m
+
+
+def set_excluded(project: Project, user_id: int, excluded: bool) -> Membership:
+    """Exclude (or include again) an annotator: the queue stops (or resumes) serving them
+    (:func:`annotate.queue.annotator_membership`). Their judgments are kept; their effective
+    weight becomes 0 (or returns). Agreement is recomputed (debounced) since it leaves excluded
+    annotators out."""
+    from .tasks import schedule_recompute
+
+    m = _membership(project, user_id)
+    if m.excluded != excluded:
+        m.excluded = excluded
+        m.save(update_fields=["excluded"])
+        if getattr(settings, "PREFLOOP_AUTO_QUALITY", True):
+            transaction.on_commit(lambda: _safe_schedule(schedule_recompute, project))
+    return m
+
+
+def _safe_schedule(schedule, project) -> None:
+    try:
+        schedule(project)
+    except Exception:  # pragma: no cover - broker trouble must not fail the admin action
+        import logging
+
+        logging.getLogger(__name__).exception("could not schedule a quality recomputation")
+
+
+def set_weight_override(project: Project, user_id: int, weight: float | None) -> Membership:
+    """Set (``weight`` in [0, 1]) or clear (``None``) an annotator's admin weight override."""
+    if weight is not None:
+        weight = float(weight)
+        if not (0.0 <= weight <= 1.0):
+            raise ValueError("The weight must be between 0 and 1.")
+    m = _membership(project, user_id)
+    m.weight_override = weight
+    m.save(update_fields=["weight_override"])
+    return m
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@dataclass
+class AnnotatorRow:
+    """One row of the dashboard's annotator table."""
+
+    user_id: int
+    username: str
+    pool: str
+    membership: Membership | None
+    quality: AnnotatorQuality | None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> bool:
+        return bool(self.membership and self.membership.excluded)
+
+    @property
+    def override(self) -> float | None:
+        return self.membership.weight_override if self.membership else None
+
+    @property
+    def weight(self) -> float:
+        return effective_weight(self.membership, self.quality)
+
+    @property
+    def flags(self) -> list[str]:
+        flags = list(self.quality.flags) if self.quality else []
+        if self.excluded and "excluded" not in flags:
+            flags.append("excluded")
+        if not self.excluded and "excluded" in flags:
+            flags.remove("excluded")
+        return flags
+
+    @property
+    def flag_labels(self) -> list[tuple[str, str]]:
+        return [(f, FLAG_LABELS.get(f, f)) for f in self.flags]
+
+    @property
+    def below_threshold(self) -> bool:
+        return any(f in BELOW_THRESHOLD_FLAGS for f in self.flags)
+
+    def value(self, key: str):
+        """Sort key for a column (None sorts last)."""
+        q = self.quality
+        if key == "annotator":
+            return self.username.lower()
+        if key == "pool":
+            return self.pool.lower()
+        if key == "weight":
+            return self.weight
+        if key == "flags":
+            return len(self.flags)
+        if q is None:
+            return None
+        if key in ("position_bias", "length_bias"):
+            v = getattr(q, key)
+            return None if v is None else abs(v)
+        return getattr(q, key, None)
+
+
+SORT_KEYS = (
+    "annotator", "pool", "n_judgments", "gold_accuracy", "estimated_accuracy", "position_bias", "length_bias",
+    "tie_rate", "median_seconds", "weight", "flags",
+)
+
+
+def annotator_rows(project: Project, report: QualityReport | None = None, sort: str = "annotator",
+                   descending: bool = False) -> list[AnnotatorRow]:
+    """Annotator members and anyone with computed quality, sorted by ``sort``."""
+    memberships = {
+        m.user_id: m for m in Membership.objects.filter(project=project).select_related("user", "pool")
+    }
+    qualities = {q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project).select_related("annotator")}
+    extras = (report.data.get("annotators") or {}) if report is not None else {}
+    rows = []
+    for uid in set(qualities) | {u for u, m in memberships.items() if m.role == Role.ANNOTATOR}:
+        m, q = memberships.get(uid), qualities.get(uid)
+        user = m.user if m else q.annotator
+        rows.append(
+            AnnotatorRow(
+                user_id=uid,
+                username=user.get_username(),
+                pool=(m.pool.name if m and m.pool else "—"),
+                membership=m,
+                quality=q,
+                extras=extras.get(str(uid), {}),
+            )
+        )
+    if sort not in SORT_KEYS:
+        sort = "annotator"
+    present = [r for r in rows if r.value(sort) is not None]
+    missing = [r for r in rows if r.value(sort) is None]
+    present.sort(key=lambda r: (r.value(sort), r.username.lower()), reverse=descending)
+    missing.sort(key=lambda r: r.username.lower())
+    return present + missing
+
+
+def latest_report(project: Project) -> QualityReport | None:
+    """The newest finished (succeeded) report."""
+    return (
+        QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
+    )
+
+
+def pending_report(project: Project) -> QualityReport | None:
+    """The newest queued or running report, if any."""
+    return (
+        QualityReport.objects.filter(project=project, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+# --------------------------------------------------------------------------- own accuracy
+
+
+@dataclass
+class OwnAccuracy:
+    """What an annotator may see about themself. ``visible`` False: show nothing numeric."""
+
+    enabled: bool
+    visible: bool
+    accuracy: float | None = None
+    low: float | None = None
+    high: float | None = None
+    computed_at: Any = None
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "enabled": self.enabled,
+            "visible": self.visible,
+            "accuracy": self.accuracy,
+            "low": self.low,
+            "high": self.high,
+            "computed_at": self.computed_at.isoformat() if self.computed_at else None,
+            "reason": self.reason,
+        }
+
+
+def annotator_own_accuracy(user, project: Project) -> OwnAccuracy:
+    """The annotator's own gold accuracy, if the project shows it and they qualify.
+
+    Shown only when ``project.show_accuracy_after`` is set and the annotator has at least that
+    many gold judgments. The figures come from the last stored computation (not recomputed per
+    request), rounded to whole percent, and neither the number of gold judgments nor anything
+    per item is returned: watching a live count after each answer would reveal which items
+    were gold.
+    """
+    threshold = project.show_accuracy_after
+    if threshold is None:
+        return OwnAccuracy(enabled=False, visible=False, reason="This project does not show accuracy to annotators.")
+    n_gold = Judgment.objects.filter(
+        project=project, annotator=user, comparison__in=GoldAnswer.objects.values("comparison_id")
+    ).count()
+    q = AnnotatorQuality.objects.filter(project=project, annotator=user).first()
+    if n_gold < max(1, threshold) or q is None or q.gold_accuracy is None or q.n_gold < max(1, threshold):
+        return OwnAccuracy(
+            enabled=True,
+            visible=False,
+            reason="Your accuracy appears here after you have answered enough calibration items. Keep going!",
+        )
+
+    def pct(v):
+        return None if v is None else round(float(v), 2)
+
+    return OwnAccuracy(
+        enabled=True,
+        visible=True,
+        accuracy=pct(q.gold_accuracy),
+        low=pct(q.gold_accuracy_low),
+        high=pct(q.gold_accuracy_high),
+        computed_at=q.computed_at,
+    )
+
+
+# --------------------------------------------------------------------------- aggregated labels
+
+
+def aggregated_labels(project: Project, method: str = "dawid_skene", *, pool_balanced: bool = False,
+                      rounds: list[int] | None = None) -> list[dict]:
+    """Per judged comparison: P(A), P(B), P(tie), the label, its confidence and the pools' spread.
+
+    Excluded annotators are left out; for ``majority`` each vote counts with the annotator's
+    effective weight (:func:`effective_weight`).
+    """
+    table = load_judgments(project, rounds=rounds, include_excluded=False)
+    if not len(table):
+        return []
+    pool_index, _ = _pool_groups(project, table)
+    j = to_judgments(table, pool_index)
+    opts: dict[str, Any] = {"pool_balanced": pool_balanced}
+    if method == "majority":
+        weights = effective_weights(project)
+        opts["worker_weights"] = np.array([weights.get(int(u), 1.0) for u in table.annotator_ids])
+    agg = aggregate(j, method, **opts)
+    spread = pool_disagreement(j).per_item if j.n_pools >= 2 else np.full(j.n_items, np.nan)
+    label_name = {0: "a", 1: "b", 2: "tie"}
+    gold = table.gold
+    out = []
+    for i, cid in enumerate(table.comparison_ids.tolist()):
+        out.append(
+            {
+                "comparison": cid,
+                "p_a": float(agg.p_a[i]),
+                "p_b": float(agg.p_b[i]),
+                "p_tie": float(agg.p_tie[i]),
+                "label": label_name[int(agg.label[i])],
+                "confidence": float(agg.confidence[i]),
+                "n_judgments": int(agg.n_judgments[i]),
+                "is_gold": bool(gold[i] >= 0),
+                "pool_disagreement": _num(spread[i]),
+            }
+        )
+    return out

@@ -1,0 +1,21 @@
+"""Signal handlers: a new judgment schedules a (debounced) quality recomputation.
+
+Connected in :meth:`evaluation.apps.EvaluationConfig.ready`. The Celery message goes out
+only after the judgment's transaction commits (``transaction.on_commit``), so the worker
+always sees the row; with ``settings.PREFLOOP_AUTO_QUALITY = False`` the handler does
+nothing. Bulk writes (``bulk_create``, e.g. imports) send no ``post_save``: their callers
+should call :func:`evaluation.tasks.schedule_recompute` once when they are done.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from django.db import transaction
+
+from .tasks import auto_quality_enabled, schedule_after_judgment
+
+
+def judgment_saved(sender, instance, created: bool, raw: bool = False, **kwargs) -> None:
+    if not created or raw or not auto_quality_enabled():
+        return
+    transaction.on_commit(partial(schedule_after_judgment, instance.project_id))

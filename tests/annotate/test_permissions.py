@@ -1,0 +1,400 @@
+"""Who may see and do what, across the whole URL space.
+
+An annotator sees only their own assignments and judgments and never a gold answer, a
+comparison's provenance, its metadata, model names or anybody else's judgment: not in the
+REST API, not in HTML, not in an HTMX partial. The exhaustive test walks every URL pattern of
+the project (``django.urls.get_resolver``), fills its parameters with the ids of the objects
+that must stay hidden, and GETs it as an annotator, an outsider and anonymously, looking for
+distinctive marker strings planted in the hidden data.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls.resolvers import RegexPattern, RoutePattern
+from rest_framework.test import APIClient
+
+from annotate import queue
+from annotate.models import (
+    Assignment,
+    AssignmentStatus,
+    Comparison,
+    GoldAnswer,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
+
+pytestmark = pytest.mark.django_db
+
+User = get_user_model()
+
+# Planted in data an annotator must never receive.
+SECRET_MARKERS = (
+    "MODELNAME-SECRET-7Q",  # model names of a regular comparison
+    "GOLDMODEL-SECRET-3K",  # model names of the gold comparison
+    "METADATA-SECRET-5W",  # comparison metadata
+    "GOLDMETA-SECRET-9X",  # gold comparison metadata
+    "OTHER-RATIONALE-SECRET-2M",  # another annotator's rationale (regular comparison)
+    "OTHER-GOLD-RATIONALE-SECRET-8P",  # another annotator's rationale (gold comparison)
+)
+# JSON keys that would carry hidden data; none may appear in an API answer to an annotator.
+FORBIDDEN_KEYS = {
+    "gold", "is_gold", "answer", "source_preference", "a_on_left", "model_name", "model_a", "model_b",
+    "response_a", "response_b", "metadata", "annotator", "pool", "comparison", "comparison_id",
+}
+# Substrings that name hidden fields; none may appear in any page an annotator gets.
+FORBIDDEN_TEXT = ("is_gold", "source_preference", "GoldAnswer", "a_on_left")
+# Endpoints whose answers describe the API itself (field names), not data.
+SCHEMA_PATHS = ("/api/schema/", "/api/docs/")
+
+
+def make_comparison(project, tag, *, gold=None, model="", metadata=None, source_preference=""):
+    prompt = Prompt.objects.create(project=project, text=f"prompt {tag}", content_hash=content_hash(f"p {tag}"))
+    a = Response.objects.create(prompt=prompt, text=f"answer one {tag}", model_name=f"{model}-a",
+                                content_hash=content_hash(f"a {tag}"))
+    b = Response.objects.create(prompt=prompt, text=f"answer two {tag}", model_name=f"{model}-b",
+                                content_hash=content_hash(f"b {tag}"))
+    c = Comparison.objects.create(
+        project=project, prompt=prompt, response_a=a, response_b=b, pair_hash=content_hash(f"pair {tag}"),
+        is_gold=gold is not None, metadata=metadata or {}, source_preference=source_preference,
+    )
+    if gold is not None:
+        GoldAnswer.objects.create(comparison=c, answer=gold)
+    return c
+
+
+class Scene:
+    def __init__(self):
+        self.admin = User.objects.create_user("boss")
+        self.researcher = User.objects.create_user("sci")
+        self.ann1 = User.objects.create_user("ann1")
+        self.ann2 = User.objects.create_user("ann2")
+        self.outsider = User.objects.create_user("stranger")
+        self.project = Project.objects.create(name="Secret project", overlap=3, gold_rate=0.0)
+        self.other_project = Project.objects.create(name="Other project", overlap=3, gold_rate=0.0)
+        self.pool = Pool.objects.create(project=self.project, name="pool-x", target_share=1.0)
+        Membership.objects.create(project=self.project, user=self.admin, role=Role.ADMIN)
+        Membership.objects.create(project=self.project, user=self.researcher, role=Role.RESEARCHER)
+        self.m1 = Membership.objects.create(project=self.project, user=self.ann1, role=Role.ANNOTATOR, pool=self.pool)
+        self.m2 = Membership.objects.create(project=self.project, user=self.ann2, role=Role.ANNOTATOR, pool=self.pool)
+        Membership.objects.create(project=self.other_project, user=self.ann2, role=Role.ANNOTATOR)
+
+        self.regular = make_comparison(
+            self.project, "r1", model="MODELNAME-SECRET-7Q", metadata={"note": "METADATA-SECRET-5W"},
+            source_preference="a",
+        )
+        self.gold = make_comparison(
+            self.project, "g1", gold="b", model="GOLDMODEL-SECRET-3K", metadata={"note": "GOLDMETA-SECRET-9X"}
+        )
+        self.spare = [make_comparison(self.project, f"s{i}", model="MODELNAME-SECRET-7Q") for i in range(3)]
+        make_comparison(self.other_project, "o1", model="MODELNAME-SECRET-7Q", metadata={"n": "METADATA-SECRET-5W"})
+
+        # ann2 judged the regular and the gold comparison and holds an active assignment.
+        self.ann2_judgments = [
+            self._judge(self.ann2, self.regular, "OTHER-RATIONALE-SECRET-2M"),
+            self._judge(self.ann2, self.gold, "OTHER-GOLD-RATIONALE-SECRET-8P"),
+        ]
+        self.ann2_active = queue.next_assignment(self.ann2, self.project)
+        assert self.ann2_active is not None
+        # ann1 judged the regular comparison too (own rationale may be shown to ann1).
+        self.ann1_judgment = self._judge(self.ann1, self.regular, "my own words")
+
+    def _judge(self, user, comparison, rationale):
+        assignment = Assignment.objects.create(
+            project=self.project, comparison=comparison, annotator=user, pool=self.pool, a_on_left=True,
+            status=AssignmentStatus.ACTIVE, expires_at="2999-01-01T00:00:00Z",
+        )
+        Comparison.objects.filter(pk=comparison.pk).update(slots_taken=comparison.slots_taken + 1)
+        comparison.refresh_from_db()
+        return queue.submit_judgment(user, assignment.pk, choice="left", rationale=rationale)
+
+    def ids(self) -> dict[str, list[int]]:
+        assignments = list(Assignment.objects.values_list("pk", flat=True))
+        judgments = list(Judgment.objects.values_list("pk", flat=True))
+        comparisons = [self.gold.pk, self.regular.pk]
+        everything = sorted(
+            {self.project.pk, self.other_project.pk, self.pool.pk, self.m2.pk, *assignments, *judgments,
+             *comparisons, self.ann2.pk}
+        )
+        return {
+            "project": [self.project.pk, self.other_project.pk],
+            "assignment": [self.ann2_active.pk, *[j.assignment_id for j in self.ann2_judgments]],
+            "judgment": [j.pk for j in self.ann2_judgments],
+            "comparison": comparisons,
+            "gold": comparisons,
+            "pool": [self.pool.pk],
+            "membership": [self.m2.pk],
+            "user": [self.ann2.pk],
+            "annotator": [self.ann2.pk],
+            "*": everything,
+        }
+
+
+@pytest.fixture
+def scene():
+    return Scene()
+
+
+def client_for(user) -> APIClient:
+    c = APIClient()
+    if user is not None:
+        c.force_login(user)
+    return c
+
+
+# --- walking the URL space -------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")
+
+
+def _pattern_text(pattern) -> str | None:
+    """A route string with ``<conv:name>`` placeholders, or None if the regex is too complex."""
+    if isinstance(pattern, RoutePattern):
+        return str(pattern)
+    if isinstance(pattern, RegexPattern):
+        text = str(pattern.regex.pattern).lstrip("^").rstrip("$").replace("\\Z", "")
+        text = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<str:\1>", text)
+        if re.search(r"[\\()\[\]*+?|{}]", text):
+            return None
+        return text
+    return None
+
+
+def iter_routes(resolver=None, prefix=""):
+    resolver = resolver or get_resolver()
+    for entry in resolver.url_patterns:
+        text = _pattern_text(entry.pattern)
+        if text is None:
+            continue
+        if isinstance(entry, URLResolver):
+            if entry.app_name == "admin" or entry.namespace == "admin":
+                continue  # Django admin: staff only, checked separately
+            yield from iter_routes(entry, prefix + text)
+        elif isinstance(entry, URLPattern):
+            yield "/" + prefix + text
+
+
+def _candidates(name: str, conv: str | None, ids: dict[str, list[int]]) -> list[str]:
+    if conv == "uuid":
+        return []
+    for key, values in ids.items():
+        if key != "*" and key in name.lower():
+            return [str(v) for v in values]
+    return [str(v) for v in ids["*"]]
+
+
+def expand(route: str, ids) -> list[str]:
+    slots = list(_PLACEHOLDER.finditer(route))
+    if not slots:
+        return [route]
+    choices = [_candidates(m["name"], m["conv"], ids) for m in slots]
+    urls = []
+    for combo in itertools.product(*choices):
+        out, last = [], 0
+        for m, value in zip(slots, combo):
+            out.append(route[last:m.start()])
+            out.append(value)
+            last = m.end()
+        out.append(route[last:])
+        urls.append("".join(out))
+    return urls
+
+
+def _body(response) -> bytes:
+    if getattr(response, "streaming", False):
+        data = b"".join(response.streaming_content)
+        response.close()
+        return data
+    return response.content
+
+
+def _keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | set().union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value)) if value else set()
+    return set()
+
+
+VARIANTS = (
+    {},  # the API's default: JSON
+    {"HTTP_ACCEPT": "text/html"},  # browsable API and HTML pages
+    {"HTTP_ACCEPT": "text/html", "HTTP_HX_REQUEST": "true"},  # HTMX partials
+)
+
+
+def _all_gets(scene, user):
+    ids = scene.ids()
+    client = client_for(user)
+    routes = sorted(set(iter_routes()))
+    assert "/api/projects/<int:project_pk>/next/" in routes  # the walk reaches the API
+    for route in routes:
+        for path in expand(route, ids):
+            for headers in VARIANTS:
+                response = client.get(path, **headers)
+                yield route, path, headers, response, _body(response)
+
+
+@pytest.mark.parametrize("who", ["ann1", "outsider", "anonymous"])
+def test_no_url_leaks_hidden_data(scene, who):
+    user = None if who == "anonymous" else getattr(scene, who)
+    checked = 0
+    for route, path, headers, response, body in _all_gets(scene, user):
+        checked += 1
+        text = body.decode("utf-8", errors="replace")
+        where = f"GET {path} {headers} as {who} -> {response.status_code}"
+        for marker in SECRET_MARKERS:
+            assert marker not in text, f"{where} leaks {marker}"
+        if path.startswith(SCHEMA_PATHS):
+            continue
+        for word in FORBIDDEN_TEXT:
+            assert word not in text, f"{where} names {word!r}"
+        if response.get("Content-Type", "").startswith("application/json") and body:
+            keys = _keys(json.loads(body))
+            assert not keys & FORBIDDEN_KEYS, f"{where} has keys {sorted(keys & FORBIDDEN_KEYS)}"
+        if who == "anonymous" and path.startswith("/api/") and not path.startswith("/api/auth/"):
+            assert response.status_code in (401, 403), where
+        if who == "outsider" and "project" in route and f"/{scene.project.pk}/" in path:
+            assert response.status_code in (302, 401, 403, 404, 405), where
+    assert checked > 50
+
+
+def test_annotator_sees_own_judgment_but_nobody_elses(scene):
+    c = client_for(scene.ann1)
+    body = c.get(reverse("annotate-api:my-judgments", args=[scene.project.pk])).json()
+    assert [j["rationale"] for j in body["results"]] == ["my own words"]
+
+
+def test_admin_pages_redirect_annotators(scene):
+    r = client_for(scene.ann1).get("/admin/annotate/goldanswer/")
+    assert r.status_code == 302 and "/admin/login/" in r["Location"]
+
+
+# --- role gates ------------------------------------------------------------------------------
+
+
+def api(name, *args):
+    return reverse(f"annotate-api:{name}", args=args)
+
+
+def reader_only_urls(scene):
+    p = scene.project.pk
+    return [api("comparison-list", p), api("pool-list", p), api("pool-detail", p, scene.pool.pk)]
+
+
+def admin_only_urls(scene):
+    p = scene.project.pk
+    return [api("gold-list", p), api("membership-list", p), api("membership-detail", p, scene.m2.pk)]
+
+
+def test_reader_endpoints_refuse_annotators_outsiders_and_anonymous(scene):
+    for path in reader_only_urls(scene) + admin_only_urls(scene):
+        assert client_for(scene.ann1).get(path).status_code == 403, path
+        assert client_for(scene.outsider).get(path).status_code == 403, path
+        assert APIClient().get(path).status_code == 401, path
+    for path in reader_only_urls(scene):
+        assert client_for(scene.researcher).get(path).status_code == 200, path
+        assert client_for(scene.admin).get(path).status_code == 200, path
+
+
+def test_admin_endpoints_refuse_researchers(scene):
+    for path in admin_only_urls(scene):
+        assert client_for(scene.researcher).get(path).status_code == 403, path
+        assert client_for(scene.admin).get(path).status_code == 200, path
+    lines = {"lines": [{"prompt": "p", "response_a": "a", "response_b": "b"}]}
+    path = api("comparison-import", scene.project.pk)
+    for user in (scene.researcher, scene.ann1, scene.outsider):
+        assert client_for(user).post(path, lines, format="json").status_code == 403
+    assert APIClient().post(path, lines, format="json").status_code == 401
+
+
+def test_writes_refused_to_non_admins(scene):
+    p = scene.project.pk
+    writes = [
+        ("patch", api("project-detail", p), {"gold_rate": 0.9}),
+        ("post", api("pool-list", p), {"name": "new"}),
+        ("patch", api("pool-detail", p, scene.pool.pk), {"target_share": 0.1}),
+        ("post", api("membership-list", p), {"username": "stranger", "role": "admin"}),
+        ("patch", api("membership-detail", p, scene.m1.pk), {"role": "admin"}),
+    ]
+    for user in (scene.researcher, scene.ann1, scene.outsider):
+        for method, path, data in writes:
+            r = getattr(client_for(user), method)(path, data, format="json")
+            assert r.status_code == 403, (user, method, path, r.status_code)
+    assert Membership.objects.get(pk=scene.m1.pk).role == Role.ANNOTATOR
+    assert not Membership.objects.filter(user=scene.outsider).exists()
+
+
+def test_member_endpoints_refuse_outsiders(scene):
+    p = scene.project.pk
+    for path in (api("project-detail", p), api("progress", p), api("my-judgments", p), api("next", p)):
+        assert client_for(scene.outsider).get(path).status_code == 403, path
+        assert APIClient().get(path).status_code == 401, path
+    assert client_for(scene.ann1).get(api("project-detail", 987654)).status_code == 404
+
+
+def test_annotator_progress_is_their_own(scene):
+    body = client_for(scene.ann1).get(api("progress", scene.project.pk)).json()
+    assert body["scope"] == "annotator" and set(body) == {"scope", "done", "skipped", "remaining"}
+    assert body["done"] == 1
+
+
+# --- other annotators' assignments -----------------------------------------------------------
+
+
+def test_cannot_fetch_submit_or_skip_another_annotators_assignment(scene):
+    target = scene.ann2_active
+    for user in (scene.ann1, scene.admin, scene.researcher, scene.outsider):
+        c = client_for(user)
+        assert c.get(api("assignment-detail", target.pk)).status_code == 404
+        assert c.post(api("submit-judgment", target.pk), {"choice": "left"}, format="json").status_code == 404
+        assert c.post(api("skip", target.pk)).status_code == 404
+    assert APIClient().post(api("skip", target.pk)).status_code == 401
+    target.refresh_from_db()
+    assert target.status == AssignmentStatus.ACTIVE
+    assert not Judgment.objects.filter(assignment=target).exists()
+
+
+def test_cannot_resubmit_another_annotators_finished_assignment(scene):
+    done = scene.ann2_judgments[0].assignment_id
+    r = client_for(scene.ann1).post(api("submit-judgment", done), {"choice": "right"}, format="json")
+    assert r.status_code == 404
+    assert "OTHER-RATIONALE" not in r.content.decode()
+
+
+def test_removed_annotator_cannot_submit_own_assignment(scene):
+    item = client_for(scene.ann1).get(api("next", scene.project.pk)).json()
+    Membership.objects.filter(pk=scene.m1.pk).update(role=Role.RESEARCHER)
+    r = client_for(scene.ann1).post(api("submit-judgment", item["assignment_id"]), {"choice": "left"}, format="json")
+    assert r.status_code == 403
+    Membership.objects.filter(pk=scene.m1.pk).update(role=Role.ANNOTATOR, excluded=True)
+    r = client_for(scene.ann1).post(api("submit-judgment", item["assignment_id"]), {"choice": "left"}, format="json")
+    assert r.status_code == 403
+    assert not Judgment.objects.filter(assignment_id=item["assignment_id"]).exists()
+
+
+def test_gold_item_served_to_annotator_carries_no_gold_hint(scene):
+    Project.objects.filter(pk=scene.project.pk).update(gold_rate=1.0)
+    c = client_for(scene.ann1)
+    item = c.get(api("next", scene.project.pk)).json()
+    assert item["prompt"] == "prompt g1"
+    regular_keys = set(item)
+    text = json.dumps(item)
+    for marker in SECRET_MARKERS:
+        assert marker not in text
+    r = c.post(api("submit-judgment", item["assignment_id"]), {"choice": "right"}, format="json")
+    assert r.status_code == 201
+    assert set(r.json()["judgment"]) == {"id", "assignment_id", "choice", "strength", "rationale", "seconds",
+                                         "created_at"}
+    assert set(r.json()["next"]) == regular_keys

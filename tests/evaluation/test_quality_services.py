@@ -1,0 +1,347 @@
+"""Quality services: recompute on a hand-made project, weights, exclusion, debouncing, own accuracy.
+
+The hand-made project: six comparisons (four gold: A, A, B, B), three annotators who each judge
+all six, with equal-length responses (no length signal) and balanced display order:
+
+    annotator  pool   gold answers        right  gold accuracy (Beta(2, 1) prior)
+    a1         north  A A B A  (+ A, B)   3/4    (3 + 2) / (4 + 3) = 5/7
+    a2         south  B B A A  (+ B, A)   0/4    (0 + 2) / (4 + 3) = 2/7
+    a3         north  A A B B  (+ A, B)   4/4    (4 + 2) / (4 + 3) = 6/7
+
+With ``PREFLOOP_QUALITY_MIN_GOLD = 3`` the weight is ``clip(2 acc − 1, 0, 1)`` (no bias can be
+demonstrated on six judgments): 3/7, 0, 5/7. On every item two of the three votes agree, so
+raw agreement is 2 agreeing pairs of 6 = 1/3; without a2, a1 and a3 agree on 5 of 6 items.
+"""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from scipy import stats
+
+from annotate import queue
+from annotate.models import (
+    Comparison,
+    GoldAnswer,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
+from evaluation import services
+from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
+from evaluation.tasks import recompute_quality_task, schedule_recompute
+
+pytestmark = pytest.mark.django_db
+
+GOLD = ["a", "a", "b", "b"]
+VOTES = {
+    "a1": ["a", "a", "b", "a", "a", "b"],
+    "a2": ["b", "b", "a", "a", "b", "a"],
+    "a3": ["a", "a", "b", "b", "a", "b"],
+}
+
+
+def make_comparison(project, i: int, *, gold: str | None = None, round_: int = 0) -> Comparison:
+    text = f"prompt {i} round {round_}"
+    prompt = Prompt.objects.create(project=project, text=text, content_hash=content_hash(text))
+    ra = Response.objects.create(prompt=prompt, text=f"answer A {i:03d}", model_name="model-x",
+                                 content_hash=content_hash(f"A{i}"), round=round_)
+    rb = Response.objects.create(prompt=prompt, text=f"answer B {i:03d}", model_name="model-y",
+                                 content_hash=content_hash(f"B{i}"), round=round_)
+    c = Comparison.objects.create(project=project, prompt=prompt, response_a=ra, response_b=rb, round=round_,
+                                  pair_hash=content_hash(f"pair {i} {round_}"), is_gold=gold is not None)
+    if gold is not None:
+        GoldAnswer.objects.create(comparison=c, answer=gold)
+    return c
+
+
+def judge(user, comparison, choice: str, *, a_on_left: bool, seconds: float = 20.0, pool=None) -> Judgment:
+    return Judgment.objects.create(project=comparison.project, comparison=comparison, annotator=user,
+                                   pool=pool, a_on_left=a_on_left, choice=choice, seconds=seconds)
+
+
+@pytest.fixture
+def hand(settings):
+    settings.PREFLOOP_AUTO_QUALITY = False
+    settings.PREFLOOP_QUALITY_MIN_GOLD = 3
+    settings.PREFLOOP_QUALITY_BOOTSTRAP = 50
+    settings.PREFLOOP_QUALITY_BOOTSTRAP_TIME = 20
+    User = get_user_model()
+    project = Project.objects.create(name="hand-made", overlap=3, gold_rate=0.0)
+    north = Pool.objects.create(project=project, name="north")
+    south = Pool.objects.create(project=project, name="south")
+    users = {}
+    for name, pool in (("a1", north), ("a2", south), ("a3", north)):
+        users[name] = User.objects.create_user(name, password="x")
+        Membership.objects.create(project=project, user=users[name], role=Role.ANNOTATOR, pool=pool)
+    users["admin"] = User.objects.create_user("boss", password="x")
+    Membership.objects.create(project=project, user=users["admin"], role=Role.ADMIN)
+    comparisons = [make_comparison(project, i, gold=GOLD[i] if i < 4 else None) for i in range(6)]
+    for name, votes in VOTES.items():
+        m = Membership.objects.get(project=project, user=users[name])
+        for i, (c, v) in enumerate(zip(comparisons, votes)):
+            judge(users[name], c, v, a_on_left=i % 2 == 0, pool=m.pool)
+    return project, users, comparisons
+
+
+def quality(project, user) -> AnnotatorQuality:
+    return AnnotatorQuality.objects.get(project=project, annotator=user)
+
+
+def test_recompute_gives_the_hand_computed_numbers(hand):
+    project, users, _ = hand
+    report = services.recompute_quality(project)
+    assert report.status == JobStatus.SUCCEEDED and report.progress == 1.0 and report.finished_at
+    assert report.n_judgments == 18
+
+    expected = {"a1": (3, 5 / 7, 3 / 7), "a2": (0, 2 / 7, 0.0), "a3": (4, 6 / 7, 5 / 7)}
+    for name, (correct, acc, weight) in expected.items():
+        q = quality(project, users[name])
+        assert (q.n_judgments, q.n_gold, q.gold_correct) == (6, 4, correct)
+        assert q.gold_accuracy == pytest.approx(acc)
+        a, b = 2 + correct, 1 + 4 - correct
+        assert q.gold_accuracy_low == pytest.approx(stats.beta.ppf(0.025, a, b))
+        assert q.gold_accuracy_high == pytest.approx(stats.beta.ppf(0.975, a, b))
+        assert q.weight == pytest.approx(weight)
+        assert q.tie_rate == 0.0 and q.median_seconds == 20.0
+        assert q.length_bias is None  # equal lengths: nothing to measure
+        assert q.position_bias is not None  # both display orders were shown
+
+    assert set(quality(project, users["a2"]).flags) == {"low_accuracy", "low_weight"}
+    assert quality(project, users["a1"]).flags == []
+    assert quality(project, users["a3"]).flags == []
+
+    data = report.data
+    overall = data["agreement"]["overall"]
+    assert overall["raw_agreement"]["value"] == pytest.approx(1 / 3)
+    assert overall["raw_agreement"]["low"] <= 1 / 3 <= overall["raw_agreement"]["high"]
+    assert overall["n_items"] == 6
+    assert {p["name"] for p in data["agreement"]["per_pool"]} == {"north", "south"}
+    north = next(p for p in data["agreement"]["per_pool"] if p["name"] == "north")
+    assert north["raw_agreement"]["value"] == pytest.approx(5 / 6)  # a1 and a3
+    # Pool matrix: north × south pairs agree on (a1 or a3) == a2: g4 by a1 only -> 1 of 12 pairs.
+    labels = data["pool_matrix"]["labels"]
+    i, k = labels.index("north"), labels.index("south")
+    assert data["pool_matrix"]["disagreement"][i][k] == pytest.approx(1 - 1 / 12)
+    assert data["pool_matrix"]["disagreement"][i][i] == pytest.approx(1 / 6)
+    assert data["over_time"]["points"] and data["over_time"]["unit"] == "items"
+    assert data["rounds"][0]["round"] == 0
+    assert {m["name"] for m in data["rounds"][0]["models"]} == {"model-x", "model-y"}
+    assert data["aggregation"]["method"] == "dawid_skene"
+    assert data["annotators"][str(users["a1"].pk)]["accuracy_source"] == "gold"
+
+    # Recomputing updates the rows in place.
+    services.recompute_quality(project)
+    assert AnnotatorQuality.objects.filter(project=project).count() == 3
+
+
+def test_default_min_gold_uses_dawid_skene_accuracy(hand, settings):
+    project, users, _ = hand
+    del settings.PREFLOOP_QUALITY_MIN_GOLD  # back to the default, 10 gold judgments
+    services.recompute_quality(project)
+    report = services.latest_report(project)
+    assert report.data["annotators"][str(users["a1"].pk)]["accuracy_source"] == "dawid_skene"
+    q = quality(project, users["a1"])
+    assert 0 <= q.weight <= 1 and q.estimated_accuracy is not None
+
+
+def test_empty_project_recomputes_to_an_empty_report(settings):
+    settings.PREFLOOP_AUTO_QUALITY = False
+    project = Project.objects.create(name="empty")
+    report = services.recompute_quality(project)
+    assert report.status == JobStatus.SUCCEEDED
+    assert report.data["n_judgments"] == 0
+    assert not AnnotatorQuality.objects.filter(project=project).exists()
+
+
+def test_exclusion_zeroes_the_weight_keeps_judgments_and_the_queue_refuses(hand):
+    project, users, comparisons = hand
+    services.recompute_quality(project)
+    a2 = users["a2"]
+    # a2 could be served before (a fresh comparison is open).
+    make_comparison(project, 99)
+    assert queue.next_assignment(a2, project) is not None
+
+    membership = services.set_excluded(project, a2.pk, True)
+    assert membership.excluded
+    assert services.effective_weight(membership, quality(project, a2)) == 0.0
+    with pytest.raises(queue.NotAnAnnotator):
+        queue.next_assignment(a2, project)
+    assert Judgment.objects.filter(annotator=a2, project=project).count() == 6
+
+    report = services.recompute_quality(project)
+    assert quality(project, a2).n_judgments == 6  # still measured
+    assert "excluded" in quality(project, a2).flags
+    overall = report.data["agreement"]["overall"]
+    assert overall["n_workers"] == 2
+    assert overall["raw_agreement"]["value"] == pytest.approx(5 / 6)
+    assert services.effective_weights(project)[a2.pk] == 0.0
+
+    services.set_excluded(project, a2.pk, False)
+    membership.refresh_from_db()
+    assert not membership.excluded
+    assert services.effective_weight(membership, quality(project, a2)) == pytest.approx(0.0)  # computed weight is 0
+    assert queue.next_assignment(a2, project) is not None
+
+
+def test_weight_override_replaces_the_computed_weight(hand):
+    project, users, _ = hand
+    services.recompute_quality(project)
+    a1 = users["a1"]
+    m = services.set_weight_override(project, a1.pk, 0.25)
+    assert services.effective_weight(m, quality(project, a1)) == 0.25
+    with pytest.raises(ValueError):
+        services.set_weight_override(project, a1.pk, 1.5)
+    with pytest.raises(ValueError):
+        services.set_weight_override(project, a1.pk, -0.1)
+    m.refresh_from_db()
+    assert m.weight_override == 0.25
+    # Exclusion wins over an override.
+    m = services.set_excluded(project, a1.pk, True)
+    assert services.effective_weight(m, quality(project, a1)) == 0.0
+    services.set_excluded(project, a1.pk, False)
+    m = services.set_weight_override(project, a1.pk, None)
+    assert services.effective_weight(m, quality(project, a1)) == pytest.approx(3 / 7)
+    with pytest.raises(services.NotAMember):
+        services.set_weight_override(project, 10**9, 0.5)
+
+
+def test_effective_weight_rule():
+    m = Membership(excluded=False, weight_override=None)
+    q = AnnotatorQuality(weight=0.6)
+    assert services.effective_weight(m, q) == 0.6
+    assert services.effective_weight(m, None) == 1.0
+    assert services.effective_weight(None, q) == 0.6
+    assert services.effective_weight(Membership(excluded=False, weight_override=0.0), q) == 0.0
+    assert services.effective_weight(Membership(excluded=True, weight_override=0.9), q) == 0.0
+
+
+class _Sent(list):
+    def __call__(self, args=(), kwargs=None, countdown=None, **options):
+        self.append((args, countdown))
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    calls = _Sent()
+    monkeypatch.setattr(recompute_quality_task, "apply_async", calls)
+    return calls
+
+
+def test_judgments_schedule_one_debounced_report(hand, settings, sent, django_capture_on_commit_callbacks):
+    project, users, comparisons = hand
+    settings.PREFLOOP_AUTO_QUALITY = True
+    settings.PREFLOOP_QUALITY_DEBOUNCE_S = 45
+    extra = [make_comparison(project, 100 + i) for i in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        for c in extra:
+            judge(users["a1"], c, "a", a_on_left=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        judge(users["a3"], extra[0], "b", a_on_left=False)
+    queued = QualityReport.objects.filter(project=project, status=JobStatus.QUEUED)
+    assert queued.count() == 1
+    assert sent == [((queued.get().pk,), 45)]
+
+    # "Recompute now" reuses the queued report and sends it without waiting.
+    with django_capture_on_commit_callbacks(execute=True):
+        again = schedule_recompute(project, countdown=0)
+    assert again.pk == queued.get().pk and sent[-1] == ((again.pk,), 0)
+
+    # While it runs, a new judgment queues the next one (so the new judgment is covered).
+    QualityReport.objects.filter(pk=again.pk).update(status=JobStatus.RUNNING)
+    with django_capture_on_commit_callbacks(execute=True):
+        judge(users["a2"], extra[1], "a", a_on_left=True)
+    assert QualityReport.objects.filter(project=project, status=JobStatus.QUEUED).count() == 1
+    assert QualityReport.objects.filter(project=project).count() == 2
+
+
+def test_auto_quality_off_schedules_nothing(hand, sent, django_capture_on_commit_callbacks):
+    project, users, _ = hand  # the fixture turns PREFLOOP_AUTO_QUALITY off
+    c = make_comparison(project, 200)
+    with django_capture_on_commit_callbacks(execute=True):
+        judge(users["a1"], c, "a", a_on_left=True)
+    assert not QualityReport.objects.filter(project=project).exists()
+    assert sent == []
+
+
+def test_task_is_idempotent(hand, sent, django_capture_on_commit_callbacks):
+    project, users, _ = hand
+    assert recompute_quality_task.acks_late
+    with django_capture_on_commit_callbacks(execute=True):
+        report = schedule_recompute(project)
+    assert recompute_quality_task(report.pk) == "succeeded"
+    report.refresh_from_db()
+    assert report.status == JobStatus.SUCCEEDED and report.progress == 1.0
+    finished = report.finished_at
+    # A redelivered message does nothing.
+    assert recompute_quality_task(report.pk) == "skipped (succeeded)"
+    report.refresh_from_db()
+    assert report.finished_at == finished
+    assert recompute_quality_task(10**9) == "missing"
+
+
+def test_task_failure_is_recorded(hand, monkeypatch):
+    project, _, _ = hand
+    report = QualityReport.objects.create(project=project)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(services, "recompute_quality", boom)
+    assert recompute_quality_task(report.pk) == "failed"
+    report.refresh_from_db()
+    assert report.status == JobStatus.FAILED and "disk on fire" in report.message
+
+
+def test_own_accuracy_is_off_by_default(hand):
+    project, users, _ = hand
+    services.recompute_quality(project)
+    own = services.annotator_own_accuracy(users["a1"], project)
+    assert not own.enabled and not own.visible and own.accuracy is None
+
+
+def test_own_accuracy_after_enough_gold_and_nothing_about_items(hand):
+    project, users, comparisons = hand
+    services.recompute_quality(project)
+    project.show_accuracy_after = 5
+    project.save()
+    own = services.annotator_own_accuracy(users["a1"], project)
+    assert own.enabled and not own.visible and own.accuracy is None  # only 4 gold judgments
+
+    project.show_accuracy_after = 4
+    project.save()
+    own = services.annotator_own_accuracy(users["a1"], project)
+    assert own.visible and own.accuracy == pytest.approx(round(5 / 7, 2))
+    assert own.low < own.accuracy < own.high
+    payload = own.as_dict()
+    assert set(payload) == {"enabled", "visible", "accuracy", "low", "high", "computed_at", "reason"}
+    text = repr(payload)
+    for c in comparisons:
+        assert f"{c.pk}," not in text and f"'{c.pk}'" not in text
+
+
+def test_aggregated_labels(hand):
+    project, users, comparisons = hand
+    labels = services.aggregated_labels(project, "majority")
+    by_id = {lab["comparison"]: lab for lab in labels}
+    assert len(labels) == 6
+    assert by_id[comparisons[0].pk]["label"] == "a" and by_id[comparisons[0].pk]["is_gold"]
+    assert by_id[comparisons[4].pk]["p_a"] == pytest.approx(2 / 3)  # r1: A, B, A
+    assert by_id[comparisons[4].pk]["pool_disagreement"] == pytest.approx(1.0)  # north all A, south B
+    # An excluded annotator is left out; majority weighs votes by effective weight.
+    services.set_excluded(project, users["a2"].pk, True)
+    labels = services.aggregated_labels(project, "majority")
+    assert {lab["comparison"]: lab for lab in labels}[comparisons[4].pk]["p_a"] == pytest.approx(1.0)
+
+
+def test_management_command(hand, capsys):
+    project, _, _ = hand
+    call_command("recompute_quality", project=str(project.pk), verbosity=0)
+    out = capsys.readouterr().out
+    assert "raw agreement" in out and "0.333" in out and "below threshold: a2" in out
+    assert QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED).exists()

@@ -1,0 +1,378 @@
+"""training.data + training.trainer: batch layout, weighted DPO, validation, end to end, resume."""
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from training.data import attention_mask_4d, collate, pack_units, tokenize_pairs, tokenize_sft
+from training.losses import dpo_loss
+from training.tiny_model import ModelLoadError, build_default_model, llama_config, train_tokenizer
+from training.trainer import TrainConfig, chunked_token_logps, plan_steps, sequence_logps, train
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = ("apple river stone cloud green music table window garden light paper dream horse silver ocean "
+         "forest winter candle").split()
+
+
+def synthetic_pairs(n, seed=0):
+    """The preferred response is the rejected one in capitals: a property the model can learn."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        body = " ".join(rng.sample(WORDS, 4))
+        out.append({"prompt": f"Tell me about {rng.choice(WORDS)}.", "chosen": " " + body.upper(),
+                    "rejected": " " + body})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pairs = synthetic_pairs(200)
+    texts = [p["prompt"] + p["chosen"] + p["rejected"] for p in pairs]
+    path = build_default_model(tmp_path_factory.mktemp("m") / "model", texts, vocab_size=512, hidden=64, layers=2)
+    return path, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def cfg(**kw):
+    base = dict(recipe="dpo", lr=1e-3, max_steps=6, batch_size=4, eval_fraction=0.0, device="cpu",
+                checkpoint_every=0, min_pairs=4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Recorder:
+    def __init__(self, crash_at=None, stop_at=None):
+        self.steps, self.evals, self.ckpts, self.logs = [], [], [], []
+        self.crash_at, self.stop_at = crash_at, stop_at
+
+    def on_step(self, m):
+        self.steps.append(m)
+        if self.crash_at is not None and m["step"] == self.crash_at:
+            raise RuntimeError("simulated worker crash")
+
+    def on_eval(self, m):
+        self.evals.append(m)
+
+    def should_stop(self):
+        return self.stop_at is not None and bool(self.steps) and self.steps[-1]["step"] >= self.stop_at
+
+    def on_checkpoint(self, path):
+        self.ckpts.append(path)
+
+    def on_log(self, msg):
+        self.logs.append(msg)
+
+
+# ---- tokenization and the shared-prompt layout ----------------------------------------------
+
+
+def _naive_logps(model, examples):
+    rows = []
+    for e in examples:
+        row = []
+        for c in e.continuations:
+            ids = torch.tensor([e.prompt_ids + c])
+            logits = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+            tl = logits.gather(-1, ids[0, 1:, None])[:, 0]
+            row.append(tl[len(e.prompt_ids) - 1:].sum())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def _layout_pairs():
+    pairs = [{"prompt": "Q: what is it? " * (i + 1), "chosen": " a cat" * (2 * i + 1), "rejected": " a dog!" * (4 - i)}
+             for i in range(4)]
+    pairs.append({"prompt": [{"role": "user", "content": "Hi there"}], "chosen": "Hello", "rejected": "Go away now"})
+    return pairs
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("pack", [False, True])
+def test_shared_prompt_logps_equal_naive(tiny, impl, pack):
+    _, tok = tiny
+    config = llama_config(tok, hidden=64, layers=2, heads=4)
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    examples = tokenize_pairs(tok, _layout_pairs(), max_length=100)
+    batch = collate(examples, tok.pad_token_id, pack=pack)
+    with torch.no_grad():
+        fast32 = sequence_logps(model, batch)
+        naive32 = _naive_logps(model, examples)
+        model.double()
+        fast64 = sequence_logps(model, batch)
+        naive64 = _naive_logps(model, examples)
+    # (eager attention does its softmax in float32 even for a float64 model)
+    assert torch.allclose(fast64, naive64, atol=1e-9 if impl == "sdpa" else 1e-6, rtol=0)
+    assert torch.allclose(fast32.double(), naive32, atol=1e-5, rtol=1e-6)
+    # SFT batches (one continuation) use the same layout
+    sft = tokenize_sft(tok, _layout_pairs(), max_length=100)
+    with torch.no_grad():
+        assert torch.allclose(sequence_logps(model, collate(sft, tok.pad_token_id, pack=pack))[:, 0], fast64[:, 0],
+                              atol=1e-6)
+
+
+def test_layout_and_mask():
+    # unit lengths 5 and 3 and 2: without packing 3 rows of 5; packed, [5] and [3, 2]
+    assert pack_units([5, 3, 2], pack=False) == [[0], [1], [2]]
+    assert pack_units([5, 3, 2]) == [[0], [1, 2]]
+    seg = torch.tensor([[0, 0, 1, 1, 2, 2, -1]])
+    unit = torch.tensor([[0, 0, 0, 0, 0, 0, -1]])
+    m = attention_mask_4d(seg, unit)[0, 0].int()
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0, 0],  # prompt
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],  # chosen sees the prompt and earlier chosen
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0],  # rejected sees the prompt and itself, never the chosen tokens
+        [1, 1, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 1],  # padding sees only padding
+    ])
+    assert torch.equal(m, expected)
+
+
+def test_collate_pads_to_longest_only(tiny):
+    _, tok = tiny
+    ex = tokenize_pairs(tok, synthetic_pairs(4), max_length=512)
+    batch = collate(ex, tok.pad_token_id, pack=False)
+    assert batch.input_ids.shape == (4, max(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in ex))
+    # positions: rejected tokens restart right after the prompt
+    e = ex[0]
+    p, c, r = len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids)
+    assert batch.position_ids[0, :p + c + r].tolist() == list(range(p + c)) + list(range(p, p + r))
+    assert batch.target_ids.numel() == sum(len(x.chosen_ids) + len(x.rejected_ids) for x in ex)
+
+
+def test_tokenization_rules(tiny):
+    _, tok = tiny
+    pair = {"prompt": "Tell me about apple.", "chosen": " APPLE RIVER", "rejected": " apple river"}
+    (e,) = tokenize_pairs(tok, [pair])
+    assert e.prompt_ids[0] == tok.bos_token_id
+    assert e.chosen_ids[-1] == tok.eos_token_id and e.rejected_ids[-1] == tok.eos_token_id
+    assert tok.decode(e.prompt_ids + e.chosen_ids, skip_special_tokens=True) == pair["prompt"] + pair["chosen"]
+    # responses are truncated to fit (keep the start); prompts keep their end with max_prompt_length
+    p = len(e.prompt_ids)
+    (t,) = tokenize_pairs(tok, [pair], max_length=p + 2)
+    assert t.chosen_ids == e.chosen_ids[:2] and t.truncated
+    (t,) = tokenize_pairs(tok, [pair], max_length=8, max_prompt_length=3)
+    assert t.prompt_ids == e.prompt_ids[-3:] and len(t.prompt_ids) + len(t.chosen_ids) <= 8
+    with pytest.raises(ValueError, match="pair 0: the prompt has .* tokens.*max_length=4"):
+        tokenize_pairs(tok, [pair], max_length=4)
+    with pytest.raises(ValueError, match="pair 1: 'rejected' is missing"):
+        tokenize_pairs(tok, [pair, {"prompt": "x", "chosen": "y"}])
+    with pytest.raises(ValueError, match="p_chosen"):
+        tokenize_pairs(tok, [dict(pair, p_chosen=2)])
+
+
+def test_chunked_head_matches_full(tiny):
+    _, tok = tiny
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(37, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    full = chunked_token_logps(h, head, t)
+    chunked = chunked_token_logps(h, head, t, chunk_elements=50 * 8)  # 5 chunks, checkpointed
+    assert torch.allclose(full, chunked, atol=1e-6)
+    g_full = torch.autograd.grad(full.sum(), [h, head.weight])
+    g_chunk = torch.autograd.grad(chunked.sum(), [h, head.weight])
+    for a, b in zip(g_full, g_chunk):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# ---- weighted DPO --------------------------------------------------------------------------
+
+
+def _one_sgd_step(model, batch, ref, weights, lr=0.1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt.zero_grad()
+    logps = sequence_logps(model, batch)
+    loss, _, _ = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=0.1, weights=weights)
+    loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    opt.step()
+    return grads
+
+
+def _weighted_setup(tok):
+    config = llama_config(tok, hidden=32, layers=1, heads=2)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(config)
+    torch.manual_seed(1)
+    ref_model = LlamaForCausalLM(config)
+    ex = tokenize_pairs(tok, synthetic_pairs(3, seed=5), max_length=64)
+    batch = collate(ex, tok.pad_token_id)
+    with torch.no_grad():
+        ref = sequence_logps(ref_model, batch)
+    return policy, batch, ref
+
+
+def test_zero_weight_pair_leaves_parameters_unchanged(tiny):
+    _, tok = tiny
+    policy, batch, ref = _weighted_setup(tok)
+    before = [p.detach().clone() for p in policy.parameters()]
+    _one_sgd_step(policy, batch, ref, weights=torch.zeros(3))
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    # and inside a batch, a zero-weight pair contributes nothing: grads equal those without its term
+    policy, batch, ref = _weighted_setup(tok)
+    g_zero = _one_sgd_step(policy, batch, ref, weights=torch.tensor([1.0, 0.0, 1.0]))
+    policy, batch, ref = _weighted_setup(tok)
+    opt_grads = _one_sgd_step(policy, batch, ref, weights=torch.tensor([1.0, 1e-30, 1.0]))
+    for a, b in zip(g_zero, opt_grads):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_doubling_weights_doubles_gradient(tiny):
+    _, tok = tiny
+    w = torch.tensor([0.3, 1.0, 0.7])
+    policy, batch, ref = _weighted_setup(tok)
+    g1 = _one_sgd_step(policy, batch, ref, weights=w)
+    policy, batch, ref = _weighted_setup(tok)
+    g2 = _one_sgd_step(policy, batch, ref, weights=2 * w)
+    assert sum(float(g.abs().sum()) for g in g1) > 0
+    for a, b in zip(g1, g2):
+        assert torch.allclose(2 * a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_all_zero_weights_train_changes_nothing(tiny, tmp_path):
+    path, _ = tiny
+    pairs = [dict(p, weight=0.0) for p in synthetic_pairs(8)]
+    res = train(cfg(max_steps=2), path, pairs, tmp_path / "run")
+    a = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(res.final_path, local_files_only=True).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- validation before compute ----------------------------------------------------------------
+
+
+def test_validation_errors(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(12)
+    with pytest.raises(ValueError, match="need at least 20 training pairs, got 12"):
+        train(cfg(min_pairs=20), path, pairs, tmp_path / "a")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        train(cfg(), tmp_path / "nope", pairs, tmp_path / "b")
+    with pytest.raises(ValueError, match="leaves no room for a response within max_length=5"):
+        train(cfg(max_length=5), path, pairs, tmp_path / "c")
+    with pytest.raises(ValueError, match="recipe"):
+        train(cfg(recipe="ppo"), path, pairs, tmp_path / "d")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train(cfg(device="cuda"), path, pairs, tmp_path / "e")
+    # nothing was trained or written for any of them
+    assert not any((tmp_path / d / "checkpoints").exists() for d in "abcde")
+
+
+# ---- end to end ----------------------------------------------------------------------------
+
+
+def test_synthetic_task_heldout_reward_accuracy(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(160, seed=1)
+    rec = Recorder()
+    res = train(cfg(max_steps=25, batch_size=8, eval_fraction=0.25, eval_every=25), path, pairs, tmp_path / "run",
+                rec)
+    assert res.status == "succeeded" and res.steps == 25
+    assert rec.steps[0]["reward_accuracy"] == 0.0  # step 1: policy == reference
+    assert res.eval_metrics["eval_reward_accuracy"] > 0.9
+    eval_ids = set(json.loads((tmp_path / "run" / "config.json").read_text())["eval_indices"])
+    assert len(eval_ids) == 40 and not eval_ids & {i for m in rec.steps for i in m["batch_ids"]}
+    for key in ["loss", "reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "kl_to_ref", "lr",
+                "tokens_per_s", "epoch", "phase", "total_steps"]:
+        assert key in rec.steps[-1]
+    # the output loads and generates
+    tok = AutoTokenizer.from_pretrained(res.final_path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(res.final_path, local_files_only=True)
+    out = model.generate(**tok("Tell me about apple.", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > 1
+    # a second call on a finished out_dir returns its result without training
+    again = train(cfg(max_steps=25, batch_size=8, eval_fraction=0.25, eval_every=25), path, pairs, tmp_path / "run")
+    assert again.steps == 25 and again.final_path == res.final_path
+
+
+def test_resume_after_crash_same_order_same_end(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(24, seed=2)
+    config = cfg(max_steps=10, batch_size=4, checkpoint_every=3)
+    full = Recorder()
+    train(config, path, pairs, tmp_path / "full", full)
+
+    crashed = Recorder(crash_at=7)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(config, path, pairs, tmp_path / "run", crashed)
+    assert [Path(p).name for p in crashed.ckpts] == ["step-000003", "step-000006"]
+    resumed = Recorder()
+    res = train(config, path, pairs, tmp_path / "run", resumed)
+    assert any("resumed from" in m and "step 6" in m for m in resumed.logs)
+    assert [m["step"] for m in resumed.steps] == [7, 8, 9, 10]
+    assert res.steps == 10 == full.steps[-1]["step"]
+    by_step = {m["step"]: m["batch_ids"] for m in full.steps}
+    assert [m["batch_ids"] for m in crashed.steps] == [by_step[s] for s in range(1, 8)]
+    assert [m["batch_ids"] for m in resumed.steps] == [by_step[s] for s in range(7, 11)]
+    for a, b in zip(full.steps[-4:], resumed.steps):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    history = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history == list(range(1, 11))
+    wa = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final", local_files_only=True).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(res.final_path, local_files_only=True).state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_cancel_keeps_checkpoint_then_resumes(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(16, seed=3)
+    config = cfg(max_steps=5)
+    rec = Recorder(stop_at=2)
+    res = train(config, path, pairs, tmp_path / "run", rec)
+    assert res.status == "cancelled" and res.final_path is None
+    assert [Path(p).name for p in rec.ckpts] == ["step-000002"]
+    res = train(config, path, pairs, tmp_path / "run", Recorder())
+    assert res.status == "succeeded" and res.steps == 5
+
+
+def test_live_reference_equals_precomputed(tiny, tmp_path):
+    """precompute_ref_logps=False keeps a frozen copy; the losses are the same."""
+    path, _ = tiny
+    pairs = synthetic_pairs(12, seed=4)
+    a, b = Recorder(), Recorder()
+    train(cfg(max_steps=3), path, pairs, tmp_path / "a", a)
+    train(cfg(max_steps=3, precompute_ref_logps=False), path, pairs, tmp_path / "b", b)
+    for x, y in zip(a.steps, b.steps):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["batch_ids"] == y["batch_ids"]
+
+
+def test_sft_then_dpo_with_lora(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(16, seed=5)
+    rec = Recorder()
+    res = train(cfg(recipe="sft+dpo", max_steps=3, lora=True, lora_r=4, precompute_ref_logps=False,
+                    eval_fraction=0.25, grad_accum=2, batch_size=2), path, pairs, tmp_path / "run", rec)
+    assert res.status == "succeeded" and res.total_steps == 6
+    assert [m["phase"] for m in rec.steps] == ["sft"] * 3 + ["dpo"] * 3
+    assert "eval_loss" in rec.steps[2] and "eval_reward_accuracy" in rec.steps[-1]
+    assert rec.steps[0]["loss"] > 0 and math.isfinite(rec.steps[-1]["loss"])
+    assert (tmp_path / "run" / "sft" / ".complete").exists()
+    assert (Path(res.adapter_path) / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(res.final_path, local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    assert not all(torch.equal(merged.state_dict()[k], v) for k, v in base.state_dict().items())
+    from training.tiny_model import load_model_and_tokenizer
+
+    from_adapter, _ = load_model_and_tokenizer(res.adapter_path)  # adapter on top of out_dir/sft
+    for k, v in merged.state_dict().items():
+        assert torch.allclose(from_adapter.state_dict()[k], v, atol=1e-5)
+
+
+def test_plan_covers_every_pair_once_per_epoch():
+    plan = plan_steps(10, TrainConfig(batch_size=3, grad_accum=2, epochs=2), "dpo")
+    assert len(plan) == 4
+    epoch0 = [i for s in plan[:2] for m in s["micro"] for i in m]
+    assert sorted(epoch0) == list(range(10))
+    assert plan_steps(10, TrainConfig(batch_size=3, grad_accum=2, epochs=2), "dpo") == plan  # deterministic
