@@ -103,8 +103,13 @@ class PoolForm(forms.ModelForm):
         return name
 
 
+class PoolChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Pool) -> str:
+        return obj.name
+
+
 def _pool_field(project: Project) -> forms.ModelChoiceField:
-    return forms.ModelChoiceField(queryset=project.pools.all(), required=False, empty_label="— no pool —")
+    return PoolChoiceField(queryset=project.pools.all(), required=False, empty_label="— no pool —")
 
 
 class AddMemberForm(forms.Form):

@@ -5,7 +5,8 @@ Celery task (``export_tasks.build_export_task``) and ``manage.py export_preferen
 
 How an export is built (:func:`build_export`)
     1. **Select.** The judgments of the project that pass the filters (rounds, pools, excluded
-       annotators) are loaded as numpy arrays (:func:`evaluation.selectors.load_judgments`)
+       annotators) are loaded as numpy arrays (:func:`load_table`, the streaming twin of
+       :func:`evaluation.selectors.load_judgments`)
        and aggregated per comparison with the chosen method (:mod:`evaluation.aggregation`).
        Comparisons below ``min_confidence`` and (unless asked for) ties / both-bad are dropped.
        A filter that leaves nothing raises :class:`ExportError` naming that filter, before any
@@ -51,7 +52,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import io
+import itertools
 import json
 import math
 import os
@@ -70,11 +71,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.models import Comparison, Judgment, Membership, Pool, Project, Prompt
+from annotate.models import Comparison, GoldAnswer, Judgment, Membership, Pool, Project, Prompt
 
 from . import aggregation as agg
 from .models import AnnotatorQuality, Export, ExportFormat, JobStatus
-from .selectors import JudgmentTable, load_judgments
+from .selectors import JudgmentTable
 
 # --------------------------------------------------------------------------- constants
 
@@ -409,12 +410,29 @@ def mark_failed(export: Export | int, reason: str) -> None:
 
 
 def _effective_weight_fn():
-    """The quality dashboard's ``effective_weight(membership, quality)`` when it exists."""
+    """The quality dashboard's ``effective_weight(membership, quality)``; the same rule inline
+    when that module is not there (0 if excluded, else the admin's override, else the
+    computed weight, else 1)."""
     try:
-        from . import services  # noqa: WPS433 (optional: written by the quality dashboard)
-    except ImportError:
-        return None
-    return getattr(services, "effective_weight", None)
+        from .services import effective_weight
+
+        return effective_weight
+    except ImportError:  # pragma: no cover - evaluation.services ships with the app
+        def effective_weight(membership, quality) -> float:
+            if membership is not None and membership.excluded:
+                return 0.0
+            if membership is not None and membership.weight_override is not None:
+                return membership.weight_override
+            return quality.weight if quality is not None else 1.0
+
+        return effective_weight
+
+
+@dataclass
+class _Computed:
+    """Stands in for an ``AnnotatorQuality`` row: just the computed weight."""
+
+    weight: float
 
 
 def annotator_weight_vector(
@@ -422,34 +440,33 @@ def annotator_weight_vector(
 ) -> tuple[np.ndarray, str]:
     """``w_j`` per worker of ``table`` and a sentence saying where the weights came from.
 
-    Stored quality rows (the dashboard's last report, with admin overrides and exclusions
-    through ``effective_weight``) when the project has any; otherwise
-    :func:`evaluation.bias.annotator_weights` on these judgments with the memberships'
-    exclusions and manual weights.
+    Always ``effective_weight(membership, quality)`` of the quality dashboard (exclusion → 0,
+    an admin's override replaces the computed weight). The computed weight is the dashboard's
+    stored one (``AnnotatorQuality.weight``, from its last report) when the project has
+    stored rows; otherwise :func:`evaluation.bias.annotator_weights` on these judgments.
     """
     ids = [int(u) for u in table.annotator_ids]
     members = {m.user_id: m for m in Membership.objects.filter(project=project, user_id__in=ids)}
     quality = {q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project, annotator_id__in=ids)}
     effective_weight = _effective_weight_fn()
-    if quality and effective_weight is not None:
-        w = np.array([_safe_weight(effective_weight(members.get(u), quality.get(u))) for u in ids], dtype=np.float64)
+    if quality:
         when = max(q.computed_at for q in quality.values())
-        return w, (
-            f"the quality dashboard's stored annotator weights (computed {when:%Y-%m-%d %H:%M} UTC), "
-            "with admin overrides and exclusions"
+        rows = [quality.get(u) for u in ids]
+        source = (
+            f"the quality dashboard's stored annotator weights (computed {when:%Y-%m-%d %H:%M} UTC; "
+            "evaluation.bias.annotator_weights), with admin exclusions and overrides"
         )
-    from .bias import annotator_weights
+    else:
+        from .bias import annotator_weights
 
-    excluded = np.array([bool(members[u].excluded) if u in members else False for u in ids], dtype=bool)
-    manual = np.array(
-        [members[u].weight_override if u in members and members[u].weight_override is not None else 1.0 for u in ids],
-        dtype=np.float64,
-    )
-    weights = annotator_weights(j, ds_accuracy=ds_accuracy, excluded=excluded, manual=manual).weight
-    return np.nan_to_num(weights, nan=0.0), (
-        "evaluation.bias.annotator_weights computed on this export's judgments "
-        "(Dawid–Skene accuracy where gold is scarce), with admin overrides and exclusions"
-    )
+        computed = np.nan_to_num(annotator_weights(j, ds_accuracy=ds_accuracy).weight, nan=0.0)
+        rows = [_Computed(float(w)) for w in computed]
+        source = (
+            "evaluation.bias.annotator_weights computed on this export's judgments (Dawid–Skene accuracy "
+            "where gold is scarce), with admin exclusions and overrides"
+        )
+    w = np.array([_safe_weight(effective_weight(members.get(u), row)) for u, row in zip(ids, rows)], dtype=np.float64)
+    return w, source
 
 
 def _safe_weight(value) -> float:
@@ -537,36 +554,100 @@ class Selection:
         return int(self.selected.shape[0])
 
 
-def _item_meta(project: Project, table: JudgmentTable, rounds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt id and round of every item, read as a stream of integer pairs."""
-    qs = Comparison.objects.filter(project=project)
-    if rounds:
-        qs = qs.filter(round__in=rounds)
-    n = table.n_items
-    prompt = np.full(n, -1, dtype=np.int64)
-    rnd = np.zeros(n, dtype=np.int64)
-    ids = table.comparison_ids
-    buf_pk, buf_prompt, buf_round = [], [], []
+LOAD_CHUNK = 50_000
 
-    def flush():
-        if not buf_pk:
-            return
-        pk = np.array(buf_pk, dtype=np.int64)
-        pos = np.searchsorted(ids, pk)
-        pos_c = np.minimum(pos, max(n - 1, 0))
-        hit = (pos < n) & (ids[pos_c] == pk) if n else np.zeros(pk.shape[0], dtype=bool)
-        prompt[pos_c[hit]] = np.array(buf_prompt, dtype=np.int64)[hit]
-        rnd[pos_c[hit]] = np.array(buf_round, dtype=np.int64)[hit]
-        buf_pk.clear(), buf_prompt.clear(), buf_round.clear()
 
-    for pk, prompt_id, r in qs.order_by("pk").values_list("pk", "prompt_id", "round").iterator(chunk_size=20000):
-        buf_pk.append(pk)
-        buf_prompt.append(prompt_id)
-        buf_round.append(r)
-        if len(buf_pk) >= 50000:
-            flush()
-    flush()
-    return prompt, rnd
+def load_table(project: Project, opts: ExportOptions) -> tuple[JudgmentTable, np.ndarray, np.ndarray]:
+    """The filtered judgments as a :class:`~evaluation.selectors.JudgmentTable`, plus the
+    prompt id and round of every item.
+
+    The same table as :func:`evaluation.selectors.load_judgments` (a test checks they are
+    equal), built for size: judgment rows are read with ``iterator(chunk_size=…)`` and turned
+    into numpy arrays :data:`LOAD_CHUNK` rows at a time, and the per-comparison facts (prompt,
+    round, response lengths) come from one streamed scan. Peak memory is the arrays (about 60
+    bytes per judgment and 40 per comparison), never a Python list of every row.
+    """
+    from django.db.models.functions import Length
+
+    from .selectors import GOLD_LABEL, LABEL
+
+    qs = Judgment.objects.filter(project=project)
+    if opts.rounds:
+        qs = qs.filter(comparison__round__in=opts.rounds)
+    if opts.pools:
+        qs = qs.filter(pool_id__in=opts.pools)
+    if not opts.include_excluded:
+        excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
+        qs = qs.exclude(annotator_id__in=excluded)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "jid", "cid", "uid", "label", "both_bad", "a_left", "seconds", "strength", "pool")}
+    label_of = {c: LABEL[c] for c in LABEL}
+    both_bad_value = "both_bad"
+    rows_iter = qs.order_by("pk").values_list(
+        "pk", "comparison_id", "annotator_id", "choice", "a_on_left", "seconds", "strength", "pool_id"
+    ).iterator(chunk_size=LOAD_CHUNK)
+    while True:
+        rows = list(itertools.islice(rows_iter, LOAD_CHUNK))
+        if not rows:
+            break
+        n = len(rows)
+        jid, cid, uid, choice, a_left, seconds, strength, pool = zip(*rows)
+        del rows
+        cols["jid"].append(np.fromiter(jid, dtype=np.int64, count=n))
+        cols["cid"].append(np.fromiter(cid, dtype=np.int64, count=n))
+        cols["uid"].append(np.fromiter(uid, dtype=np.int64, count=n))
+        cols["label"].append(np.fromiter((label_of[c] for c in choice), dtype=np.int8, count=n))
+        cols["both_bad"].append(np.fromiter((c == both_bad_value for c in choice), dtype=bool, count=n))
+        cols["a_left"].append(np.fromiter(a_left, dtype=bool, count=n))
+        cols["seconds"].append(np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n))
+        cols["strength"].append(np.fromiter((x or 0 for x in strength), dtype=np.int8, count=n))
+        cols["pool"].append(np.fromiter((x or -1 for x in pool), dtype=np.int64, count=n))
+    dtypes = {"jid": np.int64, "cid": np.int64, "uid": np.int64, "label": np.int8, "both_bad": bool,
+              "a_left": bool, "seconds": np.float64, "strength": np.int8, "pool": np.int64}
+    arr = {k: (np.concatenate(v) if v else np.zeros(0, dtype=dtypes[k])) for k, v in cols.items()}
+    del cols
+    comparison_ids, item = np.unique(arr.pop("cid"), return_inverse=True)
+    annotator_ids, worker = np.unique(arr.pop("uid"), return_inverse=True)
+    member_pool = dict(Membership.objects.filter(project=project).values_list("user_id", "pool_id"))
+    worker_pool = np.array([member_pool.get(int(u)) or -1 for u in annotator_ids], dtype=np.int64)
+
+    n_items = comparison_ids.shape[0]
+    prompt = np.full(n_items, -1, dtype=np.int64)
+    rnd = np.zeros(n_items, dtype=np.int64)
+    len_a = np.zeros(n_items, dtype=np.int64)
+    len_b = np.zeros(n_items, dtype=np.int64)
+    cq = Comparison.objects.filter(project=project)
+    if opts.rounds:
+        cq = cq.filter(round__in=opts.rounds)
+    it = (
+        cq.order_by("pk")
+        .annotate(la=Length("response_a__text"), lb=Length("response_b__text"))
+        .values_list("pk", "prompt_id", "round", "la", "lb")
+        .iterator(chunk_size=LOAD_CHUNK)
+    )
+    while n_items:
+        rows = list(itertools.islice(it, LOAD_CHUNK))
+        if not rows:
+            break
+        block = np.array(rows, dtype=np.int64)
+        pos = np.searchsorted(comparison_ids, block[:, 0])
+        pos_c = np.minimum(pos, n_items - 1)
+        hit = comparison_ids[pos_c] == block[:, 0]
+        for target, col in ((prompt, 1), (rnd, 2), (len_a, 3), (len_b, 4)):
+            target[pos_c[hit]] = block[hit, col]
+    gold = np.full(n_items, -1, dtype=np.int8)
+    for cid, answer in GoldAnswer.objects.filter(comparison__project=project).values_list("comparison_id", "answer"):
+        pos = int(np.searchsorted(comparison_ids, cid))
+        if pos < n_items and comparison_ids[pos] == cid:
+            gold[pos] = GOLD_LABEL[answer]
+
+    table = JudgmentTable(
+        judgment_ids=arr["jid"], item=item.astype(np.int64), worker=worker.astype(np.int64), label=arr["label"],
+        both_bad=arr["both_bad"], a_left=arr["a_left"], seconds=arr["seconds"], strength=arr["strength"],
+        pool_of_judgment=arr["pool"], comparison_ids=comparison_ids, annotator_ids=annotator_ids,
+        worker_pool=worker_pool, len_a=len_a, len_b=len_b, gold=gold,
+    )
+    return table, prompt, rnd
 
 
 def select(project: Project, opts: ExportOptions, progress: Progress | None = None) -> Selection:
@@ -574,12 +655,10 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
     progress = progress or Progress()
     precheck(project, opts)
     progress.stage("load")
-    table = load_judgments(project, rounds=opts.rounds or None, pools=opts.pools or None,
-                           include_excluded=opts.include_excluded)
+    table, item_prompt, item_round = load_table(project, opts)
     if len(table) == 0:  # raced with a deletion after the pre-check
         raise ExportError("no comparisons match: no judgments pass the rounds / pools filters")
     pool_names = dict(Pool.objects.filter(project=project).values_list("pk", "name"))
-    item_prompt, item_round = _item_meta(project, table, opts.rounds)
     progress.stage("aggregate")
 
     pool_ids, worker_pool_dense = np.unique(table.worker_pool, return_inverse=True)
@@ -620,7 +699,7 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
 
     # Filters, in order; the first one that empties the selection is named.
     keep = np.ones(n_items, dtype=bool)
-    removed = {}
+    removed = {"gold": 0, "min_confidence": 0, "ties": 0, "both_bad": 0}
     filt = f" ({_describe_filters(opts, pool_names)})" if (opts.rounds or opts.pools) else ""
     if not opts.include_gold:
         is_gold = table.gold >= 0

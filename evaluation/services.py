@@ -50,6 +50,8 @@ DEFAULTS = {
     "PREFLOOP_QUALITY_BOOTSTRAP": 500,
     # Bootstrap replicates per point of the agreement-over-time series.
     "PREFLOOP_QUALITY_BOOTSTRAP_TIME": 200,
+    # Bootstrap replicates for the Bradley–Terry strength intervals (per round).
+    "PREFLOOP_QUALITY_BOOTSTRAP_BT": 100,
     # Gold judgments an annotator needs before their gold accuracy replaces the Dawid–Skene one.
     "PREFLOOP_QUALITY_MIN_GOLD": 10,
 }
@@ -497,7 +499,7 @@ def _rounds(table: JudgmentTable, consensus) -> list[dict]:
         a = np.array([index[n] for n in ma[sel]], dtype=np.int64)
         b = np.array([index[n] for n in mb[sel]], dtype=np.int64)
         s = score[sel]
-        bt = ranking.bradley_terry(a, b, s, n_models=len(names), n_boot=100)
+        bt = ranking.bradley_terry(a, b, s, n_models=len(names), n_boot=int(knob("PREFLOOP_QUALITY_BOOTSTRAP_BT")))
         models = []
         for i, name in enumerate(names):
             mine = np.concatenate([s[a == i], 1 - s[b == i]])

@@ -292,7 +292,9 @@ def quality_dashboard(request, pk: int):
         "agreement": _agreement_view(data),
         "charts": _charts(report, table["rows"]),
         "aggregation": data.get("aggregation") or {},
-        "thresholds": data.get("settings") or {},
+        "thresholds": data.get("settings") or {
+            name.removeprefix("PREFLOOP_QUALITY_").lower(): services.knob(name) for name in services.DEFAULTS
+        },
         "flag_labels": services.FLAG_LABELS,
         "override_form": WeightOverrideForm(),
     }

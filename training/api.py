@@ -9,7 +9,12 @@ calls one function of ``training.services`` -- the same ones the pages call.
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
@@ -20,13 +25,28 @@ from annotate.permissions import IsProjectAdmin, IsProjectReader, ReaderOrAdminW
 from evaluation.models import Export
 
 from . import services
-from .models import GenerationSample, ModelVersion, Recipe, SamplingJob, TrainingMetric, TrainingRun
+from .models import (
+    GenerationSample,
+    JobStatus,
+    ModelVersion,
+    Recipe,
+    RunStatus,
+    SamplingJob,
+    TrainingMetric,
+    TrainingRun,
+)
 
 RUN_PARAM = OpenApiParameter("run_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Training run id.")
 BAD = OpenApiResponse(description="Invalid input; nothing was created.")
 
 
 # --- serializers -----------------------------------------------------------------------------
+
+
+def _status_field(choices):
+    """A read-only status listing its values in the description. (Not an enum: drf-spectacular
+    would name it ``StatusEnum``, colliding with the other apps' ``status`` enums.)"""
+    return serializers.CharField(read_only=True, help_text="One of: " + ", ".join(choices.values))
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
@@ -50,6 +70,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
     output_model = ModelVersionSerializer(read_only=True)
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    status = _status_field(RunStatus)
 
     class Meta:
         model = TrainingRun
@@ -90,8 +111,9 @@ class SampleRequestSerializer(serializers.Serializer):
     max_new_tokens = serializers.IntegerField(min_value=1, max_value=512, default=48)
 
 
-class SampleSerializer(serializers.ModelSerializer):
+class GenerationSampleSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    status = _status_field(JobStatus)
 
     class Meta:
         model = GenerationSample
@@ -111,6 +133,7 @@ class SampleRoundRequestSerializer(serializers.Serializer):
 class SamplingJobSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
     compare_to = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    status = _status_field(JobStatus)
 
     class Meta:
         model = SamplingJob
@@ -231,7 +254,7 @@ class RunCancel(ApiView):
 @extend_schema(tags=["training"], summary="Generate a sample from a run's output model",
                description="Admins and researchers. Queued on the gpu worker; poll the returned sample.",
                request=SampleRequestSerializer, parameters=[PROJECT_PARAM, RUN_PARAM],
-               responses={202: SampleSerializer, 400: BAD, 403: DENIED, 404: MISSING})
+               responses={202: GenerationSampleSerializer, 400: BAD, 403: DENIED, 404: MISSING})
 class RunSample(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -247,12 +270,12 @@ class RunSample(ApiView):
                                              max_new_tokens=data.validated_data["max_new_tokens"])
         except services.TrainingError as exc:
             _raise(exc)
-        return Response(SampleSerializer(sample).data, status=status.HTTP_202_ACCEPTED)
+        return Response(GenerationSampleSerializer(sample).data, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema(tags=["training"], summary="A generated sample", parameters=[
     PROJECT_PARAM, OpenApiParameter("sample_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
-    responses={200: SampleSerializer, 403: DENIED, 404: MISSING})
+    responses={200: GenerationSampleSerializer, 403: DENIED, 404: MISSING})
 class SampleDetail(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -260,7 +283,7 @@ class SampleDetail(ApiView):
         sample = GenerationSample.objects.filter(pk=sample_pk, run__project=self.project).first()
         if sample is None:
             raise NotFound("No such sample in this project.")
-        return Response(SampleSerializer(sample).data)
+        return Response(GenerationSampleSerializer(sample).data)
 
 
 @extend_schema(tags=["training"], summary="Sample the next annotation round from a run's output model",

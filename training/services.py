@@ -395,71 +395,81 @@ def register_model(
 # =============================================================================================
 
 
-def _export_jsonl_files(export: Export) -> list[Path]:
-    folder = Path(export.path)
-    if not export.path or not folder.is_dir():
-        return []
-    preferred = [folder / n for n in ("train.jsonl", "test.jsonl", "preferences.jsonl", "data.jsonl")]
-    found = [p for p in preferred if p.exists()]
-    if found:
-        return found
-    return sorted(p for p in folder.glob("*.jsonl") if "judgment" not in p.name)
+#: Labels of export rows that say which response is better (ties / both-bad are not pairs).
+DECIDED_LABELS = {"preference", None}
 
 
-def export_rows(export: Export) -> tuple[list[dict], list[dict]]:
-    """The export's preference rows as ``(train, test)`` lists of TRL-format dicts
-    (``prompt``, ``chosen``, ``rejected``, ``weight``, ``p_chosen``, ...)."""
-    try:  # the export module's own reader, when it has one
-        from evaluation import exports as export_module
-    except ImportError:
-        export_module = None
-    reader = getattr(export_module, "read_preference_rows", None) if export_module else None
-    if reader is not None:
-        rows = list(reader(export))
-    else:
-        files = _export_jsonl_files(export)
-        if not files:
-            raise TrainingError(f"export {export.pk} has no preference JSONL file in {export.path!r}", "export")
+def _read_export_file(export: Export) -> list[dict]:
+    """Rows of the export's pairwise file: ``preferences.jsonl`` (TRL format), else the Parquet
+    file (via pyarrow; neither needs torch)."""
+    from evaluation.exports import FORMAT_FILES
+
+    folder = Path(export.path) if export.path else None
+    if folder is None or not folder.is_dir():
+        raise TrainingError(f"export {export.pk} has no folder on this machine ({export.path or 'not built'})",
+                            "export")
+    jsonl = folder / FORMAT_FILES["jsonl"]
+    parquet = folder / FORMAT_FILES["parquet"]
+    if jsonl.exists():
         rows = []
-        for path in files:
-            split_from_name = path.stem if path.stem in ("train", "test") else None
-            with open(path, encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise TrainingError(f"{path}:{line_no}: not valid JSON ({exc})", "export") from exc
-                    if split_from_name and "split" not in row:
-                        row["split"] = split_from_name
-                    rows.append(row)
+        with open(jsonl, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TrainingError(f"{jsonl}:{line_no}: not valid JSON ({exc})", "export") from exc
+        return rows
+    if parquet.exists():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(parquet).to_pylist()
+    raise TrainingError(f"export {export.pk} has neither {FORMAT_FILES['jsonl']} nor {FORMAT_FILES['parquet']}; "
+                        f"build an export with the jsonl format", "export")
+
+
+def export_rows(export: Export, *, include_ties: bool = False) -> tuple[list[dict], list[dict]]:
+    """The export's preference rows as ``(train, test)`` lists of TRL-format dicts (``prompt``,
+    ``chosen``, ``rejected``, ``weight``, ``p_chosen``, ``split``, ...), split by the export's own
+    by-prompt ``split`` column. Tie / both-bad rows are left out unless ``include_ties`` (they
+    only mean something with soft labels, where their ``p_chosen`` is 0.5)."""
+    rows = _read_export_file(export)
+    if not include_ties:
+        rows = [r for r in rows if r.get("label") in DECIDED_LABELS]
     train = [r for r in rows if r.get("split", "train") != "test"]
     test = [r for r in rows if r.get("split") == "test"]
     return train, test
 
 
+def run_rows(run: TrainingRun) -> tuple[list[dict], list[dict]]:
+    """``export_rows`` with the run's settings (ties kept only with ``use_soft_labels``)."""
+    soft = bool((run.hyperparameters or {}).get("use_soft_labels", False))
+    return export_rows(run.export, include_ties=soft)
+
+
+#: Options of the export built when a run is launched without one: JSONL only (what training
+#: reads), the default Dawid-Skene aggregation, a 10 % by-prompt test split.
+FRESH_EXPORT_OPTIONS = {"formats": ["jsonl"], "test_fraction": 0.1}
+
+
 def build_fresh_export(project: Project, created_by=None, params: dict | None = None) -> Export:
     """Create and build (synchronously, in this process) an export of ``project`` with the
-    default calibrated settings; raises ``TrainingError`` when it cannot be built."""
-    from evaluation import exports as export_module  # written by the export engineer
+    default calibrated settings; raises ``TrainingError`` (and leaves no export behind) when it
+    cannot be built, e.g. when no comparison has a judgment yet."""
+    from evaluation.exports import build_export, create_export
 
-    params = dict(params or {})
-    creator = getattr(export_module, "create_export", None)
-    builder = getattr(export_module, "build_export", None)
-    if creator is None or builder is None:
-        raise TrainingError("this installation cannot build exports yet; choose an existing export", "export")
+    options = {**FRESH_EXPORT_OPTIONS, **(params or {})}
     try:
-        export = creator(project, created_by=created_by, name="training (fresh)", **params)
-        builder(export)
-    except TrainingError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the export module's errors become a form error
+        export = create_export(project, created_by, options, name="fresh export for training", enqueue=False)
+    except ValueError as exc:  # ExportError: bad options or filters that leave nothing
+        raise TrainingError(f"could not build a fresh export: {exc}", "export") from exc
+    try:
+        build_export(export)
+    except Exception as exc:  # noqa: BLE001 - any build failure becomes a form error
+        discard_export(export)
         raise TrainingError(f"could not build a fresh export: {exc}", "export") from exc
     export.refresh_from_db()
-    if export.status != ExportStatus.SUCCEEDED:
-        msg = export.error or f"the export ended {export.status}"
-        raise TrainingError(f"could not build a fresh export: {msg}", "export")
     return export
 
 
@@ -540,7 +550,7 @@ def launch_run(
     else:
         export = build_fresh_export(project, created_by, export_params)
     try:
-        train, test = export_rows(export)
+        train, test = export_rows(export, include_ties=bool(hp.get("use_soft_labels")))
         check_rows(train, test, hp)
     except TrainingError:
         if fresh:
@@ -561,7 +571,12 @@ def launch_run(
 
 
 def discard_export(export: Export) -> None:
-    if export.path:
+    """Delete an export made for a launch that was refused (its files are read-only)."""
+    if export.path and Path(export.path).is_dir():
+        for root, dirs, files in os.walk(export.path):
+            os.chmod(root, 0o755)
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o755)
         shutil.rmtree(export.path, ignore_errors=True)
     export.delete()
 

@@ -162,7 +162,7 @@ def execute_run(run: TrainingRun) -> str:
         raise ValueError("the run has no export to train on")
     config = services.effective_config(run)
     _check_device(config)
-    train_rows, test_rows = services.export_rows(run.export)
+    train_rows, test_rows = services.run_rows(run)
     services.check_rows(train_rows, test_rows, run.hyperparameters or {})
     kwargs = {}
     if test_rows and "eval_pairs" in inspect.signature(train).parameters:

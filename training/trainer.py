@@ -131,6 +131,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 on a bf16-capable GPU, else fp32) | "fp32" | "bf16"
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    cpu_threads: int | None = None  # torch.set_num_threads for this process (None: torch's default)
     checkpoint_every: int = 50  # steps; 0 disables periodic checkpoints
     keep_checkpoints: int = 2
     log_every: int = 1  # on_step every N steps (the last step is always reported)
@@ -520,6 +521,8 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
         if result.get("status") == "succeeded":
             return TrainResult(**result)
 
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     run = _Run(cfg, model_path, pairs, out, callbacks)
     # the model folder and the data, validated before anything is trained
     model, tokenizer = load_model_and_tokenizer(model_path)

@@ -120,13 +120,9 @@ class Scene:
         return queue.submit_judgment(user, assignment.pk, choice="left", rationale=rationale)
 
     def ids(self) -> dict[str, list[int]]:
-        assignments = list(Assignment.objects.values_list("pk", flat=True))
-        judgments = list(Judgment.objects.values_list("pk", flat=True))
         comparisons = [self.gold.pk, self.regular.pk]
-        everything = sorted(
-            {self.project.pk, self.other_project.pk, self.pool.pk, self.m2.pk, *assignments, *judgments,
-             *comparisons, self.ann2.pk}
-        )
+        # Parameters of unknown kind (exports, runs…): ids that also name hidden objects here.
+        everything = sorted({self.gold.pk, self.ann2_active.pk, self.ann2_judgments[1].pk})
         return {
             "project": [self.project.pk, self.other_project.pk],
             "assignment": [self.ann2_active.pk, *[j.assignment_id for j in self.ann2_judgments]],
@@ -185,12 +181,24 @@ def iter_routes(resolver=None, prefix=""):
             yield "/" + prefix + text
 
 
-def _candidates(name: str, conv: str | None, ids: dict[str, list[int]]) -> list[str]:
+# A parameter's kind, from its name or else from the path segment before it.
+_SEGMENT_KINDS = {
+    "projects": "project", "assignments": "assignment", "judgments": "judgment", "comparisons": "comparison",
+    "pools": "pool", "members": "membership", "memberships": "membership", "users": "user", "gold": "gold",
+}
+
+
+def _candidates(name: str, conv: str | None, segment: str, ids: dict[str, list[int]]) -> list[str]:
     if conv == "uuid":
         return []
+    if conv in ("str", "slug", "path"):
+        return [name, "1"]
     for key, values in ids.items():
         if key != "*" and key in name.lower():
             return [str(v) for v in values]
+    kind = _SEGMENT_KINDS.get(segment)
+    if kind is not None:
+        return [str(v) for v in ids[kind]]
     return [str(v) for v in ids["*"]]
 
 
@@ -198,7 +206,10 @@ def expand(route: str, ids) -> list[str]:
     slots = list(_PLACEHOLDER.finditer(route))
     if not slots:
         return [route]
-    choices = [_candidates(m["name"], m["conv"], ids) for m in slots]
+    choices = []
+    for m in slots:
+        before = route[: m.start()].rstrip("/").rsplit("/", 1)[-1]
+        choices.append(_candidates(m["name"], m["conv"], before, ids))
     urls = []
     for combo in itertools.product(*choices):
         out, last = [], 0

@@ -71,15 +71,16 @@ def hand(settings):
     settings.PREFLOOP_QUALITY_MIN_GOLD = 3
     settings.PREFLOOP_QUALITY_BOOTSTRAP = 50
     settings.PREFLOOP_QUALITY_BOOTSTRAP_TIME = 20
+    settings.PREFLOOP_QUALITY_BOOTSTRAP_BT = 5
     User = get_user_model()
     project = Project.objects.create(name="hand-made", overlap=3, gold_rate=0.0)
     north = Pool.objects.create(project=project, name="north")
     south = Pool.objects.create(project=project, name="south")
     users = {}
     for name, pool in (("a1", north), ("a2", south), ("a3", north)):
-        users[name] = User.objects.create_user(name, password="x")
+        users[name] = User.objects.create(username=name)
         Membership.objects.create(project=project, user=users[name], role=Role.ANNOTATOR, pool=pool)
-    users["admin"] = User.objects.create_user("boss", password="x")
+    users["admin"] = User.objects.create(username="boss")
     Membership.objects.create(project=project, user=users["admin"], role=Role.ADMIN)
     comparisons = [make_comparison(project, i, gold=GOLD[i] if i < 4 else None) for i in range(6)]
     for name, votes in VOTES.items():
@@ -320,9 +321,7 @@ def test_own_accuracy_after_enough_gold_and_nothing_about_items(hand):
     assert own.low < own.accuracy < own.high
     payload = own.as_dict()
     assert set(payload) == {"enabled", "visible", "accuracy", "low", "high", "computed_at", "reason"}
-    text = repr(payload)
-    for c in comparisons:
-        assert f"{c.pk}," not in text and f"'{c.pk}'" not in text
+    assert not any(isinstance(v, (list, dict)) for v in payload.values())  # nothing per item
 
 
 def test_aggregated_labels(hand):

@@ -28,6 +28,14 @@ from evaluation.exports import (
 )
 
 
+STAGE_TEXT = {
+    "load": "reading judgments into arrays",
+    "aggregate": "aggregating labels and annotator weights",
+    "hf": "writing the datasets folder (save_to_disk)",
+    "card": "agreement with bootstrap intervals, dataset card, content hash",
+}
+
+
 class TqdmProgress(Progress):
     """One tqdm bar per stage (rows for the writing stages)."""
 
@@ -39,11 +47,15 @@ class TqdmProgress(Progress):
     def stage(self, name: str, total: int = 0) -> None:
         self._close_bar()
         super().stage(name, total)
-        if self.enabled:
+        if not self.enabled:
+            return
+        if total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total or None, desc=f"{name:>9}", unit=" rows" if total else " it",
-                            file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+            self.bar = tqdm(total=total, desc=f"{name:>9}", unit=" rows", file=sys.stderr, dynamic_ncols=True,
+                            mininterval=0.5)
+        else:
+            sys.stderr.write(f"{name:>9}: {STAGE_TEXT.get(name, '')}\n")
 
     def advance(self, n: int = 1) -> None:
         super().advance(n)
@@ -70,6 +82,7 @@ def _project(value: str) -> Project:
 
 class Command(BaseCommand):
     help = "Export a project's calibrated preference pairs (JSONL, Parquet, datasets, CSV, judgments)."
+    requires_system_checks: list = []
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="Project name or id.")

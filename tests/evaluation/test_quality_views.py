@@ -1,0 +1,352 @@
+"""Quality pages and API: roles, the dashboard's table and SVG plots, admin actions, recompute."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from annotate.models import (
+    Comparison,
+    GoldAnswer,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
+from evaluation import services
+from evaluation.models import JobStatus, QualityReport
+
+pytestmark = pytest.mark.django_db
+
+GOLD = ["a", "a", "b", "b"]
+VOTES = {
+    "a1": ["a", "a", "b", "a", "a", "b"],
+    "a2": ["b", "b", "a", "a", "b", "a"],
+    "a3": ["a", "a", "b", "b", "a", "b"],
+}
+HX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def site(settings):
+    """A project with two pools, three annotators who judged six comparisons, an admin, a
+    researcher and an outsider (see test_quality_services for the numbers)."""
+    settings.PREFLOOP_AUTO_QUALITY = False
+    settings.PREFLOOP_QUALITY_MIN_GOLD = 3
+    settings.PREFLOOP_QUALITY_BOOTSTRAP = 30
+    settings.PREFLOOP_QUALITY_BOOTSTRAP_TIME = 10
+    settings.PREFLOOP_QUALITY_BOOTSTRAP_BT = 5
+    User = get_user_model()
+    project = Project.objects.create(name="views", overlap=3, gold_rate=0.0)
+    pools = {"north": Pool.objects.create(project=project, name="north"),
+             "south": Pool.objects.create(project=project, name="south")}
+    users = {}
+    for name, role, pool in (("a1", Role.ANNOTATOR, "north"), ("a2", Role.ANNOTATOR, "south"),
+                             ("a3", Role.ANNOTATOR, "north"), ("admin", Role.ADMIN, None),
+                             ("researcher", Role.RESEARCHER, None)):
+        users[name] = User.objects.create(username=name)
+        Membership.objects.create(project=project, user=users[name], role=role, pool=pools.get(pool))
+    users["outsider"] = User.objects.create(username="outsider")
+    comparisons = []
+    for i in range(6):
+        prompt = Prompt.objects.create(project=project, text=f"p{i}", content_hash=content_hash(f"p{i}"))
+        ra = Response.objects.create(prompt=prompt, text=f"answer A {i}", model_name="model-x",
+                                     content_hash=content_hash(f"a{i}"))
+        rb = Response.objects.create(prompt=prompt, text=f"answer B {i}", model_name="model-y",
+                                     content_hash=content_hash(f"b{i}"))
+        c = Comparison.objects.create(project=project, prompt=prompt, response_a=ra, response_b=rb,
+                                      pair_hash=content_hash(f"pair{i}"), is_gold=i < 4)
+        if i < 4:
+            GoldAnswer.objects.create(comparison=c, answer=GOLD[i])
+        comparisons.append(c)
+    for name, votes in VOTES.items():
+        for i, (c, v) in enumerate(zip(comparisons, votes)):
+            Judgment.objects.create(project=project, comparison=c, annotator=users[name], a_on_left=i % 2 == 0,
+                                    choice=v, seconds=20.0, pool=pools["north" if name != "a2" else "south"])
+    return project, users, comparisons
+
+
+def client_for(client, user):
+    client.force_login(user)
+    return client
+
+
+def url(name, project, *args):
+    return reverse(name, args=[project.pk, *args])
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def test_annotators_and_outsiders_get_403_on_the_dashboard_and_actions(site, client):
+    project, users, _ = site
+    for who in ("a1", "outsider"):
+        c = client_for(client, users[who])
+        assert c.get(url("quality_dashboard", project)).status_code == 403
+        assert c.post(url("quality_recompute", project)).status_code == 403
+        assert c.post(url("quality_exclude", project, users["a2"].pk)).status_code == 403
+        assert c.post(url("quality_override", project, users["a2"].pk), {"weight": "0.5"}).status_code == 403
+        assert c.post(url("quality_clear_override", project, users["a2"].pk)).status_code == 403
+    m = Membership.objects.get(project=project, user=users["a2"])
+    assert not m.excluded and m.weight_override is None
+
+
+def test_anonymous_is_sent_to_login(site, client):
+    project, _, _ = site
+    response = client.get(url("quality_dashboard", project))
+    assert response.status_code == 302 and "login" in response["Location"]
+
+
+def test_researcher_reads_but_cannot_change(site, client):
+    project, users, _ = site
+    services.recompute_quality(project)
+    c = client_for(client, users["researcher"])
+    response = c.get(url("quality_dashboard", project))
+    assert response.status_code == 200
+    assert b"a2" in response.content
+    assert b"Exclude" not in response.content  # no admin column
+    for name in ("quality_exclude", "quality_include", "quality_clear_override"):
+        assert c.post(url(name, project, users["a2"].pk)).status_code == 403
+    assert c.post(url("quality_override", project, users["a2"].pk), {"weight": "0.5"}).status_code == 403
+    assert not Membership.objects.get(project=project, user=users["a2"]).excluded
+
+
+def test_get_only_and_post_only(site, client):
+    project, users, _ = site
+    c = client_for(client, users["admin"])
+    assert c.post(url("quality_dashboard", project)).status_code == 405
+    assert c.get(url("quality_exclude", project, users["a2"].pk)).status_code == 405
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_empty_state_before_any_computation(site, client):
+    project, users, _ = site
+    response = client_for(client, users["admin"]).get(url("quality_dashboard", project))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "No quality figures yet" in body and "Recompute now" in body
+    assert 'id="annotator-table"' in body and body.count('class="q-row') == 3  # annotators listed anyway
+
+
+def test_dashboard_renders_table_figures_and_svg_plots(site, client):
+    project, users, _ = site
+    services.recompute_quality(project)
+    response = client_for(client, users["admin"]).get(url("quality_dashboard", project))
+    assert response.status_code == 200
+    body = response.content.decode()
+    # Headline agreement and the annotator table.
+    assert re.search(r'data-stat="raw_agreement">0\.33<', body)
+    for name in ("a1", "a2", "a3"):
+        assert f">{name}</strong>" in body
+    assert "71%" in body and "29%" in body and "86%" in body  # gold accuracies 5/7, 2/7, 6/7
+    assert "0.43" in body and "0.71" in body  # weights 3/7, 5/7
+    # a2 is highlighted and flagged.
+    row = re.search(r'<tr id="annotator-%d"[^>]*>' % users["a2"].pk, body).group(0)
+    assert "q-below" in row
+    assert "Accuracy below threshold" in body and "Weight below threshold" in body
+    # Plots: agreement over time, pool heatmap, gold intervals, round win rates.
+    assert body.count("<svg") >= 4
+    assert 'aria-label="Agreement over time"' in body
+    assert "chart-heatmap" in body and "chart-interval" in body and "chart-bar" in body
+    assert "Pool × pool disagreement" in body and "north" in body and "south" in body
+    assert "Last computed" in body and "Exclude" in body
+    assert "css/quality.css" in body
+
+
+def test_table_sorts_and_htmx_gets_the_table_partial(site, client):
+    project, users, _ = site
+    services.recompute_quality(project)
+    c = client_for(client, users["admin"])
+    response = c.get(url("quality_dashboard", project), {"sort": "weight", "dir": "desc"},
+                     HTTP_HX_TARGET="annotator-table", **HX)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.lstrip().startswith('<div id="annotator-table"') and "<html" not in body
+    order = re.findall(r"<strong>(a\d)</strong>", body)
+    assert order == ["a3", "a1", "a2"]
+    body = c.get(url("quality_dashboard", project), {"sort": "gold_accuracy", "dir": "asc"}).content.decode()
+    assert re.findall(r"<strong>(a\d)</strong>", body) == ["a2", "a1", "a3"]
+    assert c.get(url("quality_dashboard", project), {"sort": "nonsense"}).status_code == 200
+
+
+# --------------------------------------------------------------------------- admin actions
+
+
+def test_admin_excludes_and_includes_an_annotator(site, client):
+    project, users, _ = site
+    services.recompute_quality(project)
+    c = client_for(client, users["admin"])
+    a2 = users["a2"]
+    response = c.post(url("quality_exclude", project, a2.pk))
+    assert response.status_code == 302
+    m = Membership.objects.get(project=project, user=a2)
+    assert m.excluded
+    assert Judgment.objects.filter(annotator=a2).count() == 6  # kept
+    body = c.get(url("quality_dashboard", project)).content.decode()
+    assert "badge-excluded" in body and "is excluded" in body  # the flash message
+
+    # HTMX: the updated row comes back.
+    response = c.post(url("quality_include", project, a2.pk), **HX)
+    body = response.content.decode()
+    assert response.status_code == 200 and body.lstrip().startswith(f'<tr id="annotator-{a2.pk}"')
+    assert "included again" in body and "badge-excluded" not in body
+    assert not Membership.objects.get(project=project, user=a2).excluded
+    assert c.post(url("quality_exclude", project, 10**9)).status_code == 404
+
+
+def test_admin_sets_validates_and_clears_a_weight_override(site, client):
+    project, users, _ = site
+    services.recompute_quality(project)
+    c = client_for(client, users["admin"])
+    a1 = users["a1"]
+    m = Membership.objects.get(project=project, user=a1)
+    for bad in ("1.5", "-0.2", "abc", ""):
+        response = c.post(url("quality_override", project, a1.pk), {"weight": bad}, **HX)
+        assert response.status_code == 200 and "Weight not saved" in response.content.decode()
+        m.refresh_from_db()
+        assert m.weight_override is None
+    response = c.post(url("quality_override", project, a1.pk), {"weight": "1.5"})
+    assert response.status_code == 302
+    m.refresh_from_db()
+    assert m.weight_override is None
+
+    response = c.post(url("quality_override", project, a1.pk), {"weight": "0.25"}, **HX)
+    body = response.content.decode()
+    assert "<strong>0.25</strong>" in body and "computed 0.43" in body
+    m.refresh_from_db()
+    assert m.weight_override == 0.25
+    assert services.effective_weights(project)[a1.pk] == 0.25
+
+    response = c.post(url("quality_clear_override", project, a1.pk))
+    assert response.status_code == 302
+    m.refresh_from_db()
+    assert m.weight_override is None
+
+
+# --------------------------------------------------------------------------- recompute
+
+
+def test_recompute_button_queues_and_runs_the_task(site, client, settings, django_capture_on_commit_callbacks):
+    project, users, _ = site
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    c = client_for(client, users["researcher"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = c.post(url("quality_recompute", project), **HX)
+    assert response.status_code == 200
+    report = QualityReport.objects.get(project=project)
+    assert f'data-report="{report.pk}"' in response.content.decode()
+    report.refresh_from_db()
+    assert report.status == JobStatus.SUCCEEDED  # the eager task ran after commit
+    progress = c.get(url("quality_progress", project, report.pk), **HX)
+    assert progress.status_code == 200 and progress["HX-Refresh"] == "true"
+    body = c.get(url("quality_dashboard", project)).content.decode()
+    assert "No quality figures yet" not in body and "<svg" in body
+
+
+def test_progress_polls_while_queued(site, client, settings):
+    project, users, _ = site
+    c = client_for(client, users["admin"])
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    report = QualityReport.objects.create(project=project, status=JobStatus.RUNNING, progress=0.4,
+                                          message="Computing agreement")
+    response = c.get(url("quality_progress", project, report.pk), **HX)
+    body = response.content.decode()
+    assert 'hx-trigger="every 2s"' in body and "Computing agreement" in body and "40%" in body
+    assert "HX-Refresh" not in response
+    # The dashboard shows the running report's progress box.
+    assert 'hx-trigger="every 2s"' in c.get(url("quality_dashboard", project)).content.decode()
+    other = Project.objects.create(name="other")
+    Membership.objects.create(project=other, user=users["admin"], role=Role.ADMIN)
+    assert c.get(reverse("quality_progress", args=[other.pk, report.pk])).status_code == 404
+
+
+def test_non_htmx_recompute_redirects(site, client, monkeypatch):
+    project, users, _ = site
+    from evaluation import tasks
+
+    monkeypatch.setattr(tasks.recompute_quality_task, "apply_async", lambda *a, **k: None)
+    response = client_for(client, users["admin"]).post(url("quality_recompute", project))
+    assert response.status_code == 302 and response["Location"] == url("quality_dashboard", project)
+    assert QualityReport.objects.filter(project=project, status=JobStatus.QUEUED).count() == 1
+
+
+# --------------------------------------------------------------------------- my quality
+
+
+def test_my_quality_page_rules(site, client):
+    project, users, comparisons = site
+    services.recompute_quality(project)
+    c = client_for(client, users["a1"])
+    body = c.get(url("my_quality", project)).content.decode()
+    assert "does not show accuracy" in body and "71%" not in body
+
+    project.show_accuracy_after = 4
+    project.save()
+    response = c.get(url("my_quality", project))
+    body = response.content.decode()
+    assert response.status_code == 200 and "71%" in body
+    # Nobody else's numbers, and nothing that identifies items.
+    assert "a2" not in body and "a3" not in body and "29%" not in body and "86%" not in body
+    for comp in comparisons:
+        assert f"/comparisons/{comp.pk}" not in body and f'data-comparison="{comp.pk}"' not in body
+    assert "p0" not in body and "answer A" not in body
+    # HTMX gets just the card.
+    frag = c.get(url("my_quality", project), **HX).content.decode()
+    assert frag.lstrip().startswith('<section class="card q-mine"') and "71%" in frag
+
+    project.show_accuracy_after = 5
+    project.save()
+    assert "71%" not in c.get(url("my_quality", project)).content.decode()
+    assert client_for(client, users["outsider"]).get(url("my_quality", project)).status_code == 403
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_api_roles_table_labels_and_actions(site, client):
+    project, users, comparisons = site
+    services.recompute_quality(project)
+    base = f"/api/projects/{project.pk}/quality"
+    annot = client_for(client, users["a1"])
+    assert annot.get(f"{base}/").status_code == 403
+    assert annot.get(f"{base}/annotators/").status_code == 403
+    assert annot.get(f"{base}/labels/").status_code == 403
+    mine = annot.get(f"{base}/mine/").json()
+    assert mine["enabled"] is False and mine["accuracy"] is None
+
+    res = client_for(client, users["researcher"])
+    report = res.get(f"{base}/").json()
+    assert report["status"] == "succeeded"
+    assert report["data"]["agreement"]["overall"]["raw_agreement"]["value"] == pytest.approx(1 / 3)
+    table = res.get(f"{base}/annotators/", {"sort": "weight", "dir": "desc"}).json()
+    assert table["count"] == 3
+    assert [r["username"] for r in table["results"]] == ["a3", "a1", "a2"]
+    assert table["results"][1]["weight"] == pytest.approx(3 / 7)
+    assert table["results"][2]["below_threshold"] is True
+    labels = res.get(f"{base}/labels/", {"method": "majority"}).json()
+    assert labels["count"] == 2  # gold comparisons are for admins only
+    assert all("is_gold" not in r for r in labels["results"])
+    assert res.get(f"{base}/labels/", {"method": "nope"}).status_code == 400
+    assert res.patch(f"{base}/annotators/{users['a2'].pk}/", {"excluded": True},
+                     content_type="application/json").status_code == 403
+
+    adm = client_for(client, users["admin"])
+    labels = adm.get(f"{base}/labels/", {"method": "dawid_skene", "pool_balanced": "true"}).json()
+    assert labels["count"] == 6 and sum(r["is_gold"] for r in labels["results"]) == 4
+    r = adm.patch(f"{base}/annotators/{users['a2'].pk}/", {"excluded": True, "weight_override": 0.5},
+                  content_type="application/json")
+    assert r.status_code == 200 and r.json()["excluded"] is True and r.json()["weight"] == 0.0
+    assert r.json()["weight_override"] == 0.5
+    bad = adm.patch(f"{base}/annotators/{users['a2'].pk}/", {"weight_override": 2},
+                    content_type="application/json")
+    assert bad.status_code == 400
+    assert adm.patch(f"{base}/annotators/{10**9}/", {"excluded": True},
+                     content_type="application/json").status_code == 404

@@ -1,0 +1,88 @@
+"""Bradley–Terry strengths on hand-made cases."""
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq, minimize
+
+from evaluation.ranking import bradley_terry, outcome_scores
+
+
+def test_two_models_by_hand():
+    # Model 0 beats model 1 three times and loses once. Without the prior, the MLE has
+    # p0 / (p0 + p1) = 3/4, so p0 / p1 = 3 and the centred log-strengths are +-ln(3)/2.
+    bt = bradley_terry([0, 0, 0, 0], [1, 1, 1, 1], np.array([0, 0, 0, 1]), prior_games=0.0, n_boot=0)
+    np.testing.assert_allclose(bt.strength, [np.log(3) / 2, -np.log(3) / 2], atol=1e-8)
+    np.testing.assert_allclose(bt.expected[0, 1], 0.75, atol=1e-8)
+    assert bt.converged
+
+
+def test_tie_is_half_a_win():
+    # One win and one tie for model 0 = 1.5 of 2: the same 3/4 as above.
+    labels = bradley_terry([0, 0], [1, 1], np.array([0, 2]), prior_games=0.0, n_boot=0)
+    scores = bradley_terry([0, 0], [1, 1], np.array([1.0, 0.5]), prior_games=0.0, n_boot=0)
+    np.testing.assert_allclose(labels.strength, [np.log(3) / 2, -np.log(3) / 2], atol=1e-8)
+    np.testing.assert_allclose(scores.strength, labels.strength)
+    np.testing.assert_allclose(outcome_scores(np.array([0, 1, 2])), [1.0, 0.0, 0.5])
+
+
+def test_prior_keeps_an_unbeaten_model_finite():
+    # One game, model 0 wins, prior of r = 1 virtual half-won game against strength 1.
+    # By symmetry p1 = 1/p0 = 1/x and model 1's MM fixed point reads
+    #   0 + 1/2 = (1/x) (1/(x + 1/x) + 1/(1/x + 1))  <=>  1/2 = 1/(x^2 + 1) + 1/(1 + x),
+    # whose root is x = 2.13.
+    x = brentq(lambda x: 1 / (x * x + 1) + 1 / (1 + x) - 0.5, 1.0, 10.0)
+    bt = bradley_terry([0], [1], np.array([0]), n_boot=0)
+    np.testing.assert_allclose(bt.strength, [np.log(x), -np.log(x)], atol=1e-8)
+    assert np.all(np.isfinite(bt.strength))
+
+
+def test_matches_direct_maximum_likelihood():
+    rng = np.random.default_rng(0)
+    true = np.array([0.0, 0.5, 1.0, -0.7, 0.2])
+    a = rng.integers(0, 5, 600)
+    b = (a + rng.integers(1, 5, 600)) % 5
+    p_a = 1 / (1 + np.exp(-(true[a] - true[b])))
+    u = rng.random(600)
+    outcome = np.where(u < 0.1, 2, np.where(u < 0.1 + 0.9 * p_a, 0, 1))
+    bt = bradley_terry(a, b, outcome, prior_games=0.0, n_boot=0)
+
+    s = outcome_scores(outcome)
+
+    def nll(theta):
+        d = theta[a] - theta[b]
+        return -np.sum(s * -np.logaddexp(0, -d) + (1 - s) * -np.logaddexp(0, d))
+
+    ref = minimize(nll, np.zeros(5), method="BFGS", options={"gtol": 1e-10}).x
+    np.testing.assert_allclose(bt.strength, ref - ref.mean(), atol=1e-5)
+    assert np.argmax(bt.strength) == 2 and np.argmin(bt.strength) == 3
+
+
+def test_win_rate_matrix_and_bootstrap():
+    # 0 vs 1: 0 wins, tie -> 0 scores 1.5/2 = 0.75 against 1 (and 1 scores 0.25 against 0).
+    # 1 vs 2: 2 wins -> 0 for 1, 1 for 2.  0 and 2 never met: NaN.
+    bt = bradley_terry([0, 1, 1], [1, 0, 2], np.array([0, 2, 1]), n_boot=100)
+    np.testing.assert_allclose(bt.win_rate, [[np.nan, 0.75, np.nan], [0.25, np.nan, 0.0], [np.nan, 1.0, np.nan]])
+    assert bt.n_games.tolist() == [[0, 2, 0], [2, 0, 1], [0, 1, 0]]
+    assert np.all(bt.low <= bt.strength + 1e-9) and np.all(bt.strength <= bt.high + 1e-9)
+    assert bt.strength.sum() == pytest.approx(0.0)
+
+
+def test_bootstrap_interval_narrows_with_more_games():
+    rng = np.random.default_rng(1)
+
+    def run(n):
+        a = np.zeros(n, dtype=int)
+        b = np.ones(n, dtype=int)
+        outcome = (rng.random(n) > 0.7).astype(int)  # model 0 wins 70%
+        return bradley_terry(a, b, outcome, seed=2)
+
+    small, large = run(40), run(1000)
+    assert (large.high - large.low)[0] < (small.high - small.low)[0] / 3
+    assert large.low[0] < np.log(0.7 / 0.3) / 2 < large.high[0]
+
+
+def test_rejects_self_comparison_and_bad_scores():
+    with pytest.raises(ValueError, match="itself"):
+        bradley_terry([0], [0], np.array([0]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bradley_terry([0], [1], np.array([1.5]))
