@@ -1,22 +1,29 @@
 """Import comparisons and externally collected judgments from JSONL or CSV files.
 
 The one service behind the import page, the REST API and the ``import_comparisons`` /
-``import_judgments`` management commands.
+``import_judgments`` management commands::
+
+    import_comparisons(project, fileobj, *, filename="", fmt=None, round=None,
+                       allow_empty_responses=False, progress=None) -> ImportResult
+    import_judgments(project, fileobj, *, filename="", fmt=None, source="", round=None,
+                     on_duplicate="error", allow_empty_responses=True, progress=None) -> JudgmentImportResult
 
 Guarantees (what a user notices):
 
 * **Validated whole, written whole.** Every line is checked before anything is written; a file
   with errors raises :class:`ImportValidationError` carrying up to :data:`MAX_ERRORS`
-  :class:`LineError` s (line number, field, message) and the database is left unchanged. The
-  writes run in one ``transaction.atomic()``.
+  :class:`LineError` s (line, field, message — ``str()`` gives
+  ``line 12, field 'response_b': must be a non-empty string``) and the database is left
+  unchanged. The writes run in one ``transaction.atomic()``.
 * **De-duplicated by content.** Prompts by (project, sha256 of the text — of the canonical JSON
   for a chat prompt), responses by (prompt, sha256 of the text, model name), comparisons by
   (project, round, :func:`pair_hash`) — order-independent, so ``a, b`` and ``b, a`` are one
   comparison. Duplicates within the file and against the database are counted and skipped:
   importing the same file twice creates nothing the second time. The first occurrence wins.
 * **Fast.** Lines are parsed and hashed in Python, existing rows are looked up with chunked
-  ``__in`` queries and new rows are written with ``bulk_create`` in batches; ``progress(done,
-  total)`` is called after each batch, counting rows written.
+  ``__in`` queries, new rows are written with one multi-row INSERT per batch of
+  :data:`BATCH_SIZE` (see :func:`_insert`); ``progress(done, total)`` is called after each
+  batch, counting rows written (prompts, responses, comparisons, gold answers, judgments).
 
 Line numbers are 1-based physical lines of the file. In a CSV file the header is line 1 and a
 record is numbered by the line it starts on (a quoted field may span several lines).
@@ -31,10 +38,15 @@ Comparison lines (JSONL, one object per line; CSV with a header naming the same 
   conversational format): the list is stored in ``Prompt.messages`` and ``Prompt.text`` is
   the flattened ``"role: content"`` turns separated by blank lines. A ``chosen``/``rejected``
   value may be a list of messages too; its text is the message contents joined the same way.
-  In CSV a prompt is always plain text and ``metadata`` is a JSON string.
+  In CSV a prompt is always plain text and ``metadata`` is a JSON string; an empty cell of an
+  optional column is an absent value.
 * ``chosen``/``rejected`` lines become a comparison whose a/b order is drawn from an RNG seeded
   by the line's content (re-importing gives the same order); which side got the chosen
-  response is kept in ``Comparison.source_preference`` ("a" or "b") and never shown.
+  response is kept in ``Comparison.source_preference`` ("a" or "b") and never shown. They
+  take no ``gold``, ``model_a`` or ``model_b``.
+* An empty or whitespace-only response is refused unless ``allow_empty_responses`` (the
+  HH-RLHF file has four empty "chosen" answers: saying nothing was the harmless choice). A
+  prompt may never be empty.
 * Keys other than the ones above are kept in the comparison's ``metadata`` (an explicit
   ``metadata`` object wins on a clash).
 
@@ -43,13 +55,19 @@ Judgment lines (:func:`import_judgments`), e.g. ``../shared/data/pandalm_votes.j
     {"source", "item_id", "prompt", "response_a", "response_b", "model_a", "model_b",
      "annotator_id", "label": "a"|"b"|"tie"|"both_bad", "strength": null|"slight"|"clear"|"much",
      "extra": {...}, optional "pool", "seconds", "rationale", "display": "a_left"|"b_left",
-     "choice" (an alias of "label", e.g. "both_bad")}
+     "choice" (an alias of "label", e.g. "both_bad"), "metadata"}
 
 They are validated like comparison lines with three deliberate differences, because they
-record what humans already judged: a response may be empty (a model that answered nothing),
-a response that is a JSON boolean or number is taken as its JSON text (``true``), and the two
-responses may have the same text when they come from different models. Display order is
-unknown unless ``display`` says it: ``a_on_left`` is then stored as True.
+record what humans already judged: empty responses are accepted by default (PandaLM has 54
+items where a model answered nothing), a response that is a JSON boolean or number is taken
+as its JSON text (PandaLM has ``true``), and the two responses may have the same text when they
+come from different models (Tulu 1 has 40 such votes). Each is reported in
+``JudgmentImportResult.warnings``. ``label`` is the choice in terms of the underlying responses
+(a/b), whatever side they were shown on. The display order is unknown unless ``display`` says
+it; ``Judgment.a_on_left`` is then stored as True, and ``display_unknown`` counts those rows
+(the position-bias estimate should leave out imported judgments without a ``display``).
+``item_id`` and ``source`` go into a new comparison's metadata; ``extra`` is validated but not
+stored (Judgment has no field for it).
 """
 from __future__ import annotations
 
@@ -60,6 +78,7 @@ import json
 import math
 import os
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -105,7 +124,7 @@ Progress = Callable[[int, int], None]
 MAX_ERRORS = 100
 #: ``ImportValidationError``'s message lists this many errors; ``.errors`` holds them all.
 SHOWN_ERRORS = 20
-#: Rows per INSERT batch (Django lowers it further on SQLite to fit the variable limit).
+#: Rows per INSERT statement (fewer where the database limits bound parameters).
 BATCH_SIZE = 2000
 #: Values per ``__in`` lookup: below SQLite's 999 bound parameters.
 LOOKUP_CHUNK = 900
@@ -121,10 +140,6 @@ _POOL_NAME_MAX = Pool._meta.get_field("name").max_length
 _SOURCE_MAX = Judgment._meta.get_field("source").max_length
 
 _COMPARISON_KEYS = {"prompt", "response_a", "response_b", "chosen", "rejected", "model_a", "model_b", "metadata", "gold"}
-_JUDGMENT_KEYS = {
-    "source", "item_id", "prompt", "response_a", "response_b", "model_a", "model_b", "annotator_id", "label",
-    "choice", "strength", "extra", "pool", "seconds", "rationale", "display", "metadata",
-}
 # CSV cells that stay strings even when empty (so an empty cell reads "must be a non-empty string").
 _CSV_TEXT_COLUMNS = {"prompt", "response_a", "response_b", "chosen", "rejected"}
 _CSV_JSON_COLUMNS = {"metadata", "extra"}
@@ -171,6 +186,13 @@ class ImportValidationError(Exception):
             lines.append(f"(validation stopped after {MAX_ERRORS} errors)")
         lines.extend(self.hints)
         return "\n".join(lines)
+
+    def __reduce__(self):  # picklable (a Celery task may raise it)
+        return (_rebuild_validation_error, (self.errors, self.truncated, self.hints))
+
+
+def _rebuild_validation_error(errors, truncated, hints) -> ImportValidationError:
+    return ImportValidationError(errors, truncated=truncated, hints=hints)
 
 
 @dataclass
@@ -306,6 +328,49 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _loads(text: str):
+    """json.loads without NaN/Infinity (PostgreSQL's jsonb refuses them)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _unstorable(value) -> str | None:
+    """Why a parsed value cannot be stored as text in every database, or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "must not contain the NUL character (\\u0000)"
+        if _SURROGATE.search(value):
+            return "must not contain unpaired UTF-16 surrogates (e.g. \\ud800)"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _unstorable(k) or _unstorable(v)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for v in value:
+            problem = _unstorable(v)
+            if problem:
+                return problem
+    return None
+
+
+def _check_storable(record: dict, line: int, errors: _Errors) -> bool:
+    ok = True
+    for key, value in record.items():
+        problem = _unstorable(value) or _unstorable(key)
+        if problem:
+            errors.add(line, key if not _unstorable(key) else "", problem)
+            ok = False
+    return ok
+
+
 def _check_line_sizes(text: str, errors: _Errors) -> None:
     limit = settings.PREFLOOP_MAX_IMPORT_LINE_BYTES
     if len(text) <= limit // 4:  # fast path: no line can exceed the limit
@@ -319,7 +384,7 @@ def _check_line_sizes(text: str, errors: _Errors) -> None:
 
 def _iter_jsonl(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
     limit = settings.PREFLOOP_MAX_IMPORT_LINE_BYTES
-    decode = json.loads
+    decode = _loads
     for number, raw in enumerate(text.split("\n"), 1):
         if not raw or raw.isspace():
             continue
@@ -329,6 +394,9 @@ def _iter_jsonl(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
             value = decode(raw)
         except json.JSONDecodeError as exc:
             errors.add(number, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except ValueError as exc:  # NaN / Infinity
+            errors.add(number, "", f"invalid JSON: {exc}")
             continue
         except RecursionError:
             errors.add(number, "", "invalid JSON: nested too deeply")
@@ -384,9 +452,12 @@ def _iter_csv(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
                 continue  # an empty optional cell is an absent value
             elif name in _CSV_JSON_COLUMNS:
                 try:
-                    record[name] = json.loads(cell)
+                    record[name] = _loads(cell)
                 except json.JSONDecodeError as exc:
                     errors.add(start, name, f"must be a JSON object: invalid JSON: {exc.msg} (column {exc.colno})")
+                    record[name] = {}
+                except ValueError as exc:
+                    errors.add(start, name, f"must be a JSON object: invalid JSON: {exc}")
                     record[name] = {}
             elif name == "seconds":
                 try:
@@ -538,10 +609,11 @@ def _object(record: dict, name: str, line: int, errors: _Errors) -> dict:
 
 
 def _make_pair(line: int, prompt: tuple[str, list | None], text_a: str, model_a: str, text_b: str, model_b: str,
-               metadata: dict) -> _Pair:
+               metadata: dict, hashes: tuple[str, str, str] | None = None) -> _Pair:
     p_text, p_messages = prompt
-    p_key = prompt_hash(p_text, p_messages)
-    hash_a, hash_b = content_hash(text_a), content_hash(text_b)
+    if hashes is None:
+        hashes = (prompt_hash(p_text, p_messages), content_hash(text_a), content_hash(text_b))
+    p_key, hash_a, hash_b = hashes
     return _Pair(
         line=line, prompt_text=p_text, prompt_messages=p_messages, prompt_key=p_key,
         text_a=text_a, model_a=model_a, hash_a=hash_a, text_b=text_b, model_b=model_b, hash_b=hash_b,
@@ -550,6 +622,8 @@ def _make_pair(line: int, prompt: tuple[str, list | None], text_a: str, model_a:
 
 
 def _comparison_line(record: dict, line: int, errors: _Errors, *, allow_ties: bool, allow_empty: bool) -> _Pair | None:
+    if not _check_storable(record, line, errors):
+        return None
     before = len(errors.items)
     has_ab = "response_a" in record or "response_b" in record
     has_trl = "chosen" in record or "rejected" in record
@@ -570,9 +644,8 @@ def _comparison_line(record: dict, line: int, errors: _Errors, *, allow_ties: bo
             if record.get(name) is not None:
                 errors.add(line, name, "is only allowed on response_a/response_b lines")
     metadata = _object(record, "metadata", line, errors)
-    extra = {k: v for k, v in record.items() if k not in _COMPARISON_KEYS}
-    if extra:
-        metadata = {**extra, **metadata}
+    if record.keys() - _COMPARISON_KEYS:
+        metadata = {**{k: v for k, v in record.items() if k not in _COMPARISON_KEYS}, **metadata}
     gold = record.get("gold")
     if gold is not None:
         if has_trl:
@@ -592,12 +665,12 @@ def _comparison_line(record: dict, line: int, errors: _Errors, *, allow_ties: bo
         pair.gold = gold or ""
         return pair
     # TRL: chosen/rejected placed on a/b by a content-seeded coin.
-    p_key = prompt_hash(*prompt)
-    if _chosen_goes_to_a(p_key, content_hash(text_1), content_hash(text_2)):
-        pair = _make_pair(line, prompt, text_1, "", text_2, "", metadata)
+    p_key, h_chosen, h_rejected = prompt_hash(*prompt), content_hash(text_1), content_hash(text_2)
+    if _chosen_goes_to_a(p_key, h_chosen, h_rejected):
+        pair = _make_pair(line, prompt, text_1, "", text_2, "", metadata, (p_key, h_chosen, h_rejected))
         pair.source_preference = "a"
     else:
-        pair = _make_pair(line, prompt, text_2, "", text_1, "", metadata)
+        pair = _make_pair(line, prompt, text_2, "", text_1, "", metadata, (p_key, h_rejected, h_chosen))
         pair.source_preference = "b"
     return pair
 
@@ -638,6 +711,8 @@ def _short_string(record: dict, name: str, line: int, errors: _Errors, max_lengt
 
 def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[LineError], *, source: str,
                    default_source: str, username_max: int, allow_empty: bool) -> _Vote | None:
+    if not _check_storable(record, line, errors):
+        return None
     before = len(errors.items)
     if "response_a" not in record and "response_b" not in record and ("chosen" in record or "rejected" in record):
         errors.add(line, "", "judgment lines need response_a and response_b, not chosen/rejected")
@@ -775,54 +850,93 @@ def _max_rows(conn, n_columns: int) -> int:
 
 
 def _insert(model, columns: list[str], rows: list[tuple], tick: _Ticker, returning: tuple[str, ...] = ()):
-    """INSERT ``rows`` (tuples of values for ``columns``, given by attname) in multi-row batches.
+    """INSERT ``rows`` (tuples of values for ``columns``, named by field or attname) in batches.
 
     Django's ``bulk_create`` spends most of a large import compiling values one by one; this
-    writes the same rows with one parameterized statement per batch. Columns not given get
-    their field default (``auto_now_add`` fields the current time). Values of JSON fields are
-    Python objects, adapted here. With ``returning`` (and a database that supports
-    ``INSERT … RETURNING``: PostgreSQL, SQLite >= 3.35) the rows of those columns are returned
-    in any order; otherwise None, and the caller re-reads what it needs.
+    writes the same rows with one statement per batch: ``INSERT … SELECT … FROM unnest(array,
+    …)`` on PostgreSQL (one parameter per column, so psycopg has no giant query to parse) and a
+    multi-row ``VALUES`` list elsewhere. Columns not given get their field default
+    (``auto_now_add`` fields the current time). JSON values are Python objects, adapted here.
+    With ``returning`` (and ``INSERT … RETURNING``: PostgreSQL, SQLite >= 3.35) the returned
+    rows come back in any order; without database support the result is None and the caller
+    re-reads what it needs.
     """
     if not rows:
         return []
     conn = connections[router.db_for_write(model)]
     ops = conn.ops
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    given = {model._meta.get_field(c).attname: i for i, c in enumerate(columns)}
+    meta = model._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    given = {meta.get_field(c).attname: i for i, c in enumerate(columns)}
     now = timezone.now()
-    names, constants, json_positions = [], [], []
+    # (field, index in the row or None, prepared constant for a field not given)
+    plan = []
     for f in fields:
-        names.append(ops.quote_name(f.column))
         if f.attname in given:
-            constants.append(None)
-            if isinstance(f, JSONField):
-                json_positions.append((len(names) - 1, f.encoder))
+            plan.append((f, given[f.attname], None))
         elif getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False):
-            constants.append((f.get_db_prep_save(now, conn),))
+            plan.append((f, None, f.get_db_prep_save(now, conn)))
         else:
-            constants.append((f.get_db_prep_save(f.get_default(), conn),))
-    order = [given.get(f.attname) for f in fields]
+            plan.append((f, None, f.get_db_prep_save(f.get_default(), conn)))
+    names = ", ".join(ops.quote_name(f.column) for f in fields)
     can_return = bool(returning) and conn.features.can_return_rows_from_bulk_insert
     ret_sql = ""
     if can_return:
-        ret_sql = " RETURNING " + ", ".join(ops.quote_name(model._meta.get_field(c).column) for c in returning)
-    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    head = f"INSERT INTO {ops.quote_name(model._meta.db_table)} ({', '.join(names)}) VALUES "
+        ret_sql = " RETURNING " + ", ".join(ops.quote_name(meta.get_field(c).column) for c in returning)
+    table = ops.quote_name(meta.db_table)
+
+    def json_text(value, encoder):
+        return None if value is None else json.dumps(value, cls=encoder)
+
     out: list[tuple] = []
     with conn.cursor() as cursor:
-        for part in _chunks(rows, _max_rows(conn, len(fields))):
-            params: list = []
-            for row in part:
-                values = [row[i] if i is not None else c[0] for i, c in zip(order, constants)]
-                for pos, encoder in json_positions:
-                    if values[pos] is not None:
-                        values[pos] = ops.adapt_json_value(values[pos], encoder)
-                params.extend(values)
-            cursor.execute(head + ", ".join([row_sql] * len(part)) + ret_sql, params)
-            if can_return:
-                out.extend(cursor.fetchall())
-            tick(len(part))
+        if conn.vendor == "postgresql":
+            given_plan = [(f, i) for f, i, _ in plan if i is not None]
+            select = []
+            const_params = []
+            for f, i, const in plan:
+                if i is None:
+                    select.append(f"%s::{f.db_type(conn)}")
+                    const_params.append(const)
+                else:
+                    select.append(f"_u.c{i}")
+            arrays_sql = ", ".join(
+                f"%s::{'text' if isinstance(f, JSONField) else f.db_type(conn)}[]" for f, _ in given_plan
+            )
+            aliases = ", ".join(f"c{i}" for _, i in given_plan)
+            select_sql = ", ".join(
+                f"_u.c{i}::jsonb" if i is not None and isinstance(f, JSONField) else s
+                for (f, i, _), s in zip(plan, select)
+            )
+            sql = (f"INSERT INTO {table} ({names}) SELECT {select_sql} FROM unnest({arrays_sql}) AS _u({aliases})"
+                   f"{ret_sql}")
+            for part in _chunks(rows, BATCH_SIZE):
+                arrays = []
+                for f, i in given_plan:
+                    column = [row[i] for row in part]
+                    if isinstance(f, JSONField):
+                        column = [json_text(v, f.encoder) for v in column]
+                    arrays.append(column)
+                cursor.execute(sql, const_params + arrays)
+                if can_return:
+                    out.extend(cursor.fetchall())
+                tick(len(part))
+        else:
+            json_positions = [(n, f.encoder) for n, (f, i, _) in enumerate(plan) if i is not None and isinstance(f, JSONField)]
+            order = [(i, const) for _, i, const in plan]
+            row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+            head = f"INSERT INTO {table} ({names}) VALUES "
+            for part in _chunks(rows, _max_rows(conn, len(fields))):
+                params: list = []
+                for row in part:
+                    values = [row[i] if i is not None else const for i, const in order]
+                    for pos, encoder in json_positions:
+                        values[pos] = json_text(values[pos], encoder)
+                    params.extend(values)
+                cursor.execute(head + ", ".join([row_sql] * len(part)) + ret_sql, params)
+                if can_return:
+                    out.extend(cursor.fetchall())
+                tick(len(part))
     return out if can_return or not returning else None
 
 

@@ -254,8 +254,13 @@ def submit_judgment(
     """
     now = now or timezone.now()
     with transaction.atomic():
+        # of=("self",): lock the assignment row only. A plain select_for_update() with
+        # select_related("project") also locks the project row, which serializes every submit
+        # of the project and deadlocks against a claim (the claim holds the comparison row and
+        # waits on the project row for its assignment's foreign key; the submit holds the
+        # project row and waits on the comparison row for its judgment's foreign key).
         assignment = (
-            Assignment.objects.select_for_update()
+            Assignment.objects.select_for_update(of=("self",))
             .select_related("project")
             .get(pk=assignment_id, annotator=annotator)
         )
@@ -308,7 +313,7 @@ def skip(annotator, assignment_id: int, *, now: datetime | None = None) -> Assig
     """Give the item back; the annotator is not served it again."""
     now = now or timezone.now()
     with transaction.atomic():
-        assignment = Assignment.objects.select_for_update().select_related("project").get(
+        assignment = Assignment.objects.select_for_update(of=("self",)).select_related("project").get(
             pk=assignment_id, annotator=annotator
         )
         if assignment.status == AssignmentStatus.ACTIVE:

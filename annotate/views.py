@@ -77,7 +77,7 @@ def home(request):
             row["annotator"] = True
             try:
                 queue.annotator_membership(user, project)
-                row["progress"] = queue.progress(user, project)
+                row["progress"] = _annotator_progress(user, project, queue.current_assignment(user, project))
             except queue.NotAnAnnotator as exc:
                 row["paused"] = str(exc)
         rows.append(row)
@@ -426,13 +426,8 @@ def _item_context(request, project: Project, *, notice: str = "", notice_level: 
     except queue.NotAnAnnotator as exc:
         ctx["blocked"] = str(exc)
         return ctx
-    prog = queue.progress(user, project)
-    remaining = prog.remaining
+    ctx["progress"] = _annotator_progress(user, project, assignment)
     if assignment is not None:
-        # progress() leaves out the item being held; count it so the number drops as the
-        # annotator advances. (Gold items are not in "remaining" at all.)
-        if not assignment.comparison.is_gold:
-            remaining += 1
         left, right = queue.shown_pair(assignment)
         ctx["item"] = {
             "assignment_id": assignment.pk,
@@ -440,14 +435,25 @@ def _item_context(request, project: Project, *, notice: str = "", notice_level: 
             "left_html": render_markdown(left.text),
             "right_html": render_markdown(right.text),
         }
+    return ctx
+
+
+def _annotator_progress(user, project: Project, held: Assignment | None) -> dict:
+    """The annotator's counter: done, skipped and remaining.
+
+    ``queue.progress`` leaves the item being held out of "remaining"; a held regular item is
+    counted, so the number drops by one as the annotator advances. Gold items are never in
+    "remaining", so a held gold item adds nothing.
+    """
+    prog = queue.progress(user, project)
+    remaining = prog.remaining + (1 if held is not None and not held.comparison.is_gold else 0)
     total = prog.done + remaining
-    ctx["progress"] = {
+    return {
         "done": prog.done,
         "skipped": prog.skipped,
         "remaining": remaining,
         "fraction": prog.done / total if total else 1.0,
     }
-    return ctx
 
 
 def _render_item(request, project: Project, **kwargs):

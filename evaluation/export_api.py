@@ -18,6 +18,7 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from annotate.api import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
@@ -160,8 +161,7 @@ class ExportListCreate(_Api):
             with transaction.atomic():
                 export = exports.create_export(self.project, request.user, data, name=name)
         except exports.ExportError as exc:
-            field = str(exc).split(":", 1)[0]
-            key = field if field in ExportCreateSerializer().fields else "detail"
+            key = exc.field if exc.field in ExportCreateSerializer().fields else api_settings.NON_FIELD_ERRORS_KEY
             raise ValidationError({key: [str(exc)]}) from None
         out = ExportSerializer(export, context={"request": request}).data
         return Response(out, status=status.HTTP_201_CREATED, headers={"Location": out["url"]})

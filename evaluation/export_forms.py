@@ -93,9 +93,8 @@ class ExportForm(forms.Form):
         try:
             self.options = clean_options(self.project, raw)
         except ExportError as exc:
-            field = str(exc).split(":", 1)[0]
-            if field in self.fields:
-                self.add_error(field, str(exc).split(":", 1)[1].strip())
+            if exc.field in self.fields:
+                self.add_error(exc.field, str(exc))
             else:
                 raise forms.ValidationError(str(exc)) from None
         return data

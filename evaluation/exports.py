@@ -147,7 +147,16 @@ JUDGMENT_FIELDS: dict[str, str] = {
 
 
 class ExportError(ValueError):
-    """Options or data that cannot make an export; the message says which and why."""
+    """Options or data that cannot make an export; the message says which and why.
+
+    ``field`` names the option at fault (``"rounds"``, ``"min_confidence"``…) when there is
+    one: the message's ``"<option>: "`` prefix, or given explicitly.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        head = message.split(":", 1)[0]
+        self.field = field or (head if ":" in message and head.isidentifier() else None)
 
 
 # --------------------------------------------------------------------------- options
@@ -210,7 +219,8 @@ def clean_options(project: Project, data: dict | ExportOptions | None = None) ->
     """Validate raw options (form, API or command values) into :class:`ExportOptions`.
 
     ``pools`` may be ids or names of the project's pools; ``formats`` a list or a comma
-    separated string; ``include_judgments: true`` adds the ``judgments`` format. Raises
+    separated string; ``include_judgments: true`` adds the ``judgments`` format (false adds
+    nothing). Raises
     :class:`ExportError` naming the bad field.
     """
     if isinstance(data, ExportOptions):
@@ -293,11 +303,8 @@ def clean_options(project: Project, data: dict | ExportOptions | None = None) ->
     for f in formats:
         if f not in FORMATS:
             raise ExportError(f"formats: {f!r} is not one of {', '.join(FORMATS)}")
-    if "include_judgments" in data and data["include_judgments"] is not None:
-        if _as_bool("include_judgments", data["include_judgments"]):
-            formats.append("judgments")
-        else:
-            formats = [f for f in formats if f != "judgments"]
+    if data.get("include_judgments") is not None and _as_bool("include_judgments", data["include_judgments"]):
+        formats.append("judgments")  # the same as listing the "judgments" format
     opts.formats = [f for f in FORMATS if f in set(formats)]  # fixed order, no duplicates
     if not opts.formats:
         raise ExportError("formats: choose at least one format")
@@ -332,23 +339,29 @@ def precheck(project: Project, opts: ExportOptions) -> None:
         comparisons = comparisons.filter(round__in=opts.rounds)
         if not comparisons.exists():
             have = sorted(set(Comparison.objects.filter(project=project).values_list("round", flat=True).distinct()))
-            raise ExportError(f"no comparisons match: rounds={opts.rounds} (the project's comparisons are in rounds {have})")
+            raise ExportError(
+                f"no comparisons match: rounds={opts.rounds} (the project's comparisons are in rounds {have})",
+                field="rounds",
+            )
     judgments = Judgment.objects.filter(project=project)
     if opts.rounds:
         judgments = judgments.filter(comparison__round__in=opts.rounds)
     where = f"in rounds {opts.rounds}" if opts.rounds else "in the project"
     if not judgments.exists():
-        raise ExportError(f"no comparisons match: no comparison {where} has a judgment yet")
+        raise ExportError(f"no comparisons match: no comparison {where} has a judgment yet",
+                          field="rounds" if opts.rounds else None)
     if opts.pools:
         judgments = judgments.filter(pool_id__in=opts.pools)
         if not judgments.exists():
             names = list(Pool.objects.filter(pk__in=opts.pools).values_list("name", flat=True))
-            raise ExportError(f"no comparisons match: pools={names} have no judgments on the comparisons {where}")
+            raise ExportError(f"no comparisons match: pools={names} have no judgments on the comparisons {where}",
+                              field="pools")
     if not opts.include_excluded:
         excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
         if not judgments.exclude(annotator_id__in=excluded).exists():
             raise ExportError(
-                "no comparisons match: every remaining judgment is by an excluded annotator (include_excluded is off)"
+                "no comparisons match: every remaining judgment is by an excluded annotator (include_excluded is off)",
+                field="include_excluded",
             )
 
 
@@ -1221,8 +1234,10 @@ def _make_read_only(folder: Path) -> None:
 
 
 def _n_boot(n_judgments: int) -> int:
-    """Bootstrap replicates: 1000, fewer for very large exports (the card says how many)."""
-    return int(min(1000, max(100, 20_000_000 // max(n_judgments, 1))))
+    """Bootstrap replicates: ``PREFLOOP_EXPORT_BOOTSTRAP`` (1000), fewer for very large
+    exports (at least 100; the card says how many)."""
+    most = int(getattr(settings, "PREFLOOP_EXPORT_BOOTSTRAP", 1000))
+    return int(min(most, max(min(100, most), 20_000_000 // max(n_judgments, 1))))
 
 
 def _summary(x: np.ndarray) -> dict:
@@ -1232,13 +1247,17 @@ def _summary(x: np.ndarray) -> dict:
 
 
 def compute_stats(sel: Selection, counts: dict[str, int]) -> dict:
-    from .agreement import agreement_report
+    from .agreement import agreement_report, agreement_summary
 
     t = sel.table
     j = sel.judgments
     selected = sel.selected
     n_boot = _n_boot(j.n)
-    report = agreement_report(j, n_boot=n_boot, seed=sel.opts.seed)
+    if len(sel.pool_ids) > 1:
+        report = agreement_report(j, n_boot=n_boot, seed=sel.opts.seed)
+    else:  # one pool: its figures are the overall ones
+        overall = agreement_summary(j, n_boot=n_boot, seed=sel.opts.seed)
+        report = {"overall": overall, "per_group": {0: overall}}
     dense_name = {
         i: (sel.pool_names.get(int(pid), f"pool {pid}") if pid >= 0 else "(no pool)") for i, pid in enumerate(sel.pool_ids)
     }

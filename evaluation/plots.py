@@ -39,7 +39,7 @@ def _open(width: int, height: int, title: str, css_class: str) -> str:
     t = escape(title)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {css_class}" viewBox="0 0 {width} {height}" '
-        f'width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="{t}" '
+        f'width="100%" style="max-width: {width}px" preserveAspectRatio="xMinYMin meet" role="img" aria-label="{t}" '
         f'font-family="{escape(FONT)}"><title>{t}</title>'
     )
 
@@ -76,8 +76,8 @@ def line_chart(
     y_min: float | None = None,
     y_max: float | None = None,
     y_label: str = "",
-    width: int = 720,
-    height: int = 280,
+    width: int = 1200,
+    height: int = 300,
     reference: float | None = None,
     empty_message: str = "Not enough data yet",
 ) -> str:
@@ -262,13 +262,13 @@ def interval_plot(
     x_min: float = 0.0,
     x_max: float = 1.0,
     threshold: float | None = None,
+    width: int = 1000,
     empty_message: str = "No gold judgments yet",
 ) -> str:
     """One row per entry ``{"label", "value", "low", "high", "flagged"}``: a dot and its interval
     (e.g. each annotator's gold accuracy with its credible interval), with an optional threshold."""
     css = "chart-interval"
     rows = [r for r in rows if _ok(r.get("value"))]
-    width = 720
     if not rows:
         return _empty(width, 120, title or "interval plot", css, empty_message)
     row_h = 22
@@ -318,11 +318,11 @@ def bar_chart(
     x_max: float = 1.0,
     reference: float | None = 0.5,
     value_format: str = "{:.0%}",
+    width: int = 720,
     empty_message: str = "No data",
 ) -> str:
     """Horizontal bars (e.g. model win rates) with optional interval whiskers."""
     css = "chart-bar"
-    width = 720
     if not labels or not any(_ok(v) for v in values):
         return _empty(width, 100, title or "bar chart", css, empty_message)
     row_h = 24

@@ -57,13 +57,22 @@ DEFAULTS = {
 }
 
 FLAG_LABELS = {
-    "low_accuracy": "Accuracy below threshold",
-    "low_weight": "Weight below threshold",
+    "low_accuracy": "Low accuracy",
+    "low_weight": "Low weight",
     "position_bias": "Position bias",
     "length_bias": "Length bias",
-    "too_fast": "Implausibly fast",
+    "too_fast": "Too fast",
     "tie_heavy": "Many ties",
     "excluded": "Excluded",
+}
+FLAG_HELP = {
+    "low_accuracy": "Accuracy (gold, else Dawid–Skene) below the threshold",
+    "low_weight": "Computed weight below the threshold",
+    "position_bias": "Picks the left (or right) response more than chance: the 95% interval excludes 0",
+    "length_bias": "Picks the longer response more than the consensus does: the 95% interval excludes 0",
+    "too_fast": "Median time per judgment implausibly short",
+    "tie_heavy": "Far more ties than the project as a whole",
+    "excluded": "Excluded by an admin: not served, weight 0, judgments kept",
 }
 #: Flags that make an annotator "below threshold" (highlighted on the dashboard).
 BELOW_THRESHOLD_FLAGS = ("low_accuracy", "low_weight")
@@ -637,8 +646,8 @@ class AnnotatorRow:
         return flags
 
     @property
-    def flag_labels(self) -> list[tuple[str, str]]:
-        return [(f, FLAG_LABELS.get(f, f)) for f in self.flags]
+    def flag_labels(self) -> list[tuple[str, str, str]]:
+        return [(f, FLAG_LABELS.get(f, f), FLAG_HELP.get(f, "")) for f in self.flags]
 
     @property
     def below_threshold(self) -> bool:

@@ -80,7 +80,7 @@ def _row_view(row: services.AnnotatorRow) -> dict:
         if q.gold_accuracy is not None:
             cells["gold"] = fmt_pct(q.gold_accuracy)
             cells["gold_ci"] = f"{fmt_pct(q.gold_accuracy_low)}–{fmt_pct(q.gold_accuracy_high)}"
-            cells["gold_n"] = f"{q.gold_correct}/{q.n_gold} gold"
+            cells["gold_n"] = f"{q.gold_correct}/{q.n_gold}"
         cells["ds"] = fmt_pct(q.estimated_accuracy)
         if q.position_bias is not None:
             cells["pos"] = fmt_signed(q.position_bias)

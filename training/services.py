@@ -615,6 +615,22 @@ def _stamp(message: str) -> str:
     return f"[{timezone.now().strftime('%Y-%m-%d %H:%M:%S')}] {message}"
 
 
+def log_expression(message: str):
+    """An UPDATE expression appending a stamped line to ``logs`` in the database itself (one
+    atomic statement, so the worker and the web process never overwrite each other's lines),
+    keeping the last ``LOG_MAX_CHARS`` characters."""
+    from django.db.models import F, Value
+    from django.db.models.functions import Concat, Right
+
+    line = "\n" + _stamp(message)
+    return Right(Concat(F("logs"), Value(line)), LOG_MAX_CHARS)
+
+
+def append_run_log(run_id: int, message: str, **fields) -> None:
+    """Append a line to run ``run_id``'s logs (and set ``fields``) in one UPDATE."""
+    TrainingRun.objects.filter(pk=run_id).update(logs=log_expression(message), updated_at=timezone.now(), **fields)
+
+
 def append_log(logs: str, message: str) -> str:
     text = (logs + "\n" if logs else "") + _stamp(message)
     if len(text) > LOG_MAX_CHARS:

@@ -58,31 +58,32 @@ def compact_metrics(metrics: dict) -> dict:
 
 
 class RunReporter:
-    """The trainer's callbacks for one run: every write goes to the run's row."""
+    """The trainer's callbacks for one run: every write goes to the run's row (log lines are
+    appended by the database, so a cancel logged by the web process is never overwritten)."""
 
     def __init__(self, run: TrainingRun):
         self.run_id = run.pk
-        self.logs = run.logs
         self.total_steps = run.total_steps
         self._last_heartbeat = 0.0
         self._lock = threading.Lock()
 
     # -- helpers ------------------------------------------------------------------------------
-    def _update(self, **fields) -> None:
-        fields.setdefault("heartbeat_at", timezone.now())
-        fields["updated_at"] = timezone.now()
-        TrainingRun.objects.filter(pk=self.run_id).update(**fields)
-        self._last_heartbeat = time.monotonic()
+    def _update(self, message: str | None = None, **fields) -> None:
+        now = timezone.now()
+        fields.setdefault("heartbeat_at", now)
+        fields["updated_at"] = now
+        if message is not None:
+            fields["logs"] = services.log_expression(message)
+        with self._lock:
+            TrainingRun.objects.filter(pk=self.run_id).update(**fields)
+            self._last_heartbeat = time.monotonic()
 
     def log(self, message: str, **fields) -> None:
-        with self._lock:
-            self.logs = services.append_log(self.logs, message)
-            self._update(logs=self.logs, **fields)
+        self._update(message, **fields)
 
     def heartbeat(self) -> None:
         if time.monotonic() - self._last_heartbeat >= services.HEARTBEAT_INTERVAL_S:
-            with self._lock:
-                self._update()
+            self._update()
 
     # -- the trainer's callbacks --------------------------------------------------------------
     def on_log(self, message: str) -> None:
@@ -99,15 +100,13 @@ class RunReporter:
         for key in ("loss", "reward_accuracy", "reward_margin", "eval_reward_accuracy", "lr"):
             if key in data and data[key] is not None:
                 parts.append(f"{key}={data[key]:.4g}")
-        with self._lock:
-            self.logs = services.append_log(self.logs, " ".join(p for p in parts if p))
-            self._update(
-                step=step,
-                total_steps=total,
-                progress=min(1.0, step / total) if total else 0.0,
-                eta_seconds=float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None,
-                logs=self.logs,
-            )
+        self._update(
+            " ".join(p for p in parts if p),
+            step=step,
+            total_steps=total,
+            progress=min(1.0, step / total) if total else 0.0,
+            eta_seconds=float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None,
+        )
 
     def on_eval(self, metrics: dict) -> None:
         pass  # the eval_* keys also arrive through on_step
@@ -232,11 +231,8 @@ def run_training(self, run_id: int) -> str:
     except Exception as exc:  # noqa: BLE001 - the row says what went wrong; no automatic retry
         log.exception("training run %s failed", run_id)
         message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
-        current = TrainingRun.objects.filter(pk=run_id).values_list("logs", flat=True).first() or ""
-        TrainingRun.objects.filter(pk=run_id).update(
-            status=RunStatus.FAILED, error=message[:5000], finished_at=timezone.now(), eta_seconds=None,
-            logs=services.append_log(current, f"failed: {message[:2000]}"), updated_at=timezone.now(),
-        )
+        services.append_run_log(run_id, f"failed: {message[:2000]}", status=RunStatus.FAILED, error=message[:5000],
+                                finished_at=timezone.now(), eta_seconds=None)
         return RunStatus.FAILED
     finally:
         close_old_connections()

@@ -157,6 +157,12 @@ A_B = {"prompt": "p", "response_a": "x", "response_b": "y"}
          "line 2, field 'prompt[1].role': must be a non-empty string"),
         ({"prompt": [], "response_a": "x", "response_b": "y"},
          "line 2, field 'prompt': must be a non-empty string or a non-empty list of chat messages"),
+        ('{"prompt": "p", "response_a": "x", "response_b": "y", "metadata": {"score": NaN}}',
+         "line 2: invalid JSON: NaN is not allowed"),
+        ({**A_B, "response_a": "x\u0000y"}, "line 2, field 'response_a': must not contain the NUL character (\\u0000)"),
+        ({**A_B, "metadata": {"k": ["\u0000"]}}, "line 2, field 'metadata': must not contain the NUL character (\\u0000)"),
+        ('{"prompt": "\\ud800", "response_a": "x", "response_b": "y"}',
+         "line 2, field 'prompt': must not contain unpaired UTF-16 surrogates (e.g. \\ud800)"),
     ],
 )
 def test_bad_line_is_rejected_with_its_line_and_field(project, line, expected):

@@ -185,6 +185,19 @@ def test_dawid_skene_learns_an_adversarial_annotator():
     assert (r.label == truth.label).mean() > (aggregate(j, "majority").label == truth.label).mean() + 0.02
 
 
+def test_gold_steers_dawid_skene_against_a_wrong_majority():
+    # Workers 0 and 1 always give the wrong answer, worker 2 always the right one. Without
+    # gold, EM believes the majority. With 20% gold items clamped during EM, the confusion
+    # matrices learn who is right and the non-gold items follow worker 2.
+    j, truth = simulate(3, 500, 3, accuracy=np.array([0.0, 0.0, 1.0]), gold_fraction=0.2, seed=6)
+    not_gold = j.gold < 0
+    without = aggregate(Judgments(item=j.item, worker=j.worker, label=j.label), "dawid_skene")
+    assert (without.label[not_gold] == truth.label[not_gold]).mean() == 0.0
+    with_gold = aggregate(j, "dawid_skene")
+    assert (with_gold.label[not_gold] == truth.label[not_gold]).mean() == 1.0
+    assert with_gold.accuracy[2] > 0.95 and np.all(with_gold.accuracy[:2] < 0.05)
+
+
 def test_dawid_skene_order_of_judgments_does_not_matter():
     j, _ = simulate(10, 200, 3, tie_rate=0.1, seed=5)
     perm = np.random.default_rng(0).permutation(j.n)
@@ -233,6 +246,13 @@ def test_pool_balanced_dawid_skene_runs_and_needs_pools():
     assert (r.label == truth.label).mean() > 0.85
     with pytest.raises(ValueError, match="pool"):
         aggregate(J([(0, 0, A)]), "majority", pool_balanced=True)
+
+
+def test_empty_judgments_give_uniform_posteriors():
+    j = Judgments(item=[], worker=[], label=[], a_left=[], n_items=2, n_workers=1, gold=np.array([-1, B]))
+    for method in ("majority", "gold_weighted", "dawid_skene", "dawid_skene_debiased"):
+        r = aggregate(j, method)
+        np.testing.assert_allclose(r.proba, [[1 / 3] * 3, [0, 1, 0]])
 
 
 def test_pool_disagreement_by_hand():

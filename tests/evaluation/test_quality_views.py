@@ -151,7 +151,7 @@ def test_dashboard_renders_table_figures_and_svg_plots(site, client):
     # a2 is highlighted and flagged.
     row = re.search(r'<tr id="annotator-%d"[^>]*>' % users["a2"].pk, body).group(0)
     assert "q-below" in row
-    assert "Accuracy below threshold" in body and "Weight below threshold" in body
+    assert "Low accuracy" in body and "Low weight" in body
     # Plots: agreement over time, pool heatmap, gold intervals, round win rates.
     assert body.count("<svg") >= 4
     assert 'aria-label="Agreement over time"' in body

@@ -63,7 +63,15 @@ def _shown(a_on_left: bool, underlying: str) -> str:
     return ("left" if a_on_left else "right") if underlying == "a" else ("right" if a_on_left else "left")
 
 
-def make_project(name: str = "Export project", *, plan=None, license_: str = "cc-by-4.0") -> dict:
+@pytest.fixture(autouse=True)
+def _quick_bootstrap(settings):
+    settings.PREFLOOP_EXPORT_BOOTSTRAP = 100
+
+
+def make_project(name: str = "Export project", *, plan=None, license_: str = "cc-by-4.0",
+                 via_queue: bool = False) -> dict:
+    """Import the plan's comparisons, then judge them: through the queue (``via_queue``, as
+    annotators do, with random display order) or by writing the judgments directly."""
     plan = plan or _plan()
     project = Project.objects.create(name=name, overlap=3, gold_rate=0.0, license=license_)
     pools = {n: Pool.objects.create(project=project, name=n) for n in ("north", "south")}
@@ -77,6 +85,21 @@ def make_project(name: str = "Export project", *, plan=None, license_: str = "cc
     body = "\n".join(json.dumps({k: v for k, v in line.items() if k != "votes"}) for line in plan)
     import_comparisons(project, io.BytesIO(body.encode()), filename="pairs.jsonl")
     by_texts = {(line["response_a"], line["response_b"]): line["votes"] for line in plan}
+    if not via_queue:
+        judgments = []
+        for n, c in enumerate(Comparison.objects.filter(project=project).select_related("response_a", "response_b")):
+            votes = by_texts.get((c.response_a.text, c.response_b.text))
+            if votes is None:
+                votes = [{"a": "b", "b": "a"}.get(v, v) for v in by_texts[(c.response_b.text, c.response_a.text)]]
+            for k, user in enumerate(users):
+                judgments.append(Judgment(
+                    project=project, comparison=c, annotator=user, pool=pools[ANNOTATORS[k][2]],
+                    a_on_left=(n + k) % 2 == 0, choice=votes[k], strength=2 if votes[k] in ("a", "b") else None,
+                    rationale=RATIONALE if k == 0 else "", seconds=4.0 + k,
+                ))
+        Judgment.objects.bulk_create(judgments)
+        Comparison.objects.filter(project=project).update(n_judgments=3, slots_taken=3, is_open=False)
+        return {"project": project, "users": users, "researcher": researcher, "pools": pools, "plan": plan}
     for k, user in enumerate(users):
         while True:
             assignment = queue.next_assignment(user, project)
@@ -119,10 +142,12 @@ def scene():
     return make_project()
 
 
-def test_round_trip_every_format(scene):
+def test_round_trip_every_format():
+    """Import → judgments through the queue → export → read back."""
     from datasets import DatasetDict, load_from_disk
     import pyarrow.parquet as pq
 
+    scene = make_project(via_queue=True)
     project = scene["project"]
     export = run_export(project, scene["researcher"], formats=["jsonl", "parquet", "hf", "csv", "judgments"],
                         test_fraction=0.25, seed=3)

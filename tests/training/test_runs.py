@@ -55,7 +55,7 @@ def scene(db, tmp_path, tiny_model_dir):
     project = Project.objects.create(name="Training project")
     users = {}
     for role in (Role.ADMIN, Role.RESEARCHER, Role.ANNOTATOR):
-        user = User.objects.create_user(f"{role}-user", password="pw")
+        user = User.objects.create_user(f"{role}-user")  # no password: no slow hashing
         Membership.objects.create(project=project, user=user, role=role)
         users[role] = user
     base = services.register_model("tiny-test", tiny_model_dir)
