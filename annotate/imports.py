@@ -69,6 +69,7 @@ it; ``Judgment.a_on_left`` is then stored as True, and ``display_unknown`` count
 ``item_id`` and ``source`` go into a new comparison's metadata; ``extra`` is validated but not
 stored (Judgment has no field for it).
 """
+
 from __future__ import annotations
 
 import csv
@@ -139,7 +140,17 @@ _MODEL_NAME_MAX = Response._meta.get_field("model_name").max_length
 _POOL_NAME_MAX = Pool._meta.get_field("name").max_length
 _SOURCE_MAX = Judgment._meta.get_field("source").max_length
 
-_COMPARISON_KEYS = {"prompt", "response_a", "response_b", "chosen", "rejected", "model_a", "model_b", "metadata", "gold"}
+_COMPARISON_KEYS = {
+    "prompt",
+    "response_a",
+    "response_b",
+    "chosen",
+    "rejected",
+    "model_a",
+    "model_b",
+    "metadata",
+    "gold",
+}
 # CSV cells that stay strings even when empty (so an empty cell reads "must be a non-empty string").
 _CSV_TEXT_COLUMNS = {"prompt", "response_a", "response_b", "chosen", "rejected"}
 _CSV_JSON_COLUMNS = {"metadata", "extra"}
@@ -177,7 +188,8 @@ class ImportValidationError(Exception):
 
     def _message(self) -> str:
         n = len(self.errors)
-        head = f"{n}{'+' if self.truncated else ''} error{'s' if n != 1 else ''} in the file; nothing was imported."
+        count = f"{n}{'+' if self.truncated else ''} error{'s' if n != 1 else ''}"
+        head = f"{count} in the file; nothing was imported."
         lines = [head] + [str(e) for e in self.errors[:SHOWN_ERRORS]]
         hidden = n - SHOWN_ERRORS
         if hidden > 0:
@@ -402,7 +414,11 @@ def _iter_jsonl(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
             errors.add(number, "", "invalid JSON: nested too deeply")
             continue
         if not isinstance(value, dict):
-            hint = "; the file must have one JSON object per line (JSON Lines)" if isinstance(value, list) else ""
+            hint = (
+                "; the file must have one JSON object per line (JSON Lines)"
+                if isinstance(value, list)
+                else ""
+            )
             errors.add(number, "", f"must be a JSON object, not {_type_name(value)}{hint}")
             continue
         yield number, value
@@ -454,7 +470,9 @@ def _iter_csv(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
                 try:
                     record[name] = _loads(cell)
                 except json.JSONDecodeError as exc:
-                    errors.add(start, name, f"must be a JSON object: invalid JSON: {exc.msg} (column {exc.colno})")
+                    errors.add(
+                        start, name, f"must be a JSON object: invalid JSON: {exc.msg} (column {exc.colno})"
+                    )
                     record[name] = {}
                 except ValueError as exc:
                     errors.add(start, name, f"must be a JSON object: invalid JSON: {exc}")
@@ -471,7 +489,9 @@ def _iter_csv(text: str, errors: _Errors) -> Iterator[tuple[int, dict]]:
         yield start, record
 
 
-def _records(fileobj, filename: str, fmt: str | None, errors: _Errors) -> tuple[str, Iterator[tuple[int, dict]]]:
+def _records(
+    fileobj, filename: str, fmt: str | None, errors: _Errors
+) -> tuple[str, Iterator[tuple[int, dict]]]:
     text = _read_text(fileobj)
     if not text.strip():
         raise ImportValidationError([LineError(0, "", "the file is empty")])
@@ -519,7 +539,9 @@ def _messages(value: list, line: int, name: str, errors: _Errors) -> list[dict] 
             errors.add(line, f"{name}[{i}].role", "must be a non-empty string")
             ok = False
         if not isinstance(content, str):
-            errors.add(line, f"{name}[{i}].content", "must be a string" if content is not None else "is missing")
+            errors.add(
+                line, f"{name}[{i}].content", "must be a string" if content is not None else "is missing"
+            )
             ok = False
     if not ok:
         return None
@@ -554,8 +576,16 @@ EMPTY_RESPONSE_HINT = (
 )
 
 
-def _response_text(record: dict, name: str, line: int, errors: _Errors, *, allow_empty: bool = False,
-                   lenient: bool = False, warnings: list[LineError] | None = None) -> str | None:
+def _response_text(
+    record: dict,
+    name: str,
+    line: int,
+    errors: _Errors,
+    *,
+    allow_empty: bool = False,
+    lenient: bool = False,
+    warnings: list[LineError] | None = None,
+) -> str | None:
     if name not in record:
         errors.add(line, name, "is missing")
         return None
@@ -565,7 +595,11 @@ def _response_text(record: dict, name: str, line: int, errors: _Errors, *, allow
         if messages is None:
             return None
         return messages[0]["content"] if len(messages) == 1 else flatten_messages(messages)
-    if lenient and isinstance(value, (bool, int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        lenient
+        and isinstance(value, (bool, int, float))
+        and not (isinstance(value, float) and not math.isfinite(value))
+    ):
         text = json.dumps(value)
         if warnings is not None:
             warnings.append(LineError(line, name, f"{_type_name(value)} taken as the text {text!r}"))
@@ -608,20 +642,39 @@ def _object(record: dict, name: str, line: int, errors: _Errors) -> dict:
     return value
 
 
-def _make_pair(line: int, prompt: tuple[str, list | None], text_a: str, model_a: str, text_b: str, model_b: str,
-               metadata: dict, hashes: tuple[str, str, str] | None = None) -> _Pair:
+def _make_pair(
+    line: int,
+    prompt: tuple[str, list | None],
+    text_a: str,
+    model_a: str,
+    text_b: str,
+    model_b: str,
+    metadata: dict,
+    hashes: tuple[str, str, str] | None = None,
+) -> _Pair:
     p_text, p_messages = prompt
     if hashes is None:
         hashes = (prompt_hash(p_text, p_messages), content_hash(text_a), content_hash(text_b))
     p_key, hash_a, hash_b = hashes
     return _Pair(
-        line=line, prompt_text=p_text, prompt_messages=p_messages, prompt_key=p_key,
-        text_a=text_a, model_a=model_a, hash_a=hash_a, text_b=text_b, model_b=model_b, hash_b=hash_b,
-        key=pair_hash(p_key, hash_a, model_a, hash_b, model_b), metadata=metadata,
+        line=line,
+        prompt_text=p_text,
+        prompt_messages=p_messages,
+        prompt_key=p_key,
+        text_a=text_a,
+        model_a=model_a,
+        hash_a=hash_a,
+        text_b=text_b,
+        model_b=model_b,
+        hash_b=hash_b,
+        key=pair_hash(p_key, hash_a, model_a, hash_b, model_b),
+        metadata=metadata,
     )
 
 
-def _comparison_line(record: dict, line: int, errors: _Errors, *, allow_ties: bool, allow_empty: bool) -> _Pair | None:
+def _comparison_line(
+    record: dict, line: int, errors: _Errors, *, allow_ties: bool, allow_empty: bool
+) -> _Pair | None:
     if not _check_storable(record, line, errors):
         return None
     before = len(errors.items)
@@ -651,7 +704,9 @@ def _comparison_line(record: dict, line: int, errors: _Errors, *, allow_ties: bo
         if has_trl:
             errors.add(line, "gold", "is only allowed on response_a/response_b lines")
         elif not isinstance(gold, str) or gold.strip().lower() not in GOLD_VALUES:
-            errors.add(line, "gold", f"must be one of 'a', 'b', 'tie' (got {json.dumps(gold, ensure_ascii=False)})")
+            errors.add(
+                line, "gold", f"must be one of 'a', 'b', 'tie' (got {json.dumps(gold, ensure_ascii=False)})"
+            )
         else:
             gold = gold.strip().lower()
             if gold == "tie" and not allow_ties:
@@ -689,7 +744,9 @@ class _Vote:
     a_on_left: bool | None
 
 
-def _short_string(record: dict, name: str, line: int, errors: _Errors, max_length: int, *, required: bool) -> str:
+def _short_string(
+    record: dict, name: str, line: int, errors: _Errors, max_length: int, *, required: bool
+) -> str:
     value = record.get(name)
     if value is None:
         if required:
@@ -709,20 +766,35 @@ def _short_string(record: dict, name: str, line: int, errors: _Errors, max_lengt
     return value
 
 
-def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[LineError], *, source: str,
-                   default_source: str, username_max: int, allow_empty: bool) -> _Vote | None:
+def _judgment_line(
+    record: dict,
+    line: int,
+    errors: _Errors,
+    warnings: list[LineError],
+    *,
+    source: str,
+    default_source: str,
+    username_max: int,
+    allow_empty: bool,
+) -> _Vote | None:
     if not _check_storable(record, line, errors):
         return None
     before = len(errors.items)
-    if "response_a" not in record and "response_b" not in record and ("chosen" in record or "rejected" in record):
+    if (
+        "response_a" not in record
+        and "response_b" not in record
+        and ("chosen" in record or "rejected" in record)
+    ):
         errors.add(line, "", "judgment lines need response_a and response_b, not chosen/rejected")
         return None
     prompt = _prompt(record, line, errors)
     line_warnings: list[LineError] = []
-    text_a = _response_text(record, "response_a", line, errors, allow_empty=allow_empty, lenient=True,
-                            warnings=line_warnings)
-    text_b = _response_text(record, "response_b", line, errors, allow_empty=allow_empty, lenient=True,
-                            warnings=line_warnings)
+    text_a = _response_text(
+        record, "response_a", line, errors, allow_empty=allow_empty, lenient=True, warnings=line_warnings
+    )
+    text_b = _response_text(
+        record, "response_b", line, errors, allow_empty=allow_empty, lenient=True, warnings=line_warnings
+    )
     model_a = _model_name(record, "model_a", line, errors)
     model_b = _model_name(record, "model_b", line, errors)
     annotator = _short_string(record, "annotator_id", line, errors, username_max, required=True)
@@ -739,7 +811,9 @@ def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[Line
                 continue
             if not isinstance(value, str) or value.strip().lower() not in LABEL_VALUES:
                 allowed = ", ".join(f"'{v}'" for v in LABEL_VALUES)
-                errors.add(line, name, f"must be one of {allowed} (got {json.dumps(value, ensure_ascii=False)})")
+                errors.add(
+                    line, name, f"must be one of {allowed} (got {json.dumps(value, ensure_ascii=False)})"
+                )
             elif choice is not None and value.strip().lower() != choice:
                 errors.add(line, "choice", f"contradicts label '{choice}'")
             else:
@@ -753,15 +827,28 @@ def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[Line
         elif isinstance(value, int) and not isinstance(value, bool) and value in Strength.values:
             strength = value
         else:
-            errors.add(line, "strength", "must be null, 'slight', 'clear', 'much' or 1, 2, 3 "
-                                         f"(got {json.dumps(value, ensure_ascii=False)})")
+            errors.add(
+                line,
+                "strength",
+                "must be null, 'slight', 'clear', 'much' or 1, 2, 3 "
+                f"(got {json.dumps(value, ensure_ascii=False)})",
+            )
         if strength is not None and choice in (Choice.TIE, Choice.BOTH_BAD):
             errors.add(line, "strength", f"must be null when the label is '{choice}'")
 
     seconds = record.get("seconds")
     if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-            errors.add(line, "seconds", f"must be a number of seconds >= 0 (got {json.dumps(seconds, ensure_ascii=False)})")
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            errors.add(
+                line,
+                "seconds",
+                f"must be a number of seconds >= 0 (got {json.dumps(seconds, ensure_ascii=False)})",
+            )
             seconds = None
         else:
             seconds = float(seconds)
@@ -774,7 +861,11 @@ def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[Line
     display = record.get("display")
     if display is not None:
         if display not in DISPLAY_VALUES:
-            errors.add(line, "display", f"must be 'a_left' or 'b_left' (got {json.dumps(display, ensure_ascii=False)})")
+            errors.add(
+                line,
+                "display",
+                f"must be 'a_left' or 'b_left' (got {json.dumps(display, ensure_ascii=False)})",
+            )
         else:
             a_on_left = DISPLAY_VALUES[display]
 
@@ -785,13 +876,20 @@ def _judgment_line(record: dict, line: int, errors: _Errors, warnings: list[Line
         errors.add(line, "item_id", f"must be a string or a number, not {_type_name(item_id)}")
 
     if text_a is not None and text_b is not None and text_a == text_b and model_a == model_b:
-        errors.add(line, "response_b", "is identical to response_a (give model_a and model_b if two models said the same)")
+        errors.add(
+            line,
+            "response_b",
+            "is identical to response_a (give model_a and model_b if two models said the same)",
+        )
     if len(errors.items) > before:
         return None
     warnings.extend(line_warnings)
     effective_source = source or line_source or default_source
-    comparison_meta = {**({"item_id": item_id} if item_id is not None else {}),
-                       **({"source": line_source} if line_source else {}), **metadata}
+    comparison_meta = {
+        **({"item_id": item_id} if item_id is not None else {}),
+        **({"source": line_source} if line_source else {}),
+        **metadata,
+    }
     return _Vote(
         line=line,
         pair=_make_pair(line, prompt, text_a, model_a, text_b, model_b, comparison_meta),
@@ -908,8 +1006,11 @@ def _insert(model, columns: list[str], rows: list[tuple], tick: _Ticker, returni
                 f"_u.c{i}::jsonb" if i is not None and isinstance(f, JSONField) else s
                 for (f, i, _), s in zip(plan, select)
             )
-            sql = (f"INSERT INTO {table} ({names}) SELECT {select_sql} FROM unnest({arrays_sql}) AS _u({aliases})"
-                   f"{ret_sql}")
+            sql = (
+                f"INSERT INTO {table} ({names}) SELECT {select_sql}"
+                f" FROM unnest({arrays_sql}) AS _u({aliases})"
+                f"{ret_sql}"
+            )
             for part in _chunks(rows, BATCH_SIZE):
                 arrays = []
                 for f, i in given_plan:
@@ -922,7 +1023,11 @@ def _insert(model, columns: list[str], rows: list[tuple], tick: _Ticker, returni
                     out.extend(cursor.fetchall())
                 tick(len(part))
         else:
-            json_positions = [(n, f.encoder) for n, (f, i, _) in enumerate(plan) if i is not None and isinstance(f, JSONField)]
+            json_positions = [
+                (n, f.encoder)
+                for n, (f, i, _) in enumerate(plan)
+                if i is not None and isinstance(f, JSONField)
+            ]
             order = [(i, const) for _, i, const in plan]
             row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
             head = f"INSERT INTO {table} ({names}) VALUES "
@@ -959,7 +1064,9 @@ def _existing(project: Project, round_: int, pairs: list[_Pair]) -> tuple[dict[s
     comparison_ids: dict[str, int] = {}
     for chunk in _chunks([p.key for p in pairs]):
         comparison_ids.update(
-            Comparison.objects.filter(project=project, round=round_, pair_hash__in=chunk).values_list("pair_hash", "pk")
+            Comparison.objects.filter(project=project, round=round_, pair_hash__in=chunk).values_list(
+                "pair_hash", "pk"
+            )
         )
     return prompt_ids, comparison_ids
 
@@ -983,7 +1090,9 @@ def _write_pairs(project: Project, round_: int, pairs: list[_Pair], tick_factory
         if p.prompt_key not in prompt_ids and p.prompt_key not in new_prompts:
             new_prompts[p.prompt_key] = (project.pk, p.prompt_text, p.prompt_messages, p.prompt_key)
     # Responses of the prompts that already existed (new prompts have none yet).
-    response_ids = dict(_responses_of(prompt_ids[p.prompt_key] for p in new_pairs if p.prompt_key in prompt_ids))
+    response_ids = dict(
+        _responses_of(prompt_ids[p.prompt_key] for p in new_pairs if p.prompt_key in prompt_ids)
+    )
     # Keyed by prompt *hash* until the new prompts have ids.
     new_responses: dict[tuple[str, str, str], str] = {}
     for p in new_pairs:
@@ -995,17 +1104,25 @@ def _write_pairs(project: Project, round_: int, pairs: list[_Pair], tick_factory
     golds = [p for p in new_pairs if p.gold]
     tick = tick_factory(len(new_prompts) + len(new_responses) + len(new_pairs) + len(golds))
 
-    rows = _insert(Prompt, ["project", "text", "messages", "content_hash"], list(new_prompts.values()), tick,
-                   returning=("content_hash", "id"))
+    rows = _insert(
+        Prompt,
+        ["project", "text", "messages", "content_hash"],
+        list(new_prompts.values()),
+        tick,
+        returning=("content_hash", "id"),
+    )
     if rows is None:
         rows = _existing(project, round_, [p for p in new_pairs if p.prompt_key in new_prompts])[0].items()
     prompt_ids.update(rows)
 
-    response_rows = [
-        (prompt_ids[ph], text, m, h, round_) for (ph, h, m), text in new_responses.items()
-    ]
-    rows = _insert(Response, ["prompt", "text", "model_name", "content_hash", "round"], response_rows, tick,
-                   returning=("prompt", "content_hash", "model_name", "id"))
+    response_rows = [(prompt_ids[ph], text, m, h, round_) for (ph, h, m), text in new_responses.items()]
+    rows = _insert(
+        Response,
+        ["prompt", "text", "model_name", "content_hash", "round"],
+        response_rows,
+        tick,
+        returning=("prompt", "content_hash", "model_name", "id"),
+    )
     if rows is None:
         response_ids.update(_responses_of(r[0] for r in response_rows))
     else:
@@ -1014,15 +1131,35 @@ def _write_pairs(project: Project, round_: int, pairs: list[_Pair], tick_factory
     comparison_rows = []
     for p in new_pairs:
         pid = prompt_ids[p.prompt_key]
-        comparison_rows.append((
-            project.pk, pid, response_ids[(pid, p.hash_a, p.model_a)], response_ids[(pid, p.hash_b, p.model_b)],
-            round_, p.key, p.metadata, p.source_preference, bool(p.gold),
-        ))
+        comparison_rows.append(
+            (
+                project.pk,
+                pid,
+                response_ids[(pid, p.hash_a, p.model_a)],
+                response_ids[(pid, p.hash_b, p.model_b)],
+                round_,
+                p.key,
+                p.metadata,
+                p.source_preference,
+                bool(p.gold),
+            )
+        )
     rows = _insert(
         Comparison,
-        ["project", "prompt", "response_a", "response_b", "round", "pair_hash", "metadata", "source_preference",
-         "is_gold"],
-        comparison_rows, tick, returning=("pair_hash", "id"),
+        [
+            "project",
+            "prompt",
+            "response_a",
+            "response_b",
+            "round",
+            "pair_hash",
+            "metadata",
+            "source_preference",
+            "is_gold",
+        ],
+        comparison_rows,
+        tick,
+        returning=("pair_hash", "id"),
     )
     if rows is None:
         rows = _existing(project, round_, new_pairs)[1].items()
@@ -1080,7 +1217,9 @@ def import_comparisons(
     lines = 0
     for line, record in records:
         lines += 1
-        pair = _comparison_line(record, line, errors, allow_ties=project.allow_ties, allow_empty=allow_empty_responses)
+        pair = _comparison_line(
+            record, line, errors, allow_ties=project.allow_ties, allow_empty=allow_empty_responses
+        )
         if pair is not None and pair.key not in pairs:
             pairs[pair.key] = pair
     if lines == 0 and not errors.items:
@@ -1152,8 +1291,16 @@ def import_judgments(
     lines = 0
     for line, record in records:
         lines += 1
-        vote = _judgment_line(record, line, errors, warnings, source=source, default_source=default_source,
-                              username_max=username_max, allow_empty=allow_empty_responses)
+        vote = _judgment_line(
+            record,
+            line,
+            errors,
+            warnings,
+            source=source,
+            default_source=default_source,
+            username_max=username_max,
+            allow_empty=allow_empty_responses,
+        )
         if vote is None:
             continue
         key = (vote.annotator, vote.pair.key)
@@ -1161,8 +1308,12 @@ def import_judgments(
         if earlier is None:
             votes[key] = vote
         elif on_duplicate == "error":
-            errors.add(line, "annotator_id", f"'{vote.annotator}' already judged this comparison on line "
-                                             f"{earlier.line}; one judgment per annotator and comparison")
+            errors.add(
+                line,
+                "annotator_id",
+                f"'{vote.annotator}' already judged this comparison on line "
+                f"{earlier.line}; one judgment per annotator and comparison",
+            )
         else:
             dropped += 1
             if on_duplicate == "last":
@@ -1226,7 +1377,9 @@ def import_judgments(
         for v in vote_list:
             first_pool.setdefault(v.annotator, v.pool)
         new_members = [
-            Membership(project=project, user_id=user_ids[u], role=Role.ANNOTATOR, pool_id=pool_ids[first_pool[u]])
+            Membership(
+                project=project, user_id=user_ids[u], role=Role.ANNOTATOR, pool_id=pool_ids[first_pool[u]]
+            )
             for u in usernames
             if user_ids[u] not in member_of
         ]
@@ -1248,15 +1401,36 @@ def import_judgments(
                 continue
             display_unknown += v.a_on_left is None
             existing.add((uid, cid))
-            judgments.append((
-                project.pk, cid, uid, pool_ids[v.pool], True if v.a_on_left is None else v.a_on_left,
-                v.choice, v.strength, v.rationale, v.seconds, v.source,
-            ))
+            judgments.append(
+                (
+                    project.pk,
+                    cid,
+                    uid,
+                    pool_ids[v.pool],
+                    True if v.a_on_left is None else v.a_on_left,
+                    v.choice,
+                    v.strength,
+                    v.rationale,
+                    v.seconds,
+                    v.source,
+                )
+            )
         _insert(
             Judgment,
-            ["project", "comparison", "annotator", "pool", "a_on_left", "choice", "strength", "rationale", "seconds",
-             "source"],
-            judgments, tick,
+            [
+                "project",
+                "comparison",
+                "annotator",
+                "pool",
+                "a_on_left",
+                "choice",
+                "strength",
+                "rationale",
+                "seconds",
+                "source",
+            ],
+            judgments,
+            tick,
         )
         tick(len(vote_list) - len(judgments))
 
@@ -1272,7 +1446,9 @@ def import_judgments(
                 Comparison.objects.filter(pk__in=chunk).update(
                     n_judgments=F("n_judgments") + n, slots_taken=F("slots_taken") + n
                 )
-        open_expr = ExpressionWrapper(Q(is_gold=True) | Q(slots_taken__lt=project.overlap), output_field=BooleanField())
+        open_expr = ExpressionWrapper(
+            Q(is_gold=True) | Q(slots_taken__lt=project.overlap), output_field=BooleanField()
+        )
         for chunk in _chunks(sorted(added)):
             Comparison.objects.filter(pk__in=chunk).update(is_open=open_expr)
 

@@ -5,9 +5,11 @@ Invariants kept here and nowhere else:
 * ``Comparison.slots_taken`` = judgments + live (active) assignments, and
   ``Comparison.is_open`` = ``slots_taken < project.overlap`` for regular comparisons (gold
   comparisons stay open: every annotator may be served each gold item once).
-* A comparison is never pushed past its overlap: the candidate rows are locked
-  (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite runs write transactions one at
-  a time) and the slot count is re-read under the lock before it is taken.
+* A comparison is never pushed past its overlap: the row to take is locked
+  (``SELECT … FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite runs write transactions
+  one at a time) and the slot count is re-read under the lock before it is taken.
+* An annotator holds at most one active assignment: claims of one annotator are serialized
+  on their membership row.
 * An annotator is never served a comparison they judged, skipped or hold; an expired
   assignment returns its slot to the queue.
 
@@ -18,6 +20,7 @@ comparisons.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -37,10 +40,13 @@ from .models import (
     Strength,
 )
 
-# How many open comparisons are considered (and locked) per request to restore pool balance.
+# How many open comparisons are considered per request to restore pool balance.
 CANDIDATES = 16
+# How many times a claim looks again when all its candidates were taken by concurrent requests.
+CLAIM_ATTEMPTS = 8
 
 _rng = random.SystemRandom()
+_jitter = random.Random()  # back-off only; never the caller's rng, so seeded runs stay reproducible
 
 
 class QueueError(Exception):
@@ -107,9 +113,15 @@ def expire_stale(project: Project, now: datetime | None = None) -> int:
 
 
 def _lock(qs):
-    """Row locks where the database has them; SQLite serializes write transactions instead."""
+    """Row locks where the database has them; SQLite serializes write transactions instead.
+
+    ``FOR NO KEY UPDATE`` (where available) rather than ``FOR UPDATE``: it still excludes a
+    second claimer, but not the ``KEY SHARE`` lock that inserting a judgment or assignment
+    takes on the rows it references, so a claim does not skip a comparison merely because
+    someone is submitting a judgment on it.
+    """
     if connection.features.has_select_for_update_skip_locked:
-        return qs.select_for_update(skip_locked=True)
+        return qs.select_for_update(skip_locked=True, no_key=connection.features.has_select_for_no_key_update)
     return qs
 
 
@@ -163,51 +175,82 @@ def _pool_targets(project: Project) -> dict[int, float]:
 
 
 def _claim(annotator, project: Project, membership: Membership, *, gold: bool, now, rng) -> Assignment | None:
-    with transaction.atomic():
-        candidates = list(
-            _lock(
+    """Take a slot on the best candidate for this annotator; None when there is none.
+
+    The candidates are read without locks and ranked; then the best one that can be locked
+    (``SKIP LOCKED``: another request is claiming it) and still has room is taken, one row
+    lock per claim. When every candidate was locked or filled in the meantime, the claim
+    looks again (``CLAIM_ATTEMPTS``) instead of reporting an empty queue.
+    """
+    for attempt in range(CLAIM_ATTEMPTS):
+        with transaction.atomic():
+            # One claim at a time per annotator (a double click, two tabs): the second waits
+            # here, then finds the first one's assignment.
+            _lock_annotator(membership)
+            held = current_assignment(annotator, project, now)
+            if held is not None:
+                return held
+            candidates = list(
                 Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
                 .exclude(pk__in=_seen_ids(annotator, project))
                 .order_by("pk")
-            ).only("pk", "slots_taken", "is_gold")[:CANDIDATES]
-        )
-        if not gold:
-            candidates = [c for c in candidates if c.slots_taken < project.overlap]
-        if not candidates:
-            return None
-        chosen = _most_needed(project, membership, candidates) if not gold else rng.choice(candidates)
-        Comparison.objects.filter(pk=chosen.pk).update(slots_taken=F("slots_taken") + 1)
-        Comparison.objects.filter(pk=chosen.pk).update(is_open=_open_expr(project))
-        expires = now + timedelta(seconds=project.assignment_timeout_s)
-        a_on_left = rng.random() < 0.5
-        assignment, _ = Assignment.objects.update_or_create(
-            annotator=annotator,
-            comparison_id=chosen.pk,
-            defaults=dict(
-                project=project,
-                pool=membership.pool,
-                a_on_left=a_on_left,
-                status=AssignmentStatus.ACTIVE,
-                expires_at=expires,
-                finished_at=None,
-            ),
-        )
-    return (
-        Assignment.objects.select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
-        .get(pk=assignment.pk)
-    )
+                .only("pk", "slots_taken", "is_gold")[:CANDIDATES]
+            )
+            if not gold:
+                candidates = [c for c in candidates if c.slots_taken < project.overlap]
+            if not candidates:
+                return None
+            if gold:
+                first = rng.choice(candidates)
+                ranked = [first] + [c for c in candidates if c.pk != first.pk]
+            else:
+                ranked = _by_need(project, membership, candidates)
+            chosen = None
+            for candidate in ranked:
+                row = _lock(Comparison.objects.filter(pk=candidate.pk, is_open=True)).only("pk", "slots_taken").first()
+                if row is not None and (gold or row.slots_taken < project.overlap):
+                    chosen = row
+                    break
+            if chosen is not None:
+                Comparison.objects.filter(pk=chosen.pk).update(slots_taken=F("slots_taken") + 1)
+                Comparison.objects.filter(pk=chosen.pk).update(is_open=_open_expr(project))
+                expires = now + timedelta(seconds=project.assignment_timeout_s)
+                a_on_left = rng.random() < 0.5
+                assignment, _ = Assignment.objects.update_or_create(
+                    annotator=annotator,
+                    comparison_id=chosen.pk,
+                    defaults=dict(
+                        project=project,
+                        pool=membership.pool,
+                        a_on_left=a_on_left,
+                        status=AssignmentStatus.ACTIVE,
+                        expires_at=expires,
+                        finished_at=None,
+                    ),
+                )
+        if chosen is not None:
+            return (
+                Assignment.objects.select_related(
+                    "comparison__prompt", "comparison__response_a", "comparison__response_b"
+                ).get(pk=assignment.pk)
+            )
+        # Every candidate was being claimed by a concurrent request or filled meanwhile.
+        time.sleep(0.002 * (attempt + 1) * (0.5 + _jitter.random()))
+    return None
 
 
-def _most_needed(project: Project, membership: Membership, candidates: list[Comparison]) -> Comparison:
-    """The candidate on which the annotator's pool is furthest below its target share.
+def _lock_annotator(membership: Membership) -> None:
+    if connection.features.has_select_for_update:
+        list(Membership.objects.select_for_update().filter(pk=membership.pk).values_list("pk", flat=True))
 
-    deficit = target_share(pool) × overlap − judgments and live assignments from the pool.
-    Ties go to the oldest comparison, so work finishes in import order.
-    """
+
+def _by_need(project: Project, membership: Membership, candidates: list[Comparison]) -> list[Comparison]:
+    """The candidates, the one on which the annotator's pool is furthest below its target
+    share first (see ``_most_needed``); ties in import order."""
     targets = _pool_targets(project)
     pool_id = membership.pool_id
     if not targets or pool_id not in targets:
-        return candidates[0]
+        return list(candidates)
     taken = dict(
         Assignment.objects.filter(
             comparison_id__in=[c.pk for c in candidates],
@@ -219,7 +262,16 @@ def _most_needed(project: Project, membership: Membership, candidates: list[Comp
         .values_list("comparison_id", "n")
     )
     target = targets[pool_id] * project.overlap
-    return max(candidates, key=lambda c: (target - taken.get(c.pk, 0), -c.pk))
+    return sorted(candidates, key=lambda c: (-(target - taken.get(c.pk, 0)), c.pk))
+
+
+def _most_needed(project: Project, membership: Membership, candidates: list[Comparison]) -> Comparison:
+    """The candidate on which the annotator's pool is furthest below its target share.
+
+    deficit = target_share(pool) × overlap − judgments and live assignments from the pool.
+    Ties go to the oldest comparison, so work finishes in import order.
+    """
+    return _by_need(project, membership, candidates)[0]
 
 
 SHOWN_CHOICES = ("left", "right", "tie", "both_bad")

@@ -9,6 +9,7 @@ judgments even by accident.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from functools import wraps
 
@@ -46,6 +47,11 @@ def login_required(view):
         return view(request, *args, **kwargs)
 
     return wrapper
+
+
+def _posted(request):
+    """The POST data to bind a form to, or None on GET (an empty POST still binds)."""
+    return request.POST if request.method == "POST" else None
 
 
 def _can_create_projects(user) -> bool:
@@ -89,7 +95,7 @@ def home(request):
 def project_create(request):
     if not _can_create_projects(request.user):
         raise PermissionDenied("Only staff can create projects.")
-    form = ProjectForm(request.POST or None)
+    form = ProjectForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             project = form.save(commit=False)
@@ -120,7 +126,7 @@ def project_detail(request, pk: int):
 @require_http_methods(["GET", "POST"])
 def project_settings(request, pk: int):
     project = project_for(request.user, pk, Role.ADMIN)
-    form = ProjectForm(request.POST or None, instance=project)
+    form = ProjectForm(_posted(request), instance=project)
     if request.method == "POST" and form.is_valid():
         form.save()
         messages.success(request, "Settings saved.")
@@ -140,7 +146,7 @@ def _pool_rows(project: Project):
 @require_http_methods(["GET", "POST"])
 def project_pools(request, pk: int):
     project = project_for(request.user, pk, Role.ADMIN)
-    form = PoolForm(request.POST or None, project=project)
+    form = PoolForm(_posted(request), project=project)
     if request.method == "POST" and form.is_valid():
         pool = form.save()
         messages.success(request, f"Pool “{pool.name}” added.")
@@ -160,7 +166,7 @@ def project_pools(request, pk: int):
 def project_pool_edit(request, pk: int, pool_id: int):
     project = project_for(request.user, pk, Role.ADMIN)
     pool = get_object_or_404(Pool, pk=pool_id, project=project)
-    form = PoolForm(request.POST or None, instance=pool, project=project)
+    form = PoolForm(_posted(request), instance=pool, project=project)
     if request.method == "POST" and form.is_valid():
         form.save()
         messages.success(request, f"Pool “{pool.name}” saved.")
@@ -179,7 +185,7 @@ def project_pool_edit(request, pk: int, pool_id: int):
 @require_http_methods(["GET", "POST"])
 def project_members(request, pk: int):
     project = project_for(request.user, pk, Role.ADMIN)
-    form = AddMemberForm(request.POST or None, project=project)
+    form = AddMemberForm(_posted(request), project=project)
     if request.method == "POST" and form.is_valid():
         user = form.cleaned_data["user"]
         Membership.objects.create(
@@ -260,7 +266,7 @@ def project_import(request, pk: int):
     from . import imports
 
     project = project_for(request.user, pk, Role.ADMIN)
-    form = ImportForm(request.POST or None, request.FILES or None, initial={"token": uuid.uuid4().hex})
+    form = ImportForm(_posted(request), request.FILES if request.method == "POST" else None)
     result = errors = None
     truncated = False
     filename = ""
@@ -456,6 +462,13 @@ def _annotator_progress(user, project: Project, held: Assignment | None) -> dict
     }
 
 
+def _timed(response, started: float):
+    """Server-Timing: how long the submit and the next item took here (the browser test and
+    the benchmark split submit → next-item time into server and browser parts with it)."""
+    response["Server-Timing"] = f"app;desc=\"submit+next\";dur={(time.perf_counter() - started) * 1000:.1f}"
+    return response
+
+
 def _render_item(request, project: Project, **kwargs):
     return render(request, "annotate/_item.html", _item_context(request, project, **kwargs))
 
@@ -478,9 +491,10 @@ def annotate(request, pk: int):
         )
         return render(request, "annotate/annotate.html", ctx)
 
+    started = time.perf_counter()
     notice, level = _submit(request)
     if request.htmx:
-        return _render_item(request, project, notice=notice, notice_level=level)
+        return _timed(_render_item(request, project, notice=notice, notice_level=level), started)
     if notice:
         getattr(messages, level if level in ("info", "success", "warning", "error") else "info")(request, notice)
     return redirect("annotate", pk=project.pk)
@@ -516,6 +530,7 @@ def _submit(request) -> tuple[str, str]:
 @require_POST
 def annotate_skip(request, pk: int):
     project = project_for(request.user, pk, Role.ANNOTATOR)
+    started = time.perf_counter()
     notice, level = "", ""
     try:
         assignment_id = int(request.POST.get("assignment", ""))
@@ -526,6 +541,6 @@ def annotate_skip(request, pk: int):
     except queue.QueueError as exc:
         notice, level = str(exc), "warning"
     if request.htmx:
-        return _render_item(request, project, notice=notice, notice_level=level)
+        return _timed(_render_item(request, project, notice=notice, notice_level=level), started)
     messages.info(request, notice)
     return redirect("annotate", pk=project.pk)

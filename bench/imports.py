@@ -10,6 +10,7 @@ for re-importing the same file (all duplicates), and for the naive import
 kind, and the ratio between the two rates. Each timing shows wall time and this process's CPU
 time (SQLite runs in-process), which is steadier on a busy machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,21 +69,32 @@ def naive_import(project, data: bytes) -> int:
         for line in data.decode().splitlines():
             row = json.loads(line)
             ph = content_hash(row["prompt"])
-            prompt, _ = Prompt.objects.get_or_create(project=project, content_hash=ph, defaults={"text": row["prompt"]})
+            prompt, _ = Prompt.objects.get_or_create(
+                project=project, content_hash=ph, defaults={"text": row["prompt"]}
+            )
             ra, _ = Response.objects.get_or_create(
-                prompt=prompt, content_hash=content_hash(row["response_a"]), model_name=row["model_a"],
+                prompt=prompt,
+                content_hash=content_hash(row["response_a"]),
+                model_name=row["model_a"],
                 defaults={"text": row["response_a"]},
             )
             rb, _ = Response.objects.get_or_create(
-                prompt=prompt, content_hash=content_hash(row["response_b"]), model_name=row["model_b"],
+                prompt=prompt,
+                content_hash=content_hash(row["response_b"]),
+                model_name=row["model_b"],
                 defaults={"text": row["response_b"]},
             )
             key = pair_hash(ph, ra.content_hash, ra.model_name, rb.content_hash, rb.model_name)
             if Comparison.objects.filter(project=project, round=0, pair_hash=key).exists():
                 continue
             c = Comparison.objects.create(
-                project=project, prompt=prompt, response_a=ra, response_b=rb, pair_hash=key,
-                metadata=row.get("metadata", {}), is_gold="gold" in row,
+                project=project,
+                prompt=prompt,
+                response_a=ra,
+                response_b=rb,
+                pair_hash=key,
+                metadata=row.get("metadata", {}),
+                is_gold="gold" in row,
             )
             if "gold" in row:
                 GoldAnswer.objects.create(comparison=c, answer=row["gold"])
@@ -119,8 +131,8 @@ def main() -> None:
     from annotate.models import Comparison, Project
 
     try:
-        backend = f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else ''}"
-        print(f"backend: {backend.strip()}, python {sys.version.split()[0]}")
+        version = connection.Database.sqlite_version if connection.vendor == "sqlite" else ""
+        print(f"backend: {connection.vendor} {version}".strip() + f", python {sys.version.split()[0]}")
 
         data = synthetic(args.lines, "fast")
         mb = len(data) / 1e6
@@ -128,8 +140,11 @@ def main() -> None:
         with Timer() as t_fast:
             result = import_comparisons(fast, io.BytesIO(data), filename="bench.jsonl")
         assert result.created == args.lines, result
-        print(f"batched import: {args.lines:,} lines ({mb:.0f} MB) in {t_fast} = {args.lines / t_fast.wall:,.0f} lines/s "
-              f"({result.prompts_created:,} prompts, {result.responses_created:,} responses, {result.gold:,} gold)")
+        print(
+            f"batched import: {args.lines:,} lines ({mb:.0f} MB) in {t_fast} = "
+            f"{args.lines / t_fast.wall:,.0f} lines/s ({result.prompts_created:,} prompts, "
+            f"{result.responses_created:,} responses, {result.gold:,} gold)"
+        )
 
         with Timer() as t_again:
             again = import_comparisons(fast, io.BytesIO(data), filename="bench.jsonl")
@@ -141,18 +156,27 @@ def main() -> None:
         with Timer() as t_naive:
             n = naive_import(naive, sample)
         assert n == args.naive_lines == Comparison.objects.filter(project=naive).count()
-        print(f"naive per-line ORM import: {args.naive_lines:,} lines in {t_naive} = "
-              f"{args.naive_lines / t_naive.wall:,.0f} lines/s")
+        print(
+            f"naive per-line ORM import: {args.naive_lines:,} lines in {t_naive} = "
+            f"{args.naive_lines / t_naive.wall:,.0f} lines/s"
+        )
 
         small = Project.objects.create(name="bench-fast-small")
         with Timer() as t_small:
             import_comparisons(small, io.BytesIO(sample), filename="bench.jsonl")
-        print(f"batched import of the same {args.naive_lines:,} lines: {t_small} = "
-              f"{args.naive_lines / t_small.wall:,.0f} lines/s")
-        print(f"speed-up, batched vs naive (lines/s, wall): {(args.lines / t_fast.wall) / (args.naive_lines / t_naive.wall):.1f}x "
-              f"at {args.lines:,} lines, {t_naive.wall / t_small.wall:.1f}x on the same {args.naive_lines:,} lines "
-              f"(cpu: {(args.lines / t_fast.cpu) / (args.naive_lines / t_naive.cpu):.1f}x, "
-              f"{t_naive.cpu / t_small.cpu:.1f}x)")
+        print(
+            f"batched import of the same {args.naive_lines:,} lines: {t_small} = "
+            f"{args.naive_lines / t_small.wall:,.0f} lines/s"
+        )
+        rate = lambda n, t: n / t  # noqa: E731
+        print(
+            "speed-up, batched vs naive (lines/s): "
+            f"{rate(args.lines, t_fast.wall) / rate(args.naive_lines, t_naive.wall):.1f}x wall, "
+            f"{rate(args.lines, t_fast.cpu) / rate(args.naive_lines, t_naive.cpu):.1f}x cpu "
+            f"at {args.lines:,} lines; "
+            f"{t_naive.wall / t_small.wall:.1f}x wall, {t_naive.cpu / t_small.cpu:.1f}x cpu "
+            f"on the same {args.naive_lines:,} lines"
+        )
     finally:
         if on_postgres:
             connection.creation.destroy_test_db("bench_prefloop_imports", verbosity=0)

@@ -33,8 +33,8 @@ item indices and one matrix product; Cohen's kappa re-weights the within-item vo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -190,7 +190,9 @@ def _kappa_from_tables(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return n, p_o, kappa
 
 
-def _pair_tables(pairs: VotePairs, pair_index: np.ndarray, n_pairs: int, weights: np.ndarray | None = None) -> np.ndarray:
+def _pair_tables(
+    pairs: VotePairs, pair_index: np.ndarray, n_pairs: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     K = N_CLASSES
     cell = (pair_index * K + pairs.label_a) * K + pairs.label_b
     return np.bincount(cell, weights=weights, minlength=n_pairs * K * K).reshape(n_pairs, K, K)
@@ -208,7 +210,9 @@ def cohen_kappa_pairs(j: Judgments, min_shared: int = 10, pairs: VotePairs | Non
     keys, index = _index_worker_pairs(pairs, j.n_workers)
     n, p_o, kappa = _kappa_from_tables(_pair_tables(pairs, index, keys.shape[0]))
     keep = n >= min_shared
-    return CohenPairs(keys[keep] // j.n_workers, keys[keep] % j.n_workers, n[keep].astype(np.int64), p_o[keep], kappa[keep])
+    return CohenPairs(
+        keys[keep] // j.n_workers, keys[keep] % j.n_workers, n[keep].astype(np.int64), p_o[keep], kappa[keep]
+    )
 
 
 def mean_cohen_kappa(j: Judgments, min_shared: int = 10) -> float:
@@ -272,7 +276,9 @@ def _bootstrap_cohen(j: Judgments, min_shared: int, n_boot: int, level: float, r
         return result
     # Resample the items the kept worker pairs share; re-weight their vote pairs.
     sel = keep[index]
-    sub = VotePairs(pairs.item[sel], pairs.worker_a[sel], pairs.worker_b[sel], pairs.label_a[sel], pairs.label_b[sel])
+    sub = VotePairs(
+        pairs.item[sel], pairs.worker_a[sel], pairs.worker_b[sel], pairs.label_a[sel], pairs.label_b[sel]
+    )
     sub_index = np.cumsum(keep)[index[sel]] - 1
     items, item_index = np.unique(sub.item, return_inverse=True)
     n_kept = int(keep.sum())
@@ -303,7 +309,9 @@ def agreement_summary(
     counts = class_counts(j)
     summary["n_items"] = int((counts.sum(axis=1) >= 2).sum())
     summary.update(_bootstrap_stats(counts, _COUNT_STATS, n_boot, level, rng))
-    no_ties = _bootstrap_stats(class_counts(j, include_ties=False), {"raw": _COUNT_STATS["raw_agreement"]}, n_boot, level, rng)
+    no_ties = _bootstrap_stats(
+        class_counts(j, include_ties=False), {"raw": _COUNT_STATS["raw_agreement"]}, n_boot, level, rng
+    )
     summary["raw_agreement_no_ties"] = no_ties["raw"]
     summary["cohen_kappa"] = _bootstrap_cohen(j, min_shared, n_boot, level, rng)
     return summary
@@ -326,7 +334,7 @@ def between_group_agreement(
     iu = np.triu_indices(G)
     agree = np.empty((j.n_items, iu[0].shape[0]))
     pairs = np.empty_like(agree)
-    for col, (g, h) in enumerate(zip(*iu)):
+    for col, (g, h) in enumerate(zip(*iu, strict=True)):
         agree[:, col] = (n[:, g] * n[:, h]).sum(axis=1)
         pairs[:, col] = m[:, g] * m[:, h]
         if g == h:  # within a group: unordered pairs of two different votes
@@ -379,12 +387,16 @@ def agreement_report(
     is :func:`agreement_summary`'s dict and ``between_groups`` is
     :func:`between_group_agreement`'s (absent without groups).
     """
-    report: dict = {"overall": agreement_summary(j, n_boot=n_boot, level=level, seed=seed, min_shared=min_shared)}
+    report: dict = {
+        "overall": agreement_summary(j, n_boot=n_boot, level=level, seed=seed, min_shared=min_shared)
+    }
     groups = j.pool if groups is None else np.asarray(groups, dtype=np.int64)
     if groups is None:
         return report
     report["per_group"] = {
-        int(g): agreement_summary(j.subset(groups[j.worker] == g), n_boot=n_boot, level=level, seed=seed, min_shared=min_shared)
+        int(g): agreement_summary(
+            j.subset(groups[j.worker] == g), n_boot=n_boot, level=level, seed=seed, min_shared=min_shared
+        )
         for g in np.unique(groups)
     }
     report["between_groups"] = between_group_agreement(j, groups, n_boot=n_boot, level=level, seed=seed)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from evaluation.aggregation import A, B, GOLD_PRIOR, TIE, Aggregate, Judgments, aggregate, gold_counts
+from evaluation.aggregation import GOLD_PRIOR, TIE, A, Aggregate, B, Judgments, aggregate, gold_counts
 
 # --------------------------------------------------------------------------- helpers
 
@@ -63,7 +63,9 @@ def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
-def wilson_interval(successes: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(
+    successes: np.ndarray, n: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a binomial proportion (NaN where n = 0)."""
     successes = np.asarray(successes, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
@@ -76,7 +78,9 @@ def wilson_interval(successes: np.ndarray, n: np.ndarray, level: float = 0.95) -
     return centre - half, centre + half
 
 
-def _group_mean_se(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_mean_se(
+    group: np.ndarray, values: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group count, mean and standard error of the mean (NaN where undefined)."""
     n = np.bincount(group, minlength=n_groups).astype(np.float64)
     s = np.bincount(group, weights=values, minlength=n_groups)
@@ -158,7 +162,9 @@ def _non_tie_consensus(proba: np.ndarray) -> np.ndarray:
     return np.divide(proba[:, A], ab, out=np.full(proba.shape[0], 0.5), where=ab > 0)
 
 
-def position_bias(j: Judgments, consensus: Aggregate | np.ndarray | None = None, level: float = 0.95) -> PositionBias:
+def position_bias(
+    j: Judgments, consensus: Aggregate | np.ndarray | None = None, level: float = 0.95
+) -> PositionBias:
     """Per-worker left-pick rate minus 1/2, with a Wilson interval; and relative to consensus."""
     if j.a_left is None:
         raise ValueError("position_bias needs Judgments.a_left")
@@ -176,8 +182,15 @@ def position_bias(j: Judgments, consensus: Aggregate | np.ndarray | None = None,
     _, relative, relative_se = _group_mean_se(worker, picked_left - p_left, j.n_workers)
     low, high = low - 0.5, high - 0.5
     return PositionBias(
-        n=n, n_left=n_left, bias=rate - 0.5, se=se, low=low, high=high,
-        significant=(low > 0) | (high < 0), relative=relative, relative_se=relative_se,
+        n=n,
+        n_left=n_left,
+        bias=rate - 0.5,
+        se=se,
+        low=low,
+        high=high,
+        significant=(low > 0) | (high < 0),
+        relative=relative,
+        relative_se=relative_se,
     )
 
 
@@ -196,7 +209,9 @@ class LengthBias:
     significant: np.ndarray
 
 
-def length_bias(j: Judgments, consensus: Aggregate | np.ndarray | None = None, level: float = 0.95) -> LengthBias:
+def length_bias(
+    j: Judgments, consensus: Aggregate | np.ndarray | None = None, level: float = 0.95
+) -> LengthBias:
     """Per-worker tendency to pick the longer response beyond what the consensus does."""
     if j.len_a is None or j.len_b is None:
         raise ValueError("length_bias needs Judgments.len_a and len_b")
@@ -213,8 +228,14 @@ def length_bias(j: Judgments, consensus: Aggregate | np.ndarray | None = None, l
     z = _z(level)
     low, high = bias - z * se, bias + z * se
     return LengthBias(
-        n=n.astype(np.int64), rate_longer=rate_longer, consensus_rate_longer=cons_rate, bias=bias, se=se,
-        low=low, high=high, significant=(low > 0) | (high < 0),
+        n=n.astype(np.int64),
+        rate_longer=rate_longer,
+        consensus_rate_longer=cons_rate,
+        bias=bias,
+        se=se,
+        low=low,
+        high=high,
+        significant=(low > 0) | (high < 0),
     )
 
 
@@ -278,14 +299,14 @@ def group_median(group: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[
     return n, median
 
 
-def speed(
-    j: Judgments, min_seconds: float = 3.0, relative: float = 0.25, min_judgments: int = 3
-) -> Speed:
+def speed(j: Judgments, min_seconds: float = 3.0, relative: float = 0.25, min_judgments: int = 3) -> Speed:
     """Median seconds per judgment per worker; flag medians below ``min_seconds`` or
     ``relative`` x the crowd median (workers with at least ``min_judgments`` timed judgments)."""
     if j.seconds is None:
         nan = np.full(j.n_workers, np.nan)
-        return Speed(np.zeros(j.n_workers, dtype=np.int64), nan, float("nan"), np.zeros(j.n_workers, dtype=bool))
+        return Speed(
+            np.zeros(j.n_workers, dtype=np.int64), nan, float("nan"), np.zeros(j.n_workers, dtype=bool)
+        )
     timed = np.isfinite(j.seconds)
     n, median = group_median(j.worker[timed], j.seconds[timed], j.n_workers)
     enough = n >= min_judgments
@@ -358,8 +379,13 @@ def annotator_weights(
     weight = base * position_factor * length_factor * speed_factor * manual_factor
     weight[excluded] = 0.0
     return AnnotatorWeights(
-        weight=weight, accuracy=acc, accuracy_source=source, base=base,
-        position_factor=position_factor, length_factor=length_factor, speed_factor=speed_factor,
+        weight=weight,
+        accuracy=acc,
+        accuracy_source=source,
+        base=base,
+        position_factor=position_factor,
+        length_factor=length_factor,
+        speed_factor=speed_factor,
         excluded=excluded,
     )
 
@@ -378,7 +404,9 @@ def annotator_report(
     gold = gold_accuracy(j, level=level)
     prop = propensities(j, level)
     spd = speed(j)
-    weights = annotator_weights(j, consensus=cons, ds_accuracy=ds_accuracy, excluded=excluded, manual=manual, level=level)
+    weights = annotator_weights(
+        j, consensus=cons, ds_accuracy=ds_accuracy, excluded=excluded, manual=manual, level=level
+    )
     report: dict[str, np.ndarray] = {
         "n_judgments": np.bincount(j.worker, minlength=j.n_workers),
         "gold_n": gold.n_gold,
@@ -396,7 +424,12 @@ def annotator_report(
         report["both_bad_rate"] = prop.both_bad_rate
     if j.a_left is not None:
         pos = position_bias(j, cons, level)
-        report.update(position_bias=pos.bias, position_low=pos.low, position_high=pos.high, position_flag=pos.significant)
+        report.update(
+            position_bias=pos.bias,
+            position_low=pos.low,
+            position_high=pos.high,
+            position_flag=pos.significant,
+        )
     if j.len_a is not None and j.len_b is not None:
         lb = length_bias(j, cons, level)
         report.update(length_bias=lb.bias, length_low=lb.low, length_high=lb.high, length_flag=lb.significant)

@@ -126,7 +126,9 @@ def bradley_terry(
         raise ValueError("model_a, model_b and outcome must have the same length")
     if np.any(model_a == model_b):
         raise ValueError("a model cannot be compared with itself")
-    n_models = int(max(model_a.max(initial=-1), model_b.max(initial=-1)) + 1) if n_models is None else n_models
+    n_models = (
+        int(max(model_a.max(initial=-1), model_b.max(initial=-1)) + 1) if n_models is None else n_models
+    )
     weights = np.ones(score.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
 
     wins, games = _tables(model_a, model_b, score, weights, n_models)
@@ -134,7 +136,9 @@ def bradley_terry(
 
     # Observed mean score of row against column.
     row_score = np.bincount(model_a * n_models + model_b, weights=weights * score, minlength=n_models**2)
-    row_score += np.bincount(model_b * n_models + model_a, weights=weights * (1 - score), minlength=n_models**2)
+    row_score += np.bincount(
+        model_b * n_models + model_a, weights=weights * (1 - score), minlength=n_models**2
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         win_rate = row_score.reshape(n_models, n_models) / games
     win_rate[games == 0] = np.nan

@@ -429,23 +429,43 @@ def _read_export_file(export: Export) -> list[dict]:
                         f"build an export with the jsonl format", "export")
 
 
-def export_rows(export: Export, *, include_ties: bool = False) -> tuple[list[dict], list[dict]]:
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, list) and not any(str(m.get("content", "")).strip() for m in value if isinstance(m, dict)))
+
+
+def export_rows(export: Export, *, include_ties: bool = False,
+                dropped: dict | None = None) -> tuple[list[dict], list[dict]]:
     """The export's preference rows as ``(train, test)`` lists of TRL-format dicts (``prompt``,
     ``chosen``, ``rejected``, ``weight``, ``p_chosen``, ``split``, ...), split by the export's own
-    by-prompt ``split`` column. Tie / both-bad rows are left out unless ``include_ties`` (they
-    only mean something with soft labels, where their ``p_chosen`` is 0.5)."""
+    by-prompt ``split`` column.
+
+    Left out: tie / both-bad rows unless ``include_ties`` (they only mean something with soft
+    labels, where their ``p_chosen`` is 0.5), and rows with an empty prompt or response (real
+    data has them, e.g. HH-RLHF; there is nothing to train on). ``dropped``, when given, receives
+    the counts ``{"ties": n, "empty": m}``.
+    """
     rows = _read_export_file(export)
-    if not include_ties:
-        rows = [r for r in rows if r.get("label") in DECIDED_LABELS]
-    train = [r for r in rows if r.get("split", "train") != "test"]
-    test = [r for r in rows if r.get("split") == "test"]
+    counts = {"ties": 0, "empty": 0}
+    kept = []
+    for r in rows:
+        if not include_ties and r.get("label") not in DECIDED_LABELS:
+            counts["ties"] += 1
+        elif any(_empty(r.get(k)) for k in ("prompt", "chosen", "rejected")):
+            counts["empty"] += 1
+        else:
+            kept.append(r)
+    if dropped is not None:
+        dropped.update(counts)
+    train = [r for r in kept if r.get("split", "train") != "test"]
+    test = [r for r in kept if r.get("split") == "test"]
     return train, test
 
 
-def run_rows(run: TrainingRun) -> tuple[list[dict], list[dict]]:
+def run_rows(run: TrainingRun, dropped: dict | None = None) -> tuple[list[dict], list[dict]]:
     """``export_rows`` with the run's settings (ties kept only with ``use_soft_labels``)."""
     soft = bool((run.hyperparameters or {}).get("use_soft_labels", False))
-    return export_rows(run.export, include_ties=soft)
+    return export_rows(run.export, include_ties=soft, dropped=dropped)
 
 
 #: Options of the export built when a run is launched without one: JSONL only (what training

@@ -161,7 +161,11 @@ def execute_run(run: TrainingRun) -> str:
         raise ValueError("the run has no export to train on")
     config = services.effective_config(run)
     _check_device(config)
-    train_rows, test_rows = services.run_rows(run)
+    dropped: dict = {}
+    train_rows, test_rows = services.run_rows(run, dropped)
+    if any(dropped.values()):
+        reporter.log(f"left out of export {run.export_id}: {dropped['ties']} tie / both-bad rows, "
+                     f"{dropped['empty']} rows with an empty prompt or response")
     services.check_rows(train_rows, test_rows, run.hyperparameters or {})
     kwargs = {}
     if test_rows and "eval_pairs" in inspect.signature(train).parameters:

@@ -53,7 +53,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,17 +488,26 @@ class _Run:
         self.history_path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def resolve_precision(cfg: TrainConfig) -> str:
+    """'bf16' or 'fp32': "auto" is bf16 on a bf16-capable GPU, fp32 otherwise."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    return "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
-    if cfg.precision == "bf16":
-        mp = "bf16"
-    elif cfg.precision == "fp32":
-        mp = "no"
-    else:  # auto
-        use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-        mp = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
+    mp = "bf16" if resolve_precision(cfg) == "bf16" else "no"
     return Accelerator(cpu=(cfg.device == "cpu"), mixed_precision=mp)
+
+
+def _load(cfg: TrainConfig, path):
+    """Weights in fp32 (the optimizer's master copy; bf16 is autocast), except a frozen LoRA base
+    under bf16, which is loaded in bf16 to halve its memory."""
+    dtype = torch.bfloat16 if (cfg.lora and resolve_precision(cfg) == "bf16") else torch.float32
+    return load_model_and_tokenizer(path, dtype=dtype)
 
 
 def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequence[dict],
@@ -516,16 +524,18 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
     _check_pairs(pairs, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "result.json").exists() and _complete(out / "final"):
-        result = json.loads((out / "result.json").read_text())
-        if result.get("status") == "succeeded":
-            return TrainResult(**result)
+    if _complete(out / "final"):  # finished before (e.g. a retried task): report, do not retrain
+        if (out / "result.json").exists():
+            result = json.loads((out / "result.json").read_text())
+            if result.get("status") == "succeeded":
+                return TrainResult(**result)
+        return _result_from_history(out)
 
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     run = _Run(cfg, model_path, pairs, out, callbacks)
     # the model folder and the data, validated before anything is trained
-    model, tokenizer = load_model_and_tokenizer(model_path)
+    model, tokenizer = _load(cfg, model_path)
     train_idx, eval_idx = split_eval(len(pairs), cfg)
     train_rows = [pairs[i] for i in train_idx]
     eval_rows = [pairs[i] for i in eval_idx]
@@ -570,7 +580,7 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
             model = None
             continue
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(start_path)
+            model, tokenizer = _load(cfg, start_path)
         report = _run_phase(run, phase, model, tokenizer, data[phase], plans[phase], step_offset, total_steps,
                             start_path, phase_out, last)
         model = None
@@ -590,6 +600,22 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
     if run.main:
         _write_json(out / "result.json", result.to_dict())
     accelerator.wait_for_everyone()
+    return result
+
+
+def _result_from_history(out: Path) -> TrainResult:
+    """The result of a run whose final model is saved but whose result.json was never written."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (out / "metrics.jsonl").exists() else []
+    last = lines[-1] if lines else {}
+    evals = {}
+    for m in lines:
+        evals.update({k: v for k, v in m.items() if k.startswith("eval_")})
+    adapter = out / "adapter"
+    result = TrainResult(status="succeeded", out_dir=str(out), final_path=str(out / "final"),
+                         adapter_path=str(adapter) if adapter.exists() else None, steps=last.get("step", 0),
+                         total_steps=last.get("total_steps", 0), metrics=last, eval_metrics=evals)
+    _write_json(out / "result.json", result.to_dict())
     return result
 
 
@@ -614,7 +640,10 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
     model.config.use_cache = False
     model.to(acc.device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # reference log-probs (DPO): before LoRA wrapping and before any checkpoint is restored, the
     # model *is* the reference, so this is the one place they are computed
@@ -636,6 +665,11 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
+    deepspeed = str(acc.distributed_type).endswith("DEEPSPEED")
+    if deepspeed:  # no dataloader is prepared, so DeepSpeed must be told the batch geometry
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        ds["gradient_accumulation_steps"] = cfg.grad_accum
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, len(plan)))
     wrapped, optimizer = acc.prepare(LogpsModel(model, cfg.logits_chunk_elements), optimizer)
@@ -650,7 +684,7 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
                 shutil.rmtree(p, ignore_errors=True)
     if ckpts:
         state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-        if state.get("plan_fingerprint") != _plan_fingerprint(plan, train_ex):
+        if state.get("plan_fingerprint") != _plan_fingerprint(plan, train_ex, cfg):
             raise ValueError(f"{ckpts[-1]} belongs to a run with different data or settings; "
                              f"use a fresh out_dir")
         acc.load_state(str(ckpts[-1]))
@@ -670,7 +704,7 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
             _write_json(path / "trainer_state.json", {
                 "phase": phase, "phase_step": phase_step, "step": step_offset + phase_step,
                 "total_steps": total_steps, "seed": cfg.seed, "reason": reason,
-                "plan_fingerprint": _plan_fingerprint(plan, train_ex),
+                "plan_fingerprint": _plan_fingerprint(plan, train_ex, cfg),
                 "next_batch_ids": _step_ids(plan, phase_step, train_ex) if phase_step < len(plan) else [],
             })
             (path / ".complete").touch()
@@ -709,7 +743,7 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
         for j, examples in enumerate(micro):
             batch = collate(examples, pad_id, pack=cfg.pack).to(acc.device)
             sync = j == len(micro) - 1
-            ctx = acc.no_sync(wrapped) if (not sync and world > 1) else _null()
+            ctx = acc.no_sync(wrapped) if (not sync and world > 1 and not deepspeed) else _null()
             with ctx:
                 if phase == "sft":
                     loss, stats = _sft_micro(wrapped, batch, resp_step, cfg)
@@ -738,7 +772,8 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
         tokens = int(agg.get("tokens", tok_step))
         metrics = {"phase": phase, "step": step, "total_steps": total_steps, "phase_step": phase_step,
                    "phase_total_steps": len(plan), "epoch": round(step_plan["epoch"], 4),
-                   "lr": cur_lr, "grad_norm": float(grad_norm), "tokens": tokens,
+                   "lr": cur_lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                   "tokens": tokens,
                    "tokens_per_s": tokens / max(dt, 1e-9), "step_time_s": dt,
                    "elapsed_s": time.time() - run.t0,
                    "eta_s": (time.time() - phase_start) / steps_done_here * (total_steps - step),
@@ -780,10 +815,19 @@ def _step_ids(plan, phase_step, examples) -> list[int]:
     return [examples[i].index for m in plan[phase_step]["micro"] for i in m]
 
 
-def _plan_fingerprint(plan, examples) -> str:
+# settings that may change between a crash and its resume without invalidating the checkpoint
+_RUNTIME_FIELDS = {"checkpoint_every", "keep_checkpoints", "log_every", "cpu_threads", "eval_every",
+                   "eval_batch_size", "ref_cache_dir", "min_pairs"}
+
+
+def _plan_fingerprint(plan, examples, cfg: TrainConfig | None = None) -> str:
+    """Hash of the data order, the tokenized data and the training settings of a phase."""
     h = hashlib.sha256()
     h.update(json.dumps([s["micro"] for s in plan]).encode())
     h.update(data_fingerprint(examples).encode())
+    if cfg is not None:
+        h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _RUNTIME_FIELDS},
+                            sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -994,8 +1038,56 @@ def load_pairs_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[
     return rows
 
 
+def main(argv=None) -> None:
+    """Command line, for ``accelerate launch`` (several GPUs) or a plain subprocess::
+
+        accelerate launch --config_file training/accelerate_configs/ddp.yaml -m training.trainer \\
+            --model var/models/default --pairs export.jsonl --out var/runs/42 --config run.json
+
+    ``--config`` is a JSON object of TrainConfig fields. Progress goes to stdout as JSON lines
+    (``{"event": "step", ...}``) from the main process; the result is written to out/result.json.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(description="prefloop SFT / DPO trainer")
+    p.add_argument("--model", required=True, help="local Hugging Face model folder")
+    p.add_argument("--pairs", required=True, help="JSON-lines file of {prompt, chosen, rejected, weight?, p_chosen?}")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds checkpoints)")
+    p.add_argument("--config", help="JSON file of TrainConfig fields")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields (JSON values)")
+    args = p.parse_args(argv)
+    values = json.loads(Path(args.config).read_text()) if args.config else {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    cfg = TrainConfig.from_dict(values)
+
+    class Printer(Callbacks):
+        def on_step(self, metrics):
+            print(json.dumps({"event": "step", **metrics}), flush=True)
+
+        def on_eval(self, metrics):
+            print(json.dumps({"event": "eval", **metrics}), flush=True)
+
+        def on_checkpoint(self, path):
+            print(json.dumps({"event": "checkpoint", "path": path}), flush=True)
+
+        def on_log(self, message):
+            print(json.dumps({"event": "log", "message": message}), flush=True)
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    result = train(cfg, args.model, load_pairs_jsonl(args.pairs), args.out, Printer() if main_process else None)
+    if main_process:
+        print(json.dumps({"event": "result", **result.to_dict()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
+
+
 __all__ = ["TrainConfig", "TrainResult", "Callbacks", "train", "sequence_logps", "chunked_token_logps",
            "LogpsModel", "plan_steps", "epoch_order", "split_eval", "load_pairs_jsonl", "ModelLoadError",
            "METRIC_KEYS"]
-
-warnings.filterwarnings("ignore", message=".*use_reentrant.*")

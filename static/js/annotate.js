@@ -7,8 +7,9 @@
  * Shortcuts: 1 left · 2 right · 3 tie · 0 both bad · Q/W/E strength · R rationale · S skip ·
  * Enter submit (Ctrl+Enter while typing the rationale; Esc leaves the rationale).
  *
- * window.prefloop.latencies holds submit → next-item-visible times in ms (read by the
- * browser test and the benchmark).
+ * window.prefloop.latencies holds submit → next-item-visible times in ms, and
+ * window.prefloop.serverMs the server's part of each (Server-Timing); the browser test and the
+ * benchmark read them.
  */
 (function () {
   "use strict";
@@ -19,6 +20,7 @@
   };
   var api = (window.prefloop = window.prefloop || {});
   api.latencies = api.latencies || [];
+  api.serverMs = api.serverMs || [];  // the server's own time for each (Server-Timing header)
   api.items = api.items || 0;
 
   function item() { return document.getElementById("annotate-item"); }
@@ -139,6 +141,13 @@
       });
     }
     if (el.getBoundingClientRect().top < 0) el.scrollIntoView({ block: "start" });
+  });
+
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var xhr = e.detail.xhr;
+    var timing = e.detail.successful && xhr && xhr.getResponseHeader("Server-Timing");
+    var m = timing && /app;[^,]*dur=([\d.]+)/.exec(timing);
+    if (m) api.serverMs.push(parseFloat(m[1]));
   });
 
   // A failed request (network, 5xx): say so, keep the item on screen.

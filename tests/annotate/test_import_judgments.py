@@ -1,4 +1,5 @@
 """Externally collected votes imported as judgments (annotate.imports.import_judgments)."""
+
 from __future__ import annotations
 
 import io
@@ -27,18 +28,36 @@ def jsonl(*rows) -> bytes:
 
 
 def vote(**kw):
-    row = {"source": "ext", "item_id": "i1", "prompt": "p", "response_a": "x", "response_b": "y",
-           "model_a": "m1", "model_b": "m2", "annotator_id": "ext:ann1", "label": "a", "strength": None, "extra": {}}
+    row = {
+        "source": "ext",
+        "item_id": "i1",
+        "prompt": "p",
+        "response_a": "x",
+        "response_b": "y",
+        "model_a": "m1",
+        "model_b": "m2",
+        "annotator_id": "ext:ann1",
+        "label": "a",
+        "strength": None,
+        "extra": {},
+    }
     row.update(kw)
     return row
 
 
 def run(project, data, **kwargs):
-    return import_judgments(project, io.BytesIO(data), filename=kwargs.pop("filename", "votes.jsonl"), **kwargs)
+    return import_judgments(
+        project, io.BytesIO(data), filename=kwargs.pop("filename", "votes.jsonl"), **kwargs
+    )
 
 
 def errors_of(project, data, **kwargs):
-    before = (Judgment.objects.count(), Comparison.objects.count(), User.objects.count(), Pool.objects.count())
+    before = (
+        Judgment.objects.count(),
+        Comparison.objects.count(),
+        User.objects.count(),
+        Pool.objects.count(),
+    )
     with pytest.raises(ImportValidationError) as info:
         run(project, data, **kwargs)
     after = (Judgment.objects.count(), Comparison.objects.count(), User.objects.count(), Pool.objects.count())
@@ -67,7 +86,9 @@ def test_pandalm_votes(project, shared_data):
     assert not any(u.is_active or u.has_usable_password() for u in users)
     pool = Pool.objects.get(project=project)
     assert pool.name == "pandalm_testset_v1"
-    assert set(Membership.objects.filter(project=project).values_list("role", "pool")) == {(Role.ANNOTATOR, pool.pk)}
+    assert set(Membership.objects.filter(project=project).values_list("role", "pool")) == {
+        (Role.ANNOTATOR, pool.pk)
+    }
     assert set(Judgment.objects.values_list("source", flat=True)) == {"pandalm_testset_v1"}
     assert set(Judgment.objects.values_list("strength", flat=True)) == {None}
     assert Counter(Judgment.objects.values_list("choice", flat=True)) == {"b": 1416, "a": 1255, "tie": 326}
@@ -118,8 +139,11 @@ def test_tulu1_votes(project, shared_data):
     got = Counter(Judgment.objects.values_list("annotator__username", "choice", "strength"))
     assert got == expected
     # Two models that gave the same text: one comparison of two distinct responses.
-    same = [c for c in Comparison.objects.select_related("response_a", "response_b")
-            if c.response_a.text == c.response_b.text]
+    same = [
+        c
+        for c in Comparison.objects.select_related("response_a", "response_b")
+        if c.response_a.text == c.response_b.text
+    ]
     assert len(same) == len({(r["item_id"]) for r in last.values() if r["response_a"] == r["response_b"]}) > 0
     assert all(c.response_a_id != c.response_b_id for c in same)
     for n, slots, is_open in Comparison.objects.values_list("n_judgments", "slots_taken", "is_open"):
@@ -130,17 +154,34 @@ def test_tulu1_votes(project, shared_data):
 
 
 def test_fields_map_onto_the_judgment(project):
-    result = run(project, jsonl(
-        vote(annotator_id="ext:ann1", label="b", strength="clear", seconds=12.5, rationale=" clearer ",
-             display="b_left", pool="EU experts"),
-        vote(annotator_id="ext:ann2", label="tie", display="a_left"),
-        vote(annotator_id="ext:ann3", label=None, choice="both_bad"),
-        vote(annotator_id="ext:ann4", label="a", strength="slight", item_id="i2", prompt="q"),
-    ), source="vendor-x")
+    result = run(
+        project,
+        jsonl(
+            vote(
+                annotator_id="ext:ann1",
+                label="b",
+                strength="clear",
+                seconds=12.5,
+                rationale=" clearer ",
+                display="b_left",
+                pool="EU experts",
+            ),
+            vote(annotator_id="ext:ann2", label="tie", display="a_left"),
+            vote(annotator_id="ext:ann3", label=None, choice="both_bad"),
+            vote(annotator_id="ext:ann4", label="a", strength="slight", item_id="i2", prompt="q"),
+        ),
+        source="vendor-x",
+    )
     assert (result.judgments_created, result.comparisons_created, result.display_unknown) == (4, 2, 2)
     j1 = Judgment.objects.get(annotator__username="ext:ann1")
     assert (j1.choice, j1.strength, j1.seconds, j1.rationale, j1.a_on_left, j1.source) == (
-        "b", 2, 12.5, "clearer", False, "vendor-x")
+        "b",
+        2,
+        12.5,
+        "clearer",
+        False,
+        "vendor-x",
+    )
     assert j1.pool.name == "EU experts" and j1.assignment is None
     assert Judgment.objects.get(annotator__username="ext:ann2").a_on_left is True
     j3 = Judgment.objects.get(annotator__username="ext:ann3")
@@ -156,8 +197,12 @@ def test_fields_map_onto_the_judgment(project):
 
 
 def test_votes_attach_to_comparisons_imported_before(project):
-    import_comparisons(project, io.BytesIO(jsonl(
-        {"prompt": "p", "response_a": "y", "response_b": "x", "model_a": "m2", "model_b": "m1"})))
+    import_comparisons(
+        project,
+        io.BytesIO(
+            jsonl({"prompt": "p", "response_a": "y", "response_b": "x", "model_a": "m2", "model_b": "m1"})
+        ),
+    )
     existing = Comparison.objects.get()
     result = run(project, jsonl(vote()))
     assert (result.comparisons_created, result.comparisons_reused, result.judgments_created) == (0, 1, 1)
@@ -183,22 +228,33 @@ def test_existing_users_and_memberships_are_reused(project):
 @pytest.mark.parametrize(
     "row, expected",
     [
-        (vote(label="left"), "line 2, field 'label': must be one of 'a', 'b', 'tie', 'both_bad' (got \"left\")"),
+        (
+            vote(label="left"),
+            "line 2, field 'label': must be one of 'a', 'b', 'tie', 'both_bad' (got \"left\")",
+        ),
         (vote(label=None), "line 2, field 'label': is missing"),
         (vote(label="a", choice="b"), "line 2, field 'choice': contradicts label 'a'"),
         (vote(annotator_id=""), "line 2, field 'annotator_id': must be a non-empty string"),
         (vote(annotator_id=None), "line 2, field 'annotator_id': is missing"),
         (vote(annotator_id="x" * 151), "line 2, field 'annotator_id': is longer than 150 characters"),
-        (vote(strength="huge"),
-         "line 2, field 'strength': must be null, 'slight', 'clear', 'much' or 1, 2, 3 (got \"huge\")"),
-        (vote(label="tie", strength="clear"), "line 2, field 'strength': must be null when the label is 'tie'"),
+        (
+            vote(strength="huge"),
+            "line 2, field 'strength': must be null, 'slight', 'clear', 'much' or 1, 2, 3 (got \"huge\")",
+        ),
+        (
+            vote(label="tie", strength="clear"),
+            "line 2, field 'strength': must be null when the label is 'tie'",
+        ),
         (vote(seconds=-1), "line 2, field 'seconds': must be a number of seconds >= 0 (got -1)"),
         (vote(display="left"), "line 2, field 'display': must be 'a_left' or 'b_left' (got \"left\")"),
         (vote(extra=[1]), "line 2, field 'extra': must be a JSON object, not a list"),
         (vote(prompt=" "), "line 2, field 'prompt': must be a non-empty string"),
         (vote(response_a=None), "line 2, field 'response_a': must be a string, not null"),
-        (vote(response_b="x", model_b="m1"),
-         "line 2, field 'response_b': is identical to response_a (give model_a and model_b if two models said the same)"),
+        (
+            vote(response_b="x", model_b="m1"),
+            "line 2, field 'response_b': is identical to response_a "
+            "(give model_a and model_b if two models said the same)",
+        ),
         ('{"annotator_id": ', "line 2: invalid JSON: Expecting value (column 18)"),
     ],
 )
@@ -240,7 +296,7 @@ def test_duplicate_votes_in_a_file(project):
 def test_csv_votes(project):
     data = (
         "annotator_id,prompt,response_a,response_b,label,strength,seconds,display,extra\n"
-        "ext:c1,p,x,y,b,slight,3.5,b_left,\"{\"\"k\"\": 1}\"\n"
+        'ext:c1,p,x,y,b,slight,3.5,b_left,"{""k"": 1}"\n'
         "ext:c2,p,x,y,tie,,,,\n"
     ).encode()
     result = run(project, data, filename="votes.csv")
@@ -265,8 +321,16 @@ def test_command(tmp_path, project):
     path = tmp_path / "votes.jsonl"
     path.write_bytes(jsonl(vote(), vote(annotator_id="ext:ann2", label="b")))
     out = io.StringIO()
-    call_command("import_judgments", str(path), "--project", project.name, "--source", "vendor",
-                 stdout=out, stderr=io.StringIO())
+    call_command(
+        "import_judgments",
+        str(path),
+        "--project",
+        project.name,
+        "--source",
+        "vendor",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     assert out.getvalue().splitlines() == [
         "Imported votes.jsonl into project 'votes': 2 lines, 2 judgments created, 0 duplicates skipped; "
         "1 comparisons created, 0 reused; 2 annotators and 1 pools created.",
@@ -280,8 +344,18 @@ def test_command_error_exit(tmp_path, project):
     path.write_bytes(jsonl(vote(), vote()))
     err = io.StringIO()
     with pytest.raises(CommandError, match=r"^votes.jsonl was not imported: 1 error; nothing was written.$"):
-        call_command("import_judgments", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err)
+        call_command(
+            "import_judgments", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err
+        )
     assert err.getvalue().startswith("line 2, field 'annotator_id': 'ext:ann1' already judged")
-    call_command("import_judgments", str(path), "--project", project.name, "--on-duplicate", "last",
-                 stdout=io.StringIO(), stderr=io.StringIO())
+    call_command(
+        "import_judgments",
+        str(path),
+        "--project",
+        project.name,
+        "--on-duplicate",
+        "last",
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     assert Judgment.objects.count() == 1

@@ -1,4 +1,5 @@
 """The comparison import (annotate.imports.import_comparisons) and its management command."""
+
 from __future__ import annotations
 
 import io
@@ -52,8 +53,14 @@ def errors_of(project, data, filename="data.jsonl", **kwargs) -> list[str]:
 
 
 GOOD = [
-    {"prompt": "What is 2+2?", "response_a": "4", "response_b": "5", "model_a": "m1", "model_b": "m2",
-     "metadata": {"topic": "math"}},
+    {
+        "prompt": "What is 2+2?",
+        "response_a": "4",
+        "response_b": "5",
+        "model_a": "m1",
+        "model_b": "m2",
+        "metadata": {"topic": "math"},
+    },
     {"prompt": "What is 2+2?", "response_a": "4", "response_b": "four", "gold": "tie"},
     {"prompt": "Capital of France?", "response_a": "Paris", "response_b": "Lyon", "gold": "a", "id": "q3"},
 ]
@@ -83,9 +90,9 @@ def test_good_jsonl(project):
 
 def test_good_csv_with_quoted_newlines_and_json_metadata(project):
     data = (
-        'prompt,response_a,response_b,model_a,model_b,metadata,gold\n'
+        "prompt,response_a,response_b,model_a,model_b,metadata,gold\n"
         '"Write a haiku","line one\nline two","another, with a comma",m1,m2,"{""k"": 1}",\n'
-        'Say hi,Hi,Hello,,,,b\n'
+        "Say hi,Hi,Hello,,,,b\n"
     )
     result = run(project, data.encode(), filename="pairs.csv")
     assert (result.lines, result.created, result.gold) == (2, 2, 1)
@@ -100,7 +107,10 @@ def test_good_csv_with_quoted_newlines_and_json_metadata(project):
 def test_format_is_guessed_from_content_and_text_files_work(project):
     csv_text = "prompt,chosen,rejected\nP,good,bad\n"
     assert run(project, csv_text, filename="").created == 1  # a StringIO, no file name
-    assert run(project, jsonl({"prompt": "Q", "response_a": "x", "response_b": "y"}), filename="upload").created == 1
+    assert (
+        run(project, jsonl({"prompt": "Q", "response_a": "x", "response_b": "y"}), filename="upload").created
+        == 1
+    )
     bom = "\ufeff".encode() + jsonl({"prompt": "B", "response_a": "x", "response_b": "y"})
     assert run(project, bom).created == 1
 
@@ -131,9 +141,15 @@ A_B = {"prompt": "p", "response_a": "x", "response_b": "y"}
 @pytest.mark.parametrize(
     "line, expected",
     [
-        ('{"prompt": "p", "response_a": "x" "response_b": "y"}',
-         "line 2: invalid JSON: Expecting ',' delimiter (column 35)"),
-        ("[1, 2]", "line 2: must be a JSON object, not a list; the file must have one JSON object per line (JSON Lines)"),
+        (
+            '{"prompt": "p", "response_a": "x" "response_b": "y"}',
+            "line 2: invalid JSON: Expecting ',' delimiter (column 35)",
+        ),
+        (
+            "[1, 2]",
+            "line 2: must be a JSON object, not a list; "
+            "the file must have one JSON object per line (JSON Lines)",
+        ),
         ('"just a string"', "line 2: must be a JSON object, not a string"),
         ({"prompt": "p", "response_a": "x"}, "line 2, field 'response_b': is missing"),
         ({"response_a": "x", "response_b": "y"}, "line 2, field 'prompt': is missing"),
@@ -141,28 +157,53 @@ A_B = {"prompt": "p", "response_a": "x", "response_b": "y"}
         ({**A_B, "response_b": "  \n\t"}, "line 2, field 'response_b': must be a non-empty string"),
         ({**A_B, "response_a": 42}, "line 2, field 'response_a': must be a string, not a number"),
         ({**A_B, "response_a": None}, "line 2, field 'response_a': must be a string, not null"),
-        ({**A_B, "prompt": {"text": "p"}}, "line 2, field 'prompt': must be a string or a list of chat messages, not an object"),
+        (
+            {**A_B, "prompt": {"text": "p"}},
+            "line 2, field 'prompt': must be a string or a list of chat messages, not an object",
+        ),
         ({**A_B, "model_a": 7}, "line 2, field 'model_a': must be a string, not a number"),
         ({**A_B, "gold": "c"}, "line 2, field 'gold': must be one of 'a', 'b', 'tie' (got \"c\")"),
         ({**A_B, "gold": 1}, "line 2, field 'gold': must be one of 'a', 'b', 'tie' (got 1)"),
         ({"prompt": "p", "answer": "x"}, "line 2: needs response_a and response_b (or chosen and rejected)"),
-        ({"prompt": "p", "response_a": "x", "response_b": "y", "chosen": "x"},
-         "line 2: mixes response_a/response_b with chosen/rejected; use one pair"),
+        (
+            {"prompt": "p", "response_a": "x", "response_b": "y", "chosen": "x"},
+            "line 2: mixes response_a/response_b with chosen/rejected; use one pair",
+        ),
         ({**A_B, "metadata": "topic=math"}, "line 2, field 'metadata': must be a JSON object, not a string"),
         ({**A_B, "response_b": "x"}, "line 2, field 'response_b': is identical to response_a"),
         ({"prompt": "p", "chosen": "x", "rejected": "x"}, "line 2, field 'rejected': is identical to chosen"),
-        ({"prompt": "p", "chosen": "x", "rejected": "y", "gold": "a"},
-         "line 2, field 'gold': is only allowed on response_a/response_b lines"),
-        ({"prompt": [{"role": "user", "content": "hi"}, {"content": "x"}], "response_a": "x", "response_b": "y"},
-         "line 2, field 'prompt[1].role': must be a non-empty string"),
-        ({"prompt": [], "response_a": "x", "response_b": "y"},
-         "line 2, field 'prompt': must be a non-empty string or a non-empty list of chat messages"),
-        ('{"prompt": "p", "response_a": "x", "response_b": "y", "metadata": {"score": NaN}}',
-         "line 2: invalid JSON: NaN is not allowed"),
-        ({**A_B, "response_a": "x\u0000y"}, "line 2, field 'response_a': must not contain the NUL character (\\u0000)"),
-        ({**A_B, "metadata": {"k": ["\u0000"]}}, "line 2, field 'metadata': must not contain the NUL character (\\u0000)"),
-        ('{"prompt": "\\ud800", "response_a": "x", "response_b": "y"}',
-         "line 2, field 'prompt': must not contain unpaired UTF-16 surrogates (e.g. \\ud800)"),
+        (
+            {"prompt": "p", "chosen": "x", "rejected": "y", "gold": "a"},
+            "line 2, field 'gold': is only allowed on response_a/response_b lines",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "hi"}, {"content": "x"}],
+                "response_a": "x",
+                "response_b": "y",
+            },
+            "line 2, field 'prompt[1].role': must be a non-empty string",
+        ),
+        (
+            {"prompt": [], "response_a": "x", "response_b": "y"},
+            "line 2, field 'prompt': must be a non-empty string or a non-empty list of chat messages",
+        ),
+        (
+            '{"prompt": "p", "response_a": "x", "response_b": "y", "metadata": {"score": NaN}}',
+            "line 2: invalid JSON: NaN is not allowed",
+        ),
+        (
+            {**A_B, "response_a": "x\u0000y"},
+            "line 2, field 'response_a': must not contain the NUL character (\\u0000)",
+        ),
+        (
+            {**A_B, "metadata": {"k": ["\u0000"]}},
+            "line 2, field 'metadata': must not contain the NUL character (\\u0000)",
+        ),
+        (
+            '{"prompt": "\\ud800", "response_a": "x", "response_b": "y"}',
+            "line 2, field 'prompt': must not contain unpaired UTF-16 surrogates (e.g. \\ud800)",
+        ),
     ],
 )
 def test_bad_line_is_rejected_with_its_line_and_field(project, line, expected):
@@ -207,7 +248,9 @@ def test_empty_file(project, data):
 
 
 def test_header_only_csv_has_no_comparisons(project):
-    assert errors_of(project, b"prompt,response_a,response_b\n", filename="x.csv") == ["the file has no comparisons"]
+    assert errors_of(project, b"prompt,response_a,response_b\n", filename="x.csv") == [
+        "the file has no comparisons"
+    ]
 
 
 def test_not_utf8(project):
@@ -232,23 +275,35 @@ def test_empty_responses_are_refused_unless_allowed(project):
     assert run(project, data, allow_empty_responses=True).created == 1
     assert Response.objects.filter(text=" ").exists()
     # Prompts must never be empty.
-    assert errors_of(project, jsonl({"prompt": " ", "chosen": "a", "rejected": "b"}), allow_empty_responses=True) == [
-        "line 1, field 'prompt': must be a non-empty string"
-    ]
+    assert errors_of(
+        project, jsonl({"prompt": " ", "chosen": "a", "rejected": "b"}), allow_empty_responses=True
+    ) == ["line 1, field 'prompt': must be a non-empty string"]
 
 
 @pytest.mark.parametrize(
     "data, expected",
     [
-        (b"prompt,response_a,response_b,metadata\np,x,y,{bad\n",
-         ["line 2, field 'metadata': must be a JSON object: invalid JSON: "
-          "Expecting property name enclosed in double quotes (column 2)"]),
-        (b"prompt,response_a,response_b,metadata\np,x,y,[1]\n", ["line 2, field 'metadata': must be a JSON object, not a list"]),
+        (
+            b"prompt,response_a,response_b,metadata\np,x,y,{bad\n",
+            [
+                "line 2, field 'metadata': must be a JSON object: invalid JSON: "
+                "Expecting property name enclosed in double quotes (column 2)"
+            ],
+        ),
+        (
+            b"prompt,response_a,response_b,metadata\np,x,y,[1]\n",
+            ["line 2, field 'metadata': must be a JSON object, not a list"],
+        ),
         (b"prompt,response_a,response_b\np,x,y,z\n", ["line 2: has 4 fields but the header has 3"]),
         (b"prompt,response_a\np,x\n", ["line 2, field 'response_b': is missing"]),
-        (b"prompt,response_a,response_b\np,x,y\n\"multi\nline\",,y\n",
-         ["line 3, field 'response_a': must be a non-empty string"]),
-        (b"prompt,response_a,response_b\n\"p\nq\",x,y\nr,x,y,\n", ["line 4: has 4 fields but the header has 3"]),
+        (
+            b'prompt,response_a,response_b\np,x,y\n"multi\nline",,y\n',
+            ["line 3, field 'response_a': must be a non-empty string"],
+        ),
+        (
+            b'prompt,response_a,response_b\n"p\nq",x,y\nr,x,y,\n',
+            ["line 4: has 4 fields but the header has 3"],
+        ),
         (b"prompt,prompt,response_b\np,x,y\n", ["line 1: the header names the column 'prompt' twice"]),
     ],
 )
@@ -262,7 +317,9 @@ def test_bad_csv(project, data, expected):
 def test_a_bad_last_line_leaves_the_database_unchanged(project):
     run(project, jsonl(GOOD[0]))
     before = counts()
-    lines = [{"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}", "gold": "a"} for i in range(500)]
+    lines = [
+        {"prompt": f"p{i}", "response_a": f"a{i}", "response_b": f"b{i}", "gold": "a"} for i in range(500)
+    ]
     with pytest.raises(ImportValidationError) as info:
         run(project, jsonl(*lines, {"prompt": "last", "response_a": "x"}))
     assert [str(e) for e in info.value.errors] == ["line 501, field 'response_b': is missing"]
@@ -311,11 +368,14 @@ def test_duplicates_within_a_file_in_either_order(project):
 
 
 def test_response_text_reused_across_comparisons(project):
-    result = run(project, jsonl(
-        {"prompt": "p", "response_a": "shared", "response_b": "one"},
-        {"prompt": "p", "response_a": "two", "response_b": "shared"},
-        {"prompt": "q", "response_a": "shared", "response_b": "one"},
-    ))
+    result = run(
+        project,
+        jsonl(
+            {"prompt": "p", "response_a": "shared", "response_b": "one"},
+            {"prompt": "p", "response_a": "two", "response_b": "shared"},
+            {"prompt": "q", "response_a": "shared", "response_b": "one"},
+        ),
+    )
     assert (result.created, result.prompts_created, result.responses_created) == (3, 2, 5)
     p = Prompt.objects.get(text="p")
     assert p.responses.filter(text="shared").count() == 1
@@ -323,10 +383,13 @@ def test_response_text_reused_across_comparisons(project):
 
 
 def test_same_text_from_different_models_is_a_different_response(project):
-    result = run(project, jsonl(
-        {"prompt": "p", "response_a": "x", "response_b": "y", "model_a": "m1"},
-        {"prompt": "p", "response_a": "x", "response_b": "y", "model_a": "m2"},
-    ))
+    result = run(
+        project,
+        jsonl(
+            {"prompt": "p", "response_a": "x", "response_b": "y", "model_a": "m1"},
+            {"prompt": "p", "response_a": "x", "response_b": "y", "model_a": "m2"},
+        ),
+    )
     assert (result.created, result.responses_created) == (2, 3)
 
 
@@ -362,18 +425,27 @@ def test_trl_lines_keep_the_source_preference_and_randomize_the_order(project):
     # Seeded by content: the same line gets the same order in another project.
     other = Project.objects.create(name="other")
     run(other, jsonl(*lines))
-    order = lambda p: dict(Comparison.objects.filter(project=p).values_list("prompt__text", "source_preference"))  # noqa: E731
+
+    def order(p):
+        return dict(Comparison.objects.filter(project=p).values_list("prompt__text", "source_preference"))
+
     assert order(project) == order(other)
 
 
 def test_conversational_prompts(project):
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
-    result = run(project, jsonl(
-        {"prompt": chat, "response_a": "Hello.", "response_b": "Hi there, how can I help you today?"},
-        {"prompt": chat, "chosen": [{"role": "assistant", "content": "Hey."}],
-         "rejected": [{"role": "assistant", "content": "Go away."}]},
-        {"prompt": "system: Be brief.\n\nuser: Hi?", "response_a": "Hello.", "response_b": "Yo."},
-    ))
+    result = run(
+        project,
+        jsonl(
+            {"prompt": chat, "response_a": "Hello.", "response_b": "Hi there, how can I help you today?"},
+            {
+                "prompt": chat,
+                "chosen": [{"role": "assistant", "content": "Hey."}],
+                "rejected": [{"role": "assistant", "content": "Go away."}],
+            },
+            {"prompt": "system: Be brief.\n\nuser: Hi?", "response_a": "Hello.", "response_b": "Yo."},
+        ),
+    )
     assert (result.created, result.prompts_created) == (3, 2)  # the plain-text twin is its own prompt
     prompt = Prompt.objects.get(messages__isnull=False)
     assert prompt.messages == chat
@@ -413,9 +485,13 @@ def test_real_hh_file(project, shared_data):
 def synthetic(n: int, seed: int = 0) -> bytes:
     out = io.StringIO()
     for i in range(n):
-        row = {"prompt": f"Prompt {i % (n // 2 or 1)} seed {seed}: explain something in detail.",
-               "response_a": f"Answer A{i} " + "lorem ipsum " * 20, "response_b": f"Answer B{i} " + "dolor sit " * 20,
-               "model_a": "m1", "model_b": "m2"}
+        row = {
+            "prompt": f"Prompt {i % (n // 2 or 1)} seed {seed}: explain something in detail.",
+            "response_a": f"Answer A{i} " + "lorem ipsum " * 20,
+            "response_b": f"Answer B{i} " + "dolor sit " * 20,
+            "model_a": "m1",
+            "model_b": "m2",
+        }
         if i % 10 == 0:
             row["gold"] = "a"
         out.write(json.dumps(row) + "\n")
@@ -430,7 +506,12 @@ def test_five_thousand_lines_in_few_queries(project, django_assert_max_num_queri
     with django_assert_max_num_queries(250):
         result = run(project, data)
     elapsed = time.perf_counter() - started
-    assert (result.created, result.gold, result.prompts_created, result.responses_created) == (5000, 500, 2500, 10000)
+    assert (result.created, result.gold, result.prompts_created, result.responses_created) == (
+        5000,
+        500,
+        2500,
+        10000,
+    )
     assert Comparison.objects.count() == 5000 and GoldAnswer.objects.count() == 500
     assert elapsed < 15, f"5k lines took {elapsed:.1f}s"
     with django_assert_max_num_queries(40):
@@ -444,7 +525,9 @@ def test_command_imports_and_prints_a_summary(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(jsonl(*GOOD))
     out, err = io.StringIO(), io.StringIO()
-    call_command("import_comparisons", str(path), "--project", "cmd", "--create-project", stdout=out, stderr=err)
+    call_command(
+        "import_comparisons", str(path), "--project", "cmd", "--create-project", stdout=out, stderr=err
+    )
     project = Project.objects.get(name="cmd")
     assert project.comparisons.count() == 3
     assert out.getvalue().strip() == (
@@ -452,7 +535,9 @@ def test_command_imports_and_prints_a_summary(tmp_path):
         "0 duplicates skipped, 2 prompts and 6 responses created."
     )
     assert "13/13" in err.getvalue()  # the tqdm bar reached its total
-    call_command("import_comparisons", str(path), "--project", str(project.pk), "--round", "1", stdout=out, stderr=err)
+    call_command(
+        "import_comparisons", str(path), "--project", str(project.pk), "--round", "1", stdout=out, stderr=err
+    )
     assert project.comparisons.filter(round=1).count() == 3
 
 
@@ -461,7 +546,9 @@ def test_command_reports_errors_and_exits_non_zero(tmp_path, project):
     path.write_bytes(jsonl(A_B, {"prompt": "p", "response_a": "x", "response_b": ""}, {"prompt": "q"}))
     err = io.StringIO()
     with pytest.raises(CommandError) as info:
-        call_command("import_comparisons", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err)
+        call_command(
+            "import_comparisons", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err
+        )
     assert str(info.value) == "bad.jsonl was not imported: 2 errors; nothing was written."
     assert err.getvalue().splitlines() == [
         "line 2, field 'response_b': must be a non-empty string",
@@ -476,7 +563,9 @@ def test_command_unknown_project(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(jsonl(A_B))
     with pytest.raises(CommandError, match="No project with id or name 'nope'"):
-        call_command("import_comparisons", str(path), "--project", "nope", stdout=io.StringIO(), stderr=io.StringIO())
+        call_command(
+            "import_comparisons", str(path), "--project", "nope", stdout=io.StringIO(), stderr=io.StringIO()
+        )
 
 
 def test_command_allow_empty_responses(tmp_path, project):
@@ -484,8 +573,17 @@ def test_command_allow_empty_responses(tmp_path, project):
     path.write_bytes(jsonl({"prompt": "p", "chosen": " ", "rejected": "y"}))
     err = io.StringIO()
     with pytest.raises(CommandError):
-        call_command("import_comparisons", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err)
+        call_command(
+            "import_comparisons", str(path), "--project", project.name, stdout=io.StringIO(), stderr=err
+        )
     assert "--allow-empty-responses" in err.getvalue()
-    call_command("import_comparisons", str(path), "--project", project.name, "--allow-empty-responses",
-                 stdout=io.StringIO(), stderr=io.StringIO())
+    call_command(
+        "import_comparisons",
+        str(path),
+        "--project",
+        project.name,
+        "--allow-empty-responses",
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     assert Comparison.objects.count() == 1

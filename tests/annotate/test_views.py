@@ -642,3 +642,10 @@ def test_demo_annotator_can_work_through_the_page(client):
         assert "tiny-llama" not in html and "baseline" not in html
         assert_no_secrets(html)
     assert counter(html)[0] == 3
+
+
+def test_import_without_a_file_says_so(client, world):
+    url = reverse("project_import", args=[world["project"].pk])
+    login(client, world["users"]["boss"])
+    assert "This field is required" in client.post(url, {}).content.decode()
+    assert "This field is required" in client.post(url, {}, **HX).content.decode()

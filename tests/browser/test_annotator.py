@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,13 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def judge_with_keyboard(page, key: str) -> tuple[float, bool]:
@@ -96,6 +104,7 @@ def test_annotator_keyboard_flow_and_admin_import_error(live_server, new_page):
             break
     page.wait_for_function(f"() => window.prefloop.latencies.length >= {len(outer_ms)}")
     in_page_ms = page.evaluate("window.prefloop.latencies")
+    server_ms = page.evaluate("window.prefloop.serverMs")
     assert page.evaluate("window.__marker") == 1 and navigations == []
     assert page.errors == []
 
@@ -107,6 +116,13 @@ def test_annotator_keyboard_flow_and_admin_import_error(live_server, new_page):
         "p50_ms": round(percentile(in_page_ms, 0.50), 1),
         "p95_ms": round(percentile(in_page_ms, 0.95), 1),
         "p95_around_keypress_ms": round(percentile(outer_ms, 0.95), 1),
+        "server_ms": [round(x, 1) for x in server_ms],
+        "server_p50_ms": round(percentile(server_ms, 0.50), 1),
+        "server_p95_ms": round(percentile(server_ms, 0.95), 1),
+        "server_definition": "the view's own time for submit + next item (Server-Timing header), "
+        "excluding middleware, WSGI and network",
+        "cpu_load_1min": _loadavg(),
+        "cpus": os.cpu_count(),
         "in_page_definition": "performance.now() from the form's submit event to the animation frame after "
         "HTMX inserted the next item (window.prefloop.latencies)",
         "server": "pytest-django live_server (threaded WSGI), SQLite, DEBUG off",
@@ -118,7 +134,9 @@ def test_annotator_keyboard_flow_and_admin_import_error(live_server, new_page):
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"\nsubmit -> next item: p50 {report['p50_ms']} ms, p95 {report['p95_ms']} ms over {report['n']} "
-        f"(around the key press: p95 {report['p95_around_keypress_ms']} ms) -> {out}"
+        f"(around the key press: p95 {report['p95_around_keypress_ms']} ms; server part p50 "
+        f"{report['server_p50_ms']} ms, p95 {report['server_p95_ms']} ms; load {report['cpu_load_1min']} "
+        f"on {report['cpus']} CPUs) -> {out}"
     )
 
     # --- the admin: an import with an error ------------------------------------------------

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from evaluation.aggregation import (
+    TIE,
     A,
     B,
-    TIE,
     Judgments,
     aggregate,
     argmax_label,
@@ -71,7 +71,10 @@ def test_majority_vote_shares_and_labels():
     # item 1: A, B       -> (1/2, 1/2, 0), an A/B split: label tie
     # item 2: tie, tie, A -> (1/3, 0, 2/3), label tie
     # item 3: no votes   -> (1/3, 1/3, 1/3)
-    j = J([(0, 0, A), (0, 1, A), (0, 2, B), (1, 0, A), (1, 1, B), (2, 0, TIE), (2, 1, TIE), (2, 2, A)], n_items=4)
+    j = J(
+        [(0, 0, A), (0, 1, A), (0, 2, B), (1, 0, A), (1, 1, B), (2, 0, TIE), (2, 1, TIE), (2, 2, A)],
+        n_items=4,
+    )
     r = aggregate(j, "majority")
     np.testing.assert_allclose(r.proba, [[2 / 3, 1 / 3, 0], [0.5, 0.5, 0], [1 / 3, 0, 2 / 3], [1 / 3] * 3])
     assert r.label.tolist() == [A, TIE, TIE, TIE]
@@ -88,7 +91,9 @@ def test_weighted_majority():
 
 
 def test_argmax_label_breaks_shared_maximum_to_tie():
-    assert argmax_label(np.array([[0.6, 0.4, 0], [0.4, 0.4, 0.2], [0.5, 0, 0.5], [0.2, 0.3, 0.5]])).tolist() == [A, TIE, TIE, TIE]
+    assert argmax_label(
+        np.array([[0.6, 0.4, 0], [0.4, 0.4, 0.2], [0.5, 0, 0.5], [0.2, 0.3, 0.5]])
+    ).tolist() == [A, TIE, TIE, TIE]
 
 
 def test_gold_items_are_clamped():
@@ -164,7 +169,9 @@ def test_dawid_skene_debiased_likelihood_by_hand():
     #   A: .58*.26*.58 = 0.087464   B: .42*.58*.42 = 0.102312   -> P(A) = 0.087464/0.189776
     rows, init = _four_items()
     j = J(rows, a_left=np.ones(len(rows), dtype=bool))
-    r = aggregate(j, "dawid_skene_debiased", init=init, max_iter=0, smoothing=1.0, prior_smoothing=0.0, bias_init=0.1)
+    r = aggregate(
+        j, "dawid_skene_debiased", init=init, max_iter=0, smoothing=1.0, prior_smoothing=0.0, bias_init=0.1
+    )
     np.testing.assert_allclose(r.proba[3, A], 0.087464 / 0.189776, rtol=1e-12)
     np.testing.assert_allclose(r.left_bias, 0.0)  # lam_left - lam_right
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.aggregation import A, B, TIE, Judgments
+from evaluation.aggregation import TIE, A, B, Judgments
 from evaluation.agreement import (
     agreement_report,
     agreement_summary,
@@ -84,8 +84,24 @@ def test_vote_pairs_enumerates_within_item_pairs():
     # worker 0 twice but never with themself.
     j = J([(0, 0, A), (0, 1, B), (0, 2, A), (1, 2, B), (1, 0, B), (2, 0, A), (2, 1, A), (2, 1, B)])
     p = vote_pairs(j)
-    got = sorted(zip(p.item.tolist(), p.worker_a.tolist(), p.worker_b.tolist(), p.label_a.tolist(), p.label_b.tolist()))
-    assert got == [(0, 0, 1, A, B), (0, 0, 2, A, A), (0, 1, 2, B, A), (1, 0, 2, B, B), (2, 0, 1, A, A), (2, 0, 1, A, B)]
+    got = sorted(
+        zip(
+            p.item.tolist(),
+            p.worker_a.tolist(),
+            p.worker_b.tolist(),
+            p.label_a.tolist(),
+            p.label_b.tolist(),
+            strict=True,
+        )
+    )
+    assert got == [
+        (0, 0, 1, A, B),
+        (0, 0, 2, A, A),
+        (0, 1, 2, B, A),
+        (1, 0, 2, B, B),
+        (2, 0, 1, A, A),
+        (2, 0, 1, A, B),
+    ]
 
 
 def test_cohen_kappa_by_hand():
@@ -122,7 +138,13 @@ def test_bootstrap_intervals_are_seeded_and_cover_the_estimate():
     s1 = agreement_summary(j, n_boot=300, seed=1)
     s2 = agreement_summary(j, n_boot=300, seed=1)
     assert s1 == s2
-    for name in ("krippendorff_alpha", "fleiss_kappa", "raw_agreement", "raw_agreement_no_ties", "cohen_kappa"):
+    for name in (
+        "krippendorff_alpha",
+        "fleiss_kappa",
+        "raw_agreement",
+        "raw_agreement_no_ties",
+        "cohen_kappa",
+    ):
         stat = s1[name]
         assert stat["low"] < stat["value"] < stat["high"], name
         assert stat["high"] - stat["low"] < 0.25, name

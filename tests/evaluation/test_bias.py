@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from evaluation.aggregation import A, B, TIE, Judgments
+from evaluation.aggregation import TIE, A, B, Judgments
 from evaluation.bias import (
     annotator_report,
     annotator_weights,
@@ -60,7 +60,7 @@ def test_position_bias_by_hand():
     rows, a_left = [], []
     labels0 = [A, A, A, B, B, B, A, B]
     left0 = [True, True, True, False, False, False, False, True]  # picks: L L L L L L R R
-    for i, (lab, al) in enumerate(zip(labels0, left0)):
+    for i, (lab, al) in enumerate(zip(labels0, left0, strict=True)):
         rows.append((i, 0, lab))
         a_left.append(al)
     rows.append((8, 0, TIE))
@@ -203,8 +203,16 @@ def test_annotator_weights_position_and_speed_factors():
 
 def test_annotator_report_has_one_row_per_worker():
     rows = [(0, 0, A), (0, 1, B), (1, 0, A), (1, 1, A)]
-    j = J(rows, a_left=np.array([True, False, True, True]), len_a=np.array([10, 20.0]), len_b=np.array([5, 5.0]),
-          seconds=np.array([5, 6, 7, 8.0]), gold=np.array([-1, A]))
+    j = J(
+        rows,
+        a_left=np.array([True, False, True, True]),
+        len_a=np.array([10, 20.0]),
+        len_b=np.array([5, 5.0]),
+        seconds=np.array([5, 6, 7, 8.0]),
+        gold=np.array([-1, A]),
+    )
     report = annotator_report(j)
-    assert {"weight", "gold_accuracy", "position_bias", "length_bias", "tie_rate", "median_seconds"} <= set(report)
+    assert {"weight", "gold_accuracy", "position_bias", "length_bias", "tie_rate", "median_seconds"} <= set(
+        report
+    )
     assert all(len(col) == 2 for col in report.values())

@@ -11,7 +11,9 @@ crowdkit = pytest.importorskip("crowdkit.aggregation")
 krippendorff = pytest.importorskip("krippendorff")
 
 # crowd-kit 1.4 uses pandas APIs that pandas 3 deprecates; that is crowd-kit's business.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::Warning:crowdkit")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::Warning:crowdkit"
+)
 
 
 def _crowdkit_fit(j: Judgments, **kw):
@@ -83,7 +85,9 @@ def test_krippendorff_alpha_matches_package(n_classes):
     n_coders, n_units = 8, 120
     # Correlated ratings so alpha is far from 0, with 40% missing values.
     truth = rng.integers(0, n_classes, n_units)
-    data = np.where(rng.random((n_coders, n_units)) < 0.6, truth, rng.integers(0, n_classes, (n_coders, n_units)))
+    data = np.where(
+        rng.random((n_coders, n_units)) < 0.6, truth, rng.integers(0, n_classes, (n_coders, n_units))
+    )
     data = data.astype(float)
     data[rng.random(data.shape) < 0.4] = np.nan
     expected = krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")

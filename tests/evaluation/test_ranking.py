@@ -61,7 +61,9 @@ def test_win_rate_matrix_and_bootstrap():
     # 0 vs 1: 0 wins, tie -> 0 scores 1.5/2 = 0.75 against 1 (and 1 scores 0.25 against 0).
     # 1 vs 2: 2 wins -> 0 for 1, 1 for 2.  0 and 2 never met: NaN.
     bt = bradley_terry([0, 1, 1], [1, 0, 2], np.array([0, 2, 1]), n_boot=100)
-    np.testing.assert_allclose(bt.win_rate, [[np.nan, 0.75, np.nan], [0.25, np.nan, 0.0], [np.nan, 1.0, np.nan]])
+    np.testing.assert_allclose(
+        bt.win_rate, [[np.nan, 0.75, np.nan], [0.25, np.nan, 0.0], [np.nan, 1.0, np.nan]]
+    )
     assert bt.n_games.tolist() == [[0, 2, 0], [2, 0, 1], [0, 1, 0]]
     assert np.all(bt.low <= bt.strength + 1e-9) and np.all(bt.strength <= bt.high + 1e-9)
     assert bt.strength.sum() == pytest.approx(0.0)

@@ -26,7 +26,9 @@ def world():
     left[[0, 1]] = [0.6, 0.3]
     longer = np.zeros(N_WORKERS)
     longer[[2, 3]] = [0.5, 0.3]
-    j, truth = simulate(N_WORKERS, N_ITEMS, OVERLAP, accuracy=accuracy, left_bias=left, length_bias=longer, seed=7)
+    j, truth = simulate(
+        N_WORKERS, N_ITEMS, OVERLAP, accuracy=accuracy, left_bias=left, length_bias=longer, seed=7
+    )
     ds = aggregate(j, "dawid_skene")
     return j, truth, ds
 

@@ -342,6 +342,8 @@ def test_cancel_keeps_checkpoint_then_resumes(tiny, tmp_path):
     res = train(config, path, pairs, tmp_path / "run", rec)
     assert res.status == "cancelled" and res.final_path is None
     assert [Path(p).name for p in rec.ckpts] == ["step-000002"]
+    with pytest.raises(ValueError, match="different data or settings"):
+        train(cfg(max_steps=5, lr=5e-4), path, pairs, tmp_path / "run")
     res = train(config, path, pairs, tmp_path / "run", Recorder())
     assert res.status == "succeeded" and res.steps == 5
 
@@ -378,6 +380,23 @@ def test_sft_then_dpo_with_lora(tiny, tmp_path):
     from_adapter, _ = load_model_and_tokenizer(res.adapter_path)  # adapter on top of out_dir/sft
     for k, v in merged.state_dict().items():
         assert torch.allclose(from_adapter.state_dict()[k], v, atol=1e-5)
+
+
+def test_command_line(tiny, tmp_path, capsys):
+    """``python -m training.trainer`` (what ``accelerate launch`` runs) prints JSON events."""
+    from training.trainer import main
+
+    path, _ = tiny
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(8)))
+    main(["--model", str(path), "--pairs", str(pairs_file), "--out", str(tmp_path / "run"),
+          "--set", "max_steps=2", "device=cpu", "eval_fraction=0", "min_pairs=4", "lr=0.001"])
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
+    assert events[-1]["event"] == "result" and events[-1]["status"] == "succeeded"
+    assert TrainConfig.from_dict({"lora_target_modules": ["q_proj"]}).lora_target_modules == ("q_proj",)
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"learning_rate": 1})
 
 
 def test_plan_covers_every_pair_once_per_epoch():

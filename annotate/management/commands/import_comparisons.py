@@ -3,6 +3,7 @@
 Validates the whole file first; on errors prints them (line and field) and exits non-zero
 without writing anything. Otherwise imports in one transaction with a progress bar.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,14 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="rows", file=self.stream, disable=self.disable,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                desc=self.desc,
+                unit="rows",
+                file=self.stream,
+                disable=self.disable,
+                dynamic_ncols=True,
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -54,7 +61,9 @@ def report_errors(command: BaseCommand, path: Path, exc: ImportValidationError) 
         command.stderr.write(hint)
     more = f" (validation stopped after the first {len(exc.errors)})" if exc.truncated else ""
     n = len(exc.errors)
-    return CommandError(f"{path.name} was not imported: {n} error{'s' if n != 1 else ''}{more}; nothing was written.")
+    return CommandError(
+        f"{path.name} was not imported: {n} error{'s' if n != 1 else ''}{more}; nothing was written."
+    )
 
 
 class Command(BaseCommand):
@@ -63,12 +72,23 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path, help="a .jsonl or .csv file")
         parser.add_argument("--project", required=True, help="project id or name")
-        parser.add_argument("--round", type=int, default=None, help="round of the comparisons (default: the project's current round)")
-        parser.add_argument("--create-project", action="store_true", help="create the project (by name) if it does not exist")
-        parser.add_argument("--format", choices=["jsonl", "csv"], default=None, help="default: from the file name or content")
         parser.add_argument(
-            "--allow-empty-responses", action="store_true",
-            help="accept empty or whitespace-only responses (the HH-RLHF file has a few); prompts must never be empty",
+            "--round",
+            type=int,
+            default=None,
+            help="round of the comparisons (default: the project's current round)",
+        )
+        parser.add_argument(
+            "--create-project", action="store_true", help="create the project (by name) if it does not exist"
+        )
+        parser.add_argument(
+            "--format", choices=["jsonl", "csv"], default=None, help="default: from the file name or content"
+        )
+        parser.add_argument(
+            "--allow-empty-responses",
+            action="store_true",
+            help="accept empty or whitespace-only responses (the HH-RLHF file has a few); "
+            "prompts must never be empty",
         )
 
     def handle(self, *args, **options):
@@ -80,8 +100,13 @@ class Command(BaseCommand):
         try:
             with path.open("rb") as fh:
                 result = import_comparisons(
-                    project, fh, filename=path.name, fmt=options["format"], round=options["round"],
-                    allow_empty_responses=options["allow_empty_responses"], progress=bar,
+                    project,
+                    fh,
+                    filename=path.name,
+                    fmt=options["format"],
+                    round=options["round"],
+                    allow_empty_responses=options["allow_empty_responses"],
+                    progress=bar,
                 )
         except ImportValidationError as exc:
             raise report_errors(self, path, exc) from None
@@ -91,7 +116,8 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"Imported {path.name} into project '{project.name}' (round {round_}): {result.lines} lines, "
-                f"{result.created} comparisons created ({result.gold} gold), {result.duplicates} duplicates skipped, "
+                f"{result.created} comparisons created ({result.gold} gold), "
+                f"{result.duplicates} duplicates skipped, "
                 f"{result.prompts_created} prompts and {result.responses_created} responses created."
             )
         )

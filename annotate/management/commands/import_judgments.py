@@ -4,6 +4,7 @@ Imports externally collected votes (e.g. ../shared/data/pandalm_votes.jsonl) as 
 creates or reuses the comparisons, one inactive User per annotator id with an annotator
 membership, and the judgments. Validation errors are printed and nothing is written.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,13 +21,25 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path, help="a .jsonl or .csv file of votes")
         parser.add_argument("--project", required=True, help="project id or name")
-        parser.add_argument("--source", default="", help="source recorded on each judgment (default: each line's 'source')")
-        parser.add_argument("--round", type=int, default=None, help="round of new comparisons (default: the project's current round)")
-        parser.add_argument("--create-project", action="store_true", help="create the project (by name) if it does not exist")
+        parser.add_argument(
+            "--source", default="", help="source recorded on each judgment (default: each line's 'source')"
+        )
+        parser.add_argument(
+            "--round",
+            type=int,
+            default=None,
+            help="round of new comparisons (default: the project's current round)",
+        )
+        parser.add_argument(
+            "--create-project", action="store_true", help="create the project (by name) if it does not exist"
+        )
         parser.add_argument("--format", choices=["jsonl", "csv"], default=None)
         parser.add_argument(
-            "--on-duplicate", choices=ON_DUPLICATE, default="error",
-            help="two votes by one annotator on one comparison: an error (default), or keep the first or last",
+            "--on-duplicate",
+            choices=ON_DUPLICATE,
+            default="error",
+            help="two votes by one annotator on one comparison: an error (default), "
+            "or keep the first or the last",
         )
 
     def handle(self, *args, **options):
@@ -38,8 +51,14 @@ class Command(BaseCommand):
         try:
             with path.open("rb") as fh:
                 result = import_judgments(
-                    project, fh, filename=path.name, fmt=options["format"], source=options["source"],
-                    round=options["round"], on_duplicate=options["on_duplicate"], progress=bar,
+                    project,
+                    fh,
+                    filename=path.name,
+                    fmt=options["format"],
+                    source=options["source"],
+                    round=options["round"],
+                    on_duplicate=options["on_duplicate"],
+                    progress=bar,
                 )
         except ImportValidationError as exc:
             raise report_errors(self, path, exc) from None
@@ -61,5 +80,6 @@ class Command(BaseCommand):
         )
         if result.display_unknown:
             self.stdout.write(
-                f"{result.display_unknown} judgments have no 'display': stored with a_on_left=True (order unknown)."
+                f"{result.display_unknown} judgments have no 'display': "
+                "stored with a_on_left=True (order unknown)."
             )
