@@ -176,7 +176,7 @@ def ours_export(project_id: int, out: Path, fmt: str, rounds: list[int]) -> int:
         enqueue=False,
     )
     export = exports.build_export(export, out_dir=out, progress=exports.Progress())
-    return export.n_rows
+    return export.n_rows, export.stats.get("seconds", {})
 
 
 def child(args) -> None:
@@ -192,13 +192,15 @@ def child(args) -> None:
     base = rss_bytes()
     t0 = time.perf_counter()
     out = Path(args.out)
+    stages = {}
     if args.child == "naive":
         rows = naive_export(args.project, out)
     else:
-        rows = ours_export(args.project, out, args.child, [int(r) for r in args.rounds.split(",") if r])
+        rows, stages = ours_export(args.project, out, args.child, [int(r) for r in args.rounds.split(",") if r])
     wall = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(json.dumps({"rows": rows, "wall": wall, "peak": peak_rss_bytes(), "base": base, "bytes": size}))
+    print(json.dumps({"rows": rows, "wall": wall, "peak": peak_rss_bytes(), "base": base, "bytes": size,
+                      "stages": stages}))
 
 
 def run_child(kind: str, project_id: int, out: Path, rounds: str = "") -> dict:
@@ -265,7 +267,8 @@ def main() -> None:
             print(
                 f"{label:>13}: {res['rows']:>9,} rows in {res['wall']:7.1f} s = {res['rows'] / res['wall']:8,.0f} rows/s; "
                 f"peak RSS {res['peak'] / 2**20:7,.0f} MiB (+{(res['peak'] - res['base']) / 2**20:6,.0f} MiB over "
-                f"{res['base'] / 2**20:,.0f} after imports); output {res['bytes'] / 2**20:,.0f} MiB",
+                f"{res['base'] / 2**20:,.0f} after imports); output {res['bytes'] / 2**20:,.0f} MiB"
+                + (" [" + ", ".join(f"{k} {v:.1f}s" for k, v in res["stages"].items()) + "]" if res["stages"] else ""),
                 flush=True,
             )
         if "naive" in results:

@@ -15,7 +15,7 @@ How an export is built (:func:`build_export`)
        selected pairs' prompts with the smallest hashes form the test split (at least one prompt
        when there are two or more). A prompt's comparisons are therefore all on one side.
     3. **Stream.** The texts are never held in memory: selected comparison ids are read back in
-       chunks of :data:`CHUNK` rows (``pk__in`` + ``iterator``) and each chunk is written to
+       chunks of :data:`CHUNK` rows (a ``pk`` range scan, :func:`rows_by_id`) and each chunk is written to
        every requested format at once (JSONL line by line, Parquet with ``ParquetWriter``, CSV,
        and two Arrow IPC streams that become the ``datasets`` folder). Memory is the judgment
        arrays (a few numbers per judgment) plus one chunk of texts.
@@ -896,6 +896,38 @@ class PairChunk:
         self.plain_rejected: list[str] = []
 
 
+def rows_by_id(base, ids: np.ndarray, fields: tuple[str, ...]) -> dict[int, tuple]:
+    """``{id: values_list row}`` for the sorted ``ids`` of ``base`` (a queryset of one project).
+
+    Dense ids (the usual case: a project's rows were created together) are read as one
+    ``pk`` range scan, skipping the few rows not asked for; sparse ids with ``pk__in`` in
+    pieces of at most 900 (below SQLite's smallest bound-parameter limit).
+    """
+    if ids.size == 0:
+        return {}
+    from django.db import connection
+
+    lo, hi = int(ids[0]), int(ids[-1])
+    if hi - lo + 1 <= 2 * ids.size:
+        parts = [base.filter(pk__gte=lo, pk__lte=hi)]
+    else:
+        step = 900 if connection.vendor == "sqlite" else 10_000
+        parts = [base.filter(pk__in=ids[i : i + step].tolist()) for i in range(0, ids.size, step)]
+    wanted = set(ids.tolist())
+    out = {}
+    for qs in parts:
+        for row in qs.order_by("pk").values_list("pk", *fields).iterator(chunk_size=CHUNK):
+            if row[0] in wanted:
+                out[row[0]] = row
+    return out
+
+
+PAIR_TEXT_FIELDS = (
+    "prompt__text", "prompt__messages", "response_a__text", "response_a__model_name", "response_b__text",
+    "response_b__model_name",
+)
+
+
 def _pair_chunks(sel: Selection, progress: Progress) -> Iterable[PairChunk]:
     """Yield the selected pairs in comparison-id order, :data:`CHUNK` at a time (texts streamed)."""
     t = sel.table
@@ -904,15 +936,7 @@ def _pair_chunks(sel: Selection, progress: Progress) -> Iterable[PairChunk]:
     for start in range(0, sel.n_pairs, CHUNK):
         idx = sel.selected[start : start + CHUNK]
         cids = t.comparison_ids[idx]
-        rows = {
-            r[0]: r
-            for r in Comparison.objects.filter(pk__in=cids.tolist())
-            .values_list(
-                "pk", "prompt__text", "prompt__messages", "response_a__text", "response_a__model_name",
-                "response_b__text", "response_b__model_name",
-            )
-            .iterator(chunk_size=CHUNK)
-        }
+        rows = rows_by_id(Comparison.objects.filter(project=sel.project), cids, PAIR_TEXT_FIELDS)
         label = sel.label[idx]
         is_tie = label == agg.TIE
         a_chosen = label != agg.B  # ties: chosen = A by convention
@@ -974,13 +998,13 @@ class JsonlWriter:
     def __init__(self, path: Path, fields: list[str]) -> None:
         self.f = open(path, "w", encoding="utf-8", newline="\n")
         self.fields = fields
+        self.encode = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
 
     def write(self, cols: dict[str, list]) -> None:
         columns = [cols[name] for name in self.fields]
-        dumps = json.dumps
-        self.f.write(
-            "".join(dumps(dict(zip(self.fields, values)), ensure_ascii=False) + "\n" for values in zip(*columns))
-        )
+        encode = self.encode
+        fields = self.fields
+        self.f.write("".join(encode(dict(zip(fields, values))) + "\n" for values in zip(*columns)))
 
     def close(self) -> None:
         self.f.close()
@@ -1147,11 +1171,9 @@ def write_judgments(sel: Selection, folder: Path, key: bytes, progress: Progress
                 "annotator_weight": _r(sel.worker_weight[worker], 4),
             }
             if sel.opts.include_rationales:
-                jids = t.judgment_ids[sl].tolist()
-                text = dict(
-                    Judgment.objects.filter(pk__in=jids).values_list("pk", "rationale").iterator(chunk_size=step)
-                )
-                cols["rationale"] = [text.get(pk, "") for pk in jids]
+                jids = t.judgment_ids[sl]
+                text = rows_by_id(Judgment.objects.filter(project=sel.project), jids, ("rationale",))
+                cols["rationale"] = [text[pk][1] if pk in text else "" for pk in jids.tolist()]
             writer.write(cols)
             written += len(choice)
             progress.advance(min(step, n - start))

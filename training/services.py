@@ -7,8 +7,8 @@ the export's size, prompt lengths estimated from characters) and the GPU worker
 (``training.tasks``) does the rest before any compute (the model actually loads, token
 lengths, CUDA present).
 
-Heavy work happens in the worker: ``sample_next_round`` and ``generate_for_sample`` are only
-called from ``training.tasks`` and import the generation code lazily.
+Loading models happens only in the worker: ``run_sampling_job`` (and ``sample_next_round``,
+for a shell or a command) import the generation code from ``training.tasks`` lazily.
 """
 from __future__ import annotations
 
@@ -833,7 +833,33 @@ def _choose_prompts(project: Project, n: int, seed: int) -> list[Prompt]:
     return [by_id[i] for i in chosen]
 
 
-def sample_next_round(job: SamplingJob, generate=None, progress=None) -> int:
+def sample_next_round(source: TrainingRun | ModelVersion, project: Project | None = None, n_prompts: int = 20, *,
+                      generate=None, **options) -> SamplingJob:
+    """Sample the next round now, in this process (a worker, a shell or a command; it loads the
+    models): new responses from ``source`` (a succeeded run's output model, or a model version)
+    for ``n_prompts`` prompts of ``project`` become round ``current_round + 1`` comparisons.
+    ``options`` are :func:`queue_sample_round`'s. Returns the finished ``SamplingJob``."""
+    run = source if isinstance(source, TrainingRun) else None
+    version = run.output_model if run is not None else source
+    if version is None:
+        raise TrainingError("the run has no output model to sample from")
+    project = project or (run.project if run is not None else version.project)
+    if project is None:
+        raise TrainingError("name the project to sample into")
+    job = queue_sample_round(project, version, n_prompts=n_prompts, run=run, send=False, **options)
+    try:
+        created = run_sampling_job(job, generate=generate)
+    except Exception as exc:
+        SamplingJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:2000],
+                                                     finished_at=timezone.now())
+        raise
+    SamplingJob.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, n_created=created, progress=1.0,
+                                                 finished_at=timezone.now())
+    job.refresh_from_db()
+    return job
+
+
+def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
     """Generate the job's responses and import them as the next round's comparisons.
 
     Runs in the worker (``training.tasks.sample_round``): ``generate(model_path, prompts,

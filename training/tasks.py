@@ -19,13 +19,20 @@ worker was SIGKILLed).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
+import os
+import shlex
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
@@ -152,6 +159,85 @@ def _check_device(config: dict) -> None:
                          "run a worker on a GPU machine or set device to 'auto' or 'cpu'")
 
 
+# =============================================================================================
+# Several GPUs: the trainer in a subprocess under ``accelerate launch``
+# =============================================================================================
+
+
+def training_launcher() -> list[str]:
+    """``PREFLOOP_TRAINING_LAUNCHER`` (a setting or environment variable): the command that runs
+    ``-m training.trainer``, e.g. ``accelerate launch --config_file training/accelerate_configs/ddp.yaml``
+    for every GPU of the worker's machine. Empty (the default): train in the worker process."""
+    from django.conf import settings
+
+    value = getattr(settings, "PREFLOOP_TRAINING_LAUNCHER", None) or os.environ.get("PREFLOOP_TRAINING_LAUNCHER", "")
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return shlex.split(value)
+
+
+def train_in_subprocess(launcher: list[str], config: dict, model_path: str, rows: list[dict], out_dir: str,
+                        reporter: RunReporter, poll_s: float = 1.0):
+    """Run the trainer's command line under ``launcher`` and relay its JSON-lines events (steps,
+    logs, the result) to ``reporter``. Cancel: the subprocess is interrupted (SIGINT to its
+    process group) and the run keeps its last periodic checkpoint. Returns a ``TrainResult``-like
+    object; raises ``RuntimeError`` with the output's tail when the trainer fails."""
+    from django.conf import settings
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs_path, config_path = out / "pairs.jsonl", out / "run_config.json"
+    with open(pairs_path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    config_path.write_text(json.dumps(config))
+    cmd = [*launcher, "-m", "training.trainer", "--model", str(model_path), "--pairs", str(pairs_path),
+           "--out", str(out), "--config", str(config_path)]
+    proc = subprocess.Popen(cmd, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True)
+    cancelled = threading.Event()
+
+    def watch_cancel():
+        while proc.poll() is None:
+            if reporter.should_stop():
+                cancelled.set()
+                (out / "STOP").touch()  # for a trainer that polls a stop file
+                os.killpg(proc.pid, signal.SIGINT)
+                return
+            time.sleep(poll_s)
+
+    watcher = threading.Thread(target=watch_cancel, name="cancel-watch", daemon=True)
+    watcher.start()
+    result, tail = None, []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        event = None
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+        if not isinstance(event, dict) or "event" not in event:
+            tail = (tail + [line])[-30:]
+            continue
+        kind = event.pop("event")
+        if kind == "step":
+            reporter.on_step(event)
+        elif kind == "log":
+            reporter.on_log(str(event.get("message", "")))
+        elif kind == "result":
+            result = event
+    code = proc.wait()
+    watcher.join(timeout=5)
+    if cancelled.is_set():
+        last = TrainingRun.objects.filter(pk=reporter.run_id).values_list("step", "total_steps").first() or (0, 0)
+        return SimpleNamespace(status="cancelled", steps=last[0], total_steps=last[1], metrics={}, eval_metrics={},
+                               final_path=None)
+    if code != 0 or result is None:
+        raise RuntimeError(f"the trainer exited with code {code}:\n" + "\n".join(tail[-15:]))
+    return SimpleNamespace(**{k: result.get(k) for k in ("status", "steps", "total_steps", "metrics",
+                                                         "eval_metrics", "final_path")})
+
+
 def execute_run(run: TrainingRun) -> str:
     """Run the trainer for a claimed run; returns the final status. Raises on failure."""
     from .trainer import TrainConfig, train
@@ -180,7 +266,13 @@ def execute_run(run: TrainingRun) -> str:
     heartbeat = Heartbeat(reporter)
     heartbeat.start()
     try:
-        result = train(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
+        launcher = training_launcher()
+        if launcher:
+            reporter.log(f"launching: {' '.join(launcher)} -m training.trainer")
+            result = train_in_subprocess(launcher, cfg.to_dict(), run.base_model.path, train_rows, run.out_dir,
+                                         reporter)
+        else:
+            result = train(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
     finally:
         heartbeat.stop()
 
@@ -325,7 +417,7 @@ def sample_round(self, job_id: int) -> str:
         SamplingJob.objects.filter(pk=job_id).update(progress=fraction)
 
     try:
-        created = services.sample_next_round(job, progress=progress)
+        created = services.run_sampling_job(job, progress=progress)
     except Exception as exc:  # noqa: BLE001
         log.exception("sampling job %s failed", job_id)
         SamplingJob.objects.filter(pk=job_id).update(
@@ -336,9 +428,35 @@ def sample_round(self, job_id: int) -> str:
     return "succeeded"
 
 
+def _consumes_gpu_queue(app) -> bool:
+    try:
+        queues = app.amqp.queues.consume_from or app.amqp.queues
+        return "gpu" in queues
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _preload_trainer() -> None:
+    """Import torch and the trainer ahead of the first task (tens of seconds on a busy CPU)."""
+    try:
+        from . import trainer  # noqa: F401
+    except Exception:  # noqa: BLE001 - the task reports a broken install itself
+        log.warning("could not preload the trainer", exc_info=True)
+
+
+def _preload_enabled() -> bool:
+    from django.conf import settings
+
+    return bool(getattr(settings, "PREFLOOP_PRELOAD_TRAINER", True))
+
+
 @worker_ready.connect
-def _resume_on_worker_start(sender=None, **kwargs) -> None:
-    """Re-queue runs a dead worker left 'running' (see ``services.resume_stale_runs``)."""
+def _on_worker_ready(sender=None, **kwargs) -> None:
+    """Re-queue runs a dead worker left 'running' (see ``services.resume_stale_runs``), and warm
+    up the trainer's imports in the background when this worker serves the gpu queue."""
+    app = getattr(sender, "app", None)
+    if app is not None and _preload_enabled() and _consumes_gpu_queue(app):
+        threading.Thread(target=_preload_trainer, name="preload-trainer", daemon=True).start()
     try:
         requeued = services.resume_stale_runs()
     except Exception:  # noqa: BLE001 - a worker must start even if this fails (e.g. no tables yet)
@@ -348,3 +466,12 @@ def _resume_on_worker_start(sender=None, **kwargs) -> None:
         close_old_connections()
     if requeued:
         log.warning("re-queued training runs left by a lost worker: %s", requeued)
+
+
+@worker_process_init.connect
+def _on_worker_process_init(sender=None, **kwargs) -> None:
+    """Prefork pool: each child process warms up its own imports."""
+    from celery import current_app
+
+    if _preload_enabled() and _consumes_gpu_queue(current_app):
+        threading.Thread(target=_preload_trainer, name="preload-trainer", daemon=True).start()

@@ -129,8 +129,8 @@ PLOTS = (
 )
 
 
-def run_plots(run: TrainingRun) -> list[str]:
-    rows = list(TrainingMetric.objects.filter(run=run).order_by("step").values_list("step", "data"))
+def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
+    """The run page's SVG plots from its ``(step, data)`` metric rows."""
     plots = []
     for title, spec, y_range in PLOTS:
         series = []
@@ -171,21 +171,16 @@ def _eta(seconds) -> str:
     return f"{seconds // 3600}h {(seconds % 3600) // 60:02d}m"
 
 
-def _last_metrics(run: TrainingRun) -> dict:
-    last = TrainingMetric.objects.filter(run=run).order_by("-step").values_list("data", flat=True).first() or {}
-    evals = {}
-    for data in TrainingMetric.objects.filter(run=run).order_by("step").values_list("data", flat=True):
-        evals.update({k: v for k, v in data.items() if k.startswith("eval_")})
-    return {**last, **evals}
-
-
 def run_live_context(run: TrainingRun) -> dict:
-    last = _last_metrics(run)
+    rows = list(TrainingMetric.objects.filter(run=run).order_by("step").values_list("step", "data"))
+    last = dict(rows[-1][1]) if rows else {}
+    for _, data in rows:  # the latest held-out numbers, whichever step carried them
+        last.update({k: v for k, v in data.items() if k.startswith("eval_")})
     return {
         "run": run,
-        "plots": run_plots(run),
+        "plots": run_plots(rows),
         "last": last,
-        "n_metrics": TrainingMetric.objects.filter(run=run).count(),
+        "n_metrics": len(rows),
         "eta": _eta(run.eta_seconds),
         "percent": round(100 * (run.progress or 0.0), 1),
         "log_tail": "\n".join((run.logs or "").splitlines()[-LOG_TAIL_LINES:]),

@@ -60,7 +60,13 @@ def new_page(browser):
         ctx.close()
 
 
-def log_in(page, base_url: str, username: str, password: str = "prefloop-demo") -> None:
+@pytest.fixture
+def log_in():
+    """``log_in(page, base_url, username, password="prefloop-demo")`` through the login form."""
+    return _log_in
+
+
+def _log_in(page, base_url: str, username: str, password: str = "prefloop-demo") -> None:
     page.goto(f"{base_url}/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)

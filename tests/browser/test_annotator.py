@@ -16,8 +16,6 @@ from django.core.management import call_command
 
 from annotate.models import Comparison, Judgment, Project
 
-from .conftest import log_in
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 KEYS = ["1", "2", "3", "1", "0"]  # left, right, tie, left, both bad
@@ -63,7 +61,7 @@ def counter(page) -> tuple[int, int]:
     return int(page.inner_text(".counter-done")), int(page.inner_text(".counter-remaining"))
 
 
-def test_annotator_keyboard_flow_and_admin_import_error(live_server, new_page):
+def test_annotator_keyboard_flow_and_admin_import_error(live_server, new_page, log_in):
     call_command("load_demo", stdout=io.StringIO())
     project = Project.objects.get(name="Demo: helpful assistant")
     base = live_server.url

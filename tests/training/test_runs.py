@@ -426,3 +426,54 @@ def test_build_default_model_command_registers_tiny_default(db, tmp_path, monkey
     assert Path(version.path) == (tmp_path / "tiny").resolve() and len(calls) == 1
     call_command("build_default_model", "--if-missing", "--out", str(tmp_path / "tiny"))
     assert len(calls) == 1  # nothing to do the second time
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_trainer_can_run_under_a_launcher_subprocess(scene, no_send, settings):
+    """PREFLOOP_TRAINING_LAUNCHER (``accelerate launch --config_file ...`` on a multi-GPU box; the
+    plain interpreter here): the task relays the subprocess's JSON-lines events into the run."""
+    import sys
+
+    from training.tasks import run_training
+
+    settings.PREFLOOP_TRAINING_LAUNCHER = [sys.executable]
+    run = services.launch_run(scene["project"], base_model=scene["base"], recipe="sft", export=scene["export"],
+                              hyperparameters={"max_steps": 3, "batch_size": 4, "lr": 1e-3, "max_length": 48,
+                                               "eval_fraction": 0.0, "checkpoint_every": 0})
+    assert run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.step == 3 and "launching:" in run.logs
+    assert list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True)) == [1, 2, 3]
+    assert Path(run.output_model.path, "config.json").exists()
+
+
+def test_sample_next_round_creates_the_next_rounds_comparisons(scene):
+    """New model vs. its parent on seeded prompts; identical pairs are skipped (fake generator)."""
+    from annotate.models import Comparison, Prompt
+
+    project = scene["project"]
+    for i in range(6):
+        Prompt.objects.create(project=project, text=f"Prompt {i}?", content_hash=f"h{i}")
+    import shutil
+
+    new_dir = shutil.copytree(scene["base"].path, scene["tmp"] / "new-model")
+    new = services.register_model("tiny-test.new", new_dir, parent=scene["base"])
+
+    def fake_generate(path, prompts, n, max_new_tokens, temperature, seed):
+        tag = "new" if path == new.path else "old"
+        assert path in (new.path, scene["base"].path)
+        return [[f"{tag} answer to {p}" if "3" not in p else "same"] * n for p in prompts]
+
+    job = services.sample_next_round(new, project, n_prompts=4, compare_to=scene["base"], generate=fake_generate,
+                                     seed=7)
+    project.refresh_from_db()
+    assert job.status == "succeeded" and job.round == 1 and project.current_round == 1
+    comparisons = Comparison.objects.filter(project=project, round=1).select_related("response_a", "response_b")
+    assert comparisons.count() == job.n_created
+    assert 3 <= job.n_created <= 4  # "Prompt 3?" gives identical answers when drawn: skipped
+    for c in comparisons:
+        assert {c.response_a.model_name, c.response_b.model_name} == {"tiny-test.new", "tiny-test"}
+        assert c.response_a.round == c.response_b.round == 1
+    with pytest.raises(services.TrainingError, match="n_prompts"):
+        services.queue_sample_round(project, new, n_prompts=0)
