@@ -22,7 +22,7 @@ import io
 import json
 
 from django.db import transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, Q
+from django.db.models import Count, Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -35,7 +35,7 @@ from drf_spectacular.utils import (
 from rest_framework import generics, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -127,8 +127,6 @@ def _int_param(request, name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        from rest_framework.exceptions import ValidationError
-
         raise ValidationError({name: "Must be an integer."}) from None
 
 
@@ -193,13 +191,6 @@ class ProjectListCreate(ApiView, generics.ListCreateAPIView):
         serializer.context["roles"] = {project.pk: Role.ADMIN}
 
 
-def _sync_open(project: Project) -> None:
-    """Recompute ``Comparison.is_open`` after the overlap changed (queue invariant)."""
-    Comparison.objects.filter(project=project).update(
-        is_open=ExpressionWrapper(Q(is_gold=True) | Q(slots_taken__lt=project.overlap), output_field=BooleanField())
-    )
-
-
 @extend_schema_view(
     get=extend_schema(
         tags=["projects"],
@@ -240,7 +231,7 @@ class ProjectDetail(ApiView, generics.RetrieveUpdateAPIView):
         with transaction.atomic():
             project = serializer.save()
             if project.overlap != old_overlap:
-                _sync_open(project)
+                queue.sync_open(project)
 
 
 # --- pools -----------------------------------------------------------------------------------

@@ -931,6 +931,16 @@ def _bulk_create(model, objs: list, tick: _Ticker) -> None:
         tick(len(part))
 
 
+def _finish(tickers: list[_Ticker], progress: Progress | None) -> None:
+    """Make the last progress report ``(total, total)`` even when no batch was written."""
+    if progress is None:
+        return
+    last = tickers[-1] if tickers else None
+    if last is None or last.done == 0:
+        total = last.total if last is not None else 0
+        progress(total, total)
+
+
 def _max_rows(conn, n_columns: int) -> int:
     """Rows per multi-row INSERT: BATCH_SIZE, fewer where bound parameters are limited."""
     limit = conn.features.max_query_params
@@ -1207,8 +1217,10 @@ def import_comparisons(
     ``fileobj`` is any binary or text file-like object (an UploadedFile, ``open(path, "rb")``,
     io.BytesIO / io.StringIO). ``fmt`` is "jsonl" or "csv"; by default it is guessed from
     ``filename``'s extension, else from the content. ``round`` defaults to
-    ``project.current_round``. Raises :class:`ImportValidationError` (nothing written) when any
-    line is bad.
+    ``project.current_round``. Empty responses are refused unless ``allow_empty_responses``.
+    ``progress(done, total)`` counts rows written and ends with ``done == total`` (``(0, 0)``
+    when there was nothing new). Raises :class:`ImportValidationError` (nothing written) when
+    any line is bad.
     """
     round_ = project.current_round if round is None else int(round)
     errors = _Errors()
@@ -1227,13 +1239,14 @@ def import_comparisons(
     errors.raise_if_any()
 
     unique = list(pairs.values())
+    tickers: list[_Ticker] = []
 
-    def write() -> _PairWrite:
-        return _write_pairs(project, round_, unique, lambda total: _Ticker(total, progress))
+    def tick_factory(total: int) -> _Ticker:
+        tickers.append(_Ticker(total, progress))
+        return tickers[-1]
 
-    result = _atomic_with_retry(write)
-    if progress is not None and not unique:
-        progress(0, 0)
+    result = _atomic_with_retry(lambda: _write_pairs(project, round_, unique, tick_factory))
+    _finish(tickers, progress)
     created = len(result.created)
     return ImportResult(
         lines=lines,

@@ -96,6 +96,18 @@ def _release_slots(project: Project, comparison_ids: list[int]) -> None:
         Comparison.objects.filter(pk__in=list(counts)).update(is_open=_open_expr(project))
 
 
+def sync_open(project: Project) -> int:
+    """Re-derive ``is_open`` of the project's regular comparisons from ``slots_taken`` and the
+    current ``project.overlap``. Call it after changing the overlap. Returns the rows changed."""
+    closed = Comparison.objects.filter(
+        project=project, is_gold=False, is_open=True, slots_taken__gte=project.overlap
+    ).update(is_open=False)
+    opened = Comparison.objects.filter(
+        project=project, is_gold=False, is_open=False, slots_taken__lt=project.overlap
+    ).update(is_open=True)
+    return closed + opened
+
+
 def expire_stale(project: Project, now: datetime | None = None) -> int:
     """Mark active assignments past their deadline expired and return their slots."""
     now = now or timezone.now()

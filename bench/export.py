@@ -61,9 +61,12 @@ def peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- data
 
 
-def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: int, batch: int = 10_000) -> int:
+def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: int, batch: int = 10_000,
+             text_scale: int = 1) -> int:
     """``n`` comparisons in ``round_`` with three judgments each, by raw ``executemany``
-    (the ORM's ``bulk_create`` costs ~0.3 ms a row on a small machine). Returns text bytes."""
+    (the ORM's ``bulk_create`` costs ~0.3 ms a row on a small machine); texts ``text_scale``
+    times the default sizes. Returns the text bytes."""
+    P_SIZE, R_SIZE = 500 * text_scale, 1000 * text_scale
     from django.core.management.color import no_style
     from django.db import connection, transaction
     from django.db.models import Max
@@ -86,11 +89,11 @@ def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: in
         p0, r0, c0, j0 = ids[Prompt], ids[Response], ids[Comparison], ids[Judgment]
         with transaction.atomic(), connection.cursor() as cur:
             insert(cur, Prompt, ["id", "project", "text", "messages", "content_hash", "created_at"], [
-                (p0 + k, project.pk, _text("prompt", p0 + k, 500), None, f"{tag}-p{p0 + k}", now)
+                (p0 + k, project.pk, _text("prompt", p0 + k, P_SIZE), None, f"{tag}-p{p0 + k}", now)
                 for k in range(n_prompts)
             ])
             insert(cur, Response, ["id", "prompt", "text", "model_name", "content_hash", "round", "created_at"], [
-                (r0 + k, p0 + k // (2 * PER_PROMPT), _text("response", r0 + k, 1000), f"model-{k % 2}",
+                (r0 + k, p0 + k // (2 * PER_PROMPT), _text("response", r0 + k, R_SIZE), f"model-{k % 2}",
                  f"{tag}-r{r0 + k}", round_, now)
                 for k in range(2 * count)
             ])
@@ -111,7 +114,7 @@ def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: in
         ids[Response] += 2 * count
         ids[Comparison] += count
         ids[Judgment] += 3 * count
-        text_bytes += n_prompts * 500 + 2 * count * 1000
+        text_bytes += n_prompts * P_SIZE + 2 * count * R_SIZE
     with connection.cursor() as cur:
         for sql in connection.ops.sequence_reset_sql(no_style(), [Prompt, Response, Comparison, Judgment]):
             cur.execute(sql)

@@ -131,6 +131,9 @@ def test_progress_is_reported_per_batch_up_to_the_total(project):
     run(project, jsonl(*GOOD), progress=lambda done, total: calls.append((done, total)))
     assert calls and calls[-1][0] == calls[-1][1] == 2 + 6 + 3 + 2  # prompts, responses, comparisons, gold
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    calls.clear()
+    run(project, jsonl(*GOOD), progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 0)]  # nothing new to write: one final report
 
 
 # ------------------------------------------------------------------------------- bad files
@@ -587,3 +590,14 @@ def test_command_allow_empty_responses(tmp_path, project):
         stderr=io.StringIO(),
     )
     assert Comparison.objects.count() == 1
+
+
+def test_databases_without_insert_returning_reread_the_ids(project, monkeypatch):
+    from django.db import connection
+
+    monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
+    result = run(project, jsonl(*GOOD, {"prompt": "p", "chosen": "x", "rejected": "y"}))
+    assert (result.created, result.gold, result.prompts_created, result.responses_created) == (4, 2, 3, 8)
+    for c in Comparison.objects.select_related("prompt", "response_a", "response_b"):
+        assert c.response_a.prompt_id == c.response_b.prompt_id == c.prompt_id
+    assert {g.comparison.response_b.text for g in GoldAnswer.objects.all()} == {"four", "Lyon"}

@@ -521,3 +521,25 @@ def test_progress_counts():
     queue.skip(user, a.pk)
     p = queue.progress(user, project)
     assert (p.done, p.skipped, p.remaining) == (1, 1, 2)
+
+
+def test_sync_open_follows_an_overlap_change():
+    project = make_project(overlap=2)
+    c1, c2 = make_comparisons(project, 2)
+    u1, u2 = make_annotators(project, 2)
+    for user in (u1, u2):
+        a = queue.next_assignment(user, project)
+        queue.submit_judgment(user, a.pk, choice="left")
+    c1.refresh_from_db()
+    assert (c1.n_judgments, c1.is_open) == (2, False)
+    project.overlap = 3
+    project.save()
+    assert queue.sync_open(project) == 1
+    c1.refresh_from_db()
+    assert c1.is_open
+    project.overlap = 1
+    project.save()
+    queue.sync_open(project)
+    assert set(Comparison.objects.filter(project=project).values_list("pk", "is_open")) == {
+        (c1.pk, False), (c2.pk, True)
+    }
