@@ -11,7 +11,9 @@ peak memory (``ru_maxrss``) is its own:
 
 * ``naive``: what a first version would write: iterate the queryset
   (``select_related``, no ``iterator()``), ``json.dumps`` one dict per comparison into a list,
-  write the lines; the label is the majority of a per-row vote count annotation.
+  write the lines; the label is the majority of a per-row vote count annotation. Its process
+  gets an address-space limit (``--naive-limit-gb``, 12) so that on a small machine it fails
+  with MemoryError rather than waking the OOM killer.
 * ``jsonl``, ``parquet``: :func:`evaluation.exports.build_export` with that format (load and
   aggregate the judgments, weights, split, stream the texts, dataset card with bootstrap
   agreement intervals, content hash).
@@ -197,7 +199,16 @@ def child(args) -> None:
     out = Path(args.out)
     stages = {}
     if args.child == "naive":
-        rows = naive_export(args.project, out)
+        if args.naive_limit_gb:
+            # Address-space cap: the naive export fails with MemoryError instead of waking the OOM killer.
+            limit = int(args.naive_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            rows = naive_export(args.project, out)
+        except MemoryError:
+            print(json.dumps({"error": f"MemoryError at the {args.naive_limit_gb:g} GiB address-space limit",
+                              "wall": time.perf_counter() - t0, "peak": peak_rss_bytes(), "base": base}))
+            return
     else:
         rows, stages = ours_export(args.project, out, args.child, [int(r) for r in args.rounds.split(",") if r])
     wall = time.perf_counter() - t0
@@ -206,9 +217,9 @@ def child(args) -> None:
                       "stages": stages}))
 
 
-def run_child(kind: str, project_id: int, out: Path, rounds: str = "") -> dict:
+def run_child(kind: str, project_id: int, out: Path, rounds: str = "", naive_limit_gb: float = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--project", str(project_id), "--out", str(out),
-           "--rounds", rounds]
+           "--rounds", rounds, "--naive-limit-gb", str(naive_limit_gb)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -220,6 +231,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--skip-naive", action="store_true", help="Do not run the naive export.")
+    parser.add_argument("--naive-limit-gb", type=float, default=12.0,
+                        help="Address-space limit of the naive export's process (0: none).")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -265,7 +278,12 @@ def main() -> None:
             jobs.insert(0, ("naive", ""))
         for label, rounds in jobs:
             kind = label.split()[0]
-            res = run_child(kind, project.pk, out / label.replace(" ", "_").replace("/", "-"), rounds)
+            res = run_child(kind, project.pk, out / label.replace(" ", "_").replace("/", "-"), rounds,
+                            args.naive_limit_gb if kind == "naive" else 0)
+            if "error" in res:
+                print(f"{label:>13}: failed after {res['wall']:.1f} s: {res['error']} (peak RSS "
+                      f"{res['peak'] / 2**20:,.0f} MiB)", flush=True)
+                continue
             results[label] = res
             print(
                 f"{label:>13}: {res['rows']:>9,} rows in {res['wall']:7.1f} s = {res['rows'] / res['wall']:8,.0f} rows/s; "

@@ -1392,7 +1392,7 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
         "## Contents",
         "",
-        "| | |",
+        "| | count |",
         "|---|---|",
         f"| pairs | {stats['n_pairs']} (train {stats['n_train']}, test {stats['n_test']}) |",
         f"| prompts | {stats['n_prompts']} (train {stats['n_prompts_train']}, test {stats['n_prompts_test']}) |",

@@ -8,6 +8,7 @@ calls one function of ``training.services`` -- the same ones the pages call.
 """
 from __future__ import annotations
 
+from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -146,8 +147,9 @@ def _raise(exc: services.TrainingError):
     raise ValidationError({exc.field or "detail": [exc.message]})
 
 
-def _model_by_name_or_id(value: str) -> ModelVersion:
-    qs = ModelVersion.objects.all()
+def _model_by_name_or_id(value: str, project) -> ModelVersion:
+    """A registered model shared by all projects or belonging to ``project`` (as on the form)."""
+    qs = ModelVersion.objects.filter(Q(project__isnull=True) | Q(project=project))
     found = qs.filter(name=value).first()
     if found is None and str(value).isdigit():
         found = qs.filter(pk=int(value)).first()
@@ -183,7 +185,7 @@ class RunListCreate(ApiView, generics.ListAPIView):
         data = LaunchRunSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        base = _model_by_name_or_id(values["base_model"])
+        base = _model_by_name_or_id(values["base_model"], self.project)
         export = None
         if values.get("export") is not None:
             export = Export.objects.filter(pk=values["export"], project=self.project).first()

@@ -13,15 +13,15 @@ from .services import train_config_defaults
 
 #: TrainConfig fields offered as form inputs (the rest through "Other hyperparameters").
 COMMON_FIELDS = (
-    ("max_steps", forms.IntegerField, {"min_value": 1}),
-    ("epochs", forms.FloatField, {"min_value": 0.01}),
-    ("lr", forms.FloatField, {"min_value": 0}),
-    ("batch_size", forms.IntegerField, {"min_value": 1}),
-    ("grad_accum", forms.IntegerField, {"min_value": 1}),
-    ("beta", forms.FloatField, {"min_value": 0}),
-    ("max_length", forms.IntegerField, {"min_value": 2}),
-    ("max_prompt_length", forms.IntegerField, {"min_value": 1}),
-    ("seed", forms.IntegerField, {}),
+    ("max_steps", forms.IntegerField, {"min_value": 1, "label": "Max steps (per phase)"}),
+    ("epochs", forms.FloatField, {"min_value": 0.01, "label": "Epochs (without max steps)"}),
+    ("lr", forms.FloatField, {"min_value": 0, "label": "Learning rate"}),
+    ("batch_size", forms.IntegerField, {"min_value": 1, "label": "Batch size (pairs)"}),
+    ("grad_accum", forms.IntegerField, {"min_value": 1, "label": "Gradient accumulation"}),
+    ("beta", forms.FloatField, {"min_value": 0, "label": "DPO beta"}),
+    ("max_length", forms.IntegerField, {"min_value": 2, "label": "Max length (tokens)"}),
+    ("max_prompt_length", forms.IntegerField, {"min_value": 1, "label": "Max prompt length (tokens)"}),
+    ("seed", forms.IntegerField, {"label": "Seed"}),
 )
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "cdpo", "robust")
 
@@ -53,12 +53,14 @@ class LaunchRunForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.project = project
         defaults = train_config_defaults()
-        self.fields["base_model"].queryset = _model_choices(project)
+        models = _model_choices(project)
+        self.fields["base_model"].queryset = models
+        self.fields["base_model"].initial = (models.filter(name="tiny-default").first() or models.first())
         self.fields["export"].queryset = Export.objects.filter(project=project, status=ExportStatus.SUCCEEDED)
         for name, field_cls, kw in COMMON_FIELDS:
             default = defaults.get(name)
             self.fields[name] = field_cls(
-                required=False, label=name.replace("_", " "), **kw,
+                required=False, **kw,
                 widget=(forms.NumberInput(attrs={"placeholder": "default" if default is None else default,
                                                  "step": "any"})),
             )

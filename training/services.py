@@ -37,7 +37,6 @@ from annotate.models import Project, Prompt
 from evaluation.models import Export, JobStatus as ExportStatus
 
 from .models import (
-    FINISHED_STATUSES,
     GenerationSample,
     JobStatus,
     ModelVersion,
@@ -128,8 +127,31 @@ def train_config_class():
     sys.modules[shadow.__name__] = shadow  # dataclasses looks the class's module up
     module = ast.Module(body=[ast.ImportFrom(module="__future__", names=[ast.alias("annotations")], level=0),
                               node], type_ignores=[])
-    exec(compile(ast.fix_missing_locations(module), str(TRAINER_FILE), "exec"), shadow.__dict__)  # noqa: S102
-    return shadow.TrainConfig
+    try:
+        exec(compile(ast.fix_missing_locations(module), str(TRAINER_FILE), "exec"), shadow.__dict__)  # noqa: S102
+        cls = shadow.TrainConfig
+        cls().validate()  # the defaults must validate; a NameError here means the class needs more
+    except Exception:  # noqa: BLE001 - fall back to the fields alone; the worker validates fully
+        log.warning("TrainConfig could not be rebuilt from %s; checking field names and types only",
+                    TRAINER_FILE, exc_info=True)
+        cls = _fields_only_config(node)
+    return cls
+
+
+def _fields_only_config(node: ast.ClassDef):
+    """A dataclass with TrainConfig's annotated fields and literal defaults, and a no-op
+    ``validate`` (the fallback of :func:`train_config_class`)."""
+    specs = []
+    for item in node.body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            try:
+                default = ast.literal_eval(item.value) if item.value is not None else None
+            except ValueError:
+                default = None
+            if isinstance(default, (list, dict, set)):
+                default = tuple(default) if isinstance(default, list) else None
+            specs.append((item.target.id, ast.unparse(item.annotation), dataclasses.field(default=default)))
+    return dataclasses.make_dataclass("TrainConfig", specs, namespace={"validate": lambda self: None})
 
 
 def train_config_fields() -> dict[str, dataclasses.Field]:
@@ -141,7 +163,7 @@ def train_config_defaults() -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cls())))
 
 
-def _coerce(name: str, annotation: str, default: Any, value: Any) -> Any:
+def _coerce(name: str, annotation: str, value: Any) -> Any:
     """Convert ``value`` (from JSON, a form or ``--set k=v``) to the type of field ``name``."""
     ann = str(annotation).replace(" ", "")
     optional = "None" in ann.split("|") or ann.startswith("Optional[")
@@ -242,14 +264,12 @@ def validate_hyperparameters(values: dict | None, recipe: str = Recipe.SFT_DPO) 
         )
     clean = {}
     for name, value in values.items():
-        f = fields[name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        clean[name] = _coerce(name, f.type, default, value)
+        clean[name] = _coerce(name, fields[name].type, value)
     cls = train_config_class()
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in clean.items()}
     try:
         cls(recipe=recipe, **kwargs).validate()
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise TrainingError(f"invalid hyperparameters: {exc}", "hyperparameters") from exc
     return clean
 
@@ -909,8 +929,4 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
         result = import_comparisons(project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round)
         Project.objects.filter(pk=project.pk, current_round__lt=job.round).update(current_round=job.round)
     return result.created
-
-
-def finished(status: str) -> bool:
-    return status in FINISHED_STATUSES
 

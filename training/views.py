@@ -24,7 +24,7 @@ from annotate.views import login_required
 
 from . import services
 from .forms import LaunchRunForm, RegisterModelForm, SampleForm, SampleRoundForm
-from .models import GenerationSample, JobStatus, ModelVersion, RunStatus, SamplingJob, TrainingMetric, TrainingRun
+from .models import GenerationSample, ModelVersion, SamplingJob, TrainingMetric, TrainingRun
 
 LOG_TAIL_LINES = 40
 MAX_PLOT_POINTS = 300
@@ -37,11 +37,13 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 
 def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
     a = abs(v)
-    if a >= 1e4 or a < 1e-3:
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-3:
         return f"{v:.1e}"
+    if a >= 100:
+        return f"{v:,.0f}"
     return f"{v:.3g}"
 
 

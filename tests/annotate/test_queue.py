@@ -307,10 +307,12 @@ N_POOL_COMPARISONS = 20
 
 
 def test_pool_shares_per_comparison_and_overall():
-    """Three pools with target shares 0.5/0.3/0.2, annotators active in the same proportion
-    (rounds in which every annotator asks once, in random order): each comparison's pool mix lands on its targets (5/3/2 of 10),
-    and the overall shares follow. Without targets (first-come) the mix is far off."""
-    shares, headcounts, overlap = (0.5, 0.3, 0.2), (10, 6, 4), 10
+    """Three pools with target shares 0.4/0.4/0.2 and overlap 5 (2, 2 and 1 judgments per
+    comparison), annotators active in the same proportion (rounds in which every annotator asks
+    once, in random order). Each comparison's pool mix lands on its targets and so do the
+    overall shares. The same people in the same order without targets (first come, first
+    served) leave most comparisons off their mix: the balance is the queue's doing."""
+    shares, headcounts, overlap = (0.4, 0.4, 0.2), (4, 4, 2), 5
     project, pools, counts = _run_pools(shares, headcounts, overlap=overlap, n_comparisons=N_POOL_COMPARISONS, seed=3)
     total = sum(sum(c.values()) for c in counts.values())
     assert total == N_POOL_COMPARISONS * overlap  # everything got judged
@@ -318,25 +320,19 @@ def test_pool_shares_per_comparison_and_overall():
         observed = sum(c[pool.pk] for c in counts.values()) / total
         assert abs(observed - share) <= 0.03, (pool.name, observed, share)
 
-    def deviation(counts, pools):
-        return sum(
-            abs(c[p.pk] - share * overlap) for c in counts.values() for p, share in zip(pools, shares)
-        ) / len(counts)
+    def off_target(counts, pools):
+        return [
+            (cid, {p.name: c[p.pk] for p in pools}) for cid, c in counts.items()
+            if any(c[p.pk] != share * overlap for p, share in zip(pools, shares))
+        ]
 
-    balanced = deviation(counts, pools)
-    # Every comparison within one judgment of each pool's target (5, 3, 2).
-    off = [
-        (cid, dict(c)) for cid, c in counts.items()
-        if any(abs(c[p.pk] - share * overlap) > 1 for p, share in zip(pools, shares))
-    ]
-    assert len(off) <= 2, off  # the last comparisons may be finished by whoever is left
-    assert balanced <= 0.5, balanced
+    # At most one comparison (finished by whoever was left at the end) misses its mix.
+    assert len(off_target(counts, pools)) <= 1, off_target(counts, pools)
 
-    # Baseline: the same people and order with no target shares is first-come, first-served.
     _, base_pools, base_counts = _run_pools(
         (0, 0, 0), headcounts, overlap=overlap, n_comparisons=N_POOL_COMPARISONS, seed=3
     )
-    assert balanced < deviation(base_counts, base_pools) / 2, (balanced, deviation(base_counts, base_pools))
+    assert len(off_target(base_counts, base_pools)) >= N_POOL_COMPARISONS // 4
 
 
 # --- gold mixing and display order -----------------------------------------------------------
@@ -344,15 +340,15 @@ def test_pool_shares_per_comparison_and_overall():
 
 @pytest.mark.slow
 def test_gold_mixing_rate_and_display_order_over_many_draws():
-    """2000 draws at gold_rate 0.2 with gold and regular work always available: the observed
-    gold rate is within ±0.03 and response A is on the left about half the time. Most items are
-    skipped (the cheaper way to move on); every tenth is judged, and the judgment records the
-    order shown."""
+    """1000 draws (10 annotators × 100) at gold_rate 0.2 with gold and regular work always
+    available: the observed gold rate is within ±0.03 and response A is on the left about
+    half the time. Most items are skipped (the cheaper way to move on); every tenth is judged,
+    and its judgment records the order shown."""
     rng = random.Random(11)
-    project = make_project(overlap=20, gold_rate=0.2)
+    project = make_project(overlap=10, gold_rate=0.2)
     make_comparisons(project, 110)
-    make_comparisons(project, 100, gold=True)
-    annotators = make_annotators(project, 20)
+    make_comparisons(project, 60, gold=True)
+    annotators = make_annotators(project, 10)
     draws = gold = left = judged = 0
     for user in annotators:
         for i in range(100):
@@ -368,7 +364,7 @@ def test_gold_mixing_rate_and_display_order_over_many_draws():
                 judged += 1
             else:
                 queue.skip(user, a.pk)
-    assert draws == 2000 and judged == 200
+    assert draws == 1000 and judged == 100
     assert abs(gold / draws - 0.2) <= 0.03, gold / draws
     assert abs(left / draws - 0.5) <= 0.05, left / draws
     # Each annotator saw each gold comparison at most once; gold comparisons stay open.

@@ -502,3 +502,29 @@ def test_streaming_loader_matches_the_selector(scene):
         a, b = getattr(table, name), getattr(ref, name)
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
     assert (prompt > 0).all() and (rnd == 0).all()
+
+
+def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):
+    from django.core.management import CommandError, call_command
+
+    out = tmp_path / "cli-export"
+    call_command("export_preferences", "--project", scene["project"].name, "--format", "jsonl,parquet,hf",
+                 "--judgments", "--out", str(out), "--method", "majority", "--min-confidence", "0.5",
+                 "--test-fraction", "0.2", "--no-progress")
+    printed = capsys.readouterr().out
+    export = Export.objects.latest("created_at")
+    assert export.status == JobStatus.SUCCEEDED and Path(export.path) == out.resolve()
+    assert f"export {export.pk}: {export.n_rows} pairs" in printed and export.content_hash in printed
+    assert export.params["method"] == "majority" and export.params["min_confidence"] == 0.5
+    assert {p.name for p in out.iterdir()} == {"preferences.jsonl", "preferences.parquet", "hf", "judgments.jsonl",
+                                                "README.md", "metadata.json"}
+    assert exports.verify_folder(out)
+    # By id too; an existing non-empty folder and filters that leave nothing are refused.
+    with pytest.raises(CommandError, match="not an empty folder"):
+        call_command("export_preferences", "--project", str(scene["project"].pk), "--out", str(out))
+    with pytest.raises(CommandError, match=r"no comparisons match: rounds=\[9\]"):
+        call_command("export_preferences", "--project", str(scene["project"].pk), "--out", str(tmp_path / "x"),
+                     "--rounds", "9")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(CommandError, match="no project"):
+        call_command("export_preferences", "--project", "nope", "--out", str(tmp_path / "y"))

@@ -54,7 +54,7 @@ def needs_child_process() -> bool:
 def run_in_child_pytest(test_id: str, tmp_path: Path, timeout: int) -> None:
     env = {**os.environ, "PREFLOOP_FILE_TEST_DB": "1", "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
            "CELERY_TASK_ALWAYS_EAGER": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pytest", test_id, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-x",
+    cmd = [sys.executable, "-m", "pytest", test_id, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-x", "--no-migrations",
            "--basetemp", str(tmp_path / "child")]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"child pytest failed:\n{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
