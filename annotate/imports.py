@@ -91,6 +91,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import BooleanField, ExpressionWrapper, F, JSONField, Q
 from django.utils import timezone
 
+from .signals import judgments_imported
 from .models import (
     Choice,
     Comparison,
@@ -1481,4 +1482,6 @@ def import_judgments(
         )
 
     result = _atomic_with_retry(write)
+    if result.judgments_created:
+        judgments_imported.send(sender=Judgment, project=project, count=result.judgments_created)
     return result

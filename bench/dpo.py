@@ -95,11 +95,12 @@ def run_ours(args, model_dir: Path, pairs_path: Path) -> dict:
     from training.trainer import TrainConfig, load_pairs_jsonl, train
 
     pairs = load_pairs_jsonl(pairs_path)
-    steps, ref_time = [], []
+    steps, ref_time, cpu = [], [], []
 
     class CB:
         def on_step(self, m):
             steps.append(m)
+            cpu.append(time.process_time())
 
         def on_log(self, msg):
             if "reference log-probs for" in msg:  # "... for N pairs in X.Ys -> path"
@@ -115,7 +116,8 @@ def run_ours(args, model_dir: Path, pairs_path: Path) -> dict:
     wall = time.time() - t0
     timed = steps[args.warmup:]
     sec = sum(m["step_time_s"] for m in timed) / len(timed)
-    return {"sec_per_step": sec, "losses": [m["loss"] for m in steps], "wall_s": wall,
+    cpu_per_step = (cpu[-1] - cpu[args.warmup - 1]) / args.steps if args.warmup else float("nan")
+    return {"sec_per_step": sec, "cpu_per_step": cpu_per_step, "losses": [m["loss"] for m in steps], "wall_s": wall,
             "ref_s": ref_time[0] if ref_time else 0.0,
             "peak_mb": peak_memory(args.device),
             "reward_acc": [m["reward_accuracy"] for m in steps]}
@@ -132,38 +134,45 @@ def run_trl(args, model_dir: Path, pairs_path: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     rows = [json.loads(x) for x in pairs_path.read_text().splitlines()]
     ds = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-    times, losses, accs = [], [], []
+    times, cpu, losses, accs = [], [], [], []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            self.t = time.time()
+            self.t, self.c = time.time(), time.process_time()
 
         def on_step_end(self, a, state, control, **kw):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.time() - self.t)
+            cpu.append(time.process_time() - self.c)
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
                 accs.append(logs.get("rewards/accuracies"))
 
+    variant = args.trl_variant
+    # "matched": our settings (fp32 on CPU / bf16 on GPU, no gradient checkpointing, live reference);
+    # "precompute": the same with TRL's precompute_ref_log_probs=True;
+    # "defaults": DPOConfig's own defaults for the speed-relevant knobs (gradient_checkpointing=True,
+    #             bf16=True, live reference), which is what a user who only sets batch/length gets
+    speed = {} if variant == "defaults" else {"gradient_checkpointing": False, "bf16": args.device == "cuda"}
     with tempfile.TemporaryDirectory() as out:
         cfg = DPOConfig(output_dir=out, report_to="none", per_device_train_batch_size=args.batch,
                         max_length=args.max_length, learning_rate=args.lr, lr_scheduler_type="linear",
                         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"],
                         max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no",
-                        gradient_checkpointing=False, bf16=args.device == "cuda", use_cpu=args.device == "cpu",
-                        train_sampling_strategy="sequential", disable_dropout=True, dataloader_num_workers=0,
-                        precompute_ref_log_probs=args.trl_precompute, seed=0)
+                        use_cpu=args.device == "cpu", train_sampling_strategy="sequential", disable_dropout=True,
+                        dataloader_num_workers=0, precompute_ref_log_probs=variant == "precompute", seed=0, **speed)
         t0 = time.time()
         trainer = DPOTrainer(model=model, args=cfg, processing_class=tok, train_dataset=ds, callbacks=[Timer()])
         trainer.train()
         wall = time.time() - t0
     timed = times[args.warmup:]
-    return {"sec_per_step": sum(timed) / len(timed), "losses": losses, "wall_s": wall,
+    return {"sec_per_step": sum(timed) / len(timed), "cpu_per_step": sum(cpu[args.warmup:]) / len(timed),
+            "losses": losses, "wall_s": wall,
             "peak_mb": peak_memory(args.device), "reward_acc": accs}
 
 
@@ -206,7 +215,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--write-results", action="store_true", help="append the numbers to bench/RESULTS.md")
     p.add_argument("--live-ref", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--trl-precompute", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trl-variant", choices=["matched", "precompute", "defaults"], default="matched",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--variants", default="matched,precompute,defaults",
+                   help="TRL configurations to measure (comma-separated: matched, precompute, defaults)")
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--pairs", help=argparse.SUPPRESS)
@@ -224,36 +236,43 @@ def main() -> None:
         print(f"model: random Llama, {n_params / 1e6:.1f}M parameters ({args.size}), vocab {args.vocab}; "
               f"{(args.warmup + args.steps) * args.batch} HH pairs; batch {args.batch}, max length "
               f"{args.max_length}; device {args.device}; built in {time.time() - t:.0f}s", flush=True)
-        runs = {"ours": [], "trl": [], "trl_pre": []}
-        for _ in range(args.repeats):
-            runs["trl"].append(spawn(args, "trl", model_dir, pairs_path))
+        variants = [v for v in args.variants.split(",") if v]
+        runs = {"ours": [], **{v: [] for v in variants}}
+        for _ in range(args.repeats):  # alternate, so slow phases of a shared machine hit both
+            for v in variants:
+                runs[v].append(spawn(args, "trl", model_dir, pairs_path, ["--trl-variant", v]))
             runs["ours"].append(spawn(args, "ours", model_dir, pairs_path))
-        runs["trl_pre"].append(spawn(args, "trl", model_dir, pairs_path, ["--trl-precompute"]))
     best = {k: min(v, key=lambda r: r["sec_per_step"]) for k, v in runs.items() if v}
-    ours, trl, trl_pre = best["ours"], best["trl"], best["trl_pre"]
+    ours = best["ours"]
     n_total = args.warmup + args.steps
     # our one-off reference pre-computation (one no-grad forward per pair), amortised over the steps
     ours_amortised = ours["sec_per_step"] + ours["ref_s"] / n_total
-    rows = [
-        ("TRL 1.16 DPOTrainer (defaults: live reference)", trl),
-        ("TRL 1.16 DPOTrainer, precompute_ref_log_probs=True", trl_pre),
-        ("prefloop training.trainer", ours),
-    ]
+    names = {
+        "matched": "TRL 1.16 DPOTrainer, same settings (live reference)",
+        "precompute": "TRL 1.16 DPOTrainer, same settings + precompute_ref_log_probs",
+        "defaults": "TRL 1.16 DPOTrainer, DPOConfig defaults (grad. checkpointing, bf16)",
+    }
+    rows = [(names[v], best[v]) for v in variants] + [("prefloop training.trainer", ours)]
     unit = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
-    lines = [f"| trainer | s/step | steps/s | {unit} | loss step 1 | loss step {n_total} |", "|---|---|---|---|---|---|"]
+    lines = [f"| trainer | s/step (wall) | steps/s | CPU s/step | {unit} | loss step 1 | loss step {n_total} |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows:
-        lines.append(f"| {name} | {r['sec_per_step']:.3f} | {1 / r['sec_per_step']:.2f} | {r['peak_mb']:.0f} | "
-                     f"{r['losses'][0]:.4f} | {r['losses'][-1]:.4f} |")
-    summary = [
-        f"speed ratio ours/TRL (steps/s): {trl['sec_per_step'] / ours['sec_per_step']:.2f}x",
-        f"speed ratio incl. our reference pre-computation ({ours['ref_s']:.1f}s for {n_total * args.batch} pairs) "
-        f"amortised over the {n_total} steps: {trl['sec_per_step'] / ours_amortised:.2f}x",
-        f"speed ratio vs TRL with precomputed reference: {trl_pre['sec_per_step'] / ours['sec_per_step']:.2f}x",
-        f"memory ratio ours/TRL: {ours['peak_mb'] / trl['peak_mb']:.2f}",
-        "losses ours: " + " ".join(f"{x:.4f}" for x in ours["losses"]),
-        "losses TRL:  " + " ".join(f"{x:.4f}" for x in trl["losses"]),
-        "max |loss diff|: " + f"{max(abs(a - b) for a, b in zip(ours['losses'], trl['losses'])):.2e}",
-    ]
+        lines.append(f"| {name} | {r['sec_per_step']:.3f} | {1 / r['sec_per_step']:.3f} | {r['cpu_per_step']:.3f} | "
+                     f"{r['peak_mb']:.0f} | {r['losses'][0]:.4f} | {r['losses'][-1]:.4f} |")
+    summary = []
+    for v in variants:
+        r = best[v]
+        summary.append(
+            f"vs {v}: steps/s ratio {r['sec_per_step'] / ours['sec_per_step']:.2f}x (wall), "
+            f"{r['cpu_per_step'] / ours['cpu_per_step']:.2f}x (CPU time), "
+            f"{r['sec_per_step'] / ours_amortised:.2f}x with our reference pre-computation amortised; "
+            f"peak memory ratio ours/TRL {ours['peak_mb'] / r['peak_mb']:.2f}; "
+            f"max |loss diff| {max(abs(a - b) for a, b in zip(ours['losses'], r['losses'])):.1e}")
+    summary.append(f"our reference pre-computation: {ours['ref_s']:.1f}s for {n_total * args.batch} pairs "
+                   f"(once per export; amortised over the {n_total} steps above)")
+    summary.append("losses ours: " + " ".join(f"{x:.4f}" for x in ours["losses"]))
+    for v in variants:
+        summary.append(f"losses TRL {v}: " + " ".join(f"{x:.4f}" for x in best[v]["losses"]))
     print("\n".join(lines + [""] + summary))
     if args.write_results:
         cmd = "HF_HUB_OFFLINE=1 .venv/bin/python bench/dpo.py " + " ".join(a for a in sys.argv[1:]

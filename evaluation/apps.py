@@ -11,6 +11,9 @@ class EvaluationConfig(AppConfig):
 
         from annotate.models import Judgment
 
-        from .signals import judgment_saved
+        from annotate.signals import judgments_imported
+
+        from .signals import judgment_saved, judgments_imported as on_judgments_imported
 
         post_save.connect(judgment_saved, sender=Judgment, dispatch_uid="evaluation.judgment_saved")
+        judgments_imported.connect(on_judgments_imported, dispatch_uid="evaluation.judgments_imported")

@@ -26,12 +26,13 @@ How an export is built (:func:`build_export`)
        read-only, and a built export is never rebuilt: it is immutable.
 
 The weight rule (:data:`WEIGHT_RULE`)
-    Annotator weights ``w_j`` follow the one rule of :func:`evaluation.bias.annotator_weights`
-    (docs/quality.md): gold (or Dawid–Skene) accuracy scaled to [0, 1], times position-bias,
-    length-bias and speed factors, times an admin's manual weight, and 0 for excluded
-    annotators. They come from the quality dashboard's stored rows
-    (``evaluation.services.effective_weight``) when the project has them, else are computed
-    with the same function on the exported judgments. Then, per pair::
+    Annotator weights ``w_j`` are the effective weights of docs/quality.md
+    (``evaluation.services.effective_weight``): 0 for an excluded annotator, else an admin's
+    override, else the computed weight of :func:`evaluation.bias.annotator_weights` (gold or
+    Dawid–Skene accuracy scaled to [0, 1], times position-bias, length-bias and speed
+    factors). The computed weights are the quality dashboard's stored ones
+    (``AnnotatorQuality.weight``) when the project has them, else computed with the same
+    function on the exported judgments. Then, per pair::
 
         p_chosen = P(chosen better)  from the aggregation (majority: votes weighted by w_j)
         support  = sum_j w_j / n_judgments          mean annotator weight on the pair, in [0, 1]
@@ -95,12 +96,14 @@ CARD_FILE = "README.md"
 METADATA_FILE = "metadata.json"
 #: Rows of texts fetched and written per batch.
 CHUNK = 2000
+#: A temporary build folder untouched this long belongs to a killed worker and is removed.
+STALE_BUILD_S = 6 * 3600
 PSEUDONYM_PREFIX = "ann-"
 
 WEIGHT_RULE = """\
-w_j      = annotator j's weight by evaluation.bias.annotator_weights (docs/quality.md):
-           clip(2*accuracy - 1, 0, 1) * position factor * length factor * speed factor
-           * admin's manual weight; 0 for excluded annotators
+w_j      = annotator j's effective weight (docs/quality.md; evaluation.services.effective_weight):
+           0 if an admin excluded them, else the admin's override, else the computed weight
+           clip(2*accuracy - 1, 0, 1) * position * length * speed  (evaluation.bias.annotator_weights)
 p_chosen = P(chosen better) from the aggregation method (majority: votes weighted by w_j)
 support  = mean of w_j over the pair's judgments (in [0, 1])
 weight   = p_chosen * support          (tie / both-bad rows: p_tie * support)"""
@@ -1419,7 +1422,9 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "hf": "`hf/`: a Hugging Face `datasets` DatasetDict (`train`"
               + (" and `test`" if opts.test_fraction > 0 else "") + ") written with `save_to_disk`.",
         "csv": "`preferences.csv`: the same rows for spreadsheets; prompt, chosen and rejected are plain text.",
-        "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators), for your own aggregation.",
+        "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators) on the aggregated "
+                     "comparisons, for your own aggregation" + ("." if opts.include_gold else
+                                                                 " (gold comparisons left out)."),
     }
     L += [f"- {descr[f]}" for f in opts.formats]
     L += ["- `metadata.json`: options, counts, statistics, the file list with SHA-256 sums and the content hash.", ""]
@@ -1585,6 +1590,9 @@ def build_export(export: Export, *, out_dir: Path | None = None, progress: Progr
     if final.exists() and (not final.is_dir() or any(final.iterdir())) and out_dir is not None:
         raise ExportError(f"--out {final} exists and is not empty")
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.building-*"):  # left by a worker that was killed
+        if time.time() - stale.stat().st_mtime > STALE_BUILD_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.building-{secrets.token_hex(4)}"
     Export.objects.filter(pk=export.pk).update(
         status=JobStatus.RUNNING, started_at=timezone.now(), progress=0.0, error="", step="selecting"

@@ -1,4 +1,5 @@
 """Forms of the quality dashboard's admin actions."""
+
 from __future__ import annotations
 
 from django import forms

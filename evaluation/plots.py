@@ -5,11 +5,12 @@ string that is safe to put in a template with ``|safe``: every piece of text is 
 The charts scale with their container (``viewBox`` + ``width="100%"``) and carry a
 ``<title>`` and ``aria-label`` for screen readers.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from html import escape
-from typing import Iterable, Sequence
 
 # Colour-blind-safe palette (Okabe–Ito).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -39,7 +40,8 @@ def _open(width: int, height: int, title: str, css_class: str) -> str:
     t = escape(title)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {css_class}" viewBox="0 0 {width} {height}" '
-        f'width="100%" style="max-width: {width}px" preserveAspectRatio="xMinYMin meet" role="img" aria-label="{t}" '
+        f'width="100%" style="max-width: {width}px" preserveAspectRatio="xMinYMin meet" role="img" '
+        f'aria-label="{t}" '
         f'font-family="{escape(FONT)}"><title>{t}</title>'
     )
 
@@ -47,9 +49,8 @@ def _open(width: int, height: int, title: str, css_class: str) -> str:
 def _empty(width: int, height: int, title: str, css_class: str, message: str) -> str:
     return (
         _open(width, height, title, css_class)
-        + f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="#fafafa" stroke="{GRID}" rx="6"/>'
-        + _text(width / 2, height / 2, message, fill=AXIS, size=13)
-        + "</svg>"
+        + f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="#fafafa" stroke="{GRID}" '
+        'rx="6"/>' + _text(width / 2, height / 2, message, fill=AXIS, size=13) + "</svg>"
     )
 
 
@@ -121,7 +122,14 @@ def line_chart(
         )
     if y_label:
         out.append(
-            _text(14, top + ph / 2, y_label, size=11, fill=AXIS, extra=f' transform="rotate(-90 14 {_f(top + ph / 2)})"')
+            _text(
+                14,
+                top + ph / 2,
+                y_label,
+                size=11,
+                fill=AXIS,
+                extra=f' transform="rotate(-90 14 {_f(top + ph / 2)})"',
+            )
         )
     # x labels: at most ~10 shown so they never overlap.
     every = max(1, math.ceil(n / 10))
@@ -147,7 +155,8 @@ def line_chart(
                     if len(run) == 1:
                         j = run[0]
                         out.append(
-                            f'<line x1="{_f(x(j))}" x2="{_f(x(j))}" y1="{_f(y(low[j]))}" y2="{_f(y(high[j]))}" '
+                            f'<line x1="{_f(x(j))}" x2="{_f(x(j))}" y1="{_f(y(low[j]))}" '
+                            f'y2="{_f(y(high[j]))}" '
                             f'stroke="{color}" stroke-width="2" opacity="0.35"/>'
                         )
                     else:
@@ -165,7 +174,8 @@ def line_chart(
                 if low and high and _ok(low[i]) and _ok(high[i]):
                     tip += f" [{low[i]:.3f}, {high[i]:.3f}]"
                 out.append(
-                    f'<circle cx="{_f(x(i))}" cy="{_f(y(v))}" r="3" fill="{color}"><title>{escape(tip)}</title></circle>'
+                    f'<circle cx="{_f(x(i))}" cy="{_f(y(v))}" r="3" '
+                    f'fill="{color}"><title>{escape(tip)}</title></circle>'
                 )
     # Legend
     lx = left
@@ -218,7 +228,16 @@ def heatmap(
         cy = top + i * cell + cell / 2 + 4
         out.append(_text(left - 8, cy, name, anchor="end", size=11))
         cx = left + i * cell + cell / 2
-        out.append(_text(cx, top - 8, name, anchor="start", size=11, extra=f' transform="rotate(-40 {_f(cx)} {_f(top - 8)})"'))
+        out.append(
+            _text(
+                cx,
+                top - 8,
+                name,
+                anchor="start",
+                size=11,
+                extra=f' transform="rotate(-40 {_f(cx)} {_f(top - 8)})"',
+            )
+        )
     for i in range(n):
         for j in range(n):
             v = matrix[i][j]
@@ -238,7 +257,11 @@ def heatmap(
                 f'stroke="{GRID}"><title>{escape(tip)}</title></rect>'
             )
             dark = _ok(v) and float(v) / vmax > 0.55
-            out.append(_text(x0 + (cell - 2) / 2, y0 + cell / 2 + 3, label, size=11, fill="#ffffff" if dark else TEXT))
+            out.append(
+                _text(
+                    x0 + (cell - 2) / 2, y0 + cell / 2 + 3, label, size=11, fill="#ffffff" if dark else TEXT
+                )
+            )
     # Colour scale
     sx, sy, sh = left + n * cell + 24, top, n * cell - 2
     steps = 20
@@ -282,7 +305,10 @@ def interval_plot(
 
     out = [_open(width, height, title or "interval plot", css)]
     for t in _nice_ticks(x_min, x_max):
-        out.append(f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(rows)}" stroke="{GRID}"/>')
+        out.append(
+            f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(rows)}" '
+            f'stroke="{GRID}"/>'
+        )
         out.append(_text(x(t), top + row_h * len(rows) + 16, f"{t:g}", size=10, fill=AXIS))
     if threshold is not None:
         tx = x(threshold)
@@ -290,7 +316,9 @@ def interval_plot(
             f'<line x1="{_f(tx)}" x2="{_f(tx)}" y1="{top - 4}" y2="{top + row_h * len(rows)}" '
             f'stroke="{PALETTE[1]}" stroke-dasharray="4 3"/>'
         )
-        out.append(_text(tx, top + row_h * len(rows) + 30, f"threshold {threshold:g}", size=10, fill=PALETTE[1]))
+        out.append(
+            _text(tx, top + row_h * len(rows) + 30, f"threshold {threshold:g}", size=10, fill=PALETTE[1])
+        )
     for k, r in enumerate(rows):
         cy = top + row_h * k + row_h / 2
         color = PALETTE[1] if r.get("flagged") else PALETTE[0]
@@ -298,12 +326,16 @@ def interval_plot(
         lo, hi = r.get("low"), r.get("high")
         if _ok(lo) and _ok(hi):
             out.append(
-                f'<line x1="{_f(x(lo))}" x2="{_f(x(hi))}" y1="{_f(cy)}" y2="{_f(cy)}" stroke="{color}" stroke-width="2"/>'
+                f'<line x1="{_f(x(lo))}" x2="{_f(x(hi))}" y1="{_f(cy)}" y2="{_f(cy)}" stroke="{color}" '
+                'stroke-width="2"/>'
             )
         tip = f"{r['label']}: {r['value']:.3f}"
         if _ok(lo) and _ok(hi):
             tip += f" [{lo:.3f}, {hi:.3f}]"
-        out.append(f'<circle cx="{_f(x(r["value"]))}" cy="{_f(cy)}" r="4" fill="{color}"><title>{escape(tip)}</title></circle>')
+        out.append(
+            f'<circle cx="{_f(x(r["value"]))}" cy="{_f(cy)}" r="4" '
+            f'fill="{color}"><title>{escape(tip)}</title></circle>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -336,27 +368,41 @@ def bar_chart(
 
     out = [_open(width, height, title or "bar chart", css)]
     for t in _nice_ticks(0, x_max):
-        out.append(f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(labels)}" stroke="{GRID}"/>')
+        out.append(
+            f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(labels)}" '
+            f'stroke="{GRID}"/>'
+        )
         out.append(_text(x(t), top + row_h * len(labels) + 16, value_format.format(t), size=10, fill=AXIS))
-    for k, (name, v) in enumerate(zip(labels, values)):
+    for k, (name, v) in enumerate(zip(labels, values, strict=False)):
         y0 = top + row_h * k
         out.append(_text(left - 8, y0 + row_h / 2 + 4, name, anchor="end", size=11))
         if not _ok(v):
             continue
         out.append(
-            f'<rect x="{left}" y="{_f(y0 + 4)}" width="{_f(x(v) - left)}" height="{row_h - 8}" fill="{PALETTE[0]}" '
+            f'<rect x="{left}" y="{_f(y0 + 4)}" width="{_f(x(v) - left)}" height="{row_h - 8}" '
+            f'fill="{PALETTE[0]}" '
             f'opacity="0.85" rx="2"><title>{escape(f"{name}: {value_format.format(v)}")}</title></rect>'
         )
         if low is not None and high is not None and _ok(low[k]) and _ok(high[k]):
             cy = y0 + row_h / 2
             out.append(
-                f'<line x1="{_f(x(low[k]))}" x2="{_f(x(high[k]))}" y1="{_f(cy)}" y2="{_f(cy)}" stroke="{TEXT}" stroke-width="1.5"/>'
+                f'<line x1="{_f(x(low[k]))}" x2="{_f(x(high[k]))}" y1="{_f(cy)}" y2="{_f(cy)}" '
+                f'stroke="{TEXT}" stroke-width="1.5"/>'
             )
-        out.append(_text(max(x(v), x(high[k]) if high is not None and _ok(high[k]) else 0) + 6, y0 + row_h / 2 + 4,
-                         value_format.format(v), anchor="start", size=10, fill=AXIS))
+        out.append(
+            _text(
+                max(x(v), x(high[k]) if high is not None and _ok(high[k]) else 0) + 6,
+                y0 + row_h / 2 + 4,
+                value_format.format(v),
+                anchor="start",
+                size=10,
+                fill=AXIS,
+            )
+        )
     if reference is not None:
         out.append(
-            f'<line x1="{_f(x(reference))}" x2="{_f(x(reference))}" y1="{top}" y2="{top + row_h * len(labels)}" '
+            f'<line x1="{_f(x(reference))}" x2="{_f(x(reference))}" y1="{top}" '
+            f'y2="{top + row_h * len(labels)}" '
             f'stroke="{AXIS}" stroke-dasharray="4 3"/>'
         )
     out.append("</svg>")

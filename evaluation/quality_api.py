@@ -6,6 +6,7 @@ Every endpoint is thin: it checks the role (``annotate.permissions``), calls
 admins (as in ``GET /api/projects/{id}/gold/``): for researchers the aggregated labels leave
 out the gold comparisons.
 """
+
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
@@ -29,8 +30,12 @@ from .tasks import schedule_recompute
 AUTHENTICATION_CLASSES = sorted(
     api_settings.DEFAULT_AUTHENTICATION_CLASSES, key=lambda cls: issubclass(cls, SessionAuthentication)
 )
-PROJECT_PARAM = OpenApiParameter("project_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Project id.")
-USER_PARAM = OpenApiParameter("user_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="The annotator's user id.")
+PROJECT_PARAM = OpenApiParameter(
+    "project_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Project id."
+)
+USER_PARAM = OpenApiParameter(
+    "user_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="The annotator's user id."
+)
 DENIED = OpenApiResponse(description="Not signed in (401) or not allowed in this project (403).")
 MISSING = OpenApiResponse(description="No such project or annotator.")
 TAGS = ["quality"]
@@ -53,11 +58,15 @@ class QualityReportSerializer(serializers.Serializer):
     n_judgments = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
-    pending = serializers.DictField(allow_null=True, help_text="A queued or running recomputation: id, status, progress.")
+    pending = serializers.DictField(
+        allow_null=True, help_text="A queued or running recomputation: id, status, progress."
+    )
     data = serializers.DictField(
         allow_null=True,
-        help_text="Agreement (overall, per pool, between pools, each {value, low, high}), pool matrix, agreement "
-        "over time, aggregation summary, per-round model win rates. See evaluation.services.recompute_quality.",
+        help_text="Agreement (overall, per pool, between pools, each {value, low, high}), pool matrix, "
+        "agreement "
+        "over time, aggregation summary, per-round model win rates. See "
+        "evaluation.services.recompute_quality.",
     )
 
 
@@ -73,8 +82,12 @@ class AnnotatorQualitySerializer(serializers.Serializer):
     pool = serializers.CharField()
     excluded = serializers.BooleanField()
     weight_override = serializers.FloatField(allow_null=True)
-    computed_weight = serializers.FloatField(allow_null=True, help_text="From bias.annotator_weights (before overrides).")
-    weight = serializers.FloatField(help_text="Effective weight: 0 if excluded, else the override, else computed.")
+    computed_weight = serializers.FloatField(
+        allow_null=True, help_text="From bias.annotator_weights (before overrides)."
+    )
+    weight = serializers.FloatField(
+        help_text="Effective weight: 0 if excluded, else the override, else computed."
+    )
     n_judgments = serializers.IntegerField()
     n_gold = serializers.IntegerField()
     gold_accuracy = serializers.FloatField(allow_null=True)
@@ -115,7 +128,8 @@ class LabelSerializer(serializers.Serializer):
     n_judgments = serializers.IntegerField()
     is_gold = serializers.BooleanField(required=False, help_text="Admins only.")
     pool_disagreement = serializers.FloatField(
-        allow_null=True, help_text="Largest total-variation distance between two pools' vote shares (null: < 2 pools)."
+        allow_null=True,
+        help_text="Largest total-variation distance between two pools' vote shares (null: < 2 pools).",
     )
 
 
@@ -155,8 +169,17 @@ def _annotator_dict(row: services.AnnotatorRow) -> dict:
         **{
             name: g(name)
             for name in (
-                "gold_accuracy", "gold_accuracy_low", "gold_accuracy_high", "estimated_accuracy", "position_bias",
-                "position_bias_se", "length_bias", "length_bias_se", "tie_rate", "both_bad_rate", "median_seconds",
+                "gold_accuracy",
+                "gold_accuracy_low",
+                "gold_accuracy_high",
+                "estimated_accuracy",
+                "position_bias",
+                "position_bias_se",
+                "length_bias",
+                "length_bias_se",
+                "tie_rate",
+                "both_bad_rate",
+                "median_seconds",
             )
         },
         "flags": row.flags,
@@ -174,7 +197,9 @@ def _report_dict(report, pending) -> dict:
         "n_judgments": report.n_judgments if report else None,
         "created_at": report.created_at if report else None,
         "finished_at": report.finished_at if report else None,
-        "pending": {"id": pending.pk, "status": pending.status, "progress": pending.progress} if pending else None,
+        "pending": {"id": pending.pk, "status": pending.status, "progress": pending.progress}
+        if pending
+        else None,
         "data": report.data if report else None,
     }
 
@@ -188,7 +213,8 @@ class QualityReportView(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Latest quality report",
-        description="The newest finished computation of the project's agreement and annotator statistics, and any "
+        description="The newest finished computation of the project's agreement and annotator statistics, "
+        "and any "
         "queued or running recomputation. All fields are null before the first computation.",
         parameters=[PROJECT_PARAM],
         responses={200: QualityReportSerializer, 403: DENIED, 404: MISSING},
@@ -212,8 +238,10 @@ class QualityRecomputeView(_Api):
     )
     def post(self, request, project_pk: int):
         report = schedule_recompute(self.project, countdown=0)
-        return Response({"id": report.pk, "status": report.status, "progress": report.progress},
-                        status=status.HTTP_202_ACCEPTED)
+        return Response(
+            {"id": report.pk, "status": report.status, "progress": report.progress},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class AnnotatorQualityList(_Api):
@@ -223,7 +251,8 @@ class AnnotatorQualityList(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Annotator quality table",
-        description="One row per annotator: gold accuracy with its 95% credible interval, Dawid–Skene accuracy, "
+        description="One row per annotator: gold accuracy with its 95% credible interval, Dawid–Skene "
+        "accuracy, "
         "position and length bias, tie rate, speed, flags, and the computed and effective weights. "
         "`sort` is one of " + ", ".join(services.SORT_KEYS) + "; `dir` asc or desc.",
         parameters=[
@@ -237,8 +266,12 @@ class AnnotatorQualityList(_Api):
         sort = request.query_params.get("sort", "annotator")
         if sort not in services.SORT_KEYS:
             raise ValidationError({"sort": f"one of {', '.join(services.SORT_KEYS)}"})
-        rows = services.annotator_rows(self.project, services.latest_report(self.project), sort=sort,
-                                       descending=request.query_params.get("dir") == "desc")
+        rows = services.annotator_rows(
+            self.project,
+            services.latest_report(self.project),
+            sort=sort,
+            descending=request.query_params.get("dir") == "desc",
+        )
         data = [_annotator_dict(r) for r in rows]
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(data, request, view=self)
@@ -249,8 +282,11 @@ class AnnotatorQualityDetail(_Api):
     permission_classes = [ReaderOrAdminWrites]
 
     def _row(self, user_pk: int) -> services.AnnotatorRow:
-        rows = [r for r in services.annotator_rows(self.project, services.latest_report(self.project))
-                if r.user_id == int(user_pk)]
+        rows = [
+            r
+            for r in services.annotator_rows(self.project, services.latest_report(self.project))
+            if r.user_id == int(user_pk)
+        ]
         if not rows:
             raise NotFound("No such annotator in this project.")
         return rows[0]
@@ -267,12 +303,17 @@ class AnnotatorQualityDetail(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Exclude an annotator or override their weight",
-        description="Admins only. `excluded: true` stops the queue serving them (their judgments are kept and weigh "
+        description="Admins only. `excluded: true` stops the queue serving them (their judgments are kept "
+        "and weigh "
         "0); `weight_override` in [0, 1] replaces the computed weight, `null` clears it.",
         parameters=[PROJECT_PARAM, USER_PARAM],
         request=AnnotatorUpdateSerializer,
-        responses={200: AnnotatorQualitySerializer, 400: OpenApiResponse(description="Invalid values."),
-                   403: DENIED, 404: MISSING},
+        responses={
+            200: AnnotatorQualitySerializer,
+            400: OpenApiResponse(description="Invalid values."),
+            403: DENIED,
+            404: MISSING,
+        },
     )
     def patch(self, request, project_pk: int, user_pk: int):
         body = AnnotatorUpdateSerializer(data=request.data)
@@ -282,9 +323,11 @@ class AnnotatorQualityDetail(_Api):
             if "excluded" in body.validated_data:
                 services.set_excluded(self.project, int(user_pk), body.validated_data["excluded"])
             if "weight_override" in body.validated_data:
-                services.set_weight_override(self.project, int(user_pk), body.validated_data["weight_override"])
+                services.set_weight_override(
+                    self.project, int(user_pk), body.validated_data["weight_override"]
+                )
         except services.NotAMember as exc:
-            raise NotFound(str(exc))
+            raise NotFound(str(exc)) from None
         return Response(AnnotatorQualitySerializer(_annotator_dict(self._row(user_pk))).data)
 
 
@@ -295,35 +338,54 @@ class AggregatedLabelList(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Aggregated labels",
-        description="Per judged comparison: P(A better), P(B better), P(tie), the label, its confidence and how much "
+        description="Per judged comparison: P(A better), P(B better), P(tie), the label, its confidence "
+        "and how much "
         "the pools disagree, by the chosen aggregation method. Excluded annotators are left out; `majority` "
-        "weighs each vote by the annotator's effective weight. Gold comparisons (clamped to their answer) are "
+        "weighs each vote by the annotator's effective weight. Gold comparisons (clamped to their answer) "
+        "are "
         "listed for admins only.",
         parameters=[
             PROJECT_PARAM,
             OpenApiParameter("method", OpenApiTypes.STR, enum=list(METHODS), default="dawid_skene"),
-            OpenApiParameter("pool_balanced", OpenApiTypes.BOOL, default=False,
-                             description="Weight pools equally on each comparison rather than by headcount."),
+            OpenApiParameter(
+                "pool_balanced",
+                OpenApiTypes.BOOL,
+                default=False,
+                description="Weight pools equally on each comparison rather than by headcount.",
+            ),
             OpenApiParameter("round", OpenApiTypes.INT, many=True, description="Only these rounds."),
         ],
-        responses={200: LabelSerializer(many=True), 400: OpenApiResponse(description="Unknown method or round."),
-                   403: DENIED, 404: MISSING},
+        responses={
+            200: LabelSerializer(many=True),
+            400: OpenApiResponse(description="Unknown method or round."),
+            403: DENIED,
+            404: MISSING,
+        },
     )
     def get(self, request, project_pk: int):
         method = request.query_params.get("method", "dawid_skene")
         if method not in METHODS:
             raise ValidationError({"method": f"one of {', '.join(METHODS)}"})
-        pool_balanced = (request.query_params.get("pool_balanced") or "").lower() in {"1", "true", "yes", "on"}
+        pool_balanced = (request.query_params.get("pool_balanced") or "").lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+        }
         try:
             rounds = [int(r) for r in request.query_params.getlist("round")] or None
         except ValueError:
-            raise ValidationError({"round": "integers"})
+            raise ValidationError({"round": "integers"}) from None
         try:
-            labels = services.aggregated_labels(self.project, method, pool_balanced=pool_balanced, rounds=rounds)
+            labels = services.aggregated_labels(
+                self.project, method, pool_balanced=pool_balanced, rounds=rounds
+            )
         except ValueError as exc:
-            raise ValidationError({"detail": str(exc)})
+            raise ValidationError({"detail": str(exc)}) from None
         if self.project_role != Role.ADMIN:
-            labels = [{k: v for k, v in lab.items() if k != "is_gold"} for lab in labels if not lab["is_gold"]]
+            labels = [
+                {k: v for k, v in lab.items() if k != "is_gold"} for lab in labels if not lab["is_gold"]
+            ]
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(labels, request, view=self)
         return paginator.get_paginated_response(LabelSerializer(page, many=True).data)
@@ -336,7 +398,8 @@ class OwnAccuracyView(_Api):
         tags=TAGS,
         summary="My gold accuracy",
         description="The signed-in member's own gold accuracy, only when the project shows it "
-        "(`show_accuracy_after`) and they have answered enough calibration items. Never which items were gold.",
+        "(`show_accuracy_after`) and they have answered enough calibration items. Never which items were "
+        "gold.",
         parameters=[PROJECT_PARAM],
         responses={200: OwnAccuracySerializer, 403: DENIED, 404: MISSING},
     )

@@ -15,13 +15,14 @@ The weight the export and training use is :func:`effective_weight`: the computed
 (:func:`evaluation.bias.annotator_weights`), replaced by an admin's override when set, and 0
 for an excluded annotator. ``docs/quality.md`` writes the whole rule down.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -147,7 +148,9 @@ def to_judgments(table: JudgmentTable, pool_index: np.ndarray, *, a_left: bool =
 def _pool_groups(project: Project, table: JudgmentTable) -> tuple[np.ndarray, list[dict]]:
     """Dense pool index per worker (annotators without a pool share one group) and pool info."""
     names = dict(Pool.objects.filter(project=project).values_list("pk", "name"))
-    pool_ids = sorted({int(p) for p in table.worker_pool.tolist()}, key=lambda p: (p < 0, names.get(p, ""), p))
+    pool_ids = sorted(
+        {int(p) for p in table.worker_pool.tolist()}, key=lambda p: (p < 0, names.get(p, ""), p)
+    )
     index_of = {p: i for i, p in enumerate(pool_ids)}
     pool_index = np.array([index_of[int(p)] for p in table.worker_pool], dtype=np.int64)
     info = []
@@ -214,7 +217,9 @@ def recompute_quality(
     step(0.02, "Loading judgments")
     table = load_judgments(project)
     pool_index, pools = _pool_groups(project, table)
-    excluded_ids = set(Membership.objects.filter(project=project, excluded=True).values_list("user_id", flat=True))
+    excluded_ids = set(
+        Membership.objects.filter(project=project, excluded=True).values_list("user_id", flat=True)
+    )
     excluded = np.array([int(u) in excluded_ids for u in table.annotator_ids], dtype=bool)
 
     data: dict[str, Any] = {
@@ -223,9 +228,7 @@ def recompute_quality(
         "n_items": table.n_items,
         "n_annotators": table.n_workers,
         "n_gold_items": int((table.gold >= 0).sum()),
-        "settings": {
-            name.removeprefix("PREFLOOP_QUALITY_").lower(): knob(name) for name in DEFAULTS
-        }
+        "settings": {name.removeprefix("PREFLOOP_QUALITY_").lower(): knob(name) for name in DEFAULTS}
         | {"gold_prior": list(GOLD_PRIOR)},
         "pools": pools,
     }
@@ -300,12 +303,18 @@ def _annotator_stats(table: JudgmentTable, j: Judgments, consensus, excluded: np
     pos = bias.position_bias(j, consensus, level)
     lb = bias.length_bias(j, consensus, level)
     # The computed weight leaves exclusion and overrides to effective_weight().
-    weights = bias.annotator_weights(j, consensus=consensus, ds_accuracy=consensus.accuracy, min_gold=min_gold,
-                                     level=level)
+    weights = bias.annotator_weights(
+        j, consensus=consensus, ds_accuracy=consensus.accuracy, min_gold=min_gold, level=level
+    )
     if not order_known.all():
         # No position factor where the display order is unknown (not identifiable).
-        blind = bias.annotator_weights(to_judgments(table, j.pool, a_left=False), consensus=consensus,
-                                       ds_accuracy=consensus.accuracy, min_gold=min_gold, level=level)
+        blind = bias.annotator_weights(
+            to_judgments(table, j.pool, a_left=False),
+            consensus=consensus,
+            ds_accuracy=consensus.accuracy,
+            min_gold=min_gold,
+            level=level,
+        )
         for name in ("weight", "position_factor"):
             getattr(weights, name)[~order_known] = getattr(blind, name)[~order_known]
 
@@ -325,8 +334,10 @@ def _annotator_stats(table: JudgmentTable, j: Judgments, consensus, excluded: np
             flags.append("length_bias")
         if bool(spd.too_fast[w]):
             flags.append("too_fast")
-        if n_judgments[w] >= 10 and _num(prop.tie_low[w]) is not None and prop.tie_low[w] > max(
-            0.5, 2 * prop.project_tie_rate
+        if (
+            n_judgments[w] >= 10
+            and _num(prop.tie_low[w]) is not None
+            and prop.tie_low[w] > max(0.5, 2 * prop.project_tie_rate)
         ):
             flags.append("tie_heavy")
         if excluded[w]:
@@ -453,7 +464,7 @@ def _over_time(project: Project, table: JudgmentTable, j: Judgments) -> dict:
         # Weeks start on Monday; 1970-01-01 was a Thursday (day 0), so Monday is day -3.
         week = (days + 3) // 7
         for wk in np.unique(week):
-            start = datetime.fromtimestamp(float(wk * 7 - 3) * 86400, tz=dt_timezone.utc)
+            start = datetime.fromtimestamp(float(wk * 7 - 3) * 86400, tz=UTC)
             end = start + timedelta(days=7)
             groups.append((start.strftime("%d %b %Y"), start.isoformat(), end.isoformat(), multi[week == wk]))
     else:
@@ -508,7 +519,9 @@ def _rounds(table: JudgmentTable, consensus) -> list[dict]:
         a = np.array([index[n] for n in ma[sel]], dtype=np.int64)
         b = np.array([index[n] for n in mb[sel]], dtype=np.int64)
         s = score[sel]
-        bt = ranking.bradley_terry(a, b, s, n_models=len(names), n_boot=int(knob("PREFLOOP_QUALITY_BOOTSTRAP_BT")))
+        bt = ranking.bradley_terry(
+            a, b, s, n_models=len(names), n_boot=int(knob("PREFLOOP_QUALITY_BOOTSTRAP_BT"))
+        )
         models = []
         for i, name in enumerate(names):
             mine = np.concatenate([s[a == i], 1 - s[b == i]])
@@ -673,18 +686,31 @@ class AnnotatorRow:
 
 
 SORT_KEYS = (
-    "annotator", "pool", "n_judgments", "gold_accuracy", "estimated_accuracy", "position_bias", "length_bias",
-    "tie_rate", "median_seconds", "weight", "flags",
+    "annotator",
+    "pool",
+    "n_judgments",
+    "gold_accuracy",
+    "estimated_accuracy",
+    "position_bias",
+    "length_bias",
+    "tie_rate",
+    "median_seconds",
+    "weight",
+    "flags",
 )
 
 
-def annotator_rows(project: Project, report: QualityReport | None = None, sort: str = "annotator",
-                   descending: bool = False) -> list[AnnotatorRow]:
+def annotator_rows(
+    project: Project, report: QualityReport | None = None, sort: str = "annotator", descending: bool = False
+) -> list[AnnotatorRow]:
     """Annotator members and anyone with computed quality, sorted by ``sort``."""
     memberships = {
         m.user_id: m for m in Membership.objects.filter(project=project).select_related("user", "pool")
     }
-    qualities = {q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project).select_related("annotator")}
+    qualities = {
+        q.annotator_id: q
+        for q in AnnotatorQuality.objects.filter(project=project).select_related("annotator")
+    }
     extras = (report.data.get("annotators") or {}) if report is not None else {}
     rows = []
     for uid in set(qualities) | {u for u, m in memberships.items() if m.role == Role.ANNOTATOR}:
@@ -712,7 +738,9 @@ def annotator_rows(project: Project, report: QualityReport | None = None, sort: 
 def latest_report(project: Project) -> QualityReport | None:
     """The newest finished (succeeded) report."""
     return (
-        QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
+        QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED)
+        .order_by("-finished_at", "-pk")
+        .first()
     )
 
 
@@ -763,7 +791,9 @@ def annotator_own_accuracy(user, project: Project) -> OwnAccuracy:
     """
     threshold = project.show_accuracy_after
     if threshold is None:
-        return OwnAccuracy(enabled=False, visible=False, reason="This project does not show accuracy to annotators.")
+        return OwnAccuracy(
+            enabled=False, visible=False, reason="This project does not show accuracy to annotators."
+        )
     n_gold = Judgment.objects.filter(
         project=project, annotator=user, comparison__in=GoldAnswer.objects.values("comparison_id")
     ).count()
@@ -791,8 +821,13 @@ def annotator_own_accuracy(user, project: Project) -> OwnAccuracy:
 # --------------------------------------------------------------------------- aggregated labels
 
 
-def aggregated_labels(project: Project, method: str = "dawid_skene", *, pool_balanced: bool = False,
-                      rounds: list[int] | None = None) -> list[dict]:
+def aggregated_labels(
+    project: Project,
+    method: str = "dawid_skene",
+    *,
+    pool_balanced: bool = False,
+    rounds: list[int] | None = None,
+) -> list[dict]:
     """Per judged comparison: P(A), P(B), P(tie), the label, its confidence and the pools' spread.
 
     Excluded annotators are left out; for ``majority`` each vote counts with the annotator's

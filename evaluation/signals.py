@@ -6,6 +6,7 @@ always sees the row; with ``settings.PREFLOOP_AUTO_QUALITY = False`` the handler
 nothing. Bulk writes (``bulk_create``, e.g. imports) send no ``post_save``: their callers
 should call :func:`evaluation.tasks.schedule_recompute` once when they are done.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,3 +20,8 @@ def judgment_saved(sender, instance, created: bool, raw: bool = False, **kwargs)
     if not created or raw or not auto_quality_enabled():
         return
     transaction.on_commit(partial(schedule_after_judgment, instance.project_id))
+
+
+def judgments_imported(sender, project, count: int, **kwargs) -> None:
+    if count and auto_quality_enabled():
+        transaction.on_commit(partial(schedule_after_judgment, project.pk))

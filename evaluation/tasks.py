@@ -12,6 +12,7 @@ next one, so the last judgment is always covered. The countdown
 (``settings.PREFLOOP_QUALITY_DEBOUNCE_S``, default 30 s) lets a burst of judgments collapse
 into one computation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,9 @@ def recompute_quality_task(self, report_id: int) -> str:
     from .services import recompute_quality
 
     with transaction.atomic():
-        report = QualityReport.objects.select_for_update().filter(pk=report_id).select_related("project").first()
+        report = (
+            QualityReport.objects.select_for_update().filter(pk=report_id).select_related("project").first()
+        )
         if report is None:
             log.info("quality report %s no longer exists", report_id)
             return "missing"
@@ -87,7 +90,9 @@ def schedule_recompute(project: Project | int, *, countdown: int | None = None) 
     with transaction.atomic():
         # Serializes schedulers of one project (PostgreSQL row lock; SQLite writes are serial).
         Project.objects.select_for_update().filter(pk=project_id).values_list("pk", flat=True).first()
-        queued = QualityReport.objects.filter(project_id=project_id, status=JobStatus.QUEUED).order_by("-created_at")
+        queued = QualityReport.objects.filter(project_id=project_id, status=JobStatus.QUEUED).order_by(
+            "-created_at"
+        )
         report = queued.first()
         if report is not None:
             resend = countdown == 0 or report.created_at < now - timedelta(seconds=STALE_QUEUED_S)
@@ -102,6 +107,9 @@ def schedule_recompute(project: Project | int, *, countdown: int | None = None) 
 def schedule_after_judgment(project_id: int) -> None:
     """``transaction.on_commit`` target of the Judgment signal: best effort, never raises."""
     if not auto_quality_enabled():
+        return
+    # Fast path, one indexed read and no lock: a queued report will already see this judgment.
+    if QualityReport.objects.filter(project_id=project_id, status=JobStatus.QUEUED).exists():
         return
     try:
         schedule_recompute(project_id)

@@ -4,6 +4,7 @@ Each view checks the role (:func:`annotate.roles.project_for`), calls one servic
 :mod:`evaluation.services` / :mod:`evaluation.tasks`, and renders. HTMX requests get partials:
 the annotator table (sorting), one table row (admin actions), the progress box (polling).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,38 @@ COLUMNS = (
     ("annotator", "Annotator", False, ""),
     ("pool", "Pool", False, ""),
     ("n_judgments", "Judgments", True, "Judgments by this annotator in the project"),
-    ("gold_accuracy", "Gold accuracy", True, "Beta-posterior mean of accuracy on gold items, with 95% credible interval"),
-    ("estimated_accuracy", "DS accuracy", True, "Accuracy estimated by Dawid–Skene from agreement with others"),
-    ("position_bias", "Position bias", True, "P(pick the left response) − ½, ± 95% interval; n/a when display order is unknown"),
-    ("length_bias", "Length bias", True, "How much more often they pick the longer response than the consensus does"),
+    (
+        "gold_accuracy",
+        "Gold accuracy",
+        True,
+        "Beta-posterior mean of accuracy on gold items, with 95% credible interval",
+    ),
+    (
+        "estimated_accuracy",
+        "DS accuracy",
+        True,
+        "Accuracy estimated by Dawid–Skene from agreement with others",
+    ),
+    (
+        "position_bias",
+        "Position bias",
+        True,
+        "P(pick the left response) − ½, ± 95% interval; n/a when display order is unknown",
+    ),
+    (
+        "length_bias",
+        "Length bias",
+        True,
+        "How much more often they pick the longer response than the consensus does",
+    ),
     ("tie_rate", "Tie rate", True, "Share of tie or both-bad judgments"),
     ("median_seconds", "Speed", True, "Median seconds per judgment"),
-    ("weight", "Weight", True, "Effective weight in exports and training (override, else computed; 0 if excluded)"),
+    (
+        "weight",
+        "Weight",
+        True,
+        "Effective weight in exports and training (override, else computed; 0 if excluded)",
+    ),
     ("flags", "Flags", False, ""),
 )
 
@@ -74,8 +100,18 @@ def stat_view(stat: dict | None, digits: int = 2) -> dict:
 
 def _row_view(row: services.AnnotatorRow) -> dict:
     q, x = row.quality, row.extras or {}
-    cells: dict = {"gold": "—", "gold_ci": "", "gold_n": "", "ds": "—", "pos": "—", "pos_ci": "", "len": "—",
-                   "len_ci": "", "tie": "—", "speed": "—"}
+    cells: dict = {
+        "gold": "—",
+        "gold_ci": "",
+        "gold_n": "",
+        "ds": "—",
+        "pos": "—",
+        "pos_ci": "",
+        "len": "—",
+        "len_ci": "",
+        "tie": "—",
+        "speed": "—",
+    }
     if q is not None:
         if q.gold_accuracy is not None:
             cells["gold"] = fmt_pct(q.gold_accuracy)
@@ -99,7 +135,9 @@ def _row_view(row: services.AnnotatorRow) -> dict:
     if q is not None:
         why.append(f"computed {q.weight:.2f}")
         if x.get("accuracy_source"):
-            why.append(f"accuracy {fmt(x.get('accuracy_used'))} from {x['accuracy_source'].replace('_', '–')}")
+            why.append(
+                f"accuracy {fmt(x.get('accuracy_used'))} from {x['accuracy_source'].replace('_', '–')}"
+            )
         for name in ("base", "position", "length", "speed"):
             if _ok(factors.get(name)):
                 why.append(f"{name} ×{factors[name]:.2f}")
@@ -149,7 +187,9 @@ def _charts(report: QualityReport | None, rows: list[services.AnnotatorRow]) -> 
     pool_labels = matrix.get("labels") or []
     if len(pool_labels) >= 2 and matrix.get("disagreement") is not None:
         charts["heatmap"] = plots.heatmap(
-            pool_labels, matrix["disagreement"], counts=matrix.get("n_pairs"),
+            pool_labels,
+            matrix["disagreement"],
+            counts=matrix.get("n_pairs"),
             title="Disagreement between pools (1 − raw agreement of vote pairs)",
         )
     else:
@@ -166,8 +206,11 @@ def _charts(report: QualityReport | None, rows: list[services.AnnotatorRow]) -> 
         for r in sorted(rows, key=lambda r: r.username.lower())
         if r.quality is not None and r.quality.gold_accuracy is not None
     ]
-    charts["gold"] = plots.interval_plot(gold_rows, title="Gold accuracy with 95% credible interval",
-                                         threshold=min_acc) if gold_rows else ""
+    charts["gold"] = (
+        plots.interval_plot(gold_rows, title="Gold accuracy with 95% credible interval", threshold=min_acc)
+        if gold_rows
+        else ""
+    )
     rounds = []
     for rnd in sorted(data.get("rounds") or [], key=lambda r: -r["round"]):
         models = rnd["models"]
@@ -179,7 +222,9 @@ def _charts(report: QualityReport | None, rows: list[services.AnnotatorRow]) -> 
                     {
                         **m,
                         "win_rate_str": fmt_pct(m.get("win_rate")),
-                        "ci": f"{fmt_pct(m.get('low'))}–{fmt_pct(m.get('high'))}" if _ok(m.get("low")) else "",
+                        "ci": f"{fmt_pct(m.get('low'))}–{fmt_pct(m.get('high'))}"
+                        if _ok(m.get("low"))
+                        else "",
                         "elo_str": f"{m['elo']:+.0f}" if _ok(m.get("elo")) else "—",
                     }
                     for m in models
@@ -233,7 +278,9 @@ def _agreement_view(data: dict) -> dict:
                 {
                     "a": labels[i],
                     "b": labels[k],
-                    "raw": stat_view({"value": value, "low": between["low"][i][k], "high": between["high"][i][k]}),
+                    "raw": stat_view(
+                        {"value": value, "low": between["low"][i][k], "high": between["high"][i][k]}
+                    ),
                     "n_pairs": between["n_pairs"][i][k],
                 }
             )
@@ -258,8 +305,17 @@ def _table_context(request, project, role, report) -> dict:
     for key, label, numeric, tip in COLUMNS:
         active = key == sort
         next_dir = "asc" if active and descending else ("desc" if active or numeric else "asc")
-        headers.append({"key": key, "label": label, "numeric": numeric, "tip": tip, "active": active,
-                        "descending": descending, "next_dir": next_dir})
+        headers.append(
+            {
+                "key": key,
+                "label": label,
+                "numeric": numeric,
+                "tip": tip,
+                "active": active,
+                "descending": descending,
+                "next_dir": next_dir,
+            }
+        )
     return {
         "project": project,
         "role": role,
@@ -292,7 +348,8 @@ def quality_dashboard(request, pk: int):
         "agreement": _agreement_view(data),
         "charts": _charts(report, table["rows"]),
         "aggregation": data.get("aggregation") or {},
-        "thresholds": data.get("settings") or {
+        "thresholds": data.get("settings")
+        or {
             name.removeprefix("PREFLOOP_QUALITY_").lower(): services.knob(name) for name in services.DEFAULTS
         },
         "flag_labels": services.FLAG_LABELS,
@@ -338,8 +395,14 @@ def _after_action(request, project, user_id: int, *, error: str = "", ok: str = 
         return render(
             request,
             "evaluation/quality_row.html",
-            {"project": project, "role": role, "is_admin": role == Role.ADMIN, "rv": _row_view(rows[0]),
-             "row_error": error, "row_ok": ok},
+            {
+                "project": project,
+                "role": role,
+                "is_admin": role == Role.ADMIN,
+                "rv": _row_view(rows[0]),
+                "row_error": error,
+                "row_ok": ok,
+            },
         )
     if error:
         messages.error(request, error)
@@ -353,10 +416,13 @@ def _set_excluded(request, pk: int, user_id: int, excluded: bool):
     try:
         m = services.set_excluded(project, user_id, excluded)
     except services.NotAMember as exc:
-        raise Http404(str(exc))
+        raise Http404(str(exc)) from None
     name = m.user.get_username()
-    msg = (f"{name} is excluded: no new items are served to them; their judgments are kept and weigh 0."
-           if excluded else f"{name} is included again.")
+    msg = (
+        f"{name} is excluded: no new items are served to them; their judgments are kept and weigh 0."
+        if excluded
+        else f"{name} is included again."
+    )
     return _after_action(request, project, user_id, ok=msg)
 
 
@@ -384,9 +450,10 @@ def quality_override(request, pk: int, user_id: int):
     try:
         m = services.set_weight_override(project, user_id, form.cleaned_data["weight"])
     except services.NotAMember as exc:
-        raise Http404(str(exc))
-    return _after_action(request, project, user_id,
-                         ok=f"{m.user.get_username()}'s weight is set to {m.weight_override:.2f}.")
+        raise Http404(str(exc)) from None
+    return _after_action(
+        request, project, user_id, ok=f"{m.user.get_username()}'s weight is set to {m.weight_override:.2f}."
+    )
 
 
 @login_required
@@ -396,9 +463,13 @@ def quality_clear_override(request, pk: int, user_id: int):
     try:
         m = services.set_weight_override(project, user_id, None)
     except services.NotAMember as exc:
-        raise Http404(str(exc))
-    return _after_action(request, project, user_id,
-                         ok=f"{m.user.get_username()}'s weight override is cleared; the computed weight applies.")
+        raise Http404(str(exc)) from None
+    return _after_action(
+        request,
+        project,
+        user_id,
+        ok=f"{m.user.get_username()}'s weight override is cleared; the computed weight applies.",
+    )
 
 
 # --------------------------------------------------------------------------- annotator's own
@@ -410,8 +481,15 @@ def my_quality(request, pk: int):
     project = project_for(request.user, pk, *ALL_ROLES)
     role = role_of(request.user, project)
     own = services.annotator_own_accuracy(request.user, project)
-    context = {"project": project, "role": role, "tab": "my_quality", "own": own,
-               "accuracy": fmt_pct(own.accuracy), "low": fmt_pct(own.low), "high": fmt_pct(own.high)}
+    context = {
+        "project": project,
+        "role": role,
+        "tab": "my_quality",
+        "own": own,
+        "accuracy": fmt_pct(own.accuracy),
+        "low": fmt_pct(own.low),
+        "high": fmt_pct(own.high),
+    }
     if request.htmx:
         return render(request, "evaluation/quality_mine_card.html", context)
     return render(request, "evaluation/quality_mine.html", context)

@@ -202,6 +202,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 
 # prefloop
+# Recompute annotator quality (debounced Celery task) after new judgments.
+PREFLOOP_AUTO_QUALITY = env_bool("PREFLOOP_AUTO_QUALITY", True)
+PREFLOOP_QUALITY_DEBOUNCE_S = int(os.environ.get("PREFLOOP_QUALITY_DEBOUNCE_S", "30"))
 PREFLOOP_MAX_IMPORT_LINE_BYTES = int(os.environ.get("PREFLOOP_MAX_IMPORT_LINE_BYTES", str(1024 * 1024)))
 PREFLOOP_MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", DATA_DIR / "models"))
 PREFLOOP_EXPORTS_DIR = Path(os.environ.get("PREFLOOP_EXPORTS_DIR", DATA_DIR / "exports"))

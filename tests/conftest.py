@@ -28,3 +28,5 @@ def _isolated_data_dirs(request, tmp_path):
     settings.PREFLOOP_RUNS_DIR = tmp_path / "runs"
     settings.PREFLOOP_MODELS_DIR = tmp_path / "models"
     settings.MEDIA_ROOT = tmp_path / "media"
+    # Tests that want the automatic quality recomputation switch it on themselves.
+    settings.PREFLOOP_AUTO_QUALITY = False

@@ -33,5 +33,14 @@ class GenerationSampleAdmin(admin.ModelAdmin):
 
 @admin.register(models.SamplingJob)
 class SamplingJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "project", "model_version", "compare_to", "round", "status", "n_created", "created_at")
+    list_display = (
+        "id",
+        "project",
+        "model_version",
+        "compare_to",
+        "round",
+        "status",
+        "n_created",
+        "created_at",
+    )
     list_filter = ("project", "status")

@@ -6,6 +6,7 @@ calls one function of ``training.services`` -- the same ones the pages call.
   annotators get 403.
 * Errors: 400 with ``{"field": ["message"]}`` or ``{"detail": ...}``, nothing created.
 """
+
 from __future__ import annotations
 
 from django.db.models import Q
@@ -37,7 +38,9 @@ from .models import (
     TrainingRun,
 )
 
-RUN_PARAM = OpenApiParameter("run_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Training run id.")
+RUN_PARAM = OpenApiParameter(
+    "run_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Training run id."
+)
 BAD = OpenApiResponse(description="Invalid input; nothing was created.")
 
 
@@ -55,14 +58,27 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "name", "path", "parent", "is_adapter", "training_run", "project", "round", "description",
-                  "metrics", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "path",
+            "parent",
+            "is_adapter",
+            "training_run",
+            "project",
+            "round",
+            "description",
+            "metrics",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
 class RegisterModelSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    path = serializers.CharField(max_length=1000, help_text="Absolute path of a local Hugging Face model folder.")
+    path = serializers.CharField(
+        max_length=1000, help_text="Absolute path of a local Hugging Face model folder."
+    )
     parent = serializers.CharField(required=False, allow_blank=True, help_text="Name of the parent version.")
     description = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -75,9 +91,30 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TrainingRun
-        fields = ["id", "project", "export", "recipe", "base_model", "hyperparameters", "status", "progress", "step",
-                  "total_steps", "eta_seconds", "cancel_requested", "error", "summary", "device", "output_model",
-                  "out_dir", "attempts", "created_by", "created_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "project",
+            "export",
+            "recipe",
+            "base_model",
+            "hyperparameters",
+            "status",
+            "progress",
+            "step",
+            "total_steps",
+            "eta_seconds",
+            "cancel_requested",
+            "error",
+            "summary",
+            "device",
+            "output_model",
+            "out_dir",
+            "attempts",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 
@@ -95,10 +132,12 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
 class LaunchRunSerializer(serializers.Serializer):
     recipe = serializers.ChoiceField(choices=Recipe.choices, default=Recipe.SFT_DPO)
     base_model = serializers.CharField(help_text="Name (or id) of a registered model version.")
-    export = serializers.IntegerField(required=False, allow_null=True,
-                                      help_text="A built export of the project; omit to build a fresh one.")
-    hyperparameters = serializers.DictField(required=False, default=dict,
-                                            help_text="TrainConfig fields, e.g. {\"lr\": 1e-5, \"max_steps\": 200}.")
+    export = serializers.IntegerField(
+        required=False, allow_null=True, help_text="A built export of the project; omit to build a fresh one."
+    )
+    hyperparameters = serializers.DictField(
+        required=False, default=dict, help_text='TrainConfig fields, e.g. {"lr": 1e-5, "max_steps": 200}.'
+    )
 
 
 class MetricSerializer(serializers.ModelSerializer):
@@ -118,15 +157,28 @@ class GenerationSampleSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GenerationSample
-        fields = ["id", "model_version", "run", "prompt", "max_new_tokens", "output", "status", "error", "created_at",
-                  "finished_at"]
+        fields = [
+            "id",
+            "model_version",
+            "run",
+            "prompt",
+            "max_new_tokens",
+            "output",
+            "status",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 
 class SampleRoundRequestSerializer(serializers.Serializer):
     n_prompts = serializers.IntegerField(min_value=1, max_value=10_000, default=20)
-    against = serializers.ChoiceField(choices=["parent", "self"], default="parent",
-                                      help_text="'parent': new model vs. its base; 'self': two samples.")
+    against = serializers.ChoiceField(
+        choices=["parent", "self"],
+        default="parent",
+        help_text="'parent': new model vs. its base; 'self': two samples.",
+    )
     max_new_tokens = serializers.IntegerField(min_value=1, max_value=512, default=64)
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.8)
 
@@ -138,8 +190,21 @@ class SamplingJobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SamplingJob
-        fields = ["id", "project", "model_version", "compare_to", "run", "n_prompts", "round", "status", "progress",
-                  "n_created", "error", "created_at", "finished_at"]
+        fields = [
+            "id",
+            "project",
+            "model_version",
+            "compare_to",
+            "run",
+            "n_prompts",
+            "round",
+            "status",
+            "progress",
+            "n_created",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 
@@ -162,14 +227,23 @@ def _model_by_name_or_id(value: str, project) -> ModelVersion:
 
 
 @extend_schema_view(
-    get=extend_schema(tags=["training"], summary="Training runs of a project", parameters=[PROJECT_PARAM],
-                      description="Admins and researchers.",
-                      responses={200: TrainingRunSerializer(many=True), 403: DENIED, 404: MISSING}),
-    post=extend_schema(tags=["training"], summary="Launch a training run", parameters=[PROJECT_PARAM],
-                       description="Project admins only. Validated before any compute (hyperparameters against "
-                                   "TrainConfig, the base model folder, the export's size, prompt lengths); then "
-                                   "queued on the gpu worker.",
-                       request=LaunchRunSerializer, responses={201: TrainingRunSerializer, 400: BAD, 403: DENIED}),
+    get=extend_schema(
+        tags=["training"],
+        summary="Training runs of a project",
+        parameters=[PROJECT_PARAM],
+        description="Admins and researchers.",
+        responses={200: TrainingRunSerializer(many=True), 403: DENIED, 404: MISSING},
+    ),
+    post=extend_schema(
+        tags=["training"],
+        summary="Launch a training run",
+        parameters=[PROJECT_PARAM],
+        description="Project admins only. Validated before any compute (hyperparameters against "
+        "TrainConfig, the base model folder, the export's size, prompt lengths); then "
+        "queued on the gpu worker.",
+        request=LaunchRunSerializer,
+        responses={201: TrainingRunSerializer, 400: BAD, 403: DENIED},
+    ),
 )
 class RunListCreate(ApiView, generics.ListAPIView):
     permission_classes = [ReaderOrAdminWrites]
@@ -178,8 +252,9 @@ class RunListCreate(ApiView, generics.ListAPIView):
     def get_queryset(self):
         if self.fake:
             return TrainingRun.objects.none()
-        return TrainingRun.objects.filter(project=self.project).select_related("base_model", "output_model",
-                                                                                "created_by")
+        return TrainingRun.objects.filter(project=self.project).select_related(
+            "base_model", "output_model", "created_by"
+        )
 
     def post(self, request, project_pk: int):
         data = LaunchRunSerializer(data=request.data)
@@ -192,25 +267,36 @@ class RunListCreate(ApiView, generics.ListAPIView):
             if export is None:
                 raise ValidationError({"export": [f"no export {values['export']} in this project"]})
         try:
-            run = services.launch_run(self.project, base_model=base, recipe=values["recipe"], export=export,
-                                      hyperparameters=values.get("hyperparameters") or {},
-                                      created_by=request.user)
+            run = services.launch_run(
+                self.project,
+                base_model=base,
+                recipe=values["recipe"],
+                export=export,
+                hyperparameters=values.get("hyperparameters") or {},
+                created_by=request.user,
+            )
         except services.TrainingError as exc:
             _raise(exc)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
 def _run(view, run_pk: int) -> TrainingRun:
-    run = TrainingRun.objects.filter(pk=run_pk, project=view.project).select_related(
-        "base_model", "output_model", "created_by").first()
+    run = (
+        TrainingRun.objects.filter(pk=run_pk, project=view.project)
+        .select_related("base_model", "output_model", "created_by")
+        .first()
+    )
     if run is None:
         raise NotFound("No such run in this project.")
     return run
 
 
-@extend_schema(tags=["training"], summary="A training run (status, progress, summary, log tail)",
-               parameters=[PROJECT_PARAM, RUN_PARAM],
-               responses={200: TrainingRunDetailSerializer, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="A training run (status, progress, summary, log tail)",
+    parameters=[PROJECT_PARAM, RUN_PARAM],
+    responses={200: TrainingRunDetailSerializer, 403: DENIED, 404: MISSING},
+)
 class RunDetail(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -218,11 +304,17 @@ class RunDetail(ApiView):
         return Response(TrainingRunDetailSerializer(_run(self, run_pk)).data)
 
 
-@extend_schema(tags=["training"], summary="A run's metrics time series",
-               description="One row per logged step. `since` returns only steps after it (for polling).",
-               parameters=[PROJECT_PARAM, RUN_PARAM,
-                           OpenApiParameter("since", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False)],
-               responses={200: MetricSerializer(many=True), 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="A run's metrics time series",
+    description="One row per logged step. `since` returns only steps after it (for polling).",
+    parameters=[
+        PROJECT_PARAM,
+        RUN_PARAM,
+        OpenApiParameter("since", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False),
+    ],
+    responses={200: MetricSerializer(many=True), 403: DENIED, 404: MISSING},
+)
 class RunMetrics(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -238,10 +330,14 @@ class RunMetrics(ApiView):
         return Response(MetricSerializer(qs, many=True).data)
 
 
-@extend_schema(tags=["training"], summary="Cancel a run",
-               description="Project admins only. The run stops before its next step and keeps its last checkpoint.",
-               request=None, parameters=[PROJECT_PARAM, RUN_PARAM],
-               responses={200: TrainingRunSerializer, 400: BAD, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="Cancel a run",
+    description="Project admins only. The run stops before its next step and keeps its last checkpoint.",
+    request=None,
+    parameters=[PROJECT_PARAM, RUN_PARAM],
+    responses={200: TrainingRunSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+)
 class RunCancel(ApiView):
     permission_classes = [IsProjectAdmin]
 
@@ -253,10 +349,14 @@ class RunCancel(ApiView):
         return Response(TrainingRunSerializer(run).data)
 
 
-@extend_schema(tags=["training"], summary="Generate a sample from a run's output model",
-               description="Admins and researchers. Queued on the gpu worker; poll the returned sample.",
-               request=SampleRequestSerializer, parameters=[PROJECT_PARAM, RUN_PARAM],
-               responses={202: GenerationSampleSerializer, 400: BAD, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="Generate a sample from a run's output model",
+    description="Admins and researchers. Queued on the gpu worker; poll the returned sample.",
+    request=SampleRequestSerializer,
+    parameters=[PROJECT_PARAM, RUN_PARAM],
+    responses={202: GenerationSampleSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+)
 class RunSample(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -267,17 +367,24 @@ class RunSample(ApiView):
         data = SampleRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            sample = services.request_sample(run.output_model, data.validated_data["prompt"], run=run,
-                                             user=request.user,
-                                             max_new_tokens=data.validated_data["max_new_tokens"])
+            sample = services.request_sample(
+                run.output_model,
+                data.validated_data["prompt"],
+                run=run,
+                user=request.user,
+                max_new_tokens=data.validated_data["max_new_tokens"],
+            )
         except services.TrainingError as exc:
             _raise(exc)
         return Response(GenerationSampleSerializer(sample).data, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(tags=["training"], summary="A generated sample", parameters=[
-    PROJECT_PARAM, OpenApiParameter("sample_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
-    responses={200: GenerationSampleSerializer, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="A generated sample",
+    parameters=[PROJECT_PARAM, OpenApiParameter("sample_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
+    responses={200: GenerationSampleSerializer, 403: DENIED, 404: MISSING},
+)
 class SampleDetail(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -288,10 +395,14 @@ class SampleDetail(ApiView):
         return Response(GenerationSampleSerializer(sample).data)
 
 
-@extend_schema(tags=["training"], summary="Sample the next annotation round from a run's output model",
-               description="Project admins only. New responses become round `current_round + 1` comparisons.",
-               request=SampleRoundRequestSerializer, parameters=[PROJECT_PARAM, RUN_PARAM],
-               responses={202: SamplingJobSerializer, 400: BAD, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="Sample the next annotation round from a run's output model",
+    description="Project admins only. New responses become round `current_round + 1` comparisons.",
+    request=SampleRoundRequestSerializer,
+    parameters=[PROJECT_PARAM, RUN_PARAM],
+    responses={202: SamplingJobSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+)
 class RunSampleRound(ApiView):
     permission_classes = [IsProjectAdmin]
 
@@ -304,17 +415,26 @@ class RunSampleRound(ApiView):
         v = data.validated_data
         try:
             job = services.queue_sample_round(
-                self.project, run.output_model, n_prompts=v["n_prompts"],
-                compare_to="parent" if v["against"] == "parent" else None, run=run, user=request.user,
-                max_new_tokens=v["max_new_tokens"], temperature=v["temperature"])
+                self.project,
+                run.output_model,
+                n_prompts=v["n_prompts"],
+                compare_to="parent" if v["against"] == "parent" else None,
+                run=run,
+                user=request.user,
+                max_new_tokens=v["max_new_tokens"],
+                temperature=v["temperature"],
+            )
         except services.TrainingError as exc:
             _raise(exc)
         return Response(SamplingJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(tags=["training"], summary="A next-round sampling job", parameters=[
-    PROJECT_PARAM, OpenApiParameter("job_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
-    responses={200: SamplingJobSerializer, 403: DENIED, 404: MISSING})
+@extend_schema(
+    tags=["training"],
+    summary="A next-round sampling job",
+    parameters=[PROJECT_PARAM, OpenApiParameter("job_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
+    responses={200: SamplingJobSerializer, 403: DENIED, 404: MISSING},
+)
 class SamplingJobDetail(ApiView):
     permission_classes = [IsProjectReader]
 
@@ -329,7 +449,9 @@ class SamplingJobDetail(ApiView):
 
 
 def _is_admin_somewhere(user) -> bool:
-    return user.is_superuser or user.is_staff or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+    return (
+        user.is_superuser or user.is_staff or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+    )
 
 
 def _is_reader_somewhere(user) -> bool:
@@ -337,14 +459,20 @@ def _is_reader_somewhere(user) -> bool:
 
 
 @extend_schema_view(
-    get=extend_schema(tags=["models"], summary="Registered model versions",
-                      description="Admins and researchers (of any project).",
-                      responses={200: ModelVersionSerializer(many=True), 403: DENIED}),
-    post=extend_schema(tags=["models"], summary="Register a local model folder",
-                       description="Admins only. The folder must hold a Hugging Face causal LM (config.json, "
-                                   "weights, tokenizer) or a PEFT adapter on a local base folder.",
-                       request=RegisterModelSerializer, responses={201: ModelVersionSerializer, 400: BAD,
-                                                                   403: DENIED}),
+    get=extend_schema(
+        tags=["models"],
+        summary="Registered model versions",
+        description="Admins and researchers (of any project).",
+        responses={200: ModelVersionSerializer(many=True), 403: DENIED},
+    ),
+    post=extend_schema(
+        tags=["models"],
+        summary="Register a local model folder",
+        description="Admins only. The folder must hold a Hugging Face causal LM (config.json, "
+        "weights, tokenizer) or a PEFT adapter on a local base folder.",
+        request=RegisterModelSerializer,
+        responses={201: ModelVersionSerializer, 400: BAD, 403: DENIED},
+    ),
 )
 class ModelListCreate(ApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
@@ -368,8 +496,13 @@ class ModelListCreate(ApiView, generics.ListAPIView):
             if parent is None:
                 raise ValidationError({"parent": [f"no registered model named {v['parent']!r}"]})
         try:
-            version = services.register_model(v["name"], v["path"], parent=parent, description=v.get("description", ""),
-                                              created_by=request.user)
+            version = services.register_model(
+                v["name"],
+                v["path"],
+                parent=parent,
+                description=v.get("description", ""),
+                created_by=request.user,
+            )
         except services.TrainingError as exc:
             _raise(exc)
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)

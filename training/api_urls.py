@@ -1,4 +1,5 @@
 """REST endpoints of the training app, mounted under /api/ (see ``training.api``)."""
+
 from django.urls import path
 
 from . import api
@@ -8,13 +9,23 @@ app_name = "training-api"
 urlpatterns = [
     path("projects/<int:project_pk>/runs/", api.RunListCreate.as_view(), name="run-list"),
     path("projects/<int:project_pk>/runs/<int:run_pk>/", api.RunDetail.as_view(), name="run-detail"),
-    path("projects/<int:project_pk>/runs/<int:run_pk>/metrics/", api.RunMetrics.as_view(), name="run-metrics"),
+    path(
+        "projects/<int:project_pk>/runs/<int:run_pk>/metrics/", api.RunMetrics.as_view(), name="run-metrics"
+    ),
     path("projects/<int:project_pk>/runs/<int:run_pk>/cancel/", api.RunCancel.as_view(), name="run-cancel"),
     path("projects/<int:project_pk>/runs/<int:run_pk>/samples/", api.RunSample.as_view(), name="run-sample"),
-    path("projects/<int:project_pk>/runs/<int:run_pk>/sample-round/", api.RunSampleRound.as_view(),
-         name="run-sample-round"),
-    path("projects/<int:project_pk>/samples/<int:sample_pk>/", api.SampleDetail.as_view(), name="sample-detail"),
-    path("projects/<int:project_pk>/sampling-jobs/<int:job_pk>/", api.SamplingJobDetail.as_view(),
-         name="sampling-job-detail"),
+    path(
+        "projects/<int:project_pk>/runs/<int:run_pk>/sample-round/",
+        api.RunSampleRound.as_view(),
+        name="run-sample-round",
+    ),
+    path(
+        "projects/<int:project_pk>/samples/<int:sample_pk>/", api.SampleDetail.as_view(), name="sample-detail"
+    ),
+    path(
+        "projects/<int:project_pk>/sampling-jobs/<int:job_pk>/",
+        api.SamplingJobDetail.as_view(),
+        name="sampling-job-detail",
+    ),
     path("models/", api.ModelListCreate.as_view(), name="model-list"),
 ]

@@ -1,4 +1,5 @@
 """Forms of the training pages. They parse input; ``training.services`` validates and acts."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,8 @@ import json
 from django import forms
 from django.db.models import Q
 
-from evaluation.models import Export, JobStatus as ExportStatus
+from evaluation.models import Export
+from evaluation.models import JobStatus as ExportStatus
 
 from .models import ModelVersion, Recipe
 from .services import train_config_defaults
@@ -34,19 +36,26 @@ class LaunchRunForm(forms.Form):
     recipe = forms.ChoiceField(choices=Recipe.choices, initial=Recipe.SFT_DPO)
     base_model = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), label="Base model")
     export = forms.ModelChoiceField(
-        queryset=Export.objects.none(), required=False, label="Export",
+        queryset=Export.objects.none(),
+        required=False,
+        label="Export",
         empty_label="Build a fresh export now (default settings)",
         help_text="A built calibrated export of this project, or a fresh one built at launch.",
     )
-    loss_type = forms.ChoiceField(choices=[("", "default")] + [(t, t) for t in LOSS_TYPES], required=False,
-                                  label="DPO loss")
+    loss_type = forms.ChoiceField(
+        choices=[("", "default")] + [(t, t) for t in LOSS_TYPES], required=False, label="DPO loss"
+    )
     lora = forms.BooleanField(required=False, label="LoRA adapter instead of full fine-tuning")
-    device = forms.ChoiceField(choices=[("", "default (auto)"), ("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")],
-                               required=False)
+    device = forms.ChoiceField(
+        choices=[("", "default (auto)"), ("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")], required=False
+    )
     extra = forms.CharField(
-        required=False, label="Other hyperparameters (JSON)",
-        widget=forms.Textarea(attrs={"rows": 3, "class": "mono", "placeholder": '{"lora_r": 16, "warmup_steps": 10}'}),
-        help_text="Any TrainConfig field, e.g. loss variants, LoRA rank/alpha/targets, precision, checkpointing.",
+        required=False,
+        label="Other hyperparameters (JSON)",
+        widget=forms.Textarea(
+            attrs={"rows": 3, "class": "mono", "placeholder": '{"lora_r": 16, "warmup_steps": 10}'}
+        ),
+        help_text="Any TrainConfig field: loss variants, LoRA rank/alpha/targets, precision, checkpointing…",
     )
 
     def __init__(self, *args, project=None, **kwargs):
@@ -55,18 +64,25 @@ class LaunchRunForm(forms.Form):
         defaults = train_config_defaults()
         models = _model_choices(project)
         self.fields["base_model"].queryset = models
-        self.fields["base_model"].initial = (models.filter(name="tiny-default").first() or models.first())
+        self.fields["base_model"].initial = models.filter(name="tiny-default").first() or models.first()
         self.fields["export"].queryset = Export.objects.filter(project=project, status=ExportStatus.SUCCEEDED)
         for name, field_cls, kw in COMMON_FIELDS:
             default = defaults.get(name)
             self.fields[name] = field_cls(
-                required=False, **kw,
-                widget=(forms.NumberInput(attrs={"placeholder": "default" if default is None else default,
-                                                 "step": "any"})),
+                required=False,
+                **kw,
+                widget=(
+                    forms.NumberInput(
+                        attrs={"placeholder": "default" if default is None else default, "step": "any"}
+                    )
+                ),
             )
         # order: what to train, then the knobs
-        order = ["recipe", "base_model", "export"] + [n for n, _, _ in COMMON_FIELDS] + [
-            "loss_type", "lora", "device", "extra"]
+        order = (
+            ["recipe", "base_model", "export"]
+            + [n for n, _, _ in COMMON_FIELDS]
+            + ["loss_type", "lora", "device", "extra"]
+        )
         self.order_fields(order)
 
     def clean_extra(self):
@@ -78,7 +94,7 @@ class LaunchRunForm(forms.Form):
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
-            raise forms.ValidationError("a JSON object of TrainConfig fields, e.g. {\"lora_r\": 16}")
+            raise forms.ValidationError('a JSON object of TrainConfig fields, e.g. {"lora_r": 16}')
         return value
 
     def hyperparameters(self) -> dict:
@@ -99,10 +115,16 @@ class LaunchRunForm(forms.Form):
 
 class RegisterModelForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="Unique; used as the model name of its responses.")
-    path = forms.CharField(max_length=1000, label="Folder",
-                           help_text="Absolute path of a local Hugging Face model (or PEFT adapter) folder.")
-    parent = forms.ModelChoiceField(queryset=ModelVersion.objects.all(), required=False,
-                                    help_text="The model it was trained from, if any.")
+    path = forms.CharField(
+        max_length=1000,
+        label="Folder",
+        help_text="Absolute path of a local Hugging Face model (or PEFT adapter) folder.",
+    )
+    parent = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        help_text="The model it was trained from, if any.",
+    )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
@@ -115,7 +137,8 @@ class SampleRoundForm(forms.Form):
     n_prompts = forms.IntegerField(min_value=1, max_value=10_000, initial=20, label="Prompts")
     against = forms.ChoiceField(
         choices=[("parent", "the base model (new vs. parent)"), ("self", "itself (two samples)")],
-        initial="parent", label="Compare against",
+        initial="parent",
+        label="Compare against",
     )
     max_new_tokens = forms.IntegerField(min_value=1, max_value=512, initial=64)
     temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.8)

@@ -12,6 +12,7 @@
 * ``SamplingJob`` -- "sample next round": new responses from a model version become the next
   round's comparisons for the annotators.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -24,12 +25,20 @@ class ModelVersion(models.Model):
     name = models.CharField(max_length=200, unique=True)
     path = models.CharField(max_length=1000, help_text="Absolute path of a local Hugging Face model folder.")
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
         help_text="The model this one was trained from (the base of an adapter).",
     )
     is_adapter = models.BooleanField(default=False, help_text="A PEFT adapter folder on top of the parent.")
     training_run = models.ForeignKey(
-        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "TrainingRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The run that produced this version.",
     )
     project = models.ForeignKey(
@@ -70,7 +79,11 @@ FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 class TrainingRun(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
     export = models.ForeignKey(
-        "evaluation.Export", null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs",
+        "evaluation.Export",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="training_runs",
         help_text="The calibrated dataset trained on (a fresh one is built at launch when not given).",
     )
     recipe = models.CharField(max_length=10, choices=Recipe.choices, default=Recipe.SFT_DPO)
@@ -145,7 +158,9 @@ class GenerationSample(models.Model):
     """A prompt sent to a model version from the run page, answered by a worker task."""
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="samples")
-    run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.CASCADE, related_name="samples")
+    run = models.ForeignKey(
+        TrainingRun, null=True, blank=True, on_delete=models.CASCADE, related_name="samples"
+    )
     prompt = models.TextField()
     max_new_tokens = models.PositiveIntegerField(default=48)
     output = models.TextField(blank=True, default="")
@@ -171,7 +186,11 @@ class SamplingJob(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sampling_jobs")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="sampling_jobs")
     compare_to = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The other side of each pair; empty = two samples of the same model.",
     )
     run = models.ForeignKey(

@@ -10,6 +10,7 @@ lengths, CUDA present).
 Loading models happens only in the worker: ``run_sampling_job`` (and ``sample_next_round``,
 for a shell or a command) import the generation code from ``training.tasks`` lazily.
 """
+
 from __future__ import annotations
 
 import ast
@@ -34,7 +35,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project, Prompt
-from evaluation.models import Export, JobStatus as ExportStatus
+from evaluation.models import Export
+from evaluation.models import JobStatus as ExportStatus
 
 from .models import (
     GenerationSample,
@@ -116,24 +118,31 @@ def train_config_class():
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
     losses_literals = _literal_assignments(ast.parse(LOSSES_FILE.read_text(), str(LOSSES_FILE)))
     shadow = types.ModuleType("training._train_config_shadow")
-    shadow.__dict__.update({
-        "dataclass": dataclasses.dataclass,
-        "dataclasses": dataclasses,
-        "field": dataclasses.field,
-        "json": json,
-        "losses": types.SimpleNamespace(**losses_literals),
-        **_literal_assignments(tree),
-    })
+    shadow.__dict__.update(
+        {
+            "dataclass": dataclasses.dataclass,
+            "dataclasses": dataclasses,
+            "field": dataclasses.field,
+            "json": json,
+            "losses": types.SimpleNamespace(**losses_literals),
+            **_literal_assignments(tree),
+        }
+    )
     sys.modules[shadow.__name__] = shadow  # dataclasses looks the class's module up
-    module = ast.Module(body=[ast.ImportFrom(module="__future__", names=[ast.alias("annotations")], level=0),
-                              node], type_ignores=[])
+    module = ast.Module(
+        body=[ast.ImportFrom(module="__future__", names=[ast.alias("annotations")], level=0), node],
+        type_ignores=[],
+    )
     try:
         exec(compile(ast.fix_missing_locations(module), str(TRAINER_FILE), "exec"), shadow.__dict__)  # noqa: S102
         cls = shadow.TrainConfig
         cls().validate()  # the defaults must validate; a NameError here means the class needs more
     except Exception:  # noqa: BLE001 - fall back to the fields alone; the worker validates fully
-        log.warning("TrainConfig could not be rebuilt from %s; checking field names and types only",
-                    TRAINER_FILE, exc_info=True)
+        log.warning(
+            "TrainConfig could not be rebuilt from %s; checking field names and types only",
+            TRAINER_FILE,
+            exc_info=True,
+        )
         cls = _fields_only_config(node)
     return cls
 
@@ -211,10 +220,14 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         if base_ann.startswith("tuple["):
             if isinstance(value, str):
                 text = value.strip()
-                value = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+                value = (
+                    json.loads(text)
+                    if text.startswith("[")
+                    else [v.strip() for v in text.split(",") if v.strip()]
+                )
             if not isinstance(value, (list, tuple)):
                 raise ValueError("expected a list")
-            inner = base_ann[len("tuple["):-1]
+            inner = base_ann[len("tuple[") : -1]
             kinds = [k for k in inner.split(",") if k != "..."]
             kind = kinds[0] if kinds else "str"
             if kind == "float":
@@ -223,7 +236,9 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
                 return [int(v) for v in value]
             return [str(v) for v in value]
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"hyperparameter {name!r}: {value!r} is not valid ({exc})", "hyperparameters") from exc
+        raise TrainingError(
+            f"hyperparameter {name!r}: {value!r} is not valid ({exc})", "hyperparameters"
+        ) from exc
     return value
 
 
@@ -253,8 +268,9 @@ def validate_hyperparameters(values: dict | None, recipe: str = Recipe.SFT_DPO) 
     fields = train_config_fields()
     reserved = sorted(set(values) & RESERVED_FIELDS)
     if reserved:
-        raise TrainingError(f"set {', '.join(reserved)} with the run's own field, not as a hyperparameter",
-                            "hyperparameters")
+        raise TrainingError(
+            f"set {', '.join(reserved)} with the run's own field, not as a hyperparameter", "hyperparameters"
+        )
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TrainingError(
@@ -286,8 +302,14 @@ def effective_config(run: TrainingRun) -> dict:
 # The model registry
 # =============================================================================================
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
@@ -344,13 +366,20 @@ def validate_model_folder(path: str | os.PathLike) -> dict:
         base = adapter.get("base_model_name_or_path")
         if not base or not Path(base).is_absolute() or not Path(base).is_dir():
             raise ModelFolderError(
-                f"adapter {folder} names base model {base!r}, which is not a local folder", "path")
+                f"adapter {folder} names base model {base!r}, which is not a local folder", "path"
+            )
         if not any((folder / f).exists() for f in ("adapter_model.safetensors", "adapter_model.bin")):
-            raise ModelFolderError(f"adapter {folder} has no adapter weights (adapter_model.safetensors)", "path")
+            raise ModelFolderError(
+                f"adapter {folder} has no adapter weights (adapter_model.safetensors)", "path"
+            )
         base_info = validate_model_folder(base)
         has_tok = any((folder / f).exists() for f in TOKENIZER_FILES)
-        return {"is_adapter": True, "model_type": base_info["model_type"], "base_path": str(base),
-                "tokenizer": _check_tokenizer(folder) if has_tok else base_info["tokenizer"]}
+        return {
+            "is_adapter": True,
+            "model_type": base_info["model_type"],
+            "base_path": str(base),
+            "tokenizer": _check_tokenizer(folder) if has_tok else base_info["tokenizer"],
+        }
     if not config_path.exists():
         raise ModelFolderError(f"{folder} is not a Hugging Face model folder (no config.json)", "path")
     config = _read_json(config_path, "model config")
@@ -426,8 +455,9 @@ def _read_export_file(export: Export) -> list[dict]:
 
     folder = Path(export.path) if export.path else None
     if folder is None or not folder.is_dir():
-        raise TrainingError(f"export {export.pk} has no folder on this machine ({export.path or 'not built'})",
-                            "export")
+        raise TrainingError(
+            f"export {export.pk} has no folder on this machine ({export.path or 'not built'})", "export"
+        )
     jsonl = folder / FORMAT_FILES["jsonl"]
     parquet = folder / FORMAT_FILES["parquet"]
     if jsonl.exists():
@@ -445,17 +475,27 @@ def _read_export_file(export: Export) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(parquet).to_pylist()
-    raise TrainingError(f"export {export.pk} has neither {FORMAT_FILES['jsonl']} nor {FORMAT_FILES['parquet']}; "
-                        f"build an export with the jsonl format", "export")
+    raise TrainingError(
+        f"export {export.pk} has neither {FORMAT_FILES['jsonl']} nor {FORMAT_FILES['parquet']}; "
+        f"build an export with the jsonl format",
+        "export",
+    )
 
 
 def _empty(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (
-        isinstance(value, list) and not any(str(m.get("content", "")).strip() for m in value if isinstance(m, dict)))
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (
+            isinstance(value, list)
+            and not any(str(m.get("content", "")).strip() for m in value if isinstance(m, dict))
+        )
+    )
 
 
-def export_rows(export: Export, *, include_ties: bool = False,
-                dropped: dict | None = None) -> tuple[list[dict], list[dict]]:
+def export_rows(
+    export: Export, *, include_ties: bool = False, dropped: dict | None = None
+) -> tuple[list[dict], list[dict]]:
     """The export's preference rows as ``(train, test)`` lists of TRL-format dicts (``prompt``,
     ``chosen``, ``rejected``, ``weight``, ``p_chosen``, ``split``, ...), split by the export's own
     by-prompt ``split`` column.
@@ -542,7 +582,9 @@ def check_rows(train: list[dict], test: list[dict], hyperparameters: dict) -> No
         held = f" ({n_eval} held out for evaluation)" if n_eval else ""
         raise TrainingError(
             f"the export has {len(train)} training pairs{held}; at least {need} are needed "
-            f"(min_pairs={need})", "export")
+            f"(min_pairs={need})",
+            "export",
+        )
     if cfg.get("max_prompt_length") is None:
         limit = int(cfg["max_length"]) * MAX_CHARS_PER_TOKEN
         for i, row in enumerate(train + test):
@@ -551,7 +593,9 @@ def check_rows(train: list[dict], test: list[dict], hyperparameters: dict) -> No
                 raise TrainingError(
                     f"pair {i} has a prompt of {n_chars} characters, far more than max_length="
                     f"{cfg['max_length']} tokens allows; raise max_length or set max_prompt_length "
-                    f"(longer prompts then keep their last tokens)", "hyperparameters")
+                    f"(longer prompts then keep their last tokens)",
+                    "hyperparameters",
+                )
 
 
 def runs_dir() -> Path:
@@ -585,8 +629,9 @@ def launch_run(
         if export.project_id != project.pk:
             raise TrainingError(f"export {export.pk} belongs to another project", "export")
         if export.status != ExportStatus.SUCCEEDED:
-            raise TrainingError(f"export {export.pk} is {export.status}, not built; wait for it or pick another",
-                                "export")
+            raise TrainingError(
+                f"export {export.pk} is {export.status}, not built; wait for it or pick another", "export"
+            )
     else:
         export = build_fresh_export(project, created_by, export_params)
     try:
@@ -598,10 +643,17 @@ def launch_run(
         raise
     with transaction.atomic():
         run = TrainingRun.objects.create(
-            project=project, export=export, recipe=recipe, base_model=base_model, hyperparameters=hp,
-            created_by=created_by, status=RunStatus.QUEUED,
-            logs=_stamp(f"queued: {recipe} on export {export.pk} ({len(train)} train / {len(test)} test pairs), "
-                        f"base {base_model.name}"),
+            project=project,
+            export=export,
+            recipe=recipe,
+            base_model=base_model,
+            hyperparameters=hp,
+            created_by=created_by,
+            status=RunStatus.QUEUED,
+            logs=_stamp(
+                f"queued: {recipe} on export {export.pk} ({len(train)} train / {len(test)} test pairs), "
+                f"base {base_model.name}"
+            ),
         )
         run.out_dir = str((runs_dir() / f"run-{run.pk:05d}").resolve())
         run.save(update_fields=["out_dir"])
@@ -668,14 +720,16 @@ def log_expression(message: str):
 
 def append_run_log(run_id: int, message: str, **fields) -> None:
     """Append a line to run ``run_id``'s logs (and set ``fields``) in one UPDATE."""
-    TrainingRun.objects.filter(pk=run_id).update(logs=log_expression(message), updated_at=timezone.now(), **fields)
+    TrainingRun.objects.filter(pk=run_id).update(
+        logs=log_expression(message), updated_at=timezone.now(), **fields
+    )
 
 
 def append_log(logs: str, message: str) -> str:
     text = (logs + "\n" if logs else "") + _stamp(message)
     if len(text) > LOG_MAX_CHARS:
         text = text[-LOG_MAX_CHARS:]
-        text = text[text.find("\n") + 1:]
+        text = text[text.find("\n") + 1 :]
     return text
 
 
@@ -733,9 +787,21 @@ def claim_run(run_id: int, task_id: str = "") -> TrainingRun | None:
         if task_id:
             run.celery_task_id = task_id
         run.logs = append_log(
-            run.logs, f"{'restarted' if resumed else 'started'} on worker {run.worker} (attempt {run.attempts})")
-        run.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at", "celery_task_id",
-                                "logs", "updated_at"])
+            run.logs,
+            f"{'restarted' if resumed else 'started'} on worker {run.worker} (attempt {run.attempts})",
+        )
+        run.save(
+            update_fields=[
+                "status",
+                "worker",
+                "heartbeat_at",
+                "attempts",
+                "started_at",
+                "celery_task_id",
+                "logs",
+                "updated_at",
+            ]
+        )
     return run
 
 
@@ -758,8 +824,9 @@ def resume_stale_runs(*, send: bool = True) -> list[int]:
             if fresh.status != RunStatus.RUNNING or not owner_is_dead(fresh, now):
                 continue
             fresh.status = RunStatus.QUEUED
-            fresh.logs = append_log(fresh.logs, f"worker {fresh.worker} was lost; re-queued to resume "
-                                                f"from the last checkpoint")
+            fresh.logs = append_log(
+                fresh.logs, f"worker {fresh.worker} was lost; re-queued to resume from the last checkpoint"
+            )
             fresh.save(update_fields=["status", "logs", "updated_at"])
         requeued.append(run.pk)
         if send:
@@ -788,8 +855,15 @@ def metric_series(run: TrainingRun, keys: list[str]) -> dict[str, list[tuple[int
 # =============================================================================================
 
 
-def request_sample(model_version: ModelVersion, prompt: str, *, run: TrainingRun | None = None, user=None,
-                   max_new_tokens: int = 48, send: bool = True) -> GenerationSample:
+def request_sample(
+    model_version: ModelVersion,
+    prompt: str,
+    *,
+    run: TrainingRun | None = None,
+    user=None,
+    max_new_tokens: int = 48,
+    send: bool = True,
+) -> GenerationSample:
     """Queue a generation from ``model_version`` (answered by a worker task, polled by the page)."""
     prompt = (prompt or "").strip()
     if not prompt:
@@ -798,8 +872,13 @@ def request_sample(model_version: ModelVersion, prompt: str, *, run: TrainingRun
         raise TrainingError("the prompt is longer than 4000 characters", "prompt")
     if not 1 <= int(max_new_tokens) <= 512:
         raise TrainingError("max_new_tokens must be between 1 and 512", "max_new_tokens")
-    sample = GenerationSample.objects.create(model_version=model_version, run=run, prompt=prompt,
-                                             max_new_tokens=int(max_new_tokens), created_by=user)
+    sample = GenerationSample.objects.create(
+        model_version=model_version,
+        run=run,
+        prompt=prompt,
+        max_new_tokens=int(max_new_tokens),
+        created_by=user,
+    )
     if send:
         from .tasks import generate_sample
 
@@ -833,9 +912,16 @@ def queue_sample_round(
     if compare_to is not None and compare_to.pk == model_version.pk:
         compare_to = None
     job = SamplingJob.objects.create(
-        project=project, model_version=model_version, compare_to=compare_to, run=run, n_prompts=int(n_prompts),
-        max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed),
-        round=project.current_round + 1, created_by=user,
+        project=project,
+        model_version=model_version,
+        compare_to=compare_to,
+        run=run,
+        n_prompts=int(n_prompts),
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        seed=int(seed),
+        round=project.current_round + 1,
+        created_by=user,
     )
     if send:
         from .tasks import sample_round
@@ -853,8 +939,14 @@ def _choose_prompts(project: Project, n: int, seed: int) -> list[Prompt]:
     return [by_id[i] for i in chosen]
 
 
-def sample_next_round(source: TrainingRun | ModelVersion, project: Project | None = None, n_prompts: int = 20, *,
-                      generate=None, **options) -> SamplingJob:
+def sample_next_round(
+    source: TrainingRun | ModelVersion,
+    project: Project | None = None,
+    n_prompts: int = 20,
+    *,
+    generate=None,
+    **options,
+) -> SamplingJob:
     """Sample the next round now, in this process (a worker, a shell or a command; it loads the
     models): new responses from ``source`` (a succeeded run's output model, or a model version)
     for ``n_prompts`` prompts of ``project`` become round ``current_round + 1`` comparisons.
@@ -870,11 +962,13 @@ def sample_next_round(source: TrainingRun | ModelVersion, project: Project | Non
     try:
         created = run_sampling_job(job, generate=generate)
     except Exception as exc:
-        SamplingJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=str(exc)[:2000],
-                                                     finished_at=timezone.now())
+        SamplingJob.objects.filter(pk=job.pk).update(
+            status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
         raise
-    SamplingJob.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, n_created=created, progress=1.0,
-                                                 finished_at=timezone.now())
+    SamplingJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now()
+    )
     job.refresh_from_db()
     return job
 
@@ -917,16 +1011,25 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
         a, b = a.strip(), b.strip()
         if not a or not b or a == b:
             continue
-        lines.append(json.dumps({
-            "prompt": prompt.messages if prompt.messages else prompt.text,
-            "response_a": a, "response_b": b, "model_a": new_model.name, "model_b": model_b,
-            "metadata": {"sampling_job": job.pk, "source": "training.sample_round"},
-        }, ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": prompt.messages if prompt.messages else prompt.text,
+                    "response_a": a,
+                    "response_b": b,
+                    "model_a": new_model.name,
+                    "model_b": model_b,
+                    "metadata": {"sampling_job": job.pk, "source": "training.sample_round"},
+                },
+                ensure_ascii=False,
+            )
+        )
     if not lines:
         raise TrainingError("every sampled pair was empty or identical; nothing to annotate")
     data = io.BytesIO(("\n".join(lines) + "\n").encode("utf-8"))
     with transaction.atomic():
-        result = import_comparisons(project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round)
+        result = import_comparisons(
+            project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round
+        )
         Project.objects.filter(pk=project.pk, current_round__lt=job.round).update(current_round=job.round)
     return result.created
-

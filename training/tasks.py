@@ -16,6 +16,7 @@ When a worker starts (``worker_ready``), ``training.services.resume_stale_runs``
 whose worker died mid-run (the embedded file-system broker does not redeliver a message whose
 worker was SIGKILLed).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -155,8 +156,10 @@ def _check_device(config: dict) -> None:
     import torch
 
     if config.get("device") == "cuda" and not torch.cuda.is_available():
-        raise ValueError("this run asks for a GPU (device='cuda') but the worker has no CUDA GPU; "
-                         "run a worker on a GPU machine or set device to 'auto' or 'cpu'")
+        raise ValueError(
+            "this run asks for a GPU (device='cuda') but the worker has no CUDA GPU; "
+            "run a worker on a GPU machine or set device to 'auto' or 'cpu'"
+        )
 
 
 # =============================================================================================
@@ -170,14 +173,23 @@ def training_launcher() -> list[str]:
     for every GPU of the worker's machine. Empty (the default): train in the worker process."""
     from django.conf import settings
 
-    value = getattr(settings, "PREFLOOP_TRAINING_LAUNCHER", None) or os.environ.get("PREFLOOP_TRAINING_LAUNCHER", "")
+    value = getattr(settings, "PREFLOOP_TRAINING_LAUNCHER", None) or os.environ.get(
+        "PREFLOOP_TRAINING_LAUNCHER", ""
+    )
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return shlex.split(value)
 
 
-def train_in_subprocess(launcher: list[str], config: dict, model_path: str, rows: list[dict], out_dir: str,
-                        reporter: RunReporter, poll_s: float = 1.0):
+def train_in_subprocess(
+    launcher: list[str],
+    config: dict,
+    model_path: str,
+    rows: list[dict],
+    out_dir: str,
+    reporter: RunReporter,
+    poll_s: float = 1.0,
+):
     """Run the trainer's command line under ``launcher`` and relay its JSON-lines events (steps,
     logs, the result) to ``reporter``. Cancel: the subprocess is interrupted (SIGINT to its
     process group) and the run keeps its last periodic checkpoint. Returns a ``TrainResult``-like
@@ -190,10 +202,28 @@ def train_in_subprocess(launcher: list[str], config: dict, model_path: str, rows
     with open(pairs_path, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     config_path.write_text(json.dumps(config))
-    cmd = [*launcher, "-m", "training.trainer", "--model", str(model_path), "--pairs", str(pairs_path),
-           "--out", str(out), "--config", str(config_path)]
-    proc = subprocess.Popen(cmd, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
+    cmd = [
+        *launcher,
+        "-m",
+        "training.trainer",
+        "--model",
+        str(model_path),
+        "--pairs",
+        str(pairs_path),
+        "--out",
+        str(out),
+        "--config",
+        str(config_path),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     cancelled = threading.Event()
 
     def watch_cancel():
@@ -229,13 +259,26 @@ def train_in_subprocess(launcher: list[str], config: dict, model_path: str, rows
     code = proc.wait()
     watcher.join(timeout=5)
     if cancelled.is_set():
-        last = TrainingRun.objects.filter(pk=reporter.run_id).values_list("step", "total_steps").first() or (0, 0)
-        return SimpleNamespace(status="cancelled", steps=last[0], total_steps=last[1], metrics={}, eval_metrics={},
-                               final_path=None)
+        last = TrainingRun.objects.filter(pk=reporter.run_id).values_list("step", "total_steps").first() or (
+            0,
+            0,
+        )
+        return SimpleNamespace(
+            status="cancelled",
+            steps=last[0],
+            total_steps=last[1],
+            metrics={},
+            eval_metrics={},
+            final_path=None,
+        )
     if code != 0 or result is None:
         raise RuntimeError(f"the trainer exited with code {code}:\n" + "\n".join(tail[-15:]))
-    return SimpleNamespace(**{k: result.get(k) for k in ("status", "steps", "total_steps", "metrics",
-                                                         "eval_metrics", "final_path")})
+    return SimpleNamespace(
+        **{
+            k: result.get(k)
+            for k in ("status", "steps", "total_steps", "metrics", "eval_metrics", "final_path")
+        }
+    )
 
 
 def execute_run(run: TrainingRun) -> str:
@@ -250,8 +293,10 @@ def execute_run(run: TrainingRun) -> str:
     dropped: dict = {}
     train_rows, test_rows = services.run_rows(run, dropped)
     if any(dropped.values()):
-        reporter.log(f"left out of export {run.export_id}: {dropped['ties']} tie / both-bad rows, "
-                     f"{dropped['empty']} rows with an empty prompt or response")
+        reporter.log(
+            f"left out of export {run.export_id}: {dropped['ties']} tie / both-bad rows, "
+            f"{dropped['empty']} rows with an empty prompt or response"
+        )
     services.check_rows(train_rows, test_rows, run.hyperparameters or {})
     kwargs = {}
     if test_rows and "eval_pairs" in inspect.signature(train).parameters:
@@ -261,16 +306,19 @@ def execute_run(run: TrainingRun) -> str:
 
     device = "cuda" if (cfg.device != "cpu" and torch.cuda.is_available()) else "cpu"
     TrainingRun.objects.filter(pk=run.pk).update(device=device)
-    reporter.log(f"training {run.recipe} on {len(train_rows)} pairs from export {run.export_id} "
-                 f"(device {device}), output in {run.out_dir}")
+    reporter.log(
+        f"training {run.recipe} on {len(train_rows)} pairs from export {run.export_id} "
+        f"(device {device}), output in {run.out_dir}"
+    )
     heartbeat = Heartbeat(reporter)
     heartbeat.start()
     try:
         launcher = training_launcher()
         if launcher:
             reporter.log(f"launching: {' '.join(launcher)} -m training.trainer")
-            result = train_in_subprocess(launcher, cfg.to_dict(), run.base_model.path, train_rows, run.out_dir,
-                                         reporter)
+            result = train_in_subprocess(
+                launcher, cfg.to_dict(), run.base_model.path, train_rows, run.out_dir, reporter
+            )
         else:
             result = train(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
     finally:
@@ -286,24 +334,43 @@ def execute_run(run: TrainingRun) -> str:
     }
     now = timezone.now()
     if result.status == "cancelled":
-        reporter.log(f"cancelled at step {result.steps}; the last checkpoint is kept in {run.out_dir}/checkpoints",
-                     status=RunStatus.CANCELLED, finished_at=now, summary=summary, eta_seconds=None,
-                     step=result.steps)
+        reporter.log(
+            f"cancelled at step {result.steps}; the last checkpoint is kept in {run.out_dir}/checkpoints",
+            status=RunStatus.CANCELLED,
+            finished_at=now,
+            summary=summary,
+            eta_seconds=None,
+            step=result.steps,
+        )
         return RunStatus.CANCELLED
 
     run.refresh_from_db()
     version = services.register_model(
-        services.output_model_name(run), result.final_path, parent=run.base_model, project=run.project,
-        description=f"{run.get_recipe_display()} of {run.base_model.name} on export {run.export_id} (run {run.pk})",
-        created_by=run.created_by, training_run=run,
+        services.output_model_name(run),
+        result.final_path,
+        parent=run.base_model,
+        project=run.project,
+        description=f"{run.get_recipe_display()} of {run.base_model.name} (export {run.export_id})",
+        created_by=run.created_by,
+        training_run=run,
         round=_trained_round(run),
-        metrics={**summary["eval"], **{f"final_{k}": v for k, v in summary["final"].items()
-                                       if isinstance(v, (int, float))}},
+        metrics={
+            **summary["eval"],
+            **{f"final_{k}": v for k, v in summary["final"].items() if isinstance(v, (int, float))},
+        },
         replace=True,
     )
-    reporter.log(f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path})",
-                 status=RunStatus.SUCCEEDED, finished_at=now, summary=summary, output_model=version,
-                 progress=1.0, eta_seconds=0, step=result.steps, total_steps=result.total_steps)
+    reporter.log(
+        f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path})",
+        status=RunStatus.SUCCEEDED,
+        finished_at=now,
+        summary=summary,
+        output_model=version,
+        progress=1.0,
+        eta_seconds=0,
+        step=result.steps,
+        total_steps=result.total_steps,
+    )
     return RunStatus.SUCCEEDED
 
 
@@ -315,8 +382,13 @@ def _trained_round(run: TrainingRun) -> int:
     return run.project.current_round
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-             name="training.tasks.run_training")
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    name="training.tasks.run_training",
+)
 def run_training(self, run_id: int) -> str:
     """Train run ``run_id`` (idempotent; see the module docstring)."""
     run = services.claim_run(run_id, getattr(self.request, "id", "") or "")
@@ -327,8 +399,14 @@ def run_training(self, run_id: int) -> str:
     except Exception as exc:  # noqa: BLE001 - the row says what went wrong; no automatic retry
         log.exception("training run %s failed", run_id)
         message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
-        services.append_run_log(run_id, f"failed: {message[:2000]}", status=RunStatus.FAILED, error=message[:5000],
-                                finished_at=timezone.now(), eta_seconds=None)
+        services.append_run_log(
+            run_id,
+            f"failed: {message[:2000]}",
+            status=RunStatus.FAILED,
+            error=message[:5000],
+            finished_at=timezone.now(),
+            eta_seconds=None,
+        )
         return RunStatus.FAILED
     finally:
         close_old_connections()
@@ -354,8 +432,14 @@ def _load(path: str):
     return _MODEL_CACHE[path]
 
 
-def generate_texts(model_path: str, prompts: list, num_return_sequences: int = 1, max_new_tokens: int = 64,
-                   temperature: float = 0.8, seed: int = 0) -> list[list[str]]:
+def generate_texts(
+    model_path: str,
+    prompts: list,
+    num_return_sequences: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> list[list[str]]:
     """Responses of the model at ``model_path`` to each prompt (a string, tokenized as the
     trainer tokenizes text prompts, or a list of chat messages, through the chat template)."""
     import torch
@@ -367,41 +451,53 @@ def generate_texts(model_path: str, prompts: list, num_return_sequences: int = 1
     out: list[list[str]] = []
     for prompt in prompts:
         if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
         else:
             ids = tokenizer(prompt)["input_ids"]
         max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
-        ids = list(ids)[-max(1, max_positions - max_new_tokens):]
+        ids = list(ids)[-max(1, max_positions - max_new_tokens) :]
         input_ids = torch.tensor([ids], device=device)
         sample = num_return_sequences > 1 or temperature > 0
         with torch.no_grad():
             generated = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                min_new_tokens=1, do_sample=sample, temperature=temperature if sample else None,
-                top_p=0.95 if sample else None, num_return_sequences=num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=1,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=0.95 if sample else None,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
-        out.append([tokenizer.decode(g[len(ids):], skip_special_tokens=True) for g in generated])
+        out.append([tokenizer.decode(g[len(ids) :], skip_special_tokens=True) for g in generated])
     return out
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, name="training.tasks.generate_sample")
 def generate_sample(self, sample_id: int) -> str:
-    claimed = GenerationSample.objects.filter(pk=sample_id, status=JobStatus.QUEUED).update(status=JobStatus.RUNNING)
+    claimed = GenerationSample.objects.filter(pk=sample_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING
+    )
     if not claimed:
         return "skipped"
     sample = GenerationSample.objects.select_related("model_version").get(pk=sample_id)
     try:
-        text = generate_texts(sample.model_version.path, [sample.prompt], 1, sample.max_new_tokens,
-                              temperature=0.0)[0][0]
+        text = generate_texts(
+            sample.model_version.path, [sample.prompt], 1, sample.max_new_tokens, temperature=0.0
+        )[0][0]
     except Exception as exc:  # noqa: BLE001
         log.exception("sample %s failed", sample_id)
         GenerationSample.objects.filter(pk=sample_id).update(
-            status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now())
+            status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        )
         return "failed"
-    GenerationSample.objects.filter(pk=sample_id).update(status=JobStatus.SUCCEEDED, output=text,
-                                                         finished_at=timezone.now())
+    GenerationSample.objects.filter(pk=sample_id).update(
+        status=JobStatus.SUCCEEDED, output=text, finished_at=timezone.now()
+    )
     return "succeeded"
 
 
@@ -421,10 +517,12 @@ def sample_round(self, job_id: int) -> str:
     except Exception as exc:  # noqa: BLE001
         log.exception("sampling job %s failed", job_id)
         SamplingJob.objects.filter(pk=job_id).update(
-            status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now())
+            status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
         return "failed"
-    SamplingJob.objects.filter(pk=job_id).update(status=JobStatus.SUCCEEDED, n_created=created, progress=1.0,
-                                                 finished_at=timezone.now())
+    SamplingJob.objects.filter(pk=job_id).update(
+        status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now()
+    )
     return "succeeded"
 
 

@@ -5,6 +5,7 @@ The run page polls ``run_live`` every 2 s with HTMX while the run is queued or r
 fragment it returns carries the polling attributes only while the run is active, so polling
 stops by itself when the run ends. Plots are server-side SVG (``svg_line_plot``), no JS.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,14 @@ def _downsample(points: list[tuple[int, float]], n: int = MAX_PLOT_POINTS) -> li
     return picked
 
 
-def svg_line_plot(title: str, series: list[tuple[str, list[tuple[int, float]]]], *, width: int = 360,
-                  height: int = 180, y_range: tuple[float, float] | None = None) -> str:
+def svg_line_plot(
+    title: str,
+    series: list[tuple[str, list[tuple[int, float]]]],
+    *,
+    width: int = 360,
+    height: int = 180,
+    y_range: tuple[float, float] | None = None,
+) -> str:
     """An SVG line plot of ``series`` = ``[(name, [(step, value), ...]), ...]`` over the step axis.
 
     Every text is escaped; the SVG scales with its container (``viewBox``). A series with one
@@ -66,12 +73,16 @@ def svg_line_plot(title: str, series: list[tuple[str, list[tuple[int, float]]]],
     series = [(name, _downsample([(s, v) for s, v in pts if math.isfinite(v)])) for name, pts in series]
     series = [(name, pts) for name, pts in series if pts]
     t = escape(title)
-    head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" width="100%" '
-            f'role="img" aria-label="{t}"><title>{t}</title>'
-            f'<text x="8" y="16" class="plot-title">{t}</text>')
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" width="100%" '
+        f'role="img" aria-label="{t}"><title>{t}</title>'
+        f'<text x="8" y="16" class="plot-title">{t}</text>'
+    )
     if not series:
-        return mark_safe(head + f'<text x="{width / 2}" y="{height / 2 + 8}" text-anchor="middle" '
-                                f'class="plot-empty">no data yet</text></svg>')
+        return mark_safe(
+            head + f'<text x="{width / 2}" y="{height / 2 + 8}" text-anchor="middle" '
+            f'class="plot-empty">no data yet</text></svg>'
+        )
     xs = [s for _, pts in series for s, _ in pts]
     ys = [v for _, pts in series for _, v in pts]
     x0, x1 = min(xs), max(xs)
@@ -97,7 +108,8 @@ def svg_line_plot(title: str, series: list[tuple[str, list[tuple[int, float]]]],
         v = y0 + (y1 - y0) * frac
         y = py(v)
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="plot-gridline"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="plot-tick">{escape(_fmt(v))}</text>')
+        tick = escape(_fmt(v))
+        out.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="plot-tick">{tick}</text>')
     out.append(f'<text x="{left}" y="{height - 6}" class="plot-tick">step {x0}</text>')
     out.append(f'<text x="{left + pw}" y="{height - 6}" text-anchor="end" class="plot-tick">{x1}</text>')
     legend_x = width - right
@@ -111,18 +123,31 @@ def svg_line_plot(title: str, series: list[tuple[str, list[tuple[int, float]]]],
             out.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"/>')
         if len(series) > 1 or name:
             label = f"{name} {_fmt(pts[-1][1])}"
-            out.append(f'<text x="{legend_x}" y="{14 + i * 12}" text-anchor="end" class="plot-legend" '
-                       f'fill="{color}">{escape(label)}</text>')
+            out.append(
+                f'<text x="{legend_x}" y="{14 + i * 12}" text-anchor="end" class="plot-legend" '
+                f'fill="{color}">{escape(label)}</text>'
+            )
     out.append("</svg>")
     return mark_safe("".join(out))
 
 
 #: The run page's plots: (title, [(series name, metric key, phase or None)], y range or None).
 PLOTS = (
-    ("Loss", [("SFT", "loss", "sft"), ("DPO", "loss", "dpo"), ("eval SFT", "eval_loss", "sft"),
-              ("eval DPO", "eval_loss", "dpo")], None),
-    ("DPO reward accuracy", [("train", "reward_accuracy", None), ("held-out", "eval_reward_accuracy", None)],
-     (0.0, 1.0)),
+    (
+        "Loss",
+        [
+            ("SFT", "loss", "sft"),
+            ("DPO", "loss", "dpo"),
+            ("eval SFT", "eval_loss", "sft"),
+            ("eval DPO", "eval_loss", "dpo"),
+        ],
+        None,
+    ),
+    (
+        "DPO reward accuracy",
+        [("train", "reward_accuracy", None), ("held-out", "eval_reward_accuracy", None)],
+        (0.0, 1.0),
+    ),
     ("DPO reward margin", [("train", "reward_margin", None), ("held-out", "eval_reward_margin", None)], None),
     ("Log-probs", [("chosen", "chosen_logps", None), ("rejected", "rejected_logps", None)], None),
     ("KL to reference", [("", "kl_to_ref", None)], None),
@@ -137,9 +162,13 @@ def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
     for title, spec, y_range in PLOTS:
         series = []
         for name, key, phase in spec:
-            pts = [(step, float(d[key])) for step, d in rows
-                   if isinstance(d.get(key), (int, float)) and not isinstance(d.get(key), bool)
-                   and (phase is None or d.get("phase") == phase)]
+            pts = [
+                (step, float(d[key]))
+                for step, d in rows
+                if isinstance(d.get(key), (int, float))
+                and not isinstance(d.get(key), bool)
+                and (phase is None or d.get("phase") == phase)
+            ]
             if pts:
                 series.append((name, pts))
         plots.append(svg_line_plot(title, series, y_range=y_range))
@@ -152,14 +181,17 @@ def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
 
 
 def _training_page(request, project: Project, role: str, template: str, context: dict, status: int = 200):
-    return render(request, template, {"project": project, "role": role, "tab": "training", **context},
-                  status=status)
+    return render(
+        request, template, {"project": project, "role": role, "tab": "training", **context}, status=status
+    )
 
 
 def _get_run(project: Project, run_id: int) -> TrainingRun:
     return get_object_or_404(
         TrainingRun.objects.select_related("base_model", "export", "output_model", "created_by"),
-        pk=run_id, project=project)
+        pk=run_id,
+        project=project,
+    )
 
 
 def _eta(seconds) -> str:
@@ -191,7 +223,9 @@ def run_live_context(run: TrainingRun) -> dict:
 
 
 def _can_register_models(user) -> bool:
-    return user.is_superuser or user.is_staff or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+    return (
+        user.is_superuser or user.is_staff or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
+    )
 
 
 # =============================================================================================
@@ -205,7 +239,9 @@ def runs_list(request, pk: int):
     project = project_for(request.user, pk, *READ_ROLES)
     role = role_of(request.user, project)
     runs = TrainingRun.objects.filter(project=project).select_related("base_model", "output_model", "export")
-    versions = ModelVersion.objects.filter(Q(project=project) | Q(project__isnull=True)).select_related("parent")
+    versions = ModelVersion.objects.filter(Q(project=project) | Q(project__isnull=True)).select_related(
+        "parent"
+    )
     return _training_page(request, project, role, "training/runs.html", {"runs": runs, "versions": versions})
 
 
@@ -217,8 +253,11 @@ def run_new(request, pk: int):
     if request.method == "POST" and form.is_valid():
         try:
             run = services.launch_run(
-                project, base_model=form.cleaned_data["base_model"], recipe=form.cleaned_data["recipe"],
-                export=form.cleaned_data.get("export"), hyperparameters=form.hyperparameters(),
+                project,
+                base_model=form.cleaned_data["base_model"],
+                recipe=form.cleaned_data["recipe"],
+                export=form.cleaned_data.get("export"),
+                hyperparameters=form.hyperparameters(),
                 created_by=request.user,
             )
         except services.TrainingError as exc:
@@ -228,8 +267,14 @@ def run_new(request, pk: int):
             messages.success(request, f"Run {run.pk} queued on the gpu worker.")
             return redirect("training_run", pk=project.pk, run_id=run.pk)
     status = 400 if request.method == "POST" else 200
-    return _training_page(request, project, Role.ADMIN, "training/run_new.html",
-                          {"form": form, "defaults": services.train_config_defaults()}, status=status)
+    return _training_page(
+        request,
+        project,
+        Role.ADMIN,
+        "training/run_new.html",
+        {"form": form, "defaults": services.train_config_defaults()},
+        status=status,
+    )
 
 
 @login_required
@@ -278,11 +323,16 @@ def run_cancel(request, pk: int, run_id: int):
     except services.TrainingError as exc:
         messages.error(request, exc.message)
     else:
-        messages.info(request, "Cancel requested: the run stops before its next step and keeps its checkpoint.")
+        messages.info(
+            request, "Cancel requested: the run stops before its next step and keeps its checkpoint."
+        )
     if getattr(request, "htmx", False):
         run.refresh_from_db()
-        return render(request, "training/_run_live.html",
-                      {"project": project, "role": Role.ADMIN, **run_live_context(run)})
+        return render(
+            request,
+            "training/_run_live.html",
+            {"project": project, "role": Role.ADMIN, **run_live_context(run)},
+        )
     return redirect("training_run", pk=project.pk, run_id=run.pk)
 
 
@@ -298,8 +348,13 @@ def run_sample(request, pk: int, run_id: int):
     if not form.is_valid():
         return render(request, "training/_sample_form_errors.html", {"form": form}, status=400)
     try:
-        sample = services.request_sample(run.output_model, form.cleaned_data["prompt"], run=run, user=request.user,
-                                         max_new_tokens=form.cleaned_data["max_new_tokens"])
+        sample = services.request_sample(
+            run.output_model,
+            form.cleaned_data["prompt"],
+            run=run,
+            user=request.user,
+            max_new_tokens=form.cleaned_data["max_new_tokens"],
+        )
     except services.TrainingError as exc:
         return HttpResponse(f'<p class="error">{escape(exc.message)}</p>', status=400)
     if getattr(request, "htmx", False):
@@ -328,15 +383,21 @@ def run_sample_round(request, pk: int, run_id: int):
         data = form.cleaned_data
         try:
             job = services.queue_sample_round(
-                project, run.output_model, n_prompts=data["n_prompts"],
-                compare_to="parent" if data["against"] == "parent" else None, run=run, user=request.user,
-                max_new_tokens=data["max_new_tokens"], temperature=data["temperature"],
+                project,
+                run.output_model,
+                n_prompts=data["n_prompts"],
+                compare_to="parent" if data["against"] == "parent" else None,
+                run=run,
+                user=request.user,
+                max_new_tokens=data["max_new_tokens"],
+                temperature=data["temperature"],
             )
         except services.TrainingError as exc:
             messages.error(request, exc.message)
         else:
-            messages.success(request, f"Sampling {job.n_prompts} prompts into round {job.round} "
-                                      f"for the annotators.")
+            messages.success(
+                request, f"Sampling {job.n_prompts} prompts into round {job.round} for the annotators."
+            )
     else:
         messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
     return redirect("training_run", pk=project.pk, run_id=run.pk)
@@ -370,8 +431,11 @@ def model_registry(request):
         if form.is_valid():
             try:
                 version = services.register_model(
-                    form.cleaned_data["name"], form.cleaned_data["path"], parent=form.cleaned_data.get("parent"),
-                    description=form.cleaned_data.get("description", ""), created_by=user,
+                    form.cleaned_data["name"],
+                    form.cleaned_data["path"],
+                    parent=form.cleaned_data.get("parent"),
+                    description=form.cleaned_data.get("description", ""),
+                    created_by=user,
                 )
             except services.TrainingError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
@@ -380,5 +444,9 @@ def model_registry(request):
                 return redirect("model_registry")
         status = 400
     versions = ModelVersion.objects.select_related("parent", "project", "training_run")
-    return render(request, "training/models.html",
-                  {"versions": versions, "form": form, "can_register": can_register}, status=status)
+    return render(
+        request,
+        "training/models.html",
+        {"versions": versions, "form": form, "can_register": can_register},
+        status=status,
+    )

@@ -12,6 +12,7 @@ With ``PREFLOOP_QUALITY_MIN_GOLD = 3`` the weight is ``clip(2 acc − 1, 0, 1)``
 demonstrated on six judgments): 3/7, 0, 5/7. On every item two of the three votes agree, so
 raw agreement is 2 agreeing pairs of 6 = 1/3; without a2, a1 and a3 agree on 5 of 6 items.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -49,20 +50,44 @@ VOTES = {
 def make_comparison(project, i: int, *, gold: str | None = None, round_: int = 0) -> Comparison:
     text = f"prompt {i} round {round_}"
     prompt = Prompt.objects.create(project=project, text=text, content_hash=content_hash(text))
-    ra = Response.objects.create(prompt=prompt, text=f"answer A {i:03d}", model_name="model-x",
-                                 content_hash=content_hash(f"A{i}"), round=round_)
-    rb = Response.objects.create(prompt=prompt, text=f"answer B {i:03d}", model_name="model-y",
-                                 content_hash=content_hash(f"B{i}"), round=round_)
-    c = Comparison.objects.create(project=project, prompt=prompt, response_a=ra, response_b=rb, round=round_,
-                                  pair_hash=content_hash(f"pair {i} {round_}"), is_gold=gold is not None)
+    ra = Response.objects.create(
+        prompt=prompt,
+        text=f"answer A {i:03d}",
+        model_name="model-x",
+        content_hash=content_hash(f"A{i}"),
+        round=round_,
+    )
+    rb = Response.objects.create(
+        prompt=prompt,
+        text=f"answer B {i:03d}",
+        model_name="model-y",
+        content_hash=content_hash(f"B{i}"),
+        round=round_,
+    )
+    c = Comparison.objects.create(
+        project=project,
+        prompt=prompt,
+        response_a=ra,
+        response_b=rb,
+        round=round_,
+        pair_hash=content_hash(f"pair {i} {round_}"),
+        is_gold=gold is not None,
+    )
     if gold is not None:
         GoldAnswer.objects.create(comparison=c, answer=gold)
     return c
 
 
 def judge(user, comparison, choice: str, *, a_on_left: bool, seconds: float = 20.0, pool=None) -> Judgment:
-    return Judgment.objects.create(project=comparison.project, comparison=comparison, annotator=user,
-                                   pool=pool, a_on_left=a_on_left, choice=choice, seconds=seconds)
+    return Judgment.objects.create(
+        project=comparison.project,
+        comparison=comparison,
+        annotator=user,
+        pool=pool,
+        a_on_left=a_on_left,
+        choice=choice,
+        seconds=seconds,
+    )
 
 
 @pytest.fixture
@@ -85,7 +110,7 @@ def hand(settings):
     comparisons = [make_comparison(project, i, gold=GOLD[i] if i < 4 else None) for i in range(6)]
     for name, votes in VOTES.items():
         m = Membership.objects.get(project=project, user=users[name])
-        for i, (c, v) in enumerate(zip(comparisons, votes)):
+        for i, (c, v) in enumerate(zip(comparisons, votes, strict=True)):
             judge(users[name], c, v, a_on_left=i % 2 == 0, pool=m.pool)
     return project, users, comparisons
 
@@ -186,7 +211,9 @@ def test_exclusion_zeroes_the_weight_keeps_judgments_and_the_queue_refuses(hand)
     services.set_excluded(project, a2.pk, False)
     membership.refresh_from_db()
     assert not membership.excluded
-    assert services.effective_weight(membership, quality(project, a2)) == pytest.approx(0.0)  # computed weight is 0
+    assert services.effective_weight(membership, quality(project, a2)) == pytest.approx(
+        0.0
+    )  # computed weight is 0
     assert queue.next_assignment(a2, project) is not None
 
 
@@ -344,3 +371,22 @@ def test_management_command(hand, capsys):
     out = capsys.readouterr().out
     assert "raw agreement" in out and "0.333" in out and "below threshold: a2" in out
     assert QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED).exists()
+
+
+def test_imported_votes_schedule_one_report(settings, sent, django_capture_on_commit_callbacks):
+    import io
+    import json
+
+    from annotate.imports import import_judgments
+
+    settings.PREFLOOP_AUTO_QUALITY = True
+    project = Project.objects.create(name="votes", overlap=3)
+    lines = [
+        {"prompt": "p", "response_a": "x", "response_b": "y", "annotator_id": f"ext:{i}", "label": "a"}
+        for i in range(3)
+    ]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    with django_capture_on_commit_callbacks(execute=True):
+        import_judgments(project, io.BytesIO(data), filename="votes.jsonl")
+    assert QualityReport.objects.filter(project=project, status=JobStatus.QUEUED).count() == 1
+    assert len(sent) == 1

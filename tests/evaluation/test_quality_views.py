@@ -1,4 +1,5 @@
 """Quality pages and API: roles, the dashboard's table and SVG plots, admin actions, recompute."""
+
 from __future__ import annotations
 
 import re
@@ -44,31 +45,52 @@ def site(settings):
     settings.PREFLOOP_QUALITY_BOOTSTRAP_BT = 5
     User = get_user_model()
     project = Project.objects.create(name="views", overlap=3, gold_rate=0.0)
-    pools = {"north": Pool.objects.create(project=project, name="north"),
-             "south": Pool.objects.create(project=project, name="south")}
+    pools = {
+        "north": Pool.objects.create(project=project, name="north"),
+        "south": Pool.objects.create(project=project, name="south"),
+    }
     users = {}
-    for name, role, pool in (("a1", Role.ANNOTATOR, "north"), ("a2", Role.ANNOTATOR, "south"),
-                             ("a3", Role.ANNOTATOR, "north"), ("admin", Role.ADMIN, None),
-                             ("researcher", Role.RESEARCHER, None)):
+    for name, role, pool in (
+        ("a1", Role.ANNOTATOR, "north"),
+        ("a2", Role.ANNOTATOR, "south"),
+        ("a3", Role.ANNOTATOR, "north"),
+        ("admin", Role.ADMIN, None),
+        ("researcher", Role.RESEARCHER, None),
+    ):
         users[name] = User.objects.create(username=name)
         Membership.objects.create(project=project, user=users[name], role=role, pool=pools.get(pool))
     users["outsider"] = User.objects.create(username="outsider")
     comparisons = []
     for i in range(6):
         prompt = Prompt.objects.create(project=project, text=f"p{i}", content_hash=content_hash(f"p{i}"))
-        ra = Response.objects.create(prompt=prompt, text=f"answer A {i}", model_name="model-x",
-                                     content_hash=content_hash(f"a{i}"))
-        rb = Response.objects.create(prompt=prompt, text=f"answer B {i}", model_name="model-y",
-                                     content_hash=content_hash(f"b{i}"))
-        c = Comparison.objects.create(project=project, prompt=prompt, response_a=ra, response_b=rb,
-                                      pair_hash=content_hash(f"pair{i}"), is_gold=i < 4)
+        ra = Response.objects.create(
+            prompt=prompt, text=f"answer A {i}", model_name="model-x", content_hash=content_hash(f"a{i}")
+        )
+        rb = Response.objects.create(
+            prompt=prompt, text=f"answer B {i}", model_name="model-y", content_hash=content_hash(f"b{i}")
+        )
+        c = Comparison.objects.create(
+            project=project,
+            prompt=prompt,
+            response_a=ra,
+            response_b=rb,
+            pair_hash=content_hash(f"pair{i}"),
+            is_gold=i < 4,
+        )
         if i < 4:
             GoldAnswer.objects.create(comparison=c, answer=GOLD[i])
         comparisons.append(c)
     for name, votes in VOTES.items():
-        for i, (c, v) in enumerate(zip(comparisons, votes)):
-            Judgment.objects.create(project=project, comparison=c, annotator=users[name], a_on_left=i % 2 == 0,
-                                    choice=v, seconds=20.0, pool=pools["north" if name != "a2" else "south"])
+        for i, (c, v) in enumerate(zip(comparisons, votes, strict=True)):
+            Judgment.objects.create(
+                project=project,
+                comparison=c,
+                annotator=users[name],
+                a_on_left=i % 2 == 0,
+                choice=v,
+                seconds=20.0,
+                pool=pools["north" if name != "a2" else "south"],
+            )
     return project, users, comparisons
 
 
@@ -149,7 +171,7 @@ def test_dashboard_renders_table_figures_and_svg_plots(site, client):
     assert "71%" in body and "29%" in body and "86%" in body  # gold accuracies 5/7, 2/7, 6/7
     assert "0.43" in body and "0.71" in body  # weights 3/7, 5/7
     # a2 is highlighted and flagged.
-    row = re.search(r'<tr id="annotator-%d"[^>]*>' % users["a2"].pk, body).group(0)
+    row = re.search(rf'<tr id="annotator-{users["a2"].pk}"[^>]*>', body).group(0)
     assert "q-below" in row
     assert "Low accuracy" in body and "Low weight" in body
     # Plots: agreement over time, pool heatmap, gold intervals, round win rates.
@@ -165,8 +187,12 @@ def test_table_sorts_and_htmx_gets_the_table_partial(site, client):
     project, users, _ = site
     services.recompute_quality(project)
     c = client_for(client, users["admin"])
-    response = c.get(url("quality_dashboard", project), {"sort": "weight", "dir": "desc"},
-                     HTTP_HX_TARGET="annotator-table", **HX)
+    response = c.get(
+        url("quality_dashboard", project),
+        {"sort": "weight", "dir": "desc"},
+        HTTP_HX_TARGET="annotator-table",
+        **HX,
+    )
     body = response.content.decode()
     assert response.status_code == 200
     assert body.lstrip().startswith('<div id="annotator-table"') and "<html" not in body
@@ -234,7 +260,9 @@ def test_admin_sets_validates_and_clears_a_weight_override(site, client):
 # --------------------------------------------------------------------------- recompute
 
 
-def test_recompute_button_queues_and_runs_the_task(site, client, settings, django_capture_on_commit_callbacks):
+def test_recompute_button_queues_and_runs_the_task(
+    site, client, settings, django_capture_on_commit_callbacks
+):
     project, users, _ = site
     settings.CELERY_TASK_ALWAYS_EAGER = True
     c = client_for(client, users["researcher"])
@@ -255,8 +283,9 @@ def test_progress_polls_while_queued(site, client, settings):
     project, users, _ = site
     c = client_for(client, users["admin"])
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    report = QualityReport.objects.create(project=project, status=JobStatus.RUNNING, progress=0.4,
-                                          message="Computing agreement")
+    report = QualityReport.objects.create(
+        project=project, status=JobStatus.RUNNING, progress=0.4, message="Computing agreement"
+    )
     response = c.get(url("quality_progress", project, report.pk), **HX)
     body = response.content.decode()
     assert 'hx-trigger="every 2s"' in body and "Computing agreement" in body and "40%" in body
@@ -292,7 +321,9 @@ def test_my_quality_page_rules(site, client):
     project.save()
     response = c.get(url("my_quality", project))
     # (CSRF tokens are random text: drop them before looking for short strings.)
-    body = re.sub(r'"X-CSRFToken": "[^"]*"|name="csrfmiddlewaretoken" value="[^"]*"', "", response.content.decode())
+    body = re.sub(
+        r'"X-CSRFToken": "[^"]*"|name="csrfmiddlewaretoken" value="[^"]*"', "", response.content.decode()
+    )
     assert response.status_code == 200 and "71%" in body
     # Nobody else's numbers, and nothing that identifies items.
     assert "a2" not in body and "a3" not in body and "29%" not in body and "86%" not in body
@@ -336,18 +367,30 @@ def test_api_roles_table_labels_and_actions(site, client):
     assert labels["count"] == 2  # gold comparisons are for admins only
     assert all("is_gold" not in r for r in labels["results"])
     assert res.get(f"{base}/labels/", {"method": "nope"}).status_code == 400
-    assert res.patch(f"{base}/annotators/{users['a2'].pk}/", {"excluded": True},
-                     content_type="application/json").status_code == 403
+    assert (
+        res.patch(
+            f"{base}/annotators/{users['a2'].pk}/", {"excluded": True}, content_type="application/json"
+        ).status_code
+        == 403
+    )
 
     adm = client_for(client, users["admin"])
     labels = adm.get(f"{base}/labels/", {"method": "dawid_skene", "pool_balanced": "true"}).json()
     assert labels["count"] == 6 and sum(r["is_gold"] for r in labels["results"]) == 4
-    r = adm.patch(f"{base}/annotators/{users['a2'].pk}/", {"excluded": True, "weight_override": 0.5},
-                  content_type="application/json")
+    r = adm.patch(
+        f"{base}/annotators/{users['a2'].pk}/",
+        {"excluded": True, "weight_override": 0.5},
+        content_type="application/json",
+    )
     assert r.status_code == 200 and r.json()["excluded"] is True and r.json()["weight"] == 0.0
     assert r.json()["weight_override"] == 0.5
-    bad = adm.patch(f"{base}/annotators/{users['a2'].pk}/", {"weight_override": 2},
-                    content_type="application/json")
+    bad = adm.patch(
+        f"{base}/annotators/{users['a2'].pk}/", {"weight_override": 2}, content_type="application/json"
+    )
     assert bad.status_code == 400
-    assert adm.patch(f"{base}/annotators/{10**9}/", {"excluded": True},
-                     content_type="application/json").status_code == 404
+    assert (
+        adm.patch(
+            f"{base}/annotators/{10**9}/", {"excluded": True}, content_type="application/json"
+        ).status_code
+        == 404
+    )

@@ -5,6 +5,7 @@ dashboard. Known facts: raw pairwise agreement over these votes is 0.92; the aut
 Cohen's kappa 0.85–0.88 between annotators after removing high-disagreement items (so on all
 items it is somewhat lower). The display order was not recorded, so position bias is n/a.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,7 +51,8 @@ def test_pandalm_quality_figures_and_dashboard(pandalm, client):
     fleiss = overall["fleiss_kappa"]
     rows = list(AnnotatorQuality.objects.filter(project=project).select_related("annotator"))
     print(
-        f"\nPandaLM: {data['n_judgments']} judgments, {data['n_items']} comparisons, {data['n_annotators']} annotators\n"
+        f"\nPandaLM: {data['n_judgments']} judgments, {data['n_items']} comparisons, "
+        f"{data['n_annotators']} annotators\n"
         f"  raw agreement      {raw['value']:.4f} [{raw['low']:.4f}, {raw['high']:.4f}]\n"
         f"  raw w/o ties       {overall['raw_agreement_no_ties']['value']:.4f}\n"
         f"  Krippendorff alpha {alpha['value']:.4f} [{alpha['low']:.4f}, {alpha['high']:.4f}]\n"
@@ -58,8 +60,10 @@ def test_pandalm_quality_figures_and_dashboard(pandalm, client):
         f"  mean Cohen kappa   {cohen['value']:.4f} [{cohen['low']:.4f}, {cohen['high']:.4f}]"
     )
     for q in sorted(rows, key=lambda q: q.annotator.username):
-        print(f"  {q.annotator.username}: n={q.n_judgments} DS acc={q.estimated_accuracy:.3f} "
-              f"tie={q.tie_rate:.3f} length bias={q.length_bias:+.3f} weight={q.weight:.3f} flags={q.flags}")
+        print(
+            f"  {q.annotator.username}: n={q.n_judgments} DS acc={q.estimated_accuracy:.3f} "
+            f"tie={q.tie_rate:.3f} length bias={q.length_bias:+.3f} weight={q.weight:.3f} flags={q.flags}"
+        )
 
     assert data["n_judgments"] == 2997 and data["n_items"] == 999 and data["n_annotators"] == 3
     assert raw["value"] == pytest.approx(0.92, abs=0.01)

@@ -14,6 +14,7 @@ lives in memory, so in that case ``test_e2e_through_a_worker_process`` re-runs t
 child pytest with ``PREFLOOP_FILE_TEST_DB=1`` (settings.py then puts the test database in a
 file) and ``PREFLOOP_DATA_DIR`` in a temporary folder, and the scenario runs there.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,9 @@ from training.models import GenerationSample, RunStatus, SamplingJob, TrainingMe
 pytestmark = pytest.mark.slow
 User = get_user_model()
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ("apple river stone cloud green table music light paper window garden silver quiet bright ocean "
-         "forest").split()
+WORDS = (
+    "apple river stone cloud green table music light paper window garden silver quiet bright ocean forest"
+).split()
 
 
 def needs_child_process() -> bool:
@@ -52,10 +54,29 @@ def needs_child_process() -> bool:
 
 
 def run_in_child_pytest(test_id: str, tmp_path: Path, timeout: int) -> None:
-    env = {**os.environ, "PREFLOOP_FILE_TEST_DB": "1", "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
-           "CELERY_TASK_ALWAYS_EAGER": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pytest", test_id, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-x", "--no-migrations",
-           "--basetemp", str(tmp_path / "child")]
+    env = {
+        **os.environ,
+        "PREFLOOP_FILE_TEST_DB": "1",
+        "PREFLOOP_DATA_DIR": str(tmp_path / "data"),
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        test_id,
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "--no-migrations",
+        "--basetemp",
+        str(tmp_path / "child"),
+    ]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"child pytest failed:\n{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
 
@@ -66,22 +87,48 @@ def run_in_child_pytest(test_id: str, tmp_path: Path, timeout: int) -> None:
 def worker_env(data_dir: Path | None = None) -> dict:
     """The environment of a worker that sees this test's database and broker."""
     db = connection.settings_dict
-    env = {**os.environ, "CELERY_TASK_ALWAYS_EAGER": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PREFLOOP_FILE_TEST_DB": "0"}
+    env = {
+        **os.environ,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PREFLOOP_FILE_TEST_DB": "0",
+    }
     if db["ENGINE"].endswith("sqlite3"):
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     else:
-        env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:"
-                               f"{db['PORT'] or 5432}/{db['NAME']}")
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:"
+            f"{db['PORT'] or 5432}/{db['NAME']}"
+        )
     if data_dir is not None:
         env["PREFLOOP_DATA_DIR"] = str(data_dir)
     return env
 
 
 def start_worker(log_path: Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "celery", "-A", "prefloop", "worker", "-Q", "gpu,default", "--concurrency", "1",
-           "-P", "solo", "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip",
-           "--without-mingle", "--without-heartbeat"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "prefloop",
+        "worker",
+        "-Q",
+        "gpu,default",
+        "--concurrency",
+        "1",
+        "-P",
+        "solo",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"test-{uuid.uuid4().hex[:8]}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     log = open(log_path, "ab")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -113,11 +160,13 @@ def synthetic_lines(n: int, seed: int = 0) -> list[dict]:
     lines = []
     for i in range(n):
         topic = rng.choice(WORDS)
-        lines.append({
-            "prompt": f"Question {i}: tell me about the {topic}.",
-            "chosen": "Sure! " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + ".",
-            "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + ".",
-        })
+        lines.append(
+            {
+                "prompt": f"Question {i}: tell me about the {topic}.",
+                "chosen": "Sure! " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + ".",
+                "rejected": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + ".",
+            }
+        )
     return lines
 
 
@@ -130,12 +179,21 @@ def judge(project: Project, annotators: list, *, agree: float = 1.0, seed: int =
     for user in annotators:
         for pk, preferred in comparisons:
             other = "b" if preferred == "a" else "a"
-            rows.append(Judgment(project=project, comparison_id=pk, annotator=user, a_on_left=rng.random() < 0.5,
-                                 choice=preferred if rng.random() < agree else other, strength=2,
-                                 seconds=rng.uniform(15, 40)))
+            rows.append(
+                Judgment(
+                    project=project,
+                    comparison_id=pk,
+                    annotator=user,
+                    a_on_left=rng.random() < 0.5,
+                    choice=preferred if rng.random() < agree else other,
+                    strength=2,
+                    seconds=rng.uniform(15, 40),
+                )
+            )
     Judgment.objects.bulk_create(rows, batch_size=2000)
-    Comparison.objects.filter(project=project).update(n_judgments=len(annotators), slots_taken=len(annotators),
-                                                      is_open=False)
+    Comparison.objects.filter(project=project).update(
+        n_judgments=len(annotators), slots_taken=len(annotators), is_open=False
+    )
     return len(rows)
 
 
@@ -156,12 +214,16 @@ def make_project(name: str, lines: list[dict]) -> tuple[Project, object, list]:
 # --------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.skipif(not needs_child_process(), reason="the database is reachable from a worker: runs directly")
+@pytest.mark.skipif(
+    not needs_child_process(), reason="the database is reachable from a worker: runs directly"
+)
 def test_e2e_through_a_worker_process(tmp_path):
     run_in_child_pytest(f"{__file__}::test_e2e_ui_worker_dpo", tmp_path, timeout=400)
 
 
-@pytest.mark.skipif(needs_child_process(), reason="in-memory test database: run through the child pytest above")
+@pytest.mark.skipif(
+    needs_child_process(), reason="in-memory test database: run through the child pytest above"
+)
 @pytest.mark.django_db(transaction=True)
 def test_e2e_ui_worker_dpo(client, tmp_path):
     from training.tiny_model import build_default_model
@@ -172,23 +234,40 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
         lines = synthetic_lines(100)
         project, admin, annotators = make_project("E2E synthetic", lines)
         judge(project, annotators)
-        model_dir = build_default_model(tmp_path / "tiny", [p.text for p in project.prompts.all()]
-                                        + [line["chosen"] + " " + line["rejected"] for line in lines],
-                                        vocab_size=384, hidden=64, layers=2, max_positions=256)
+        model_dir = build_default_model(
+            tmp_path / "tiny",
+            [p.text for p in project.prompts.all()]
+            + [line["chosen"] + " " + line["rejected"] for line in lines],
+            vocab_size=384,
+            hidden=64,
+            layers=2,
+            max_positions=256,
+        )
         base = services.register_model("tiny-e2e", model_dir)
 
         client.force_login(admin)
-        response = client.post(reverse("training_run_new", args=[project.pk]), {
-            "recipe": "dpo", "base_model": base.pk, "export": "",  # a fresh export, built at launch
-            "max_steps": 16, "lr": "0.001", "batch_size": 8, "beta": "0.1", "max_length": 64,
-            "extra": json.dumps({"eval_fraction": 0.2, "checkpoint_every": 8, "seed": 1}),
-        })
+        response = client.post(
+            reverse("training_run_new", args=[project.pk]),
+            {
+                "recipe": "dpo",
+                "base_model": base.pk,
+                "export": "",  # a fresh export, built at launch
+                "max_steps": 16,
+                "lr": "0.001",
+                "batch_size": 8,
+                "beta": "0.1",
+                "max_length": 64,
+                "extra": json.dumps({"eval_fraction": 0.2, "checkpoint_every": 8, "seed": 1}),
+            },
+        )
         assert response.status_code == 302, response.content.decode()[-2000:]
         run = TrainingRun.objects.get(project=project)
         assert run.export.status == "succeeded" and run.export.n_rows == 100
 
         # metrics stream while it runs: the live fragment shows a partly filled run
-        wait_for(lambda: TrainingMetric.objects.filter(run=run).count() >= 3, 240, "the first metrics", log_path)
+        wait_for(
+            lambda: TrainingMetric.objects.filter(run=run).count() >= 3, 240, "the first metrics", log_path
+        )
         live = client.get(reverse("training_run_live", args=[project.pk, run.pk]), HTTP_HX_REQUEST="true")
         assert live.status_code == 200 and "<svg" in live.content.decode()
 
@@ -203,7 +282,9 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
 
         page = client.get(reverse("training_run", args=[project.pk, run.pk])).content.decode()
         assert page.count("<svg") == 7 and "Succeeded" in page and run.output_model.name in page
-        assert 'hx-trigger="every 2s"' not in page.split('id="samples"')[0]  # the run fragment stopped polling
+        assert (
+            'hx-trigger="every 2s"' not in page.split('id="samples"')[0]
+        )  # the run fragment stopped polling
 
         # the output model is registered, loads and generates
         from training.tiny_model import load_model_and_tokenizer
@@ -216,18 +297,30 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
         assert out.shape[1] > ids.shape[1]
 
         # "generate a sample" and "sample next round", answered by the worker
-        client.post(reverse("training_run_sample", args=[project.pk, run.pk]),
-                    {"prompt": "Question 3: tell me about the stone.", "max_new_tokens": 8})
+        client.post(
+            reverse("training_run_sample", args=[project.pk, run.pk]),
+            {"prompt": "Question 3: tell me about the stone.", "max_new_tokens": 8},
+        )
         sample = GenerationSample.objects.get(run=run)
-        wait_for(lambda: GenerationSample.objects.get(pk=sample.pk).status in ("succeeded", "failed"), 90,
-                 "the sample", log_path)
+        wait_for(
+            lambda: GenerationSample.objects.get(pk=sample.pk).status in ("succeeded", "failed"),
+            90,
+            "the sample",
+            log_path,
+        )
         sample.refresh_from_db()
         assert sample.status == "succeeded" and sample.output.strip(), sample.error
-        client.post(reverse("training_run_sample_round", args=[project.pk, run.pk]),
-                    {"n_prompts": 4, "against": "parent", "max_new_tokens": 8, "temperature": 1.0})
+        client.post(
+            reverse("training_run_sample_round", args=[project.pk, run.pk]),
+            {"n_prompts": 4, "against": "parent", "max_new_tokens": 8, "temperature": 1.0},
+        )
         job = SamplingJob.objects.get(run=run)
-        wait_for(lambda: SamplingJob.objects.get(pk=job.pk).status in ("succeeded", "failed"), 90,
-                 "the next round", log_path)
+        wait_for(
+            lambda: SamplingJob.objects.get(pk=job.pk).status in ("succeeded", "failed"),
+            90,
+            "the next round",
+            log_path,
+        )
         job.refresh_from_db()
         assert job.status == "succeeded", job.error
         new = Comparison.objects.filter(project=project, round=1)

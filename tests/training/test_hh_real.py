@@ -8,6 +8,7 @@ text (``manage.py build_default_model``), and run ``sft+dpo`` through the traini
 The run must succeed within the time budget and its training DPO reward accuracy must rise
 above where it started.
 """
+
 from __future__ import annotations
 
 import random
@@ -33,18 +34,29 @@ BUDGET_S = 240  # generous: the goal is ~90 s on an idle laptop CPU
 
 def simulate_judgments(project: Project, annotators: list, n: int, seed: int = 0) -> int:
     rng = random.Random(seed)
-    comparisons = list(Comparison.objects.filter(project=project).order_by("pk").values_list("pk", "source_preference"))
+    comparisons = list(
+        Comparison.objects.filter(project=project).order_by("pk").values_list("pk", "source_preference")
+    )
     chosen = rng.sample(comparisons, n)
     rows = []
     for pk, preferred in chosen:
         for user in annotators:
             other = "b" if preferred == "a" else "a"
-            rows.append(Judgment(project=project, comparison_id=pk, annotator=user, a_on_left=rng.random() < 0.5,
-                                 choice=preferred if rng.random() < AGREE else other, strength=2,
-                                 seconds=rng.uniform(20, 60)))
+            rows.append(
+                Judgment(
+                    project=project,
+                    comparison_id=pk,
+                    annotator=user,
+                    a_on_left=rng.random() < 0.5,
+                    choice=preferred if rng.random() < AGREE else other,
+                    strength=2,
+                    seconds=rng.uniform(20, 60),
+                )
+            )
     Judgment.objects.bulk_create(rows)
     Comparison.objects.filter(pk__in=[pk for pk, _ in chosen]).update(
-        n_judgments=len(annotators), slots_taken=len(annotators), is_open=False)
+        n_judgments=len(annotators), slots_taken=len(annotators), is_open=False
+    )
     return len(rows)
 
 
@@ -63,23 +75,49 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
     assert result.created == 1150
     assert simulate_judgments(project, annotators, N_JUDGED) == 3 * N_JUDGED
 
-    export = exports.create_export(project, admin, {"formats": ["jsonl"], "test_fraction": 0.1}, enqueue=False)
+    export = exports.create_export(
+        project, admin, {"formats": ["jsonl"], "test_fraction": 0.1}, enqueue=False
+    )
     export = exports.build_export(export)
     train_rows, test_rows = services.export_rows(export)
     assert len(train_rows) + len(test_rows) <= N_JUDGED and len(train_rows) >= 48
     assert all(0 < r["weight"] <= 1 for r in train_rows)
 
     # the tokenizer is trained on the project's own text (all 1,150 prompts and their responses)
-    call_command("build_default_model", "--out", str(tmp_path / "tiny"), "--vocab-size", "2048", "--hidden", "64",
-                 "--layers", "2")
+    call_command(
+        "build_default_model",
+        "--out",
+        str(tmp_path / "tiny"),
+        "--vocab-size",
+        "2048",
+        "--hidden",
+        "64",
+        "--layers",
+        "2",
+    )
     base = ModelVersion.objects.get(name="tiny-default")
 
     t0 = time.monotonic()
-    run = services.launch_run(project, base_model=base, recipe="sft+dpo", export=export, created_by=admin,
-                              send=False, hyperparameters={
-                                  "sft_max_steps": 4, "sft_lr": 2e-3, "max_steps": 16, "lr": 2e-3, "batch_size": 8,
-                                  "beta": 0.1, "max_length": 128, "max_prompt_length": 64, "eval_fraction": 0.0,
-                                  "checkpoint_every": 0})
+    run = services.launch_run(
+        project,
+        base_model=base,
+        recipe="sft+dpo",
+        export=export,
+        created_by=admin,
+        send=False,
+        hyperparameters={
+            "sft_max_steps": 4,
+            "sft_lr": 2e-3,
+            "max_steps": 16,
+            "lr": 2e-3,
+            "batch_size": 8,
+            "beta": 0.1,
+            "max_length": 128,
+            "max_prompt_length": 64,
+            "eval_fraction": 0.0,
+            "checkpoint_every": 0,
+        },
+    )
     assert run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
     elapsed = time.monotonic() - t0
     run.refresh_from_db()

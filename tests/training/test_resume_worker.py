@@ -10,6 +10,7 @@ last checkpoint with the same data order, and the run finishes with the planned 
 Needs a database the worker can reach: see test_e2e_celery.py, whose worker scaffolding this
 file shares.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,8 +31,9 @@ pytestmark = pytest.mark.slow
 
 def _e2e():
     """The worker scaffolding of test_e2e_celery.py (test folders are not packages)."""
-    spec = importlib.util.spec_from_file_location("_training_e2e_scaffolding",
-                                                  Path(__file__).with_name("test_e2e_celery.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_training_e2e_scaffolding", Path(__file__).with_name("test_e2e_celery.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,12 +42,16 @@ def _e2e():
 e2e = _e2e()
 
 
-@pytest.mark.skipif(not e2e.needs_child_process(), reason="the database is reachable from a worker: runs directly")
+@pytest.mark.skipif(
+    not e2e.needs_child_process(), reason="the database is reachable from a worker: runs directly"
+)
 def test_resume_through_worker_processes(tmp_path):
     e2e.run_in_child_pytest(f"{__file__}::test_kill_worker_mid_run_and_resume", tmp_path, timeout=400)
 
 
-@pytest.mark.skipif(e2e.needs_child_process(), reason="in-memory test database: run through the child pytest above")
+@pytest.mark.skipif(
+    e2e.needs_child_process(), reason="in-memory test database: run through the child pytest above"
+)
 @pytest.mark.django_db(transaction=True)
 def test_kill_worker_mid_run_and_resume(tmp_path):
     from training.tiny_model import build_default_model
@@ -56,26 +62,54 @@ def test_kill_worker_mid_run_and_resume(tmp_path):
     second = None
     try:
         project = Project.objects.create(name="Resume")
-        rows = [{**line, "label": "preference", "weight": 1.0, "split": "train"} for line in e2e.synthetic_lines(48)]
+        rows = [
+            {**line, "label": "preference", "weight": 1.0, "split": "train"}
+            for line in e2e.synthetic_lines(48)
+        ]
         folder = tmp_path / "export"
         folder.mkdir()
         (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        export = Export.objects.create(project=project, status=JobStatus.SUCCEEDED, path=str(folder), n_rows=48)
-        model_dir = build_default_model(tmp_path / "tiny", [r["prompt"] + r["chosen"] + r["rejected"] for r in rows],
-                                        vocab_size=320, hidden=32, layers=1, max_positions=128)
+        export = Export.objects.create(
+            project=project, status=JobStatus.SUCCEEDED, path=str(folder), n_rows=48
+        )
+        model_dir = build_default_model(
+            tmp_path / "tiny",
+            [r["prompt"] + r["chosen"] + r["rejected"] for r in rows],
+            vocab_size=320,
+            hidden=32,
+            layers=1,
+            max_positions=128,
+        )
         base = services.register_model("tiny-resume", model_dir)
-        run = services.launch_run(project, base_model=base, recipe="dpo", export=export, hyperparameters={
-            "max_steps": 30, "batch_size": 4, "lr": 1e-3, "max_length": 48, "checkpoint_every": 3,
-            "eval_fraction": 0.0})
+        run = services.launch_run(
+            project,
+            base_model=base,
+            recipe="dpo",
+            export=export,
+            hyperparameters={
+                "max_steps": 30,
+                "batch_size": 4,
+                "lr": 1e-3,
+                "max_length": 48,
+                "checkpoint_every": 3,
+                "eval_fraction": 0.0,
+            },
+        )
 
         checkpoints = Path(run.out_dir) / "checkpoints" / "dpo"
 
         def past_first_checkpoint():
             r = TrainingRun.objects.get(pk=run.pk)
-            return r.status == RunStatus.RUNNING and r.step >= 4 and (checkpoints / "step-000003" / ".complete").exists()
+            return (
+                r.status == RunStatus.RUNNING
+                and r.step >= 4
+                and (checkpoints / "step-000003" / ".complete").exists()
+            )
 
         # kill as soon as the run is past its first checkpoint, so most of it is still ahead
-        e2e.wait_for(past_first_checkpoint, 240, "the run to pass its first checkpoint", log_path, interval=0.05)
+        e2e.wait_for(
+            past_first_checkpoint, 240, "the run to pass its first checkpoint", log_path, interval=0.05
+        )
         os.kill(first.pid, signal.SIGKILL)
         first.wait()  # reaped: its pid is gone, as it is when a supervisor restarts a worker
         killed = TrainingRun.objects.get(pk=run.pk)
@@ -90,7 +124,9 @@ def test_kill_worker_mid_run_and_resume(tmp_path):
         assert "was lost; re-queued" in run.logs and "resumed from" in run.logs
         resumed_at = int(run.logs.split("resumed from ")[1].split("step-")[1][:6])
         assert 3 <= resumed_at <= killed.step
-        assert list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True)) == list(range(1, 31))
+        assert list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True)) == list(
+            range(1, 31)
+        )
         result = json.loads((Path(run.out_dir) / "result.json").read_text())
         assert result["steps"] == result["total_steps"] == 30
         assert run.output_model is not None and (Path(run.output_model.path) / "config.json").exists()

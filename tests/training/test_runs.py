@@ -1,6 +1,7 @@
 """Training runs on the Django side: validation before any compute, roles, the run page and its
 plots, cancel (the flag, and a real in-process run stopping at the next step with its
 checkpoint), the model registry, the API."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,17 @@ def synthetic_rows(n: int, *, test_every: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         w = [WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(5)]
-        rows.append({
-            "prompt": f"Question {i}: tell me about the {w[0]}.", "chosen": f" Sure! {w[1]} {w[2]}.",
-            "rejected": f" {w[3]} {w[4]}.", "label": "preference", "weight": 1.0, "p_chosen": 1.0,
-            "split": "test" if test_every and i % test_every == 0 else "train",
-        })
+        rows.append(
+            {
+                "prompt": f"Question {i}: tell me about the {w[0]}.",
+                "chosen": f" Sure! {w[1]} {w[2]}.",
+                "rejected": f" {w[3]} {w[4]}.",
+                "label": "preference",
+                "weight": 1.0,
+                "p_chosen": 1.0,
+                "split": "test" if test_every and i % test_every == 0 else "train",
+            }
+        )
     return rows
 
 
@@ -37,8 +44,13 @@ def make_export(project: Project, rows: list[dict], folder: Path) -> Export:
     """A built export as evaluation.exports writes it: ``preferences.jsonl`` in its folder."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return Export.objects.create(project=project, status=JobStatus.SUCCEEDED, path=str(folder), n_rows=len(rows),
-                                 params={"formats": ["jsonl"]})
+    return Export.objects.create(
+        project=project,
+        status=JobStatus.SUCCEEDED,
+        path=str(folder),
+        n_rows=len(rows),
+        params={"formats": ["jsonl"]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +58,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from training.tiny_model import build_default_model
 
     texts = [r["prompt"] + r["chosen"] + r["rejected"] for r in synthetic_rows(40)]
-    return build_default_model(tmp_path_factory.mktemp("tiny") / "model", texts, vocab_size=320, hidden=32,
-                               layers=1, max_positions=128)
+    return build_default_model(
+        tmp_path_factory.mktemp("tiny") / "model",
+        texts,
+        vocab_size=320,
+        hidden=32,
+        layers=1,
+        max_positions=128,
+    )
 
 
 @pytest.fixture
@@ -81,8 +99,13 @@ def _client(client, user):
 
 def test_launch_creates_a_queued_run_with_its_out_dir(scene, no_send, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        run = services.launch_run(scene["project"], base_model=scene["base"], recipe="dpo", export=scene["export"],
-                                  hyperparameters={"lr": "1e-3", "max_steps": "5"})
+        run = services.launch_run(
+            scene["project"],
+            base_model=scene["base"],
+            recipe="dpo",
+            export=scene["export"],
+            hyperparameters={"lr": "1e-3", "max_steps": "5"},
+        )
     assert run.status == RunStatus.QUEUED
     assert run.hyperparameters == {"lr": 0.001, "max_steps": 5}
     assert run.out_dir.endswith(f"run-{run.pk:05d}") and Path(run.out_dir).is_absolute()
@@ -111,17 +134,22 @@ def test_fresh_export_with_no_judgments_is_a_clear_error(scene, no_send):
     assert not TrainingRun.objects.exists()
 
 
-@pytest.mark.parametrize("hp, message", [
-    ({"learning_rate": 1e-4}, "unknown hyperparameter 'learning_rate'"),
-    ({"lr": -1}, "lr must be > 0"),
-    ({"max_steps": "ten"}, "'max_steps': 'ten' is not valid"),
-    ({"loss_type": "nope"}, "loss_type must be one of"),
-    ({"recipe": "sft"}, "set recipe with the run's own field"),
-    ({"max_length": 64, "max_prompt_length": 64}, "max_prompt_length .* below max_length"),
-])
+@pytest.mark.parametrize(
+    "hp, message",
+    [
+        ({"learning_rate": 1e-4}, "unknown hyperparameter 'learning_rate'"),
+        ({"lr": -1}, "lr must be > 0"),
+        ({"max_steps": "ten"}, "'max_steps': 'ten' is not valid"),
+        ({"loss_type": "nope"}, "loss_type must be one of"),
+        ({"recipe": "sft"}, "set recipe with the run's own field"),
+        ({"max_length": 64, "max_prompt_length": 64}, "max_prompt_length .* below max_length"),
+    ],
+)
 def test_bad_hyperparameters_are_refused(scene, no_send, hp, message):
     with pytest.raises(services.TrainingError, match=message):
-        services.launch_run(scene["project"], base_model=scene["base"], export=scene["export"], hyperparameters=hp)
+        services.launch_run(
+            scene["project"], base_model=scene["base"], export=scene["export"], hyperparameters=hp
+        )
     assert not TrainingRun.objects.exists()
 
 
@@ -130,11 +158,16 @@ def test_prompts_far_longer_than_max_length_are_refused(scene, no_send):
     rows[3]["prompt"] = "word " * 400
     export = make_export(scene["project"], rows, scene["tmp"] / "long")
     with pytest.raises(services.TrainingError, match="pair 3 has a prompt of 2000 characters"):
-        services.launch_run(scene["project"], base_model=scene["base"], export=export,
-                            hyperparameters={"max_length": 32})
+        services.launch_run(
+            scene["project"], base_model=scene["base"], export=export, hyperparameters={"max_length": 32}
+        )
     # with max_prompt_length the prompt is truncated from the left instead: accepted
-    services.launch_run(scene["project"], base_model=scene["base"], export=export,
-                        hyperparameters={"max_length": 32, "max_prompt_length": 16})
+    services.launch_run(
+        scene["project"],
+        base_model=scene["base"],
+        export=export,
+        hyperparameters={"max_length": 32, "max_prompt_length": 16},
+    )
 
 
 def test_a_base_model_whose_folder_is_gone_is_refused(scene, no_send, tmp_path):
@@ -152,12 +185,19 @@ def test_the_web_side_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'prefloop.settings'); "
-            "django.setup(); from training import services, views, api, tasks; "
-            "services.validate_hyperparameters({'lr': 1e-4}); "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'prefloop.settings'); "
+        "django.setup(); from training import services, views, api, tasks; "
+        "services.validate_hyperparameters({'lr': 1e-4}); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip().endswith("False False"), out.stdout + out.stderr
 
 
@@ -165,8 +205,14 @@ def test_the_web_side_never_imports_torch():
 
 
 def _launch_post(scene, **extra):
-    data = {"recipe": "dpo", "base_model": scene["base"].pk, "export": scene["export"].pk, "max_steps": 3,
-            "lr": "0.001", "extra": ""}
+    data = {
+        "recipe": "dpo",
+        "base_model": scene["base"].pk,
+        "export": scene["export"].pk,
+        "max_steps": 3,
+        "lr": "0.001",
+        "extra": "",
+    }
     data.update(extra)
     return data
 
@@ -199,7 +245,8 @@ def test_admin_launches_from_the_form(scene, no_send, client, django_capture_on_
         response = c.post(url, _launch_post(scene, extra='{"checkpoint_every": 2}'))
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse(
-        "training_run", args=[scene["project"].pk, run.pk])
+        "training_run", args=[scene["project"].pk, run.pk]
+    )
     assert run.created_by == scene["users"][Role.ADMIN] and run.recipe == "dpo"
     assert run.hyperparameters == {"max_steps": 3, "lr": 0.001, "checkpoint_every": 2}
     assert no_send == [run.pk]
@@ -217,13 +264,24 @@ def test_form_shows_the_validation_error(scene, no_send, client):
 def test_api_launch_and_errors(scene, no_send, client):
     c = _client(client, scene["users"][Role.ADMIN])
     url = reverse("training-api:run-list", args=[scene["project"].pk])
-    bad = c.post(url, {"base_model": "tiny-test", "export": scene["export"].pk, "hyperparameters": {"foo": 1}},
-                 content_type="application/json")
+    bad = c.post(
+        url,
+        {"base_model": "tiny-test", "export": scene["export"].pk, "hyperparameters": {"foo": 1}},
+        content_type="application/json",
+    )
     assert bad.status_code == 400 and "unknown hyperparameter 'foo'" in bad.json()["hyperparameters"][0]
     missing = c.post(url, {"base_model": "no-such-model"}, content_type="application/json")
     assert missing.status_code == 400 and "base_model" in missing.json()
-    ok = c.post(url, {"recipe": "sft", "base_model": "tiny-test", "export": scene["export"].pk,
-                      "hyperparameters": {"max_steps": 2}}, content_type="application/json")
+    ok = c.post(
+        url,
+        {
+            "recipe": "sft",
+            "base_model": "tiny-test",
+            "export": scene["export"].pk,
+            "hyperparameters": {"max_steps": 2},
+        },
+        content_type="application/json",
+    )
     assert ok.status_code == 201, ok.content
     run_id = ok.json()["id"]
     researcher = _client(client, scene["users"][Role.RESEARCHER])
@@ -235,17 +293,32 @@ def test_api_launch_and_errors(scene, no_send, client):
 
 
 def _running_run(scene, **fields) -> TrainingRun:
-    defaults = dict(project=scene["project"], export=scene["export"], recipe="sft+dpo", base_model=scene["base"],
-                    status=RunStatus.RUNNING, step=12, total_steps=40, progress=0.3, eta_seconds=75,
-                    logs="line one\nline two <script>", out_dir=str(scene["tmp"] / "run"))
+    defaults = dict(
+        project=scene["project"],
+        export=scene["export"],
+        recipe="sft+dpo",
+        base_model=scene["base"],
+        status=RunStatus.RUNNING,
+        step=12,
+        total_steps=40,
+        progress=0.3,
+        eta_seconds=75,
+        logs="line one\nline two <script>",
+        out_dir=str(scene["tmp"] / "run"),
+    )
     defaults.update(fields)
     run = TrainingRun.objects.create(**defaults)
     for step in range(1, 13):
         phase = "sft" if step <= 5 else "dpo"
         data = {"phase": phase, "step": step, "loss": 2.0 / step, "lr": 1e-3, "tokens_per_s": 900.0 + step}
         if phase == "dpo":
-            data.update(reward_accuracy=min(1.0, 0.1 * step), reward_margin=0.05 * step, chosen_logps=-20.0 + step,
-                        rejected_logps=-20.0 - step, kl_to_ref=0.01 * step)
+            data.update(
+                reward_accuracy=min(1.0, 0.1 * step),
+                reward_margin=0.05 * step,
+                chosen_logps=-20.0 + step,
+                rejected_logps=-20.0 - step,
+                kl_to_ref=0.01 * step,
+            )
         TrainingMetric.objects.create(run=run, step=step, data=data)
     return run
 
@@ -255,8 +328,15 @@ def test_run_page_shows_progress_plots_and_polls_while_running(scene, client):
     c = _client(client, scene["users"][Role.RESEARCHER])
     page = c.get(reverse("training_run", args=[scene["project"].pk, run.pk])).content.decode()
     assert page.count("<svg") == 7
-    for title in ("Loss", "DPO reward accuracy", "DPO reward margin", "Log-probs", "KL to reference",
-                  "Learning rate", "Tokens / s"):
+    for title in (
+        "Loss",
+        "DPO reward accuracy",
+        "DPO reward margin",
+        "Log-probs",
+        "KL to reference",
+        "Learning rate",
+        "Tokens / s",
+    ):
         assert f"<title>{title}</title>" in page
     assert page.count("<path d=") >= 8  # sft and dpo loss, accuracy, margin, chosen, rejected, kl, lr, tok/s
     assert 'hx-trigger="every 2s"' in page and "ETA 1m 15s" in page and "step 12 / 40" in page
@@ -274,8 +354,10 @@ def test_finished_run_stops_polling_and_offers_samples(scene, client):
     page = c.get(reverse("training_run", args=[scene["project"].pk, run.pk])).content.decode()
     assert 'hx-trigger="every 2s"' not in page
     assert "Generate a sample" in page and "Sample next round" in page and "tiny-test.out" in page
-    live = c.get(reverse("training_run_live", args=[scene["project"].pk, run.pk]) + "?was=active",
-                 HTTP_HX_REQUEST="true")
+    live = c.get(
+        reverse("training_run_live", args=[scene["project"].pk, run.pk]) + "?was=active",
+        HTTP_HX_REQUEST="true",
+    )
     assert live["HX-Refresh"] == "true"  # the page reloads once to show the results
 
 
@@ -284,7 +366,9 @@ def test_runs_list_and_metrics_api(scene, client):
     c = _client(client, scene["users"][Role.RESEARCHER])
     page = c.get(reverse("training_runs", args=[scene["project"].pk])).content.decode()
     assert f"#{run.pk}" in page and "Running" in page
-    metrics = c.get(reverse("training-api:run-metrics", args=[scene["project"].pk, run.pk]) + "?since=10").json()
+    metrics = c.get(
+        reverse("training-api:run-metrics", args=[scene["project"].pk, run.pk]) + "?since=10"
+    ).json()
     assert [m["step"] for m in metrics] == [11, 12]
 
 
@@ -314,7 +398,8 @@ def test_cancel_view_sets_the_flag(scene, client):
 def test_cancelling_a_queued_run_cancels_it_at_once(scene, no_send, client):
     run = services.launch_run(scene["project"], base_model=scene["base"], export=scene["export"])
     response = _client(client, scene["users"][Role.ADMIN]).post(
-        reverse("training-api:run-cancel", args=[scene["project"].pk, run.pk]))
+        reverse("training-api:run-cancel", args=[scene["project"].pk, run.pk])
+    )
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     from training.tasks import run_training
 
@@ -325,9 +410,20 @@ def test_cancelling_a_queued_run_cancels_it_at_once(scene, no_send, client):
 def test_cancel_stops_the_task_at_the_next_step_and_keeps_the_checkpoint(scene, no_send, monkeypatch):
     from training import tasks
 
-    run = services.launch_run(scene["project"], base_model=scene["base"], recipe="dpo", export=scene["export"],
-                              hyperparameters={"max_steps": 50, "batch_size": 2, "lr": 1e-3, "max_length": 48,
-                                               "checkpoint_every": 0, "eval_fraction": 0.0})
+    run = services.launch_run(
+        scene["project"],
+        base_model=scene["base"],
+        recipe="dpo",
+        export=scene["export"],
+        hyperparameters={
+            "max_steps": 50,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "max_length": 48,
+            "checkpoint_every": 0,
+            "eval_fraction": 0.0,
+        },
+    )
     original = tasks.RunReporter.on_step
 
     def on_step(self, metrics):
@@ -353,8 +449,13 @@ def test_a_run_asking_for_a_gpu_on_a_cpu_worker_fails_with_the_reason(scene, no_
         pytest.skip("this machine has a GPU")
     from training.tasks import run_training
 
-    run = services.launch_run(scene["project"], base_model=scene["base"], recipe="dpo", export=scene["export"],
-                              hyperparameters={"device": "cuda"})
+    run = services.launch_run(
+        scene["project"],
+        base_model=scene["base"],
+        recipe="dpo",
+        export=scene["export"],
+        hyperparameters={"device": "cuda"},
+    )
     assert run_training.apply(args=(run.pk,)).get() == RunStatus.FAILED
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED and "no CUDA GPU" in run.error and run.step == 0
@@ -402,8 +503,11 @@ def test_registry_page_registers_for_admins_only(scene, client, tmp_path):
     assert bad.status_code == 400 and "does not exist" in bad.content.decode()
     ok = admin.post(url, {"name": "copy", "path": scene["base"].path, "parent": scene["base"].pk})
     assert ok.status_code == 302 and ModelVersion.objects.get(name="copy").parent == scene["base"]
-    api = admin.post(reverse("training-api:model-list"), {"name": "api-copy", "path": scene["base"].path},
-                     content_type="application/json")
+    api = admin.post(
+        reverse("training-api:model-list"),
+        {"name": "api-copy", "path": scene["base"].path},
+        content_type="application/json",
+    )
     assert api.status_code == 201 and api.json()["name"] == "api-copy"
     assert "tiny-test" in admin.get(url).content.decode()
 
@@ -438,9 +542,20 @@ def test_the_trainer_can_run_under_a_launcher_subprocess(scene, no_send, setting
     from training.tasks import run_training
 
     settings.PREFLOOP_TRAINING_LAUNCHER = [sys.executable]
-    run = services.launch_run(scene["project"], base_model=scene["base"], recipe="sft", export=scene["export"],
-                              hyperparameters={"max_steps": 3, "batch_size": 4, "lr": 1e-3, "max_length": 48,
-                                               "eval_fraction": 0.0, "checkpoint_every": 0})
+    run = services.launch_run(
+        scene["project"],
+        base_model=scene["base"],
+        recipe="sft",
+        export=scene["export"],
+        hyperparameters={
+            "max_steps": 3,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "max_length": 48,
+            "eval_fraction": 0.0,
+            "checkpoint_every": 0,
+        },
+    )
     assert run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.step == 3 and "launching:" in run.logs
@@ -465,11 +580,14 @@ def test_sample_next_round_creates_the_next_rounds_comparisons(scene):
         assert path in (new.path, scene["base"].path)
         return [[f"{tag} answer to {p}" if "3" not in p else "same"] * n for p in prompts]
 
-    job = services.sample_next_round(new, project, n_prompts=4, compare_to=scene["base"], generate=fake_generate,
-                                     seed=7)
+    job = services.sample_next_round(
+        new, project, n_prompts=4, compare_to=scene["base"], generate=fake_generate, seed=7
+    )
     project.refresh_from_db()
     assert job.status == "succeeded" and job.round == 1 and project.current_round == 1
-    comparisons = Comparison.objects.filter(project=project, round=1).select_related("response_a", "response_b")
+    comparisons = Comparison.objects.filter(project=project, round=1).select_related(
+        "response_a", "response_b"
+    )
     assert comparisons.count() == job.n_created
     assert 3 <= job.n_created <= 4  # "Prompt 3?" gives identical answers when drawn: skipped
     for c in comparisons:

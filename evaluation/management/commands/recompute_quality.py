@@ -3,6 +3,7 @@
 Computes annotator quality and agreement now (synchronously, with a progress line) and prints
 the headline figures; ``--queue`` sends it to the Celery worker instead.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -34,7 +35,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", help="project id or name")
         parser.add_argument("--all", action="store_true", help="every project")
-        parser.add_argument("--queue", action="store_true", help="queue a Celery task instead of computing here")
+        parser.add_argument(
+            "--queue", action="store_true", help="queue a Celery task instead of computing here"
+        )
 
     def handle(self, *args, **options):
         if options["all"]:
@@ -59,10 +62,12 @@ class Command(BaseCommand):
                 self.stderr.write("")
             data = report.data
             overall = (data.get("agreement") or {}).get("overall") or {}
-            self.stdout.write(self.style.SUCCESS(
-                f"{project.name}: report {report.pk}, {data.get('n_judgments', 0)} judgments, "
-                f"{data.get('n_items', 0)} comparisons, {data.get('n_annotators', 0)} annotators"
-            ))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"{project.name}: report {report.pk}, {data.get('n_judgments', 0)} judgments, "
+                    f"{data.get('n_items', 0)} comparisons, {data.get('n_annotators', 0)} annotators"
+                )
+            )
             if overall:
                 self.stdout.write(f"  raw agreement      {_fmt(overall.get('raw_agreement'))}")
                 self.stdout.write(f"  Krippendorff alpha {_fmt(overall.get('krippendorff_alpha'))}")
@@ -71,7 +76,10 @@ class Command(BaseCommand):
             rows = services.annotator_rows(project, report, sort="weight", descending=True)
             below = [r.username for r in rows if r.below_threshold]
             if rows:
-                self.stdout.write("  weights: " + ", ".join(f"{r.username} {r.weight:.2f}" for r in rows[:10])
-                                  + (" …" if len(rows) > 10 else ""))
+                self.stdout.write(
+                    "  weights: "
+                    + ", ".join(f"{r.username} {r.weight:.2f}" for r in rows[:10])
+                    + (" …" if len(rows) > 10 else "")
+                )
             if below:
                 self.stdout.write(self.style.WARNING(f"  below threshold: {', '.join(below)}"))

@@ -5,6 +5,7 @@ BPE tokenizer trained on every prompt and response in the database plus a small 
 corpus, and a small random Llama, saved with ``save_pretrained``; then registers the folder as
 the ModelVersion ``tiny-default``. ``make demo`` calls it with ``--if-missing``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,10 +33,15 @@ class Command(BaseCommand):
     help = "Build the tiny default model (tokenizer trained on the project's texts) and register it."
 
     def add_arguments(self, parser):
-        parser.add_argument("--if-missing", action="store_true",
-                            help="Do nothing when the model version exists and its folder is valid.")
+        parser.add_argument(
+            "--if-missing",
+            action="store_true",
+            help="Do nothing when the model version exists and its folder is valid.",
+        )
         parser.add_argument("--out", help="Folder to write (default: PREFLOOP_MODELS_DIR/<name>).")
-        parser.add_argument("--name", default="tiny-default", help="ModelVersion name (default tiny-default).")
+        parser.add_argument(
+            "--name", default="tiny-default", help="ModelVersion name (default tiny-default)."
+        )
         parser.add_argument("--vocab-size", type=int, default=4096)
         parser.add_argument("--hidden", type=int, default=256)
         parser.add_argument("--layers", type=int, default=4)
@@ -58,17 +64,30 @@ class Command(BaseCommand):
 
         t0 = time.time()
         texts = list(project_texts())
-        self.stdout.write(f"Training a tokenizer on {len(texts)} texts from the database + the built-in corpus…")
+        self.stdout.write(
+            f"Training a tokenizer on {len(texts)} texts from the database + the built-in corpus…"
+        )
         try:
-            build_default_model(out, texts, vocab_size=options["vocab_size"], hidden=options["hidden"],
-                                layers=options["layers"], seed=options["seed"])
+            build_default_model(
+                out,
+                texts,
+                vocab_size=options["vocab_size"],
+                hidden=options["hidden"],
+                layers=options["layers"],
+                seed=options["seed"],
+            )
         except (OSError, ValueError) as exc:
             raise CommandError(f"could not build the model in {out}: {exc}") from exc
         try:
             version = services.register_model(
-                name, out, description="prefloop's tiny default model (tokenizer trained on the project's texts)",
-                replace=True, metrics={"texts": len(texts)})
+                name,
+                out,
+                description="prefloop's tiny default model (tokenizer trained on the project's texts)",
+                replace=True,
+                metrics={"texts": len(texts)},
+            )
         except services.TrainingError as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write(self.style.SUCCESS(
-            f"Built {version.name} in {out} ({time.time() - t0:.1f}s) and registered it."))
+        self.stdout.write(
+            self.style.SUCCESS(f"Built {version.name} in {out} ({time.time() - t0:.1f}s) and registered it.")
+        )

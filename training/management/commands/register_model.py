@@ -4,6 +4,7 @@ Registers a local Hugging Face model folder (or a PEFT adapter folder on a local
 ModelVersion. The folder is validated (config, weights, tokenizer); ``--check-load`` also loads
 it with transformers in this process (the web app never does).
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -22,9 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--parent", help="Name of the version it was trained from.")
         parser.add_argument("--project", help="Project id or name it belongs to.")
         parser.add_argument("--description", default="")
-        parser.add_argument("--replace", action="store_true", help="Update a version of that name if it exists.")
-        parser.add_argument("--check-load", action="store_true",
-                            help="Also load the weights and tokenizer with transformers.")
+        parser.add_argument(
+            "--replace", action="store_true", help="Update a version of that name if it exists."
+        )
+        parser.add_argument(
+            "--check-load", action="store_true", help="Also load the weights and tokenizer with transformers."
+        )
 
     def handle(self, *args, **options):
         parent = None
@@ -43,8 +47,14 @@ class Command(BaseCommand):
             n = sum(p.numel() for p in model.parameters())
             self.stdout.write(f"Loaded {type(model).__name__} with {n / 1e6:.1f}M parameters.")
         try:
-            version = services.register_model(options["name"], options["path"], parent=parent, project=project,
-                                              description=options["description"], replace=options["replace"])
+            version = services.register_model(
+                options["name"],
+                options["path"],
+                parent=parent,
+                project=project,
+                description=options["description"],
+                replace=options["replace"],
+            )
         except services.TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"Registered {version.name} -> {version.path}"))

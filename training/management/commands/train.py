@@ -7,6 +7,7 @@ follows the run until it ends, printing progress; ``--inline`` runs it in this p
 of a worker (handy on a GPU box without Celery). Other actions: ``--cancel RUN_ID`` and
 ``--resume-stale`` (re-queue runs whose worker died).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,15 +29,25 @@ class Command(BaseCommand):
         source.add_argument("--export", type=int, help="Id of a built export of the project.")
         source.add_argument("--fresh", action="store_true", help="Build a fresh export now (default).")
         parser.add_argument("--recipe", choices=Recipe.values, default=Recipe.SFT_DPO)
-        parser.add_argument("--base", default="tiny-default", help="Base model version name (default tiny-default).")
-        parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                            help="A TrainConfig field, e.g. --set lr=1e-4 --set max_steps=200 (repeatable).")
+        parser.add_argument(
+            "--base", default="tiny-default", help="Base model version name (default tiny-default)."
+        )
+        parser.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="A TrainConfig field, e.g. --set lr=1e-4 --set max_steps=200 (repeatable).",
+        )
         follow = parser.add_mutually_exclusive_group()
         follow.add_argument("--wait", action="store_true", help="Follow the run until it ends.")
         follow.add_argument("--inline", action="store_true", help="Train in this process, not on a worker.")
         parser.add_argument("--cancel", type=int, metavar="RUN_ID", help="Ask run RUN_ID to stop.")
-        parser.add_argument("--resume-stale", action="store_true",
-                            help="Re-queue runs left 'running' by a dead worker, then exit.")
+        parser.add_argument(
+            "--resume-stale",
+            action="store_true",
+            help="Re-queue runs left 'running' by a dead worker, then exit.",
+        )
 
     def handle(self, *args, **options):
         if options["resume_stale"]:
@@ -58,8 +69,10 @@ class Command(BaseCommand):
         project = find_project(options["project"])
         base = ModelVersion.objects.filter(name=options["base"]).first()
         if base is None:
-            raise CommandError(f"no model version named {options['base']!r} "
-                               f"(manage.py build_default_model makes tiny-default)")
+            raise CommandError(
+                f"no model version named {options['base']!r} "
+                f"(manage.py build_default_model makes tiny-default)"
+            )
         export = None
         if options["export"] is not None:
             export = Export.objects.filter(pk=options["export"], project=project).first()
@@ -67,8 +80,14 @@ class Command(BaseCommand):
                 raise CommandError(f"no export {options['export']} in project {project.name!r}")
         try:
             hp = services.parse_set_options(options["set"])
-            run = services.launch_run(project, base_model=base, recipe=options["recipe"], export=export,
-                                      hyperparameters=hp, send=not options["inline"])
+            run = services.launch_run(
+                project,
+                base_model=base,
+                recipe=options["recipe"],
+                export=export,
+                hyperparameters=hp,
+                send=not options["inline"],
+            )
         except services.TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"run {run.pk}: {run.recipe} on export {run.export_id}, output in {run.out_dir}")
@@ -82,9 +101,11 @@ class Command(BaseCommand):
             self.stdout.write("queued on the gpu worker (celery -A prefloop worker -Q gpu --concurrency 1)")
             return
         run.refresh_from_db()
-        self.stdout.write(f"run {run.pk} {run.status}"
-                          + (f": {run.error}" if run.error else "")
-                          + (f"; model {run.output_model.name}" if run.output_model else ""))
+        self.stdout.write(
+            f"run {run.pk} {run.status}"
+            + (f": {run.error}" if run.error else "")
+            + (f"; model {run.output_model.name}" if run.output_model else "")
+        )
         if run.status != "succeeded":
             raise CommandError(f"run {run.pk} ended {run.status}")
 
