@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Subquery
 from django.utils import timezone
 
 from .models import (
@@ -224,8 +224,7 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
                     chosen = row
                     break
             if chosen is not None:
-                Comparison.objects.filter(pk=chosen.pk).update(slots_taken=F("slots_taken") + 1)
-                Comparison.objects.filter(pk=chosen.pk).update(is_open=_open_expr(project))
+                _take_slots(project, chosen.pk, slots=1)
                 expires = now + timedelta(seconds=project.assignment_timeout_s)
                 a_on_left = rng.random() < 0.5
                 assignment, _ = Assignment.objects.update_or_create(
@@ -249,6 +248,17 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
         # Every candidate was being claimed by a concurrent request or filled meanwhile.
         time.sleep(0.002 * (attempt + 1) * (0.5 + _jitter.random()))
     return None
+
+
+def _take_slots(project: Project, comparison_id: int, *, slots: int = 0, judgments: int = 0) -> None:
+    """One UPDATE: add to the comparison's slot and judgment counts and re-derive ``is_open``
+    (the right-hand sides of an UPDATE see the old row, hence ``overlap - slots``)."""
+    still_open = ExpressionWrapper(
+        Q(is_gold=True) | Q(slots_taken__lt=project.overlap - slots), output_field=BooleanField()
+    )
+    Comparison.objects.filter(pk=comparison_id).update(
+        slots_taken=F("slots_taken") + slots, n_judgments=F("n_judgments") + judgments, is_open=still_open
+    )
 
 
 def _lock_annotator(membership: Membership) -> None:
@@ -318,6 +328,20 @@ def submit_judgment(
     """
     now = now or timezone.now()
     with transaction.atomic():
+        # The annotator's membership first, in the same order as a claim, so that a late
+        # submit and a simultaneous claim of the same annotator cannot deadlock.
+        membership = (
+            Membership.objects.select_for_update(of=("self",))
+            .filter(
+                user=annotator,
+                project_id=Subquery(
+                    Assignment.objects.filter(pk=assignment_id, annotator=annotator).values("project_id")[:1]
+                ),
+            )
+            .first()
+        )
+        if membership is None:
+            raise Assignment.DoesNotExist("No such assignment of yours.")
         # of=("self",): lock the assignment row only. A plain select_for_update() with
         # select_related("project") also locks the project row, which serializes every submit
         # of the project and deadlocks against a claim (the claim holds the comparison row and
@@ -333,6 +357,8 @@ def submit_judgment(
             return Judgment.objects.get(annotator=annotator, comparison_id=assignment.comparison_id)
         if assignment.status == AssignmentStatus.SKIPPED:
             raise QueueError("You skipped this item.")
+        if membership.excluded:
+            raise NotAnAnnotator("An admin has paused your work in this project.")
         underlying = to_underlying(assignment.a_on_left, choice)
         if underlying == Choice.TIE and not project.allow_ties:
             raise QueueError("Ties are not allowed in this project.")
@@ -345,7 +371,7 @@ def submit_judgment(
             comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
             if not comparison.is_gold and comparison.slots_taken >= project.overlap:
                 raise AssignmentGone("This item expired and others have judged it meanwhile.")
-            Comparison.objects.filter(pk=comparison.pk).update(slots_taken=F("slots_taken") + 1)
+        retaken = 1 if assignment.status == AssignmentStatus.EXPIRED else 0
         elapsed = (now - assignment.created_at).total_seconds()
         if seconds is None or not (0 < seconds <= max(elapsed, 0) + 5):
             seconds = max(elapsed, 0.0)
@@ -368,8 +394,7 @@ def submit_judgment(
         assignment.status = AssignmentStatus.DONE
         assignment.finished_at = now
         assignment.save(update_fields=["status", "finished_at"])
-        Comparison.objects.filter(pk=assignment.comparison_id).update(n_judgments=F("n_judgments") + 1)
-        Comparison.objects.filter(pk=assignment.comparison_id).update(is_open=_open_expr(project))
+        _take_slots(project, assignment.comparison_id, slots=retaken, judgments=1)
     return judgment
 
 
@@ -393,25 +418,28 @@ def skip(annotator, assignment_id: int, *, now: datetime | None = None) -> Assig
 
 
 def progress(annotator, project: Project) -> Progress:
-    """Done and skipped by this annotator; remaining = open regular comparisons not yet theirs."""
-    mine = dict(
-        Assignment.objects.filter(annotator=annotator, project=project)
-        .values("status")
-        .annotate(n=Count("pk"))
-        .values_list("status", "n")
+    """Done and skipped by this annotator, and what remains for them: the open regular
+    comparisons and the gold ones they have not finished, the item they hold included.
+
+    Gold and regular items move the counter alike, so it never tells which item was gold.
+    Three index-range counts; no scan of all comparisons.
+    """
+    finished = Q(status__in=[AssignmentStatus.DONE, AssignmentStatus.SKIPPED])
+    mine = Assignment.objects.filter(annotator=annotator, project=project).aggregate(
+        done=Count("pk", filter=Q(status=AssignmentStatus.DONE)),
+        skipped=Count("pk", filter=Q(status=AssignmentStatus.SKIPPED)),
+        finished_open=Count("pk", filter=finished & Q(comparison__is_gold=False, comparison__is_open=True)),
+        finished_gold=Count("pk", filter=finished & Q(comparison__is_gold=True)),
+        # A held item whose comparison others have meanwhile filled is still the annotator's.
+        held_full=Count(
+            "pk",
+            filter=Q(status=AssignmentStatus.ACTIVE, comparison__is_gold=False, comparison__is_open=False),
+        ),
     )
-    open_total = Comparison.objects.filter(project=project, is_gold=False, is_open=True).count()
-    mine_open = Assignment.objects.filter(
-        annotator=annotator,
-        project=project,
-        comparison__is_gold=False,
-        comparison__is_open=True,
-    ).exclude(status=AssignmentStatus.EXPIRED).count()
-    return Progress(
-        done=mine.get(AssignmentStatus.DONE, 0),
-        skipped=mine.get(AssignmentStatus.SKIPPED, 0),
-        remaining=max(open_total - mine_open, 0),
-    )
+    open_regular = Comparison.objects.filter(project=project, is_gold=False, is_open=True).count()
+    gold_total = Comparison.objects.filter(project=project, is_gold=True).count()
+    remaining = (open_regular - mine["finished_open"] + mine["held_full"]) + (gold_total - mine["finished_gold"])
+    return Progress(done=mine["done"], skipped=mine["skipped"], remaining=max(remaining, 0))
 
 
 def shown_pair(assignment: Assignment):

@@ -129,6 +129,8 @@ def project_settings(request, pk: int):
     form = ProjectForm(_posted(request), instance=project)
     if request.method == "POST" and form.is_valid():
         form.save()
+        if "overlap" in form.changed_data:
+            queue.sync_open(project)
         messages.success(request, "Settings saved.")
         return redirect("project_settings", pk=project.pk)
     return _project_page(request, project, Role.ADMIN, "annotate/project_form.html", {"form": form, "tab": "settings"})
@@ -444,20 +446,14 @@ def _item_context(request, project: Project, *, notice: str = "", notice_level: 
     return ctx
 
 
-def _annotator_progress(user, project: Project, held: Assignment | None) -> dict:
-    """The annotator's counter: done, skipped and remaining.
-
-    ``queue.progress`` leaves the item being held out of "remaining"; a held regular item is
-    counted, so the number drops by one as the annotator advances. Gold items are never in
-    "remaining", so a held gold item adds nothing.
-    """
+def _annotator_progress(user, project: Project, held: Assignment | None = None) -> dict:
+    """The annotator's counter: done, skipped and remaining (the held item included)."""
     prog = queue.progress(user, project)
-    remaining = prog.remaining + (1 if held is not None and not held.comparison.is_gold else 0)
-    total = prog.done + remaining
+    total = prog.done + prog.remaining
     return {
         "done": prog.done,
         "skipped": prog.skipped,
-        "remaining": remaining,
+        "remaining": prog.remaining,
         "fraction": prog.done / total if total else 1.0,
     }
 

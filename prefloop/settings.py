@@ -173,6 +173,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
+        "JobStatusEnum": "evaluation.models.JobStatus",
+        "RunStatusEnum": "training.models.RunStatus",
+    },
 }
 
 # Celery: the file-system transport is the embedded, server-less default.

@@ -30,3 +30,5 @@ def _isolated_data_dirs(request, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     # Tests that want the automatic quality recomputation switch it on themselves.
     settings.PREFLOOP_AUTO_QUALITY = False
+    # A fast hasher: the suite creates many users; real hashing is tested by Django itself.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

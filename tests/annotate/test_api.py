@@ -460,7 +460,7 @@ def test_next_submit_flow(world):
     assert set(item) == ITEM_KEYS
     assert set(item["left"]) == {"text"} and set(item["right"]) == {"text"}
     assert item["prompt"] == "prompt 0" and item["allow_ties"] is True
-    assert item["progress"] == {"done": 0, "remaining": 3}
+    assert item["progress"] == {"done": 0, "remaining": 4}
     # Asking again returns the same held item.
     assert ann.get(url("next", world.project.pk)).json()["assignment_id"] == item["assignment_id"]
 
@@ -477,14 +477,14 @@ def test_next_submit_flow(world):
     assert set(body["next"]) == ITEM_KEYS
     assert body["next"]["assignment_id"] != item["assignment_id"]
     assert body["next"]["prompt"] == "prompt 1"
-    assert body["progress"] == {"done": 1, "remaining": 2}
+    assert body["progress"] == {"done": 1, "remaining": 3}
 
     judgment = Judgment.objects.get(annotator=world.ann1)
     assignment = Assignment.objects.get(pk=item["assignment_id"])
     assert judgment.a_on_left == assignment.a_on_left
     assert judgment.choice == (Choice.A if assignment.a_on_left else Choice.B)
     left_text = item["left"]["text"]
-    assert left_text == (f"response A0" if assignment.a_on_left else "response B0")
+    assert left_text == ("response A0" if assignment.a_on_left else "response B0")
 
 
 def test_double_submit_returns_same_judgment_and_next_without_second_row(world):
@@ -510,8 +510,7 @@ def test_skip_then_next(world):
     assert Assignment.objects.get(pk=item["assignment_id"]).status == AssignmentStatus.SKIPPED
 
 
-def test_empty_queue_is_204_and_submit_carries_null_next(world):
-    world = World.__new__(World)  # a fresh world with one comparison
+def test_empty_queue_is_204_and_submit_carries_null_next():
     project = Project.objects.create(name="Tiny", overlap=1, gold_rate=0)
     ann = User.objects.create_user("solo")
     Membership.objects.create(project=project, user=ann, role=Role.ANNOTATOR)
@@ -607,7 +606,7 @@ def test_progress_for_annotator_and_for_readers(world):
         item = c.get(url("next", world.project.pk)).json()
         c.post(url("submit-judgment", item["assignment_id"]), {"choice": "left"}, format="json")
     mine = world.client(world.ann1).get(url("progress", world.project.pk)).json()
-    assert mine == {"scope": "annotator", "done": 1, "skipped": 0, "remaining": 2}
+    assert mine == {"scope": "annotator", "done": 1, "skipped": 0, "remaining": 3}
     totals = world.client(world.researcher).get(url("progress", world.project.pk)).json()
     assert totals["scope"] == "project"
     assert totals["comparisons"] == 4 and totals["judgments"] == 2 and totals["complete"] == 1

@@ -539,3 +539,24 @@ def test_sync_open_follows_an_overlap_change():
     assert set(Comparison.objects.filter(project=project).values_list("pk", "is_open")) == {
         (c1.pk, False), (c2.pk, True)
     }
+
+
+def test_counter_moves_alike_for_gold_and_regular_items():
+    """The progress counter never tells which item was gold: each judged item, gold or not,
+    moves "done" up by one and "remaining" down by one."""
+    project = make_project(overlap=1, gold_rate=0.5)
+    make_comparisons(project, 6)
+    make_comparisons(project, 6, gold=True)
+    (user,) = make_annotators(project, 1)
+    before = queue.progress(user, project)
+    assert before.remaining == 12
+    kinds = set()
+    for _ in range(12):
+        a = queue.next_assignment(user, project)
+        kinds.add(a.comparison.is_gold)
+        queue.submit_judgment(user, a.pk, choice="left")
+        after = queue.progress(user, project)
+        assert (after.done - before.done, before.remaining - after.remaining) == (1, 1)
+        before = after
+    assert kinds == {True, False} and before.remaining == 0
+    assert queue.next_assignment(user, project) is None
