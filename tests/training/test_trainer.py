@@ -102,8 +102,8 @@ def _layout_pairs():
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("pack", [False, True])
-def test_shared_prompt_logps_equal_naive(tiny, impl, pack):
+@pytest.mark.parametrize("pack,unpadded", [(False, False), (True, False), (False, True), (True, True)])
+def test_shared_prompt_logps_equal_naive(tiny, impl, pack, unpadded):
     _, tok = tiny
     config = llama_config(tok, hidden=64, layers=2, heads=4)
     config._attn_implementation = impl
@@ -112,10 +112,10 @@ def test_shared_prompt_logps_equal_naive(tiny, impl, pack):
     examples = tokenize_pairs(tok, _layout_pairs(), max_length=100)
     batch = collate(examples, tok.pad_token_id, pack=pack)
     with torch.no_grad():
-        fast32 = sequence_logps(model, batch)
+        fast32 = sequence_logps(model, batch, unpadded=unpadded)
         naive32 = _naive_logps(model, examples)
         model.double()
-        fast64 = sequence_logps(model, batch)
+        fast64 = sequence_logps(model, batch, unpadded=unpadded)
         naive64 = _naive_logps(model, examples)
     # (eager attention does its softmax in float32 even for a float64 model)
     assert torch.allclose(fast64, naive64, atol=1e-9 if impl == "sdpa" else 1e-6, rtol=0)
@@ -123,8 +123,8 @@ def test_shared_prompt_logps_equal_naive(tiny, impl, pack):
     # SFT batches (one continuation) use the same layout
     sft = tokenize_sft(tok, _layout_pairs(), max_length=100)
     with torch.no_grad():
-        assert torch.allclose(sequence_logps(model, collate(sft, tok.pad_token_id, pack=pack))[:, 0], fast64[:, 0],
-                              atol=1e-6)
+        sft_logps = sequence_logps(model, collate(sft, tok.pad_token_id, pack=pack), unpadded=unpadded)
+        assert torch.allclose(sft_logps[:, 0], fast64[:, 0], atol=1e-6)
 
 
 def test_layout_and_mask():
