@@ -530,7 +530,14 @@ class ComparisonImport(ApiView):
             text = "\n".join(json.dumps(line, ensure_ascii=False) for line in data["lines"])
             fileobj, filename, fmt = io.BytesIO(text.encode("utf-8")), "request.jsonl", "jsonl"
         try:
-            result = import_comparisons(project, fileobj, filename=filename, fmt=fmt, round=data.get("round"))
+            result = import_comparisons(
+                project,
+                fileobj,
+                filename=filename,
+                fmt=fmt,
+                round=data.get("round"),
+                allow_empty_responses=data.get("allow_empty_responses", False),
+            )
         except ImportValidationError as exc:
             return _errors_response(exc.errors)
         return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)

@@ -158,6 +158,11 @@ class ImportForm(forms.Form):
     round = forms.IntegerField(
         required=False, min_value=0, help_text="Model round of these responses; empty = the project's current round."
     )
+    allow_empty_responses = forms.BooleanField(
+        required=False,
+        label="Allow empty responses",
+        help_text="Import lines whose response is empty (a model that said nothing); prompts may never be empty.",
+    )
     token = forms.CharField(required=False, widget=forms.HiddenInput, max_length=64)
 
 

@@ -261,6 +261,9 @@ class ImportUploadSerializer(serializers.Serializer):
     round = serializers.IntegerField(
         min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
     )
+    allow_empty_responses = serializers.BooleanField(
+        required=False, default=False, help_text="Import lines whose response is empty; prompts never may be."
+    )
 
 
 class ImportLinesSerializer(serializers.Serializer):
@@ -272,6 +275,9 @@ class ImportLinesSerializer(serializers.Serializer):
     )
     round = serializers.IntegerField(
         min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
+    )
+    allow_empty_responses = serializers.BooleanField(
+        required=False, default=False, help_text="Import lines whose response is empty; prompts never may be."
     )
 
 

@@ -271,6 +271,7 @@ def project_import(request, pk: int):
     form = ImportForm(_posted(request), request.FILES if request.method == "POST" else None)
     result = errors = None
     truncated = False
+    hints: list[str] = []
     filename = ""
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
@@ -286,11 +287,13 @@ def project_import(request, pk: int):
                 filename=upload.name,
                 fmt=form.cleaned_data.get("fmt") or None,
                 round=form.cleaned_data.get("round"),
+                allow_empty_responses=form.cleaned_data.get("allow_empty_responses", False),
                 progress=_import_progress_callback(key),
             )
         except imports.ImportValidationError as exc:
             errors = exc.errors
             truncated = exc.truncated
+            hints = exc.hints
         finally:
             if key:
                 cache.delete(key)
@@ -301,6 +304,7 @@ def project_import(request, pk: int):
         "n_errors": len(errors) if errors else 0,
         "hidden_errors": max(len(errors) - SHOWN_IMPORT_ERRORS, 0) if errors else 0,
         "truncated": truncated,
+        "hints": hints,
         "filename": filename,
         "tab": "import",
         "n_comparisons": project.comparisons.count(),

@@ -649,3 +649,20 @@ def test_import_without_a_file_says_so(client, world):
     login(client, world["users"]["boss"])
     assert "This field is required" in client.post(url, {}).content.decode()
     assert "This field is required" in client.post(url, {}, **HX).content.decode()
+
+
+def test_import_page_real_hh_file_needs_the_empty_response_option(client, world, shared_data):
+    """Four HH-RLHF lines have an empty chosen response: refused by name, with a hint, until
+    the admin ticks "Allow empty responses"; then all 1,150 lines import."""
+    project = world["project"]
+    raw = (shared_data / "hh_harmless_dev.jsonl").read_text(encoding="utf-8")
+    url = reverse("project_import", args=[project.pk])
+    admin = login(client, world["users"]["boss"])
+    before = Comparison.objects.filter(project=project).count()
+    html = admin.post(url, {"file": upload("hh.jsonl", raw)}).content.decode()
+    assert "Line 87, field <code>chosen</code>" in html and "Nothing was imported" in html
+    assert "allow" in html.lower()
+    assert Comparison.objects.filter(project=project).count() == before
+    html = admin.post(url, {"file": upload("hh.jsonl", raw), "allow_empty_responses": "on"}).content.decode()
+    assert "Imported hh.jsonl" in html
+    assert Comparison.objects.filter(project=project).count() == before + 1150
