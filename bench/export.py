@@ -26,15 +26,19 @@ the ratios against ``naive``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds scripts named like standard modules (bench/queue.py): keep it off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

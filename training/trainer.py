@@ -33,11 +33,13 @@ data order (the order of epoch ``e`` is a pure function of ``seed`` and ``e``), 
 step count; a finished ``out_dir`` just returns its result.
 
 Efficiency: each pair is one ``[prompt | chosen | rejected]`` unit (``training.data``), so the
-prompt is computed once and chosen and rejected go through one forward; rows are padded to the
-batch's longest and short units are packed together; only the response positions' hidden states
-are projected through the LM head (in chunks that are recomputed on backward when large), so full
-``(batch, length, vocab)`` logits never exist; reference log-probs are computed once before
-training (``precompute_ref_logps``) so no reference model is kept or run during training.
+prompt is computed once and chosen and rejected go through one forward; on a GPU the units are
+packed into as few rows as possible, padded to the batch's longest; on a CPU each unit runs at its
+own length with no padding at all (``pack`` / ``unpadded``); only the response positions' hidden
+states are projected through the LM head (in chunks that are recomputed on backward when large),
+so full ``(batch, length, vocab)`` logits never exist; reference log-probs are computed once
+before training (``precompute_ref_logps``, cached on disk) so no reference model is kept or run
+during training; AdamW uses the fused kernel.
 Multi-GPU: ``accelerate launch --config_file training/accelerate_configs/ddp.yaml ...`` (see that
 folder); ``Accelerator`` does device placement, DDP/FSDP/DeepSpeed and bf16 autocast.
 """
@@ -701,7 +703,10 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
         ds = acc.state.deepspeed_plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
         ds["gradient_accumulation_steps"] = cfg.grad_accum
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    # the fused kernel (CPU and CUDA) updates all tensors in one pass; plain AdamW elsewhere
+    fused = not deepspeed and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                                  fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, len(plan)))
     wrapped, optimizer = acc.prepare(LogpsModel(model, cfg.logits_chunk_elements, run.unpadded), optimizer)
     acc.register_for_checkpointing(scheduler)
