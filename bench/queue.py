@@ -301,7 +301,11 @@ def print_plan(check: dict) -> list[str]:
     print(c["text"])
     ok = c["uses_queue_idx"] and not c["seq_scan"]
     if not ok:
-        problems.append(f"{check['label']}: candidate query does not use comparison_queue_idx / seq scans annotate_comparison")
+        problems.append(
+            f"{check['label']}: the candidate query of _claim reads annotate_comparison by "
+            f"{', '.join(sorted({str(s['index'] or s['type']) for s in c['scans']}))}, not comparison_queue_idx "
+            f"({sum(s['rows'] + s['removed'] for s in c['scans']):,} rows read)"
+        )
     print(f"=> {'OK' if ok else 'FAIL'}: {_scan_summary(c)}")
     for i, e in enumerate(check["progress"]):
         touches = bool(e["scans"])
@@ -311,11 +315,11 @@ def print_plan(check: dict) -> list[str]:
         print("   " + "\n   ".join(e["text"].splitlines()))
         print(f"=> {'OK' if ok else 'FAIL'}: {_scan_summary(e)}")
         if not ok:
-            problems.append(f"{check['label']}: progress query {i + 1} seq-scans annotate_comparison")
+            problems.append(f"{check['label']}: progress query {i + 1} seq-scans annotate_comparison ({rows:,} rows)")
         if rows > 10_000:
             problems.append(
-                f"{check['label']}: progress query {i + 1} reads {rows:,} comparison index entries per call "
-                f"({e['ms']:.1f} ms) — an index range, but as large as the open queue"
+                f"{check['label']}: progress query {i + 1} reads {rows:,} comparison rows or index entries per call "
+                f"({e['ms']:.1f} ms): its cost grows with the number of open comparisons"
             )
     return problems
 
@@ -820,8 +824,8 @@ def render_md(v: dict) -> str:
         f"responses, {args.annotators:,} annotators in 3 pools, overlap 3, gold rate 0.1; written by COPY, then VACUUM "
         f"ANALYZE ({info['fill_s']:.0f} s incl. tokens and memberships). {v['pg_version']}, Python {platform.python_version()}, "
         f"Django {__import__('django').get_version()}. Machine: {os.cpu_count()} CPUs, shared with other jobs — `uptime` "
-        f"before: `{v['load_before']}`; 1-min load {v['load_http']} at the start of the HTTP phase, {v['load_http_after']} at "
-        f"its end; after: `{v['load_after']}`. The clients run on the same machine as gunicorn and PostgreSQL.",
+        f"before: `{v['load_before']}`; load averages {v['load_http']} at the start of the HTTP phase, {v['load_http_after']} "
+        f"at its end; after: `{v['load_after']}`. The clients run on the same machine as gunicorn and PostgreSQL.",
         "",
         f"Service layer: {args.service_calls:,} sequential rounds of `next_assignment` (a real claim) → "
         f"`submit_judgment` → `progress`, spread over {len(v['service_users']):,} annotators. HTTP: gunicorn "
