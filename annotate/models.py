@@ -137,7 +137,8 @@ class Comparison(models.Model):
     """Two responses to one prompt. ``slots_taken`` = judgments + live assignments.
 
     ``is_open`` is kept equal to ``slots_taken < project.overlap`` by the queue service so that
-    serving the next item is an index range scan, never a scan of all comparisons.
+    serving the next item is a range scan of the partial index of open comparisons, never a
+    scan of all comparisons.
     """
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
@@ -164,7 +165,12 @@ class Comparison(models.Model):
             models.UniqueConstraint(fields=["project", "round", "pair_hash"], name="comparison_unique_pair")
         ]
         indexes = [
-            models.Index(fields=["project", "is_gold", "is_open", "id"], name="comparison_queue_idx"),
+            # The queue reads open comparisons in id order; a partial index holds only those,
+            # so claims and counts stay cheap however many comparisons are already full, and
+            # the planner cannot prefer the primary key while statistics lag behind.
+            models.Index(
+                fields=["project", "is_gold", "id"], condition=Q(is_open=True), name="comparison_open_idx"
+            ),
         ]
 
     def __str__(self) -> str:

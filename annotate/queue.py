@@ -14,7 +14,7 @@ Invariants kept here and nowhere else:
   assignment returns its slot to the queue.
 
 Serving the next item reads a bounded number of rows through the
-``comparison_queue_idx`` index (project, is_gold, is_open, id): it never scans all
+``comparison_open_idx`` partial index (project, is_gold, id) WHERE is_open: it never scans all
 comparisons.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Subquery
 from django.utils import timezone
@@ -436,10 +437,29 @@ def progress(annotator, project: Project) -> Progress:
             filter=Q(status=AssignmentStatus.ACTIVE, comparison__is_gold=False, comparison__is_open=False),
         ),
     )
-    open_regular = Comparison.objects.filter(project=project, is_gold=False, is_open=True).count()
+    open_regular = _open_count(project, gold=False)
     gold_total = Comparison.objects.filter(project=project, is_gold=True).count()
     remaining = (open_regular - mine["finished_open"] + mine["held_full"]) + (gold_total - mine["finished_gold"])
     return Progress(done=mine["done"], skipped=mine["skipped"], remaining=max(remaining, 0))
+
+
+# Counts of open comparisons are exact up to this many; above it they are cached briefly,
+# since counting half a million index entries on every request is what would slow the queue.
+EXACT_COUNT_UP_TO = 10_000
+OPEN_COUNT_TTL_S = 10
+
+
+def _open_count(project: Project, *, gold: bool) -> int:
+    qs = Comparison.objects.filter(project=project, is_gold=gold, is_open=True).order_by()
+    n = qs[: EXACT_COUNT_UP_TO + 1].count()
+    if n <= EXACT_COUNT_UP_TO:
+        return n
+    key = f"prefloop:queue:open:{project.pk}:{int(gold)}"
+    n = cache.get(key)
+    if n is None:
+        n = qs.count()
+        cache.set(key, n, OPEN_COUNT_TTL_S)
+    return n
 
 
 def shown_pair(assignment: Assignment):

@@ -32,17 +32,18 @@ from pathlib import Path
 # bench/ holds scripts named like standard modules (bench/queue.py): keep it off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse
-import json
-import os
-import resource
-import subprocess
-import tempfile
-import time
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+STAGES = ("select", "pairs", "judgments", "hf", "card")  # build_export's timed stages, in order
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
 PER_PROMPT = 5
 N_ANNOTATORS = 30
@@ -68,8 +69,15 @@ def peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- data
 
 
-def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: int, batch: int = 10_000,
-             text_scale: int = 1) -> int:
+def populate(
+    project,
+    n: int,
+    round_: int,
+    annotator_ids: list[int],
+    pool_id: int,
+    batch: int = 10_000,
+    text_scale: int = 1,
+) -> int:
     """``n`` comparisons in ``round_`` with three judgments each, by raw ``executemany``
     (the ORM's ``bulk_create`` costs ~0.3 ms a row on a small machine); texts ``text_scale``
     times the default sizes. Returns the text bytes."""
@@ -87,7 +95,9 @@ def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: in
         cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
 
     now = timezone.now()
-    ids = {m: (m.objects.aggregate(m=Max("pk"))["m"] or 0) + 1 for m in (Prompt, Response, Comparison, Judgment)}
+    ids = {
+        m: (m.objects.aggregate(m=Max("pk"))["m"] or 0) + 1 for m in (Prompt, Response, Comparison, Judgment)
+    }
     text_bytes = 0
     tag = f"{project.pk}-{round_}"
     for start in range(0, n, batch):
@@ -95,28 +105,109 @@ def populate(project, n: int, round_: int, annotator_ids: list[int], pool_id: in
         n_prompts = (count + PER_PROMPT - 1) // PER_PROMPT
         p0, r0, c0, j0 = ids[Prompt], ids[Response], ids[Comparison], ids[Judgment]
         with transaction.atomic(), connection.cursor() as cur:
-            insert(cur, Prompt, ["id", "project", "text", "messages", "content_hash", "created_at"], [
-                (p0 + k, project.pk, _text("prompt", p0 + k, P_SIZE), None, f"{tag}-p{p0 + k}", now)
-                for k in range(n_prompts)
-            ])
-            insert(cur, Response, ["id", "prompt", "text", "model_name", "content_hash", "round", "created_at"], [
-                (r0 + k, p0 + k // (2 * PER_PROMPT), _text("response", r0 + k, R_SIZE), f"model-{k % 2}",
-                 f"{tag}-r{r0 + k}", round_, now)
-                for k in range(2 * count)
-            ])
-            insert(cur, Comparison, ["id", "project", "prompt", "response_a", "response_b", "round", "pair_hash",
-                                     "metadata", "source_preference", "is_gold", "is_open", "slots_taken",
-                                     "n_judgments", "created_at"], [
-                (c0 + k, project.pk, p0 + k // PER_PROMPT, r0 + 2 * k, r0 + 2 * k + 1, round_, f"{tag}-c{c0 + k}",
-                 "{}", "", False, False, 3, 3, now)
-                for k in range(count)
-            ])
-            insert(cur, Judgment, ["id", "project", "comparison", "annotator", "assignment", "pool", "a_on_left",
-                                   "choice", "strength", "rationale", "seconds", "source", "created_at"], [
-                (j0 + 3 * k + a, project.pk, c0 + k, annotator_ids[(k + a) % len(annotator_ids)], None, pool_id,
-                 (k + a) % 2 == 0, "a" if (k * 7 + a) % 5 else "b", 2, "", 12.0, "bench", now)
-                for k in range(count) for a in range(3)
-            ])
+            insert(
+                cur,
+                Prompt,
+                ["id", "project", "text", "messages", "content_hash", "created_at"],
+                [
+                    (p0 + k, project.pk, _text("prompt", p0 + k, P_SIZE), None, f"{tag}-p{p0 + k}", now)
+                    for k in range(n_prompts)
+                ],
+            )
+            insert(
+                cur,
+                Response,
+                ["id", "prompt", "text", "model_name", "content_hash", "round", "created_at"],
+                [
+                    (
+                        r0 + k,
+                        p0 + k // (2 * PER_PROMPT),
+                        _text("response", r0 + k, R_SIZE),
+                        f"model-{k % 2}",
+                        f"{tag}-r{r0 + k}",
+                        round_,
+                        now,
+                    )
+                    for k in range(2 * count)
+                ],
+            )
+            insert(
+                cur,
+                Comparison,
+                [
+                    "id",
+                    "project",
+                    "prompt",
+                    "response_a",
+                    "response_b",
+                    "round",
+                    "pair_hash",
+                    "metadata",
+                    "source_preference",
+                    "is_gold",
+                    "is_open",
+                    "slots_taken",
+                    "n_judgments",
+                    "created_at",
+                ],
+                [
+                    (
+                        c0 + k,
+                        project.pk,
+                        p0 + k // PER_PROMPT,
+                        r0 + 2 * k,
+                        r0 + 2 * k + 1,
+                        round_,
+                        f"{tag}-c{c0 + k}",
+                        "{}",
+                        "",
+                        False,
+                        False,
+                        3,
+                        3,
+                        now,
+                    )
+                    for k in range(count)
+                ],
+            )
+            insert(
+                cur,
+                Judgment,
+                [
+                    "id",
+                    "project",
+                    "comparison",
+                    "annotator",
+                    "assignment",
+                    "pool",
+                    "a_on_left",
+                    "choice",
+                    "strength",
+                    "rationale",
+                    "seconds",
+                    "source",
+                    "created_at",
+                ],
+                [
+                    (
+                        j0 + 3 * k + a,
+                        project.pk,
+                        c0 + k,
+                        annotator_ids[(k + a) % len(annotator_ids)],
+                        None,
+                        pool_id,
+                        (k + a) % 2 == 0,
+                        "a" if (k * 7 + a) % 5 else "b",
+                        2,
+                        "",
+                        12.0,
+                        "bench",
+                        now,
+                    )
+                    for k in range(count)
+                    for a in range(3)
+                ],
+            )
         ids[Prompt] += n_prompts
         ids[Response] += 2 * count
         ids[Comparison] += count
@@ -137,7 +228,9 @@ def make_project(name: str, n: int, small: int):
     project = Project.objects.create(name=name, license="cc0-1.0")
     pool = Pool.objects.create(project=project, name="crowd")
     users = [User.objects.create_user(f"{name}-annotator-{i}") for i in range(N_ANNOTATORS)]
-    Membership.objects.bulk_create([Membership(project=project, user=u, role=Role.ANNOTATOR, pool=pool) for u in users])
+    Membership.objects.bulk_create(
+        [Membership(project=project, user=u, role=Role.ANNOTATOR, pool=pool) for u in users]
+    )
     ids = [u.pk for u in users]
     text = populate(project, small, 1, ids, pool.pk)
     text += populate(project, n, 0, ids, pool.pk)
@@ -156,21 +249,33 @@ def naive_export(project_id: int, out: Path) -> int:
     qs = (
         Comparison.objects.filter(project_id=project_id)
         .select_related("prompt", "response_a", "response_b")
-        .annotate(votes_a=Count("judgments", filter=Q(judgments__choice="a")),
-                  votes_b=Count("judgments", filter=Q(judgments__choice="b")),
-                  votes=Count("judgments"))
+        .annotate(
+            votes_a=Count("judgments", filter=Q(judgments__choice="a")),
+            votes_b=Count("judgments", filter=Q(judgments__choice="b")),
+            votes=Count("judgments"),
+        )
         .order_by("pk")
     )
     lines = []
     for c in qs:
         a_wins = c.votes_a >= c.votes_b
         chosen, rejected = (c.response_a, c.response_b) if a_wins else (c.response_b, c.response_a)
-        lines.append(json.dumps({
-            "prompt": c.prompt.text, "chosen": chosen.text, "rejected": rejected.text,
-            "p_chosen": max(c.votes_a, c.votes_b) / max(c.votes, 1), "n_judgments": c.votes,
-            "comparison_id": c.pk, "round": c.round, "model_chosen": chosen.model_name,
-            "model_rejected": rejected.model_name,
-        }, ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": c.prompt.text,
+                    "chosen": chosen.text,
+                    "rejected": rejected.text,
+                    "p_chosen": max(c.votes_a, c.votes_b) / max(c.votes, 1),
+                    "n_judgments": c.votes,
+                    "comparison_id": c.pk,
+                    "round": c.round,
+                    "model_chosen": chosen.model_name,
+                    "model_rejected": rejected.model_name,
+                },
+                ensure_ascii=False,
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "naive.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(lines)
@@ -182,7 +287,9 @@ def ours_export(project_id: int, out: Path, fmt: str, rounds: list[int]) -> int:
 
     project = Project.objects.get(pk=project_id)
     export = exports.create_export(
-        project, None, {"formats": [fmt], "rounds": rounds, "include_ties": True, "include_both_bad": True},
+        project,
+        None,
+        {"formats": [fmt], "rounds": rounds, "include_ties": True, "include_both_bad": True},
         enqueue=False,
     )
     export = exports.build_export(export, out_dir=out, progress=exports.Progress())
@@ -211,21 +318,54 @@ def child(args) -> None:
         try:
             rows = naive_export(args.project, out)
         except MemoryError:
-            print(json.dumps({"error": f"MemoryError at the {args.naive_limit_gb:g} GiB address-space limit",
-                              "wall": time.perf_counter() - t0, "peak": peak_rss_bytes(), "base": base}))
+            print(
+                json.dumps(
+                    {
+                        "error": f"MemoryError at the {args.naive_limit_gb:g} GiB address-space limit",
+                        "wall": time.perf_counter() - t0,
+                        "peak": peak_rss_bytes(),
+                        "base": base,
+                    }
+                )
+            )
             return
     else:
-        rows, stages = ours_export(args.project, out, args.child, [int(r) for r in args.rounds.split(",") if r])
+        rows, stages = ours_export(
+            args.project, out, args.child, [int(r) for r in args.rounds.split(",") if r]
+        )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(json.dumps({"rows": rows, "wall": wall, "cpu": cpu, "peak": peak_rss_bytes(), "base": base,
-                      "bytes": size, "stages": stages}))
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "wall": wall,
+                "cpu": cpu,
+                "peak": peak_rss_bytes(),
+                "base": base,
+                "bytes": size,
+                "stages": stages,
+            }
+        )
+    )
 
 
 def run_child(kind: str, project_id: int, out: Path, rounds: str = "", naive_limit_gb: float = 0) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--project", str(project_id), "--out", str(out),
-           "--rounds", rounds, "--naive-limit-gb", str(naive_limit_gb)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--project",
+        str(project_id),
+        "--out",
+        str(out),
+        "--rounds",
+        rounds,
+        "--naive-limit-gb",
+        str(naive_limit_gb),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -237,8 +377,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--skip-naive", action="store_true", help="Do not run the naive export.")
-    parser.add_argument("--naive-limit-gb", type=float, default=12.0,
-                        help="Address-space limit of the naive export's process (0: none).")
+    parser.add_argument(
+        "--naive-limit-gb",
+        type=float,
+        default=12.0,
+        help="Address-space limit of the naive export's process (0: none).",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -268,13 +412,17 @@ def main() -> None:
         call_command("migrate", verbosity=0)
     try:
         version = connection.Database.sqlite_version if connection.vendor == "sqlite" else ""
-        print(f"backend: {connection.vendor} {version}".strip() + f", python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"backend: {connection.vendor} {version}".strip() + f", python {sys.version.split()[0]}, "
+            f"{os.cpu_count()} CPUs"
+        )
         small = max(args.n // 10, 1)
         t0 = time.perf_counter()
         project, text = make_project("bench-export", args.n, small)
-        print(f"data: {args.n:,} + {small:,} comparisons, {3 * (args.n + small):,} judgments, "
-              f"{text / 2**20:,.0f} MiB of text, inserted in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"data: {args.n:,} + {small:,} comparisons, {3 * (args.n + small):,} judgments, "
+            f"{text / 2**20:,.0f} MiB of text, inserted in {time.perf_counter() - t0:.0f} s"
+        )
         connection.close()
 
         out = Path(tmp.name) / "out"
@@ -284,11 +432,19 @@ def main() -> None:
             jobs.insert(0, ("naive", ""))
         for label, rounds in jobs:
             kind = label.split()[0]
-            res = run_child(kind, project.pk, out / label.replace(" ", "_").replace("/", "-"), rounds,
-                            args.naive_limit_gb if kind == "naive" else 0)
+            res = run_child(
+                kind,
+                project.pk,
+                out / label.replace(" ", "_").replace("/", "-"),
+                rounds,
+                args.naive_limit_gb if kind == "naive" else 0,
+            )
             if "error" in res:
-                print(f"{label:>13}: failed after {res['wall']:.1f} s: {res['error']} (peak RSS "
-                      f"{res['peak'] / 2**20:,.0f} MiB)", flush=True)
+                print(
+                    f"{label:>13}: failed after {res['wall']:.1f} s: {res['error']} (peak RSS "
+                    f"{res['peak'] / 2**20:,.0f} MiB)",
+                    flush=True,
+                )
                 continue
             results[label] = res
             print(
@@ -296,21 +452,31 @@ def main() -> None:
                 f"{res['rows'] / res['wall']:7,.0f} rows/s; "
                 f"peak RSS {res['peak'] / 2**20:7,.0f} MiB (+{(res['peak'] - res['base']) / 2**20:6,.0f} MiB over "
                 f"{res['base'] / 2**20:,.0f} after imports); output {res['bytes'] / 2**20:,.0f} MiB"
-                + (" [" + ", ".join(f"{k} {v:.1f}s" for k, v in res["stages"].items()) + "]" if res["stages"] else ""),
+                + (
+                    " ["
+                    + ", ".join(f"{k} {res['stages'][k]:.1f}s" for k in STAGES if k in res["stages"])
+                    + "]"
+                    if res["stages"]
+                    else ""
+                ),
                 flush=True,
             )
         if "naive" in results:
             nv = results["naive"]
             for label in ("jsonl", "parquet"):
                 r = results[label]
-                print(f"{label} vs naive: {nv['wall'] / r['wall']:.2f}x the speed (cpu {nv['cpu'] / r['cpu']:.2f}x), "
-                      f"{(r['peak'] - r['base']) / max(nv['peak'] - nv['base'], 1):.3f}x the memory above baseline "
-                      f"({(nv['peak'] - nv['base']) / max(r['peak'] - r['base'], 1):.1f}x less)")
+                print(
+                    f"{label} vs naive: {nv['wall'] / r['wall']:.2f}x the speed (cpu {nv['cpu'] / r['cpu']:.2f}x), "
+                    f"{(r['peak'] - r['base']) / max(nv['peak'] - nv['base'], 1):.3f}x the memory above baseline "
+                    f"({(nv['peak'] - nv['base']) / max(r['peak'] - r['base'], 1):.1f}x less)"
+                )
         big, little = results["jsonl"], results["jsonl (n/10)"]
-        print(f"memory growth from {little['rows']:,} to {big['rows']:,} rows (jsonl): "
-              f"{(big['peak'] - little['peak']) / 2**20:+,.0f} MiB peak RSS for "
-              f"{text * (args.n / (args.n + small)) / 2**20:,.0f} MiB more text "
-              f"({(big['peak'] - little['peak']) / max(args.n, 1):,.0f} B per extra comparison)")
+        print(
+            f"memory growth from {little['rows']:,} to {big['rows']:,} rows (jsonl): "
+            f"{(big['peak'] - little['peak']) / 2**20:+,.0f} MiB peak RSS for "
+            f"{text * (args.n / (args.n + small)) / 2**20:,.0f} MiB more text "
+            f"({(big['peak'] - little['peak']) / max(args.n, 1):,.0f} B per extra comparison)"
+        )
     finally:
         if on_postgres:
             connection.creation.destroy_test_db(os.environ["DATABASE_URL"].rsplit("/", 1)[1], verbosity=0)

@@ -11,7 +11,7 @@ What it does, in order:
    memberships and API tokens. Then ``VACUUM ANALYZE`` (what autovacuum does after a load).
 2. Query plans: ``EXPLAIN (ANALYZE, BUFFERS)`` of the candidate SELECT that ``_claim`` runs
    (captured with ``CaptureQueriesContext`` around one ``next_assignment`` call) and of the
-   counts in ``progress``; checks that they read ``comparison_queue_idx`` and never Seq Scan
+   counts in ``progress``; checks that they read ``comparison_open_idx`` and never Seq Scan
    ``annotate_comparison``, and reports the rows they read. Repeated after the HTTP load.
 3. Service layer: median and p99 of ``next_assignment`` (a real claim), ``submit_judgment`` and
    ``progress`` over sequential calls spread across annotators.
@@ -252,8 +252,8 @@ def explain(sql: str) -> dict:
                     "read": node.get("Shared Read Blocks", 0),
                 }
             )
-    seq = [s for s in scans if s["type"] == "Seq Scan"]
-    uses_idx = any(s["index"] == "comparison_queue_idx" for s in scans)
+    seq = [s for s in scans if "Seq Scan" in s["type"]]
+    uses_idx = any(s["index"] == "comparison_open_idx" for s in scans)
     return {"scans": scans, "seq_scan": bool(seq), "uses_queue_idx": uses_idx,
             "ms": top.get("Execution Time", float("nan")), "text": text}
 
@@ -303,7 +303,7 @@ def print_plan(check: dict) -> list[str]:
     if not ok:
         problems.append(
             f"{check['label']}: the candidate query of _claim reads annotate_comparison by "
-            f"{', '.join(sorted({str(s['index'] or s['type']) for s in c['scans']}))}, not comparison_queue_idx "
+            f"{', '.join(sorted({str(s['index'] or s['type']) for s in c['scans']}))}, not comparison_open_idx "
             f"({sum(s['rows'] + s['removed'] for s in c['scans']):,} rows read)"
         )
     print(f"=> {'OK' if ok else 'FAIL'}: {_scan_summary(c)}")

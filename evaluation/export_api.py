@@ -6,6 +6,7 @@ An export that includes gold answers (``include_gold``, admins only) can be down
 admins only, as gold answers stay with admins everywhere in the API. Aggregated labels are
 served by the quality API (``GET /api/projects/{id}/quality/labels/``).
 """
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -22,17 +23,21 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from annotate.api import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
-from annotate.models import Role
 from annotate.permissions import IsProjectReader
 
 from . import exports
 from .export_forms import METHOD_LABELS
-from .models import Export, JobStatus
+from .models import Export
 
 TAGS = ["exports"]
-EXPORT_PARAM = OpenApiParameter("export_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Export id.")
+EXPORT_PARAM = OpenApiParameter(
+    "export_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Export id."
+)
 WHAT_PARAM = OpenApiParameter(
-    "what", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(exports.DOWNLOADS),
+    "what",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    enum=list(exports.DOWNLOADS),
     description="A format (jsonl, parquet, csv, judgments; hf as a .tar.gz of the datasets folder), `card` "
     "(README.md), `metadata` (metadata.json), or the whole folder as `zip` or `tar.gz`.",
 )
@@ -46,33 +51,64 @@ class ExportCreateSerializer(serializers.Serializer):
     """The options of a new export (all optional; see the dataset card for their meaning)."""
 
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    rounds = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False, default=list,
-                                   help_text="Only comparisons of these rounds (default: all).")
-    pools = serializers.ListField(child=serializers.CharField(), required=False, default=list,
-                                  help_text="Only judgments made in these pools, by id or name (default: all).")
-    method = serializers.ChoiceField(choices=[(m, METHOD_LABELS.get(m, m)) for m in exports.METHODS],
-                                     default="dawid_skene")
-    pool_balanced = serializers.BooleanField(default=False, help_text="Each pool weighs the same on a comparison.")
-    min_confidence = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0,
-                                            help_text="Drop comparisons whose largest posterior is below this.")
-    include_ties = serializers.BooleanField(default=False, help_text="Write ties with label `tie`, p_chosen 0.5.")
-    include_both_bad = serializers.BooleanField(default=False, help_text="Write both-bad with label `both_bad`.")
+    rounds = serializers.ListField(
+        child=serializers.IntegerField(min_value=0),
+        required=False,
+        default=list,
+        help_text="Only comparisons of these rounds (default: all).",
+    )
+    pools = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        default=list,
+        help_text="Only judgments made in these pools, by id or name (default: all).",
+    )
+    method = serializers.ChoiceField(
+        choices=[(m, METHOD_LABELS.get(m, m)) for m in exports.METHODS], default="dawid_skene"
+    )
+    pool_balanced = serializers.BooleanField(
+        default=False, help_text="Each pool weighs the same on a comparison."
+    )
+    min_confidence = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        default=0.0,
+        help_text="Drop comparisons whose largest posterior is below this.",
+    )
+    include_ties = serializers.BooleanField(
+        default=False, help_text="Write ties with label `tie`, p_chosen 0.5."
+    )
+    include_both_bad = serializers.BooleanField(
+        default=False, help_text="Write both-bad with label `both_bad`."
+    )
     include_judgments = serializers.BooleanField(default=False, help_text="Also write judgments.jsonl.")
-    include_rationales = serializers.BooleanField(default=False,
-                                                  help_text="Free-text rationales in judgments.jsonl (off by default).")
-    include_excluded = serializers.BooleanField(default=False, help_text="Keep excluded annotators' judgments.")
-    include_gold = serializers.BooleanField(default=False,
-                                            help_text="Include gold comparisons and their answers (admins only).")
-    test_fraction = serializers.FloatField(min_value=0.0, max_value=0.99, default=0.1,
-                                           help_text="Share of prompts in the test split.")
+    include_rationales = serializers.BooleanField(
+        default=False, help_text="Free-text rationales in judgments.jsonl (off by default)."
+    )
+    include_excluded = serializers.BooleanField(
+        default=False, help_text="Keep excluded annotators' judgments."
+    )
+    include_gold = serializers.BooleanField(
+        default=False, help_text="Include gold comparisons and their answers (admins only)."
+    )
+    test_fraction = serializers.FloatField(
+        min_value=0.0, max_value=0.99, default=0.1, help_text="Share of prompts in the test split."
+    )
     seed = serializers.IntegerField(min_value=0, default=0, help_text="Seed of the split.")
     stable_pseudonyms = serializers.BooleanField(
-        default=False, help_text="Same annotator pseudonyms as the project's other exports made with this option.")
-    style = serializers.ChoiceField(choices=list(exports.STYLES), default="auto",
-                                    help_text="Prompt format: conversational when any prompt is a chat (auto).")
+        default=False,
+        help_text="Same annotator pseudonyms as the project's other exports made with this option.",
+    )
+    style = serializers.ChoiceField(
+        choices=list(exports.STYLES),
+        default="auto",
+        help_text="Prompt format: conversational when any prompt is a chat (auto).",
+    )
     formats = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(exports.FORMATS)), required=False,
-        default=lambda: list(exports.DEFAULT_FORMATS), help_text="Any of jsonl, parquet, hf, csv, judgments.",
+        child=serializers.ChoiceField(choices=list(exports.FORMATS)),
+        required=False,
+        default=lambda: list(exports.DEFAULT_FORMATS),
+        help_text="Any of jsonl, parquet, hf, csv, judgments.",
     )
 
 
@@ -84,8 +120,23 @@ class ExportSerializer(serializers.ModelSerializer):
     class Meta:
         model = Export
         fields = [
-            "id", "url", "project", "name", "status", "progress", "step", "error", "params", "n_rows",
-            "content_hash", "stats", "downloads", "created_by", "created_at", "started_at", "finished_at",
+            "id",
+            "url",
+            "project",
+            "name",
+            "status",
+            "progress",
+            "step",
+            "error",
+            "params",
+            "n_rows",
+            "content_hash",
+            "stats",
+            "downloads",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
         ]
         read_only_fields = fields
 
@@ -122,7 +173,9 @@ class _Api(APIView):
     permission_classes = [IsProjectReader]
 
     def _export(self, export_pk: int) -> Export:
-        return get_object_or_404(Export.objects.select_related("created_by"), pk=export_pk, project=self.project)
+        return get_object_or_404(
+            Export.objects.select_related("created_by"), pk=export_pk, project=self.project
+        )
 
 
 class ExportListCreate(_Api):
@@ -136,10 +189,16 @@ class ExportListCreate(_Api):
         responses={200: ExportSummarySerializer(many=True), 403: DENIED, 404: MISSING},
     )
     def get(self, request, project_pk: int):
-        qs = Export.objects.filter(project=self.project).select_related("created_by").order_by("-created_at", "-pk")
+        qs = (
+            Export.objects.filter(project=self.project)
+            .select_related("created_by")
+            .order_by("-created_at", "-pk")
+        )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(ExportSummarySerializer(page, many=True, context={"request": request}).data)
+        return paginator.get_paginated_response(
+            ExportSummarySerializer(page, many=True, context={"request": request}).data
+        )
 
     @extend_schema(
         tags=TAGS,
@@ -149,8 +208,12 @@ class ExportListCreate(_Api):
         "leave no comparison are a 400 naming the filter. Admins and researchers.",
         parameters=[PROJECT_PARAM],
         request=ExportCreateSerializer,
-        responses={201: ExportSerializer, 400: OpenApiResponse(description="Invalid options, or nothing to export."),
-                   403: DENIED, 404: MISSING},
+        responses={
+            201: ExportSerializer,
+            400: OpenApiResponse(description="Invalid options, or nothing to export."),
+            403: DENIED,
+            404: MISSING,
+        },
     )
     def post(self, request, project_pk: int):
         body = ExportCreateSerializer(data=request.data)
@@ -161,7 +224,11 @@ class ExportListCreate(_Api):
             with transaction.atomic():
                 export = exports.create_export(self.project, request.user, data, name=name)
         except exports.ExportError as exc:
-            key = exc.field if exc.field in ExportCreateSerializer().fields else api_settings.NON_FIELD_ERRORS_KEY
+            key = (
+                exc.field
+                if exc.field in ExportCreateSerializer().fields
+                else api_settings.NON_FIELD_ERRORS_KEY
+            )
             raise ValidationError({key: [str(exc)]}) from None
         out = ExportSerializer(export, context={"request": request}).data
         return Response(out, status=status.HTTP_201_CREATED, headers={"Location": out["url"]})
@@ -201,4 +268,6 @@ class ExportDownload(_Api):
             path, filename, content_type = exports.download_file(export, what)
         except exports.ExportError as exc:
             raise NotFound(str(exc)) from None
-        return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)
+        return FileResponse(
+            open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
+        )

@@ -7,6 +7,7 @@ renamed into place only at the end, under a row lock, so a half-written folder i
 visible. Any failure leaves the row *failed* with the reason in ``error``; the task itself
 is not retried (the reason is usually the data or the options, which a retry would not fix).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,9 @@ from .models import Export, JobStatus
 log = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, name="evaluation.build_export")
+@shared_task(
+    bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, name="evaluation.build_export"
+)
 def build_export_task(self, export_id: int) -> str:
     """Build export ``export_id``; returns ``succeeded``, ``failed``, ``missing`` or ``skipped (…)``."""
     from .exports import ExportError, build_export, mark_failed

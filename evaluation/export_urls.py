@@ -1,4 +1,5 @@
 """Export pages (names are global, like the rest of the app's)."""
+
 from django.urls import path
 
 from . import export_views as views
@@ -8,6 +9,9 @@ urlpatterns = [
     path("projects/<int:pk>/exports/<int:export_id>/", views.export_detail, name="export_detail"),
     path("projects/<int:pk>/exports/<int:export_id>/status/", views.export_status, name="export_status"),
     path("projects/<int:pk>/exports/<int:export_id>/retry/", views.export_retry, name="export_retry"),
-    path("projects/<int:pk>/exports/<int:export_id>/download/<str:what>/", views.export_download,
-         name="export_download"),
+    path(
+        "projects/<int:pk>/exports/<int:export_id>/download/<str:what>/",
+        views.export_download,
+        name="export_download",
+    ),
 ]

@@ -5,6 +5,7 @@ Admins and researchers of the project only (``READ_ROLES``); annotators get 403,
 users the login page. Each view parses input and calls one service of
 :mod:`evaluation.exports`.
 """
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -29,7 +30,12 @@ PAGE_SIZE = 50
 
 
 def _context(request, project, **extra) -> dict:
-    return {"project": project, "role": role_of(request.user, project) or Role.RESEARCHER, "tab": "exports", **extra}
+    return {
+        "project": project,
+        "role": role_of(request.user, project) or Role.RESEARCHER,
+        "tab": "exports",
+        **extra,
+    }
 
 
 def _split_card(card: str) -> tuple[str, str]:
@@ -37,7 +43,7 @@ def _split_card(card: str) -> tuple[str, str]:
     if card.startswith("---\n"):
         end = card.find("\n---\n", 4)
         if end > 0:
-            return card[4:end], card[end + 5:]
+            return card[4:end], card[end + 5 :]
     return "", card
 
 
@@ -46,12 +52,18 @@ def _status_context(export: Export, may_download: bool = True) -> dict:
     card = exports.read_card(export) if export.status == JobStatus.SUCCEEDED else ""
     front, body = _split_card(card)
     labels = {
-        "jsonl": "JSONL (TRL)", "parquet": "Parquet", "csv": "CSV", "judgments": "Judgments JSONL",
-        "hf": "datasets folder (.tar.gz)", "card": "Dataset card (README.md)", "metadata": "metadata.json",
-        "zip": "Everything (.zip)", "tar.gz": "Everything (.tar.gz)",
+        "jsonl": "JSONL (TRL)",
+        "parquet": "Parquet",
+        "csv": "CSV",
+        "judgments": "Judgments JSONL",
+        "hf": "datasets folder (.tar.gz)",
+        "card": "Dataset card (README.md)",
+        "metadata": "metadata.json",
+        "zip": "Everything (.zip)",
+        "tar.gz": "Everything (.tar.gz)",
     }
     downloads = [(what, labels[what]) for what in exports.available_downloads(export)] if may_download else []
-    agreement = ((stats.get("agreement") or {}).get("overall") or {})
+    agreement = (stats.get("agreement") or {}).get("overall") or {}
     return {
         "export": export,
         "running": export.status in (JobStatus.QUEUED, JobStatus.RUNNING),
@@ -70,11 +82,15 @@ def _status_context(export: Export, may_download: bool = True) -> dict:
 @require_http_methods(["GET", "POST"])
 def export_list(request, pk: int):
     project = project_for(request.user, pk, *READ_ROLES)
-    form = ExportForm(request.POST or None, project=project, is_admin=role_of(request.user, project) == Role.ADMIN)
+    form = ExportForm(
+        request.POST or None, project=project, is_admin=role_of(request.user, project) == Role.ADMIN
+    )
     if request.method == "POST" and form.is_valid():
         try:
             with transaction.atomic():
-                export = exports.create_export(project, request.user, form.options, name=form.cleaned_data["name"])
+                export = exports.create_export(
+                    project, request.user, form.options, name=form.cleaned_data["name"]
+                )
         except exports.ExportError as exc:
             form.add_error(None, str(exc))
         else:
@@ -91,8 +107,14 @@ def export_list(request, pk: int):
         page = 1
     rows = list(qs[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
     ctx = _context(
-        request, project, form=form, exports=rows, page=page, total=total,
-        has_next=page * PAGE_SIZE < total, has_prev=page > 1,
+        request,
+        project,
+        form=form,
+        exports=rows,
+        page=page,
+        total=total,
+        has_next=page * PAGE_SIZE < total,
+        has_prev=page > 1,
         any_running=any(e.status in (JobStatus.QUEUED, JobStatus.RUNNING) for e in rows),
     )
     status = 400 if request.method == "POST" else 200
@@ -103,7 +125,9 @@ def export_list(request, pk: int):
 
 def _export(request, pk: int, export_id: int):
     project = project_for(request.user, pk, *READ_ROLES)
-    export = get_object_or_404(Export.objects.select_related("project", "created_by"), pk=export_id, project=project)
+    export = get_object_or_404(
+        Export.objects.select_related("project", "created_by"), pk=export_id, project=project
+    )
     return project, export
 
 

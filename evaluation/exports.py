@@ -48,6 +48,7 @@ Pseudonyms
     is derived from ``SECRET_KEY`` and the project id, so pseudonyms match across that
     project's exports (until the secret key changes).
 """
+
 from __future__ import annotations
 
 import csv
@@ -113,15 +114,19 @@ PAIR_FIELDS: dict[str, str] = {
     "prompt": "The prompt: a string, or a list of {role, content} messages (conversational format).",
     "chosen": "The preferred response: a string, or [{role: assistant, content}] (conversational).",
     "rejected": "The other response, in the same shape as `chosen`.",
-    "label": "`preference` for a decided pair; `tie` or `both_bad` for an included tie (then chosen = response A).",
-    "weight": "Training weight in [0, 1]: p_chosen x mean annotator weight on the pair (see the weight rule).",
-    "confidence": "The aggregation's largest posterior probability on this comparison (what min_confidence filters).",
+    "label": "`preference` for a decided pair; `tie` or `both_bad` for an included tie "
+    "(then chosen = response A).",
+    "weight": "Training weight in [0, 1]: p_chosen x mean annotator weight on the pair "
+    "(see the weight rule).",
+    "confidence": "The aggregation's largest posterior probability on this comparison "
+    "(what min_confidence filters).",
     "p_chosen": "P(chosen better than rejected) from the aggregation; 0.5 on tie rows.",
     "p_rejected": "P(rejected better) from the aggregation; 0.5 on tie rows.",
     "p_tie": "P(tie or both bad) from the aggregation.",
     "n_judgments": "Number of human judgments aggregated on this comparison.",
     "agreement": "Share of those judgments that agree with the aggregated label.",
-    "pool_disagreement": "Largest total-variation distance between two pools' vote shares (null with < 2 pools).",
+    "pool_disagreement": "Largest total-variation distance between two pools' vote shares "
+    "(null with < 2 pools).",
     "comparison_id": "prefloop's comparison id (joins with judgments.jsonl).",
     "prompt_id": "prefloop's prompt id (the unit of the train/test split).",
     "round": "The annotation round of the comparison.",
@@ -203,7 +208,17 @@ def _as_bool(name: str, value) -> bool:
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+    if isinstance(value, str) and value.strip().lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+        "",
+    }:
         return value.strip().lower() in {"1", "true", "yes", "on"}
     raise ExportError(f"{name}: expected true or false, got {value!r}")
 
@@ -268,7 +283,9 @@ def clean_options(project: Project, data: dict | ExportOptions | None = None) ->
     opts.method = method
 
     try:
-        opts.min_confidence = float(data.get("min_confidence") if data.get("min_confidence") not in (None, "") else 0.0)
+        opts.min_confidence = float(
+            data.get("min_confidence") if data.get("min_confidence") not in (None, "") else 0.0
+        )
     except (TypeError, ValueError):
         raise ExportError(f"min_confidence: {data.get('min_confidence')!r} is not a number") from None
     if not (0.0 <= opts.min_confidence <= 1.0):
@@ -291,8 +308,13 @@ def clean_options(project: Project, data: dict | ExportOptions | None = None) ->
         raise ExportError("seed: must be a non-negative 63-bit integer")
 
     for name in (
-        "pool_balanced", "include_ties", "include_both_bad", "include_rationales",
-        "include_excluded", "include_gold", "stable_pseudonyms",
+        "pool_balanced",
+        "include_ties",
+        "include_both_bad",
+        "include_rationales",
+        "include_excluded",
+        "include_gold",
+        "stable_pseudonyms",
     ):
         if name in data and data[name] is not None:
             setattr(opts, name, _as_bool(name, data[name]))
@@ -312,7 +334,9 @@ def clean_options(project: Project, data: dict | ExportOptions | None = None) ->
     if not opts.formats:
         raise ExportError("formats: choose at least one format")
     if opts.include_rationales and not opts.include_judgments:
-        raise ExportError("include_rationales: rationales are written to the judgments file; add the judgments format")
+        raise ExportError(
+            "include_rationales: rationales are written to the judgments file; add the judgments format"
+        )
     return opts
 
 
@@ -341,9 +365,12 @@ def precheck(project: Project, opts: ExportOptions) -> None:
     if opts.rounds:
         comparisons = comparisons.filter(round__in=opts.rounds)
         if not comparisons.exists():
-            have = sorted(set(Comparison.objects.filter(project=project).values_list("round", flat=True).distinct()))
+            have = sorted(
+                set(Comparison.objects.filter(project=project).values_list("round", flat=True).distinct())
+            )
             raise ExportError(
-                f"no comparisons match: rounds={opts.rounds} (the project's comparisons are in rounds {have})",
+                f"no comparisons match: rounds={opts.rounds} "
+                f"(the project's comparisons are in rounds {have})",
                 field="rounds",
             )
     judgments = Judgment.objects.filter(project=project)
@@ -351,19 +378,24 @@ def precheck(project: Project, opts: ExportOptions) -> None:
         judgments = judgments.filter(comparison__round__in=opts.rounds)
     where = f"in rounds {opts.rounds}" if opts.rounds else "in the project"
     if not judgments.exists():
-        raise ExportError(f"no comparisons match: no comparison {where} has a judgment yet",
-                          field="rounds" if opts.rounds else None)
+        raise ExportError(
+            f"no comparisons match: no comparison {where} has a judgment yet",
+            field="rounds" if opts.rounds else None,
+        )
     if opts.pools:
         judgments = judgments.filter(pool_id__in=opts.pools)
         if not judgments.exists():
             names = list(Pool.objects.filter(pk__in=opts.pools).values_list("name", flat=True))
-            raise ExportError(f"no comparisons match: pools={names} have no judgments on the comparisons {where}",
-                              field="pools")
+            raise ExportError(
+                f"no comparisons match: pools={names} have no judgments on the comparisons {where}",
+                field="pools",
+            )
     if not opts.include_excluded:
         excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
         if not judgments.exclude(annotator_id__in=excluded).exists():
             raise ExportError(
-                "no comparisons match: every remaining judgment is by an excluded annotator (include_excluded is off)",
+                "no comparisons match: every remaining judgment is by an excluded annotator "
+                "(include_excluded is off)",
                 field="include_excluded",
             )
 
@@ -434,6 +466,7 @@ def _effective_weight_fn():
 
         return effective_weight
     except ImportError:  # pragma: no cover - evaluation.services ships with the app
+
         def effective_weight(membership, quality) -> float:
             if membership is not None and membership.excluded:
                 return 0.0
@@ -463,7 +496,9 @@ def annotator_weight_vector(
     """
     ids = [int(u) for u in table.annotator_ids]
     members = {m.user_id: m for m in Membership.objects.filter(project=project, user_id__in=ids)}
-    quality = {q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project, annotator_id__in=ids)}
+    quality = {
+        q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project, annotator_id__in=ids)
+    }
     effective_weight = _effective_weight_fn()
     if quality:
         when = max(q.computed_at for q in quality.values())
@@ -481,7 +516,9 @@ def annotator_weight_vector(
             "evaluation.bias.annotator_weights computed on this export's judgments (Dawid–Skene accuracy "
             "where gold is scarce), with admin exclusions and overrides"
         )
-    w = np.array([_safe_weight(effective_weight(members.get(u), row)) for u, row in zip(ids, rows)], dtype=np.float64)
+    w = np.array(
+        [_safe_weight(effective_weight(members.get(u), row)) for u, row in zip(ids, rows)], dtype=np.float64
+    )
     return w, source
 
 
@@ -514,7 +551,9 @@ def prompt_hash(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
     return _mix64(key)
 
 
-def split_prompts(selected_prompts: np.ndarray, all_prompts: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+def split_prompts(
+    selected_prompts: np.ndarray, all_prompts: np.ndarray, test_fraction: float, seed: int
+) -> np.ndarray:
     """Boolean "is test" for ``all_prompts``.
 
     The ``test_fraction`` of the distinct ``selected_prompts`` (rounded, at least one when
@@ -595,13 +634,18 @@ def load_table(project: Project, opts: ExportOptions) -> tuple[JudgmentTable, np
     if not opts.include_excluded:
         excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
         qs = qs.exclude(annotator_id__in=excluded)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "jid", "cid", "uid", "label", "both_bad", "a_left", "seconds", "strength", "pool")}
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("jid", "cid", "uid", "label", "both_bad", "a_left", "seconds", "strength", "pool")
+    }
     label_of = {c: LABEL[c] for c in LABEL}
     both_bad_value = "both_bad"
-    rows_iter = qs.order_by("pk").values_list(
-        "pk", "comparison_id", "annotator_id", "choice", "a_on_left", "seconds", "strength", "pool_id"
-    ).iterator(chunk_size=LOAD_CHUNK)
+    rows_iter = (
+        qs.order_by("pk")
+        .values_list(
+            "pk", "comparison_id", "annotator_id", "choice", "a_on_left", "seconds", "strength", "pool_id"
+        )
+        .iterator(chunk_size=LOAD_CHUNK)
+    )
     while True:
         rows = list(itertools.islice(rows_iter, LOAD_CHUNK))
         if not rows:
@@ -615,11 +659,22 @@ def load_table(project: Project, opts: ExportOptions) -> tuple[JudgmentTable, np
         cols["label"].append(np.fromiter((label_of[c] for c in choice), dtype=np.int8, count=n))
         cols["both_bad"].append(np.fromiter((c == both_bad_value for c in choice), dtype=bool, count=n))
         cols["a_left"].append(np.fromiter(a_left, dtype=bool, count=n))
-        cols["seconds"].append(np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n))
+        cols["seconds"].append(
+            np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n)
+        )
         cols["strength"].append(np.fromiter((x or 0 for x in strength), dtype=np.int8, count=n))
         cols["pool"].append(np.fromiter((x or -1 for x in pool), dtype=np.int64, count=n))
-    dtypes = {"jid": np.int64, "cid": np.int64, "uid": np.int64, "label": np.int8, "both_bad": bool,
-              "a_left": bool, "seconds": np.float64, "strength": np.int8, "pool": np.int64}
+    dtypes = {
+        "jid": np.int64,
+        "cid": np.int64,
+        "uid": np.int64,
+        "label": np.int8,
+        "both_bad": bool,
+        "a_left": bool,
+        "seconds": np.float64,
+        "strength": np.int8,
+        "pool": np.int64,
+    }
     arr = {k: (np.concatenate(v) if v else np.zeros(0, dtype=dtypes[k])) for k, v in cols.items()}
     del cols
     comparison_ids, item = np.unique(arr.pop("cid"), return_inverse=True)
@@ -652,16 +707,29 @@ def load_table(project: Project, opts: ExportOptions) -> tuple[JudgmentTable, np
         for target, col in ((prompt, 1), (rnd, 2), (len_a, 3), (len_b, 4)):
             target[pos_c[hit]] = block[hit, col]
     gold = np.full(n_items, -1, dtype=np.int8)
-    for cid, answer in GoldAnswer.objects.filter(comparison__project=project).values_list("comparison_id", "answer"):
+    for cid, answer in GoldAnswer.objects.filter(comparison__project=project).values_list(
+        "comparison_id", "answer"
+    ):
         pos = int(np.searchsorted(comparison_ids, cid))
         if pos < n_items and comparison_ids[pos] == cid:
             gold[pos] = GOLD_LABEL[answer]
 
     table = JudgmentTable(
-        judgment_ids=arr["jid"], item=item.astype(np.int64), worker=worker.astype(np.int64), label=arr["label"],
-        both_bad=arr["both_bad"], a_left=arr["a_left"], seconds=arr["seconds"], strength=arr["strength"],
-        pool_of_judgment=arr["pool"], comparison_ids=comparison_ids, annotator_ids=annotator_ids,
-        worker_pool=worker_pool, len_a=len_a, len_b=len_b, gold=gold,
+        judgment_ids=arr["jid"],
+        item=item.astype(np.int64),
+        worker=worker.astype(np.int64),
+        label=arr["label"],
+        both_bad=arr["both_bad"],
+        a_left=arr["a_left"],
+        seconds=arr["seconds"],
+        strength=arr["strength"],
+        pool_of_judgment=arr["pool"],
+        comparison_ids=comparison_ids,
+        annotator_ids=annotator_ids,
+        worker_pool=worker_pool,
+        len_a=len_a,
+        len_b=len_b,
+        gold=gold,
     )
     return table, prompt, rnd
 
@@ -679,10 +747,18 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
 
     pool_ids, worker_pool_dense = np.unique(table.worker_pool, return_inverse=True)
     j = agg.Judgments(
-        item=table.item, worker=table.worker, label=table.label, a_left=table.a_left,
-        seconds=table.seconds, both_bad=table.both_bad, n_items=table.n_items, n_workers=table.n_workers,
-        pool=worker_pool_dense.astype(np.int64), gold=table.gold,
-        len_a=table.len_a.astype(np.float64), len_b=table.len_b.astype(np.float64),
+        item=table.item,
+        worker=table.worker,
+        label=table.label,
+        a_left=table.a_left,
+        seconds=table.seconds,
+        both_bad=table.both_bad,
+        n_items=table.n_items,
+        n_workers=table.n_workers,
+        pool=worker_pool_dense.astype(np.int64),
+        gold=table.gold,
+        len_a=table.len_a.astype(np.float64),
+        len_b=table.len_b.astype(np.float64),
     )
     # Dawid–Skene accuracies stand in for gold accuracy in the weight rule where gold is scarce.
     if opts.method in ("dawid_skene", "dawid_skene_debiased"):
@@ -696,7 +772,6 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
         result = agg.aggregate(j, opts.method, pool_balanced=opts.pool_balanced, **extra)
 
     n_items = table.n_items
-    proba = result.proba
     label = result.label
     confidence = result.confidence
     n_per_item = np.bincount(j.item, minlength=n_items).astype(np.float64)
@@ -705,8 +780,9 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
     wsum = np.bincount(j.item, weights=worker_weight[j.worker], minlength=n_items)
     support = np.divide(wsum, n_per_item, out=np.zeros(n_items), where=n_per_item > 0)
     bb = np.bincount(j.item, weights=table.both_bad.astype(np.float64), minlength=n_items)
-    plain_tie = np.bincount(j.item, weights=((j.label == agg.TIE) & ~table.both_bad).astype(np.float64),
-                            minlength=n_items)
+    plain_tie = np.bincount(
+        j.item, weights=((j.label == agg.TIE) & ~table.both_bad).astype(np.float64), minlength=n_items
+    )
     item_both_bad = bb > plain_tie
     if pool_ids.shape[0] > 1:
         pool_dis = agg.pool_disagreement(j).per_item
@@ -732,7 +808,8 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
         keep &= ~low
         if not keep.any():
             raise ExportError(
-                f"no comparisons match: min_confidence={opts.min_confidence:g} removes all {int(low.sum())} remaining "
+                f"no comparisons match: min_confidence={opts.min_confidence:g} "
+                f"removes all {int(low.sum())} remaining "
                 f"comparisons{filt} (the highest confidence is {confidence[keep | low].max():.3f})"
             )
     is_tie = label == agg.TIE
@@ -766,12 +843,28 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
     item_test = split_prompts(item_prompt[selected], item_prompt, opts.test_fraction, opts.seed)
 
     return Selection(
-        project=project, opts=opts, table=table, judgments=j, result=result,
-        worker_weight=worker_weight, weights_source=source, pool_ids=pool_ids, pool_names=pool_names,
-        item_prompt=item_prompt, item_round=item_round, item_test=item_test,
-        label=label, item_both_bad=item_both_bad, confidence=confidence, agreement=agreement,
-        support=support, pool_disagreement=pool_dis, selected=selected, conversational=conversational,
-        chat_prompts=chat_prompts, removed=removed,
+        project=project,
+        opts=opts,
+        table=table,
+        judgments=j,
+        result=result,
+        worker_weight=worker_weight,
+        weights_source=source,
+        pool_ids=pool_ids,
+        pool_names=pool_names,
+        item_prompt=item_prompt,
+        item_round=item_round,
+        item_test=item_test,
+        label=label,
+        item_both_bad=item_both_bad,
+        confidence=confidence,
+        agreement=agreement,
+        support=support,
+        pool_disagreement=pool_dis,
+        selected=selected,
+        conversational=conversational,
+        chat_prompts=chat_prompts,
+        removed=removed,
         n_ties_included=int((keep & is_tie & ~item_both_bad).sum()),
         n_both_bad_included=int((keep & is_tie & item_both_bad).sum()),
     )
@@ -783,7 +876,8 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
 def pseudonym_key(export: Export, opts: ExportOptions) -> bytes:
     if opts.stable_pseudonyms:
         return hmac.new(
-            settings.SECRET_KEY.encode(), f"prefloop/export-pseudonyms/project/{export.project_id}".encode(),
+            settings.SECRET_KEY.encode(),
+            f"prefloop/export-pseudonyms/project/{export.project_id}".encode(),
             hashlib.sha256,
         ).digest()
     if not export.salt:
@@ -875,11 +969,26 @@ def pair_schema(conversational: bool):
     msgs = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     text = msgs if conversational else pa.string()
     types = {
-        "prompt": text, "chosen": text, "rejected": text, "label": pa.string(), "weight": pa.float64(),
-        "confidence": pa.float64(), "p_chosen": pa.float64(), "p_rejected": pa.float64(), "p_tie": pa.float64(),
-        "n_judgments": pa.int32(), "agreement": pa.float64(), "pool_disagreement": pa.float64(),
-        "comparison_id": pa.int64(), "prompt_id": pa.int64(), "round": pa.int32(), "model_chosen": pa.string(),
-        "model_rejected": pa.string(), "chosen_response": pa.string(), "gold": pa.bool_(), "split": pa.string(),
+        "prompt": text,
+        "chosen": text,
+        "rejected": text,
+        "label": pa.string(),
+        "weight": pa.float64(),
+        "confidence": pa.float64(),
+        "p_chosen": pa.float64(),
+        "p_rejected": pa.float64(),
+        "p_tie": pa.float64(),
+        "n_judgments": pa.int32(),
+        "agreement": pa.float64(),
+        "pool_disagreement": pa.float64(),
+        "comparison_id": pa.int64(),
+        "prompt_id": pa.int64(),
+        "round": pa.int32(),
+        "model_chosen": pa.string(),
+        "model_rejected": pa.string(),
+        "chosen_response": pa.string(),
+        "gold": pa.bool_(),
+        "split": pa.string(),
     }
     assert list(types) == list(PAIR_FIELDS)
     return pa.schema([(name, t) for name, t in types.items()])
@@ -926,7 +1035,11 @@ def rows_by_id(base, ids: np.ndarray, fields: tuple[str, ...]) -> dict[int, tupl
 
 
 PAIR_TEXT_FIELDS = (
-    "prompt__text", "prompt__messages", "response_a__text", "response_a__model_name", "response_b__text",
+    "prompt__text",
+    "prompt__messages",
+    "response_a__text",
+    "response_a__model_name",
+    "response_b__text",
     "response_b__model_name",
 )
 
@@ -1037,10 +1150,10 @@ class ArrowWriters:
 
         self.pa = pa
         self.schema = schema
-        self.parquet = pq.ParquetWriter(str(parquet_path), schema, compression="zstd") if parquet_path else None
-        self.streams = {
-            split: (pa.OSFile(str(p), "wb"), None) for split, p in stream_paths.items()
-        }
+        self.parquet = (
+            pq.ParquetWriter(str(parquet_path), schema, compression="zstd") if parquet_path else None
+        )
+        self.streams = {split: (pa.OSFile(str(p), "wb"), None) for split, p in stream_paths.items()}
         self.streams = {
             split: (sink, pa.ipc.new_stream(sink, schema)) for split, (sink, _) in self.streams.items()
         }
@@ -1089,8 +1202,12 @@ def write_pairs(sel: Selection, folder: Path, progress: Progress) -> dict[str, i
             if jsonl:
                 jsonl.write(chunk.cols)
             if csvw:
-                plain = dict(chunk.cols, prompt=chunk.plain_prompt, chosen=chunk.plain_chosen,
-                             rejected=chunk.plain_rejected)
+                plain = dict(
+                    chunk.cols,
+                    prompt=chunk.plain_prompt,
+                    chosen=chunk.plain_chosen,
+                    rejected=chunk.plain_rejected,
+                )
                 csvw.write(plain)
             if arrow:
                 arrow.write(chunk.cols)
@@ -1136,7 +1253,9 @@ def write_judgments(sel: Selection, folder: Path, key: bytes, progress: Progress
     names = [pseudonym(key, int(u)) for u in t.annotator_ids]
     pool_name = {pid: name for pid, name in sel.pool_names.items()}
     choice_of = {0: "a", 1: "b"}
-    fields = [f for f in JUDGMENT_FIELDS if f != "rationale"] + (["rationale"] if sel.opts.include_rationales else [])
+    fields = [f for f in JUDGMENT_FIELDS if f != "rationale"] + (
+        ["rationale"] if sel.opts.include_rationales else []
+    )
     writer = JsonlWriter(folder / FORMAT_FILES["judgments"], fields)
     progress.stage("judgments", n)
     step = 20000
@@ -1268,7 +1387,12 @@ def _n_boot(n_judgments: int) -> int:
 def _summary(x: np.ndarray) -> dict:
     if x.size == 0:
         return {}
-    return {"mean": float(x.mean()), "median": float(np.median(x)), "min": float(x.min()), "max": float(x.max())}
+    return {
+        "mean": float(x.mean()),
+        "median": float(np.median(x)),
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
 
 
 def compute_stats(sel: Selection, counts: dict[str, int]) -> dict:
@@ -1284,7 +1408,8 @@ def compute_stats(sel: Selection, counts: dict[str, int]) -> dict:
         overall = agreement_summary(j, n_boot=n_boot, seed=sel.opts.seed)
         report = {"overall": overall, "per_group": {0: overall}}
     dense_name = {
-        i: (sel.pool_names.get(int(pid), f"pool {pid}") if pid >= 0 else "(no pool)") for i, pid in enumerate(sel.pool_ids)
+        i: (sel.pool_names.get(int(pid), f"pool {pid}") if pid >= 0 else "(no pool)")
+        for i, pid in enumerate(sel.pool_ids)
     }
     per_pool = {dense_name[int(g)]: s for g, s in report.get("per_group", {}).items()}
     between = report.get("between_groups")
@@ -1294,64 +1419,88 @@ def compute_stats(sel: Selection, counts: dict[str, int]) -> dict:
     worker_pool = j.pool
     for i, pid in enumerate(sel.pool_ids):
         in_pool = t.pool_of_judgment == pid
-        pools.append({
-            "name": dense_name[i],
-            "n_judgments": int(in_pool.sum()),
-            "n_annotators": int((worker_pool == i).sum()),
-        })
+        pools.append(
+            {
+                "name": dense_name[i],
+                "n_judgments": int(in_pool.sum()),
+                "n_annotators": int((worker_pool == i).sum()),
+            }
+        )
     prompts_sel = sel.item_prompt[selected]
     test_sel = sel.item_test[selected]
     label = sel.label[selected]
     res = sel.result
-    weight_tbl = np.where(label == agg.TIE, res.proba[selected, 2], np.where(label == agg.B, res.proba[selected, 1],
-                          res.proba[selected, 0])) * sel.support[selected]
-    return clean_json({
-        "n_pairs": sel.n_pairs,
-        "n_train": counts.get("train", 0),
-        "n_test": counts.get("test", 0),
-        "n_prompts": int(np.unique(prompts_sel).size),
-        "n_prompts_train": int(np.unique(prompts_sel[~test_sel]).size),
-        "n_prompts_test": int(np.unique(prompts_sel[test_sel]).size),
-        "n_comparisons_aggregated": int(t.n_items),
-        "n_judgments": int(len(t)),
-        "n_judgment_rows": counts.get("judgment_rows"),
-        "n_annotators": int(t.n_workers),
-        "n_pools": len(sel.pool_ids),
-        "pools": pools,
-        "removed": sel.removed,
-        "n_ties_included": sel.n_ties_included,
-        "n_both_bad_included": sel.n_both_bad_included,
-        "n_gold": int((t.gold[selected] >= 0).sum()),
-        "rounds": sorted(set(sel.item_round[selected].tolist())),
-        "style": "conversational" if sel.conversational else "standard",
-        "label_counts": {
-            "a": int((label == agg.A).sum()), "b": int((label == agg.B).sum()), "tie": int((label == agg.TIE).sum()),
-        },
-        "confidence": _summary(sel.confidence[selected]),
-        "weight": _summary(weight_tbl),
-        "annotator_weight": _summary(sel.worker_weight),
-        "weights_source": sel.weights_source,
-        "aggregation": {
-            "method": res.method,
-            "pool_balanced": sel.opts.pool_balanced,
-            "iterations": res.iterations,
-            "converged": bool(res.converged),
-            "log_likelihood": res.log_likelihood,
-            "class_prior": res.prior,
-        },
-        "agreement": {"n_boot": n_boot, "level": 0.95, "overall": report["overall"], "per_pool": per_pool,
-                      "between_pools": between},
-    })
+    weight_tbl = (
+        np.where(
+            label == agg.TIE,
+            res.proba[selected, 2],
+            np.where(label == agg.B, res.proba[selected, 1], res.proba[selected, 0]),
+        )
+        * sel.support[selected]
+    )
+    return clean_json(
+        {
+            "n_pairs": sel.n_pairs,
+            "n_train": counts.get("train", 0),
+            "n_test": counts.get("test", 0),
+            "n_prompts": int(np.unique(prompts_sel).size),
+            "n_prompts_train": int(np.unique(prompts_sel[~test_sel]).size),
+            "n_prompts_test": int(np.unique(prompts_sel[test_sel]).size),
+            "n_comparisons_aggregated": int(t.n_items),
+            "n_judgments": int(len(t)),
+            "n_judgment_rows": counts.get("judgment_rows"),
+            "n_annotators": int(t.n_workers),
+            "n_pools": len(sel.pool_ids),
+            "pools": pools,
+            "removed": sel.removed,
+            "n_ties_included": sel.n_ties_included,
+            "n_both_bad_included": sel.n_both_bad_included,
+            "n_gold": int((t.gold[selected] >= 0).sum()),
+            "rounds": sorted(set(sel.item_round[selected].tolist())),
+            "style": "conversational" if sel.conversational else "standard",
+            "label_counts": {
+                "a": int((label == agg.A).sum()),
+                "b": int((label == agg.B).sum()),
+                "tie": int((label == agg.TIE).sum()),
+            },
+            "confidence": _summary(sel.confidence[selected]),
+            "weight": _summary(weight_tbl),
+            "annotator_weight": _summary(sel.worker_weight),
+            "weights_source": sel.weights_source,
+            "aggregation": {
+                "method": res.method,
+                "pool_balanced": sel.opts.pool_balanced,
+                "iterations": res.iterations,
+                "converged": bool(res.converged),
+                "log_likelihood": res.log_likelihood,
+                "class_prior": res.prior,
+            },
+            "agreement": {
+                "n_boot": n_boot,
+                "level": 0.95,
+                "overall": report["overall"],
+                "per_pool": per_pool,
+                "between_pools": between,
+            },
+        }
+    )
 
 
 # --------------------------------------------------------------------------- dataset card
 
 
+STYLE_TEXT = {
+    "conversational": "conversational (prompt/chosen/rejected are message lists)",
+    "standard": "standard (prompt/chosen/rejected are strings)",
+}
 METHOD_TEXT = {
     "majority": "majority vote, each vote weighted by its annotator's weight w_j",
-    "gold_weighted": "gold-weighted vote: each vote counts log(acc / (1 - acc)) of its annotator's Beta(2, 1)-posterior gold accuracy",
-    "dawid_skene": "Dawid–Skene EM with per-annotator 3x3 confusion matrices (A / B / tie), initialized from vote shares, gold items clamped",
-    "dawid_skene_debiased": "Dawid–Skene EM with an explicit per-annotator position (left/right click) bias, gold items clamped",
+    "gold_weighted": "gold-weighted vote: each vote counts log(acc / (1 - acc)) of its annotator's "
+    "Beta(2, 1)-posterior gold accuracy",
+    "dawid_skene": "Dawid–Skene EM with per-annotator 3x3 confusion matrices (A / B / tie), "
+    "initialized from vote shares, gold items clamped",
+    "dawid_skene_debiased": "Dawid–Skene EM with an explicit per-annotator position (left/right click) "
+    "bias, gold items clamped",
 }
 
 
@@ -1380,12 +1529,28 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
     lic = (project.license or "").strip()
     name = export.name or f"{project.name} preferences (export {export.pk})"
     n = stats["n_pairs"]
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else \
-        "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
+    size = (
+        "n<1K"
+        if n < 1000
+        else "1K<n<10K"
+        if n < 10_000
+        else "10K<n<100K"
+        if n < 100_000
+        else "100K<n<1M"
+        if n < 1_000_000
+        else "1M<n<10M"
+    )
     pool_names = {p: nm for p, nm in Pool.objects.filter(project=project).values_list("pk", "name")}
-    front = ["---", f"pretty_name: {json.dumps(name)}", f"license: {json.dumps(lic) if lic else 'unknown'}",
-             "tags: [preference, dpo, rlhf, human-feedback, prefloop]", "task_categories: [text-generation]",
-             f"size_categories: [{size}]", "---", ""]
+    front = [
+        "---",
+        f"pretty_name: {json.dumps(name)}",
+        f"license: {json.dumps(lic) if lic else 'unknown'}",
+        "tags: [preference, dpo, rlhf, human-feedback, prefloop]",
+        "task_categories: [text-generation]",
+        f"size_categories: [{size}]",
+        "---",
+        "",
+    ]
     L = front + [f"# {name}", ""]
     L += [
         f"Human preference pairs from the prefloop project **{project.name}**, exported on "
@@ -1398,53 +1563,82 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "| | count |",
         "|---|---|",
         f"| pairs | {stats['n_pairs']} (train {stats['n_train']}, test {stats['n_test']}) |",
-        f"| prompts | {stats['n_prompts']} (train {stats['n_prompts_train']}, test {stats['n_prompts_test']}) |",
+        f"| prompts | {stats['n_prompts']} "
+        f"(train {stats['n_prompts_train']}, test {stats['n_prompts_test']}) |",
         f"| comparisons aggregated | {stats['n_comparisons_aggregated']} |",
         f"| removed by min_confidence | {stats['removed'].get('min_confidence', 0)} |",
         f"| ties excluded / included | {stats['removed'].get('ties', 0)} / {stats['n_ties_included']} |",
-        f"| both-bad excluded / included | {stats['removed'].get('both_bad', 0)} / {stats['n_both_bad_included']} |",
-        f"| gold (calibration) comparisons | {stats['n_gold']} included, {stats['removed'].get('gold', 0)} left out |",
+        f"| both-bad excluded / included | {stats['removed'].get('both_bad', 0)} "
+        f"/ {stats['n_both_bad_included']} |",
+        f"| gold (calibration) comparisons | {stats['n_gold']} included, "
+        f"{stats['removed'].get('gold', 0)} left out |",
         f"| judgments | {stats['n_judgments']} |",
         f"| annotators | {stats['n_annotators']} |",
-        f"| pools | {stats['n_pools']}: " + ", ".join(
-            f"{p['name']} ({p['n_annotators']} annotators, {p['n_judgments']} judgments)" for p in stats["pools"]
-        ) + " |",
+        f"| pools | {stats['n_pools']}: "
+        + ", ".join(
+            f"{p['name']} ({p['n_annotators']} annotators, {p['n_judgments']} judgments)"
+            for p in stats["pools"]
+        )
+        + " |",
         f"| rounds | {', '.join(map(str, stats['rounds']))} |",
-        f"| format | {'conversational (prompt/chosen/rejected are message lists)' if stats['style'] == 'conversational' else 'standard (prompt/chosen/rejected are strings)'} |",
+        f"| format | {STYLE_TEXT[stats['style']]} |",
         f"| license | {lic or 'not set in the project'} |",
         "",
         "## Files",
         "",
     ]
     descr = {
-        "jsonl": "`preferences.jsonl`: one JSON object per pair in TRL's preference format (all splits; see `split`).",
+        "jsonl": "`preferences.jsonl`: one JSON object per pair in TRL's preference format "
+        "(all splits; see `split`).",
         "parquet": "`preferences.parquet`: the same rows and columns as Parquet (zstd).",
         "hf": "`hf/`: a Hugging Face `datasets` DatasetDict (`train`"
-              + (" and `test`" if opts.test_fraction > 0 else "") + ") written with `save_to_disk`.",
-        "csv": "`preferences.csv`: the same rows for spreadsheets; prompt, chosen and rejected are plain text.",
+        + (" and `test`" if opts.test_fraction > 0 else "")
+        + ") written with `save_to_disk`.",
+        "csv": "`preferences.csv`: the same rows for spreadsheets; prompt, chosen and rejected are "
+        "plain text.",
         "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators) on the aggregated "
-                     "comparisons, for your own aggregation" + ("." if opts.include_gold else
-                                                                 " (gold comparisons left out)."),
+        "comparisons, for your own aggregation"
+        + ("." if opts.include_gold else " (gold comparisons left out)."),
     }
     L += [f"- {descr[f]}" for f in opts.formats]
-    L += ["- `metadata.json`: options, counts, statistics, the file list with SHA-256 sums and the content hash.", ""]
+    L += [
+        "- `metadata.json`: options, counts, statistics, the file list with SHA-256 sums and the "
+        "content hash.",
+        "",
+    ]
     L += ["## Filters and options", "", "| option | value |", "|---|---|"]
     L += [
         f"| rounds | {', '.join(map(str, opts.rounds)) if opts.rounds else 'all'} |",
         f"| pools | {', '.join(pool_names.get(p, str(p)) for p in opts.pools) if opts.pools else 'all'} |",
         f"| excluded annotators | {'included' if opts.include_excluded else 'left out'} |",
-        f"| gold comparisons | {'included (label = the gold answer)' if opts.include_gold else 'left out (they stay useful for calibration)'} |",
+        "| gold comparisons | "
+        + (
+            "included (label = the gold answer)"
+            if opts.include_gold
+            else "left out (they stay useful for calibration)"
+        )
+        + " |",
         f"| min_confidence | {opts.min_confidence:g} |",
         f"| include_ties | {opts.include_ties} |",
         f"| include_both_bad | {opts.include_both_bad} |",
         f"| test_fraction | {opts.test_fraction:g} (split by prompt, seed {opts.seed}) |",
         f"| rationales | {'included in judgments.jsonl' if opts.include_rationales else 'left out'} |",
-        f"| pseudonyms | {'stable across this project’s exports' if opts.stable_pseudonyms else 'stable within this export only'} |",
+        "| pseudonyms | "
+        + (
+            "stable across this project’s exports"
+            if opts.stable_pseudonyms
+            else "stable within this export only"
+        )
+        + " |",
         "",
         "## Aggregation",
         "",
         f"Method **{opts.method}**: {METHOD_TEXT[opts.method]}."
-        + (" Pools are balanced: every pool present on a comparison carries the same total weight." if opts.pool_balanced else ""),
+        + (
+            " Pools are balanced: every pool present on a comparison carries the same total weight."
+            if opts.pool_balanced
+            else ""
+        ),
     ]
     a = stats["aggregation"]
     if opts.method.startswith("dawid_skene"):
@@ -1453,9 +1647,14 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
             "",
             f"EM ran {a['iterations']} iterations ({'converged' if a['converged'] else 'did not converge'}; "
             "defaults: smoothing 0.1, prior smoothing 1.0, tol 1e-6, max 100 iterations). "
-            + (f"Estimated class prior: A {_fmt(prior[0])}, B {_fmt(prior[1])}, tie {_fmt(prior[2])}." if len(prior) == 3 else ""),
+            + (
+                f"Estimated class prior: A {_fmt(prior[0])}, B {_fmt(prior[1])}, tie {_fmt(prior[2])}."
+                if len(prior) == 3
+                else ""
+            ),
         ]
     conf = stats.get("confidence") or {}
+    weight_stats = stats.get("weight") or {}
     L += [
         "",
         f"`confidence` (the largest posterior) over the exported pairs: mean {_fmt(conf.get('mean'))}, "
@@ -1468,7 +1667,7 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "```",
         "",
         f"Annotator weights come from {stats['weights_source']}. `weight` over the exported pairs: "
-        f"mean {_fmt((stats.get('weight') or {}).get('mean'))}, median {_fmt((stats.get('weight') or {}).get('median'))}.",
+        f"mean {_fmt(weight_stats.get('mean'))}, median {_fmt(weight_stats.get('median'))}.",
         "Ties and both-bad have no chosen/rejected: they are excluded by default; when included they are written "
         "with `label` `tie` or `both_bad`, response A as `chosen`, and `p_chosen` = 0.5.",
         "",
@@ -1489,28 +1688,49 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         ("fleiss_kappa", "Fleiss' kappa"),
         ("cohen_kappa", "mean pairwise Cohen's kappa"),
     ):
-        L.append(f"| {label} | {_ci(overall.get(key))} |" + "".join(f" {_ci(s.get(key))} |" for s in per_pool.values()))
-    L += [f"| comparisons with 2+ judgments | {overall.get('n_items')} |"
-          + "".join(f" {s.get('n_items')} |" for s in per_pool.values()), ""]
+        L.append(
+            f"| {label} | {_ci(overall.get(key))} |"
+            + "".join(f" {_ci(s.get(key))} |" for s in per_pool.values())
+        )
+    L += [
+        f"| comparisons with 2+ judgments | {overall.get('n_items')} |"
+        + "".join(f" {s.get('n_items')} |" for s in per_pool.values()),
+        "",
+    ]
     between = stats["agreement"].get("between_pools")
     if between and len(between.get("pools", [])) > 1:
         names = between["pools"]
-        L += ["Raw agreement between pools (pairs of votes on the same comparison, one from each pool):", "",
-              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        L += [
+            "Raw agreement between pools (pairs of votes on the same comparison, one from each pool):",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for i, nm in enumerate(names):
-            L.append(f"| {nm} | " + " | ".join(_fmt(between["raw_agreement"][i][k]) for k in range(len(names))) + " |")
+            L.append(
+                f"| {nm} | "
+                + " | ".join(_fmt(between["raw_agreement"][i][k]) for k in range(len(names)))
+                + " |"
+            )
         L.append("")
     L += ["## Fields", "", "| field | meaning |", "|---|---|"]
     L += [f"| `{k}` | {v} |" for k, v in PAIR_FIELDS.items()]
     if opts.include_judgments:
         L += ["", "`judgments.jsonl`:", "", "| field | meaning |", "|---|---|"]
-        L += [f"| `{k}` | {v} |" for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales]
+        L += [
+            f"| `{k}` | {v} |"
+            for k, v in JUDGMENT_FIELDS.items()
+            if k != "rationale" or opts.include_rationales
+        ]
     L += [
         "",
         "Annotators are pseudonymized: `ann-` + 16 hex digits of an HMAC of the user id under a secret key "
-        + ("derived from the server's secret and the project (the same person has the same pseudonym in every "
-           "export of this project made with stable pseudonyms)." if opts.stable_pseudonyms else
-           "drawn for this export only (the same person has a different pseudonym in another export)."),
+        + (
+            "derived from the server's secret and the project (the same person has the same pseudonym in every "
+            "export of this project made with stable pseudonyms)."
+            if opts.stable_pseudonyms
+            else "drawn for this export only (the same person has a different pseudonym in another export)."
+        ),
         "No usernames, e-mails or user ids appear in any file.",
         "",
         "## Load",
@@ -1518,13 +1738,22 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "```python",
     ]
     if "hf" in opts.formats:
-        L += ["from datasets import load_from_disk", "", 'ds = load_from_disk("hf")  # DatasetDict: ' + ", ".join(
-            ["train"] + (["test"] if opts.test_fraction > 0 else [])), ""]
+        L += [
+            "from datasets import load_from_disk",
+            "",
+            'ds = load_from_disk("hf")  # DatasetDict: '
+            + ", ".join(["train"] + (["test"] if opts.test_fraction > 0 else [])),
+            "",
+        ]
     if "jsonl" in opts.formats:
-        L += ["from datasets import load_dataset", "",
-              'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")',
-              'train = pairs.filter(lambda r: r["split"] == "train")',
-              'test = pairs.filter(lambda r: r["split"] == "test")', ""]
+        L += [
+            "from datasets import load_dataset",
+            "",
+            'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")',
+            'train = pairs.filter(lambda r: r["split"] == "train")',
+            'test = pairs.filter(lambda r: r["split"] == "test")',
+            "",
+        ]
     if "parquet" in opts.formats:
         L += ['pairs = load_dataset("parquet", data_files="preferences.parquet", split="train")', ""]
     L += [
@@ -1533,18 +1762,22 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "## Train with TRL (DPO)",
         "",
         "```python",
-        "from datasets import load_from_disk" if "hf" in opts.formats else "from datasets import load_dataset",
+        "from datasets import load_from_disk"
+        if "hf" in opts.formats
+        else "from datasets import load_dataset",
         "from trl import DPOConfig, DPOTrainer",
         "",
-        'ds = load_from_disk("hf")' if "hf" in opts.formats else
-        'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")\n'
+        'ds = load_from_disk("hf")'
+        if "hf" in opts.formats
+        else 'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")\n'
         'ds = {s: pairs.filter(lambda r, s=s: r["split"] == s) for s in ("train", "test")}',
-        "train = ds[\"train\"].filter(lambda r: r[\"label\"] == \"preference\")  # ties have no chosen/rejected",
+        'train = ds["train"].filter(lambda r: r["label"] == "preference")  # ties have no chosen/rejected',
         "trainer = DPOTrainer(",
         '    model="path/to/your/model",',
         '    args=DPOConfig(output_dir="dpo-out", per_device_train_batch_size=8),',
         "    train_dataset=train,",
-        '    eval_dataset=ds["test"]' + ("," if opts.test_fraction > 0 else "  # no test split: drop this line"),
+        '    eval_dataset=ds["test"]'
+        + ("," if opts.test_fraction > 0 else "  # no test split: drop this line"),
         ")",
         "trainer.train()",
         "```",
@@ -1622,24 +1855,35 @@ def build_export(export: Export, *, out_dir: Path | None = None, progress: Progr
         (tmp / CARD_FILE).write_text(render_card(export, opts, stats), encoding="utf-8")
         digest, listing = folder_hash(tmp)
         stats["files"] = listing
-        metadata = clean_json({
-            "format_version": 1,
-            "export_id": export.pk,
-            "name": export.name,
-            "project": {"id": export.project_id, "name": export.project.name, "license": export.project.license},
-            "created_at": export.created_at.isoformat(),
-            "options": opts.to_params(),
-            "weight_rule": WEIGHT_RULE,
-            "pair_fields": PAIR_FIELDS,
-            "judgment_fields": {k: v for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales}
-            if opts.include_judgments else {},
-            "stats": {k: v for k, v in stats.items() if k != "seconds"},
-            "files": listing,
-            "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except metadata.json, "
-                                 "sorted by path",
-            "content_hash": digest,
-        })
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        metadata = clean_json(
+            {
+                "format_version": 1,
+                "export_id": export.pk,
+                "name": export.name,
+                "project": {
+                    "id": export.project_id,
+                    "name": export.project.name,
+                    "license": export.project.license,
+                },
+                "created_at": export.created_at.isoformat(),
+                "options": opts.to_params(),
+                "weight_rule": WEIGHT_RULE,
+                "pair_fields": PAIR_FIELDS,
+                "judgment_fields": {
+                    k: v for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales
+                }
+                if opts.include_judgments
+                else {},
+                "stats": {k: v for k, v in stats.items() if k != "seconds"},
+                "files": listing,
+                "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except metadata.json, "
+                "sorted by path",
+                "content_hash": digest,
+            }
+        )
+        (tmp / METADATA_FILE).write_text(
+            json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         _make_read_only(tmp)
         with transaction.atomic():
             row = Export.objects.select_for_update().get(pk=export.pk)
@@ -1653,8 +1897,15 @@ def build_export(export: Export, *, out_dir: Path | None = None, progress: Progr
                     shutil.rmtree(final)
             os.replace(tmp, final)
             Export.objects.filter(pk=export.pk).update(
-                status=JobStatus.SUCCEEDED, progress=1.0, step="done", error="", path=str(final.resolve()),
-                content_hash=digest, n_rows=stats["n_pairs"], stats=stats, finished_at=timezone.now(),
+                status=JobStatus.SUCCEEDED,
+                progress=1.0,
+                step="done",
+                error="",
+                path=str(final.resolve()),
+                content_hash=digest,
+                n_rows=stats["n_pairs"],
+                stats=stats,
+                finished_at=timezone.now(),
             )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1739,7 +1990,9 @@ def download_file(export: Export, what: str) -> tuple[Path, str, str]:
     if what not in DOWNLOADS:
         raise ExportError(f"unknown download {what!r}; one of {', '.join(DOWNLOADS)}")
     if what not in available_downloads(export):
-        raise ExportError(f"export {export.pk} has no {what} file (formats: {', '.join(available_downloads(export))})")
+        raise ExportError(
+            f"export {export.pk} has no {what} file (formats: {', '.join(available_downloads(export))})"
+        )
     name, ctype = DOWNLOADS[what]
     base = f"prefloop-export-{export.pk}"
     folder = Path(export.path)

@@ -98,7 +98,10 @@ DATA_DIR = Path(os.environ.get("PREFLOOP_DATA_DIR", BASE_DIR / "var"))
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}",
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "0")),
+        # Persistent connections (seconds): a new PostgreSQL connection per request costs more
+        # than most of prefloop's requests.
+        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

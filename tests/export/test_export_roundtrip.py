@@ -2,6 +2,7 @@
 ``datasets.load_from_disk`` / JSONL / Parquet / CSV read back with the documented fields and
 values; the split, pseudonyms, rationales, ties, gold, the content hash, empty filters and
 failed builds."""
+
 from __future__ import annotations
 
 import csv
@@ -41,19 +42,52 @@ def _plan() -> list[dict]:
     lines = []
     for i in range(N_PROMPTS):
         prompt = f"Question number {i}: explain topic {i} briefly."
-        lines.append({
-            "prompt": prompt, "response_a": f"Answer A{i} from model one.", "response_b": f"Answer B{i} from model two.",
-            "model_a": "model-one", "model_b": "model-two",
-            # votes of alice, bob, carol in terms of the underlying responses
-            "votes": ["b", "b", "b"] if i % 3 == 0 else ["a", "a", "a"] if i % 3 == 1 else ["a", "a", "b"],
-        })
+        lines.append(
+            {
+                "prompt": prompt,
+                "response_a": f"Answer A{i} from model one.",
+                "response_b": f"Answer B{i} from model two.",
+                "model_a": "model-one",
+                "model_b": "model-two",
+                # votes of alice, bob, carol in terms of the underlying responses
+                "votes": ["b", "b", "b"]
+                if i % 3 == 0
+                else ["a", "a", "a"]
+                if i % 3 == 1
+                else ["a", "a", "b"],
+            }
+        )
     # A second comparison on prompt 0 (same prompt, other responses): the split keeps them together.
-    lines.append({"prompt": lines[0]["prompt"], "response_a": "Another answer C0.", "response_b": "Another answer D0.",
-                  "model_a": "model-three", "model_b": "model-four", "votes": ["a", "a", "a"]})
-    lines.append({"prompt": "Which is better, a tie?", "response_a": "Same one.", "response_b": "Same two.",
-                  "model_a": "m1", "model_b": "m2", "votes": ["tie", "tie", "tie"]})
-    lines.append({"prompt": "Both are bad here.", "response_a": "Wrong one.", "response_b": "Wrong two.",
-                  "model_a": "m1", "model_b": "m2", "votes": ["both_bad", "both_bad", "both_bad"]})
+    lines.append(
+        {
+            "prompt": lines[0]["prompt"],
+            "response_a": "Another answer C0.",
+            "response_b": "Another answer D0.",
+            "model_a": "model-three",
+            "model_b": "model-four",
+            "votes": ["a", "a", "a"],
+        }
+    )
+    lines.append(
+        {
+            "prompt": "Which is better, a tie?",
+            "response_a": "Same one.",
+            "response_b": "Same two.",
+            "model_a": "m1",
+            "model_b": "m2",
+            "votes": ["tie", "tie", "tie"],
+        }
+    )
+    lines.append(
+        {
+            "prompt": "Both are bad here.",
+            "response_a": "Wrong one.",
+            "response_b": "Wrong two.",
+            "model_a": "m1",
+            "model_b": "m2",
+            "votes": ["both_bad", "both_bad", "both_bad"],
+        }
+    )
     return lines
 
 
@@ -68,8 +102,9 @@ def _quick_bootstrap(settings):
     settings.PREFLOOP_EXPORT_BOOTSTRAP = 100
 
 
-def make_project(name: str = "Export project", *, plan=None, license_: str = "cc-by-4.0",
-                 via_queue: bool = False) -> dict:
+def make_project(
+    name: str = "Export project", *, plan=None, license_: str = "cc-by-4.0", via_queue: bool = False
+) -> dict:
     """Import the plan's comparisons, then judge them: through the queue (``via_queue``, as
     annotators do, with random display order) or by writing the judgments directly."""
     plan = plan or _plan()
@@ -87,16 +122,28 @@ def make_project(name: str = "Export project", *, plan=None, license_: str = "cc
     by_texts = {(line["response_a"], line["response_b"]): line["votes"] for line in plan}
     if not via_queue:
         judgments = []
-        for n, c in enumerate(Comparison.objects.filter(project=project).select_related("response_a", "response_b")):
+        for n, c in enumerate(
+            Comparison.objects.filter(project=project).select_related("response_a", "response_b")
+        ):
             votes = by_texts.get((c.response_a.text, c.response_b.text))
             if votes is None:
-                votes = [{"a": "b", "b": "a"}.get(v, v) for v in by_texts[(c.response_b.text, c.response_a.text)]]
+                votes = [
+                    {"a": "b", "b": "a"}.get(v, v) for v in by_texts[(c.response_b.text, c.response_a.text)]
+                ]
             for k, user in enumerate(users):
-                judgments.append(Judgment(
-                    project=project, comparison=c, annotator=user, pool=pools[ANNOTATORS[k][2]],
-                    a_on_left=(n + k) % 2 == 0, choice=votes[k], strength=2 if votes[k] in ("a", "b") else None,
-                    rationale=RATIONALE if k == 0 else "", seconds=4.0 + k,
-                ))
+                judgments.append(
+                    Judgment(
+                        project=project,
+                        comparison=c,
+                        annotator=user,
+                        pool=pools[ANNOTATORS[k][2]],
+                        a_on_left=(n + k) % 2 == 0,
+                        choice=votes[k],
+                        strength=2 if votes[k] in ("a", "b") else None,
+                        rationale=RATIONALE if k == 0 else "",
+                        seconds=4.0 + k,
+                    )
+                )
         Judgment.objects.bulk_create(judgments)
         Comparison.objects.filter(project=project).update(n_judgments=3, slots_taken=3, is_open=False)
         return {"project": project, "users": users, "researcher": researcher, "pools": pools, "plan": plan}
@@ -108,19 +155,26 @@ def make_project(name: str = "Export project", *, plan=None, license_: str = "cc
             c = assignment.comparison
             votes = by_texts.get((c.response_a.text, c.response_b.text))
             if votes is None:  # the import may have swapped a/b: it de-duplicates order-independently
-                votes = [{"a": "b", "b": "a"}.get(v, v) for v in by_texts[(c.response_b.text, c.response_a.text)]]
+                votes = [
+                    {"a": "b", "b": "a"}.get(v, v) for v in by_texts[(c.response_b.text, c.response_a.text)]
+                ]
             underlying = votes[k]
             queue.submit_judgment(
-                user, assignment.pk, choice=_shown(assignment.a_on_left, underlying),
+                user,
+                assignment.pk,
+                choice=_shown(assignment.a_on_left, underlying),
                 strength=2 if underlying in ("a", "b") else None,
-                rationale=RATIONALE if k == 0 else "", seconds=0.5,
+                rationale=RATIONALE if k == 0 else "",
+                seconds=0.5,
             )
     return {"project": project, "users": users, "researcher": researcher, "pools": pools, "plan": plan}
 
 
 def run_export(project, user=None, **options) -> Export:
     export = exports.create_export(project, user, options, enqueue=False)
-    assert build_export_task.apply(args=(export.pk,)).get() == "succeeded", Export.objects.get(pk=export.pk).error
+    assert build_export_task.apply(args=(export.pk,)).get() == "succeeded", Export.objects.get(
+        pk=export.pk
+    ).error
     export.refresh_from_db()
     return export
 
@@ -149,8 +203,13 @@ def test_round_trip_every_format():
 
     scene = make_project(via_queue=True)
     project = scene["project"]
-    export = run_export(project, scene["researcher"], formats=["jsonl", "parquet", "hf", "csv", "judgments"],
-                        test_fraction=0.25, seed=3)
+    export = run_export(
+        project,
+        scene["researcher"],
+        formats=["jsonl", "parquet", "hf", "csv", "judgments"],
+        test_fraction=0.25,
+        seed=3,
+    )
     assert export.status == JobStatus.SUCCEEDED and export.progress == 1.0 and export.error == ""
     folder = Path(export.path)
     assert folder == Path(exports.default_folder(export)).resolve()
@@ -160,7 +219,9 @@ def test_round_trip_every_format():
     assert export.stats["removed"] == {"gold": 0, "min_confidence": 0, "ties": 1, "both_bad": 1}
     assert list(rows[0]) == list(exports.PAIR_FIELDS)
     for r in rows:
-        assert isinstance(r["prompt"], str) and isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
+        assert (
+            isinstance(r["prompt"], str) and isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
+        )
         assert r["label"] == "preference" and r["split"] in ("train", "test")
         assert 0.5 < r["p_chosen"] <= 1 and r["confidence"] >= r["p_chosen"] - 1e-9
         assert 0 <= r["weight"] <= r["p_chosen"] + 1e-9
@@ -170,7 +231,11 @@ def test_round_trip_every_format():
     c0 = Comparison.objects.get(project=project, response_a__text="Answer A0 from model one.")
     r0 = next(r for r in rows if r["comparison_id"] == c0.pk)
     assert r0["chosen"] == "Answer B0 from model two." and r0["rejected"] == "Answer A0 from model one."
-    assert r0["chosen_response"] == "b" and r0["model_chosen"] == "model-two" and r0["model_rejected"] == "model-one"
+    assert (
+        r0["chosen_response"] == "b"
+        and r0["model_chosen"] == "model-two"
+        and r0["model_rejected"] == "model-one"
+    )
     assert r0["p_chosen"] > 0.9 and r0["agreement"] == 1.0 and r0["round"] == 0
     assert r0["prompt"] == "Question number 0: explain topic 0 briefly."
     # A 2-1 split: chosen is the majority's pick, with less agreement.
@@ -213,7 +278,7 @@ def test_round_trip_every_format():
 
     # The dataset card is generated from the data.
     card = (folder / "README.md").read_text()
-    assert "license: \"cc-by-4.0\"" in card and f"| pairs | {len(rows)} (train {len(ds['train'])}" in card
+    assert 'license: "cc-by-4.0"' in card and f"| pairs | {len(rows)} (train {len(ds['train'])}" in card
     assert "load_from_disk" in card and 'load_dataset("json"' in card and "DPOTrainer" in card
     assert "Krippendorff" in card and "ties excluded / included | 1 / 0" in card
     assert "north" in card and "south" in card and exports.WEIGHT_RULE.splitlines()[0] in card
@@ -232,7 +297,9 @@ def test_split_is_by_prompt_and_seeded(scene):
     # Both comparisons of prompt 0 are on the same side.
     p0 = [r for r in rows_a if r["prompt"].startswith("Question number 0:")]
     assert len(p0) == 2 and p0[0]["split"] == p0[1]["split"]
-    split_of = lambda e: {r["comparison_id"]: r["split"] for r in read_jsonl(Path(e.path) / "preferences.jsonl")}  # noqa: E731
+    split_of = lambda e: {
+        r["comparison_id"]: r["split"] for r in read_jsonl(Path(e.path) / "preferences.jsonl")
+    }  # noqa: E731
     assert split_of(a) == split_of(b)  # same seed, same split
     assert split_of(a) != split_of(c)
 
@@ -289,9 +356,16 @@ def test_rationales_only_when_asked(scene):
 
 def test_ties_and_both_bad_included_on_request(scene):
     project = scene["project"]
-    export = run_export(project, formats=["jsonl", "hf"], include_ties=True, include_both_bad=True, test_fraction=0)
+    export = run_export(
+        project, formats=["jsonl", "hf"], include_ties=True, include_both_bad=True, test_fraction=0
+    )
     rows = read_jsonl(Path(export.path) / "preferences.jsonl")
-    assert len(rows) == N_PROMPTS + 3 and export.stats["removed"] == {"gold": 0, "min_confidence": 0, "ties": 0, "both_bad": 0}
+    assert len(rows) == N_PROMPTS + 3 and export.stats["removed"] == {
+        "gold": 0,
+        "min_confidence": 0,
+        "ties": 0,
+        "both_bad": 0,
+    }
     tie = next(r for r in rows if r["label"] == "tie")
     bad = next(r for r in rows if r["label"] == "both_bad")
     for r, text in ((tie, "Same one."), (bad, "Wrong one.")):
@@ -303,16 +377,31 @@ def test_ties_and_both_bad_included_on_request(scene):
     ds = load_from_disk(str(Path(export.path) / "hf"))
     assert set(ds) == {"train"} and len(ds["train"]) == N_PROMPTS + 3
     only_ties = run_export(project, formats=["jsonl"], include_ties=True)
-    assert {r["label"] for r in read_jsonl(Path(only_ties.path) / "preferences.jsonl")} == {"preference", "tie"}
+    assert {r["label"] for r in read_jsonl(Path(only_ties.path) / "preferences.jsonl")} == {
+        "preference",
+        "tie",
+    }
 
 
 def test_conversational_format_for_chat_prompts():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."}]
     plan = [
-        {"prompt": messages, "response_a": "7", "response_b": "Eight.", "model_a": "x", "model_b": "y",
-         "votes": ["a", "a", "a"]},
-        {"prompt": "Plain prompt here.", "response_a": "Plain A.", "response_b": "Plain B.", "model_a": "x",
-         "model_b": "y", "votes": ["b", "b", "b"]},
+        {
+            "prompt": messages,
+            "response_a": "7",
+            "response_b": "Eight.",
+            "model_a": "x",
+            "model_b": "y",
+            "votes": ["a", "a", "a"],
+        },
+        {
+            "prompt": "Plain prompt here.",
+            "response_a": "Plain A.",
+            "response_b": "Plain B.",
+            "model_a": "x",
+            "model_b": "y",
+            "votes": ["b", "b", "b"],
+        },
     ]
     project = make_project("Chat project", plan=plan)["project"]
     export = run_export(project, formats=["jsonl", "parquet", "hf"], test_fraction=0)
@@ -338,8 +427,13 @@ def test_content_hash_recorded_stable_and_immutable(scene):
     assert len(export.content_hash) == 64 and exports.verify_folder(folder)
     assert [f["path"] for f in meta["files"]] == sorted(f["path"] for f in meta["files"])
     assert "metadata.json" not in [f["path"] for f in meta["files"]]
-    assert {"README.md", "preferences.jsonl", "preferences.parquet", "judgments.jsonl",
-            "hf/dataset_dict.json"} <= {f["path"] for f in meta["files"]}
+    assert {
+        "README.md",
+        "preferences.jsonl",
+        "preferences.parquet",
+        "judgments.jsonl",
+        "hf/dataset_dict.json",
+    } <= {f["path"] for f in meta["files"]}
     assert meta["options"] == export.params and meta["stats"]["n_pairs"] == export.n_rows
     # Read-only files; the task does nothing for a built export; a rebuild is refused.
     assert not os.access(folder / "preferences.jsonl", os.W_OK) or os.geteuid() == 0
@@ -358,7 +452,15 @@ def test_content_hash_recorded_stable_and_immutable(scene):
 
 def test_downloads_and_archives(scene):
     export = run_export(scene["project"], formats=["jsonl", "hf", "judgments"])
-    assert exports.available_downloads(export) == ["jsonl", "hf", "judgments", "card", "metadata", "zip", "tar.gz"]
+    assert exports.available_downloads(export) == [
+        "jsonl",
+        "hf",
+        "judgments",
+        "card",
+        "metadata",
+        "zip",
+        "tar.gz",
+    ]
     path, name, ctype = exports.download_file(export, "jsonl")
     assert path.read_bytes() == (Path(export.path) / "preferences.jsonl").read_bytes()
     assert name == f"prefloop-export-{export.pk}-preferences.jsonl" and ctype == "application/x-ndjson"
@@ -368,7 +470,8 @@ def test_downloads_and_archives(scene):
         meta = json.loads(z.read(f"prefloop-export-{export.pk}/metadata.json"))
     assert meta["content_hash"] == export.content_hash
     assert {f"prefloop-export-{export.pk}/{f['path']}" for f in meta["files"]} | {
-        f"prefloop-export-{export.pk}/metadata.json"} == names
+        f"prefloop-export-{export.pk}/metadata.json"
+    } == names
     tpath, _, _ = exports.download_file(export, "tar.gz")
     with tarfile.open(tpath) as t:
         assert f"prefloop-export-{export.pk}/README.md" in t.getnames()
@@ -398,16 +501,29 @@ def test_filters_that_leave_nothing_are_named(scene):
     empty = Project.objects.create(name="Empty")
     with pytest.raises(exports.ExportError, match="has no comparisons"):
         exports.create_export(empty, None, {})
-    for bad, field in (({"method": "vote"}, "method"), ({"min_confidence": 2}, "min_confidence"),
-                       ({"formats": ["xml"]}, "formats"), ({"test_fraction": 1}, "test_fraction"),
-                       ({"unknown": 1}, "unknown option")):
+    for bad, field in (
+        ({"method": "vote"}, "method"),
+        ({"min_confidence": 2}, "min_confidence"),
+        ({"formats": ["xml"]}, "formats"),
+        ({"test_fraction": 1}, "test_fraction"),
+        ({"unknown": 1}, "unknown option"),
+    ):
         with pytest.raises(exports.ExportError, match=field):
             exports.clean_options(project, bad)
 
 
 def test_min_confidence_and_tie_filters_fail_the_build_with_the_reason():
-    split_plan = [{"prompt": f"Split {i}", "response_a": f"SA{i}", "response_b": f"SB{i}", "model_a": "x",
-                   "model_b": "y", "votes": ["a", "b", "tie"]} for i in range(4)]
+    split_plan = [
+        {
+            "prompt": f"Split {i}",
+            "response_a": f"SA{i}",
+            "response_b": f"SB{i}",
+            "model_a": "x",
+            "model_b": "y",
+            "votes": ["a", "b", "tie"],
+        }
+        for i in range(4)
+    ]
     p2 = make_project("Split project", plan=split_plan)["project"]
     # Every vote weighs 1 (an admin's override replaces the computed weight): shares are 1/3 each.
     Membership.objects.filter(project=p2, role=Role.ANNOTATOR).update(weight_override=1.0)
@@ -418,8 +534,17 @@ def test_min_confidence_and_tie_filters_fail_the_build_with_the_reason():
     assert export.error.startswith("no comparisons match: min_confidence=0.9 removes all 4")
     assert not Path(exports.default_folder(export)).exists()
 
-    ties_plan = [{"prompt": f"Tie {i}", "response_a": f"TA{i}", "response_b": f"TB{i}", "model_a": "x",
-                  "model_b": "y", "votes": ["tie", "tie", "both_bad"]} for i in range(3)]
+    ties_plan = [
+        {
+            "prompt": f"Tie {i}",
+            "response_a": f"TA{i}",
+            "response_b": f"TB{i}",
+            "model_a": "x",
+            "model_b": "y",
+            "votes": ["tie", "tie", "both_bad"],
+        }
+        for i in range(3)
+    ]
     p3 = make_project("Tie project", plan=ties_plan)["project"]
     export = exports.create_export(p3, None, {}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "failed"
@@ -444,7 +569,11 @@ def test_failed_task_marks_the_export_failed_and_leaves_no_files(scene, monkeypa
     monkeypatch.undo()
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()
-    assert export.status == JobStatus.SUCCEEDED and export.error == "" and exports.verify_folder(Path(export.path))
+    assert (
+        export.status == JobStatus.SUCCEEDED
+        and export.error == ""
+        and exports.verify_folder(Path(export.path))
+    )
     assert [p.name for p in root.iterdir()] == [str(export.pk)]
     # Data deleted between creation and build: the task fails with the named reason.
     late = exports.create_export(scene["project"], None, {"rounds": [0]}, enqueue=False)
@@ -508,23 +637,50 @@ def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):
     from django.core.management import CommandError, call_command
 
     out = tmp_path / "cli-export"
-    call_command("export_preferences", "--project", scene["project"].name, "--format", "jsonl,parquet,hf",
-                 "--judgments", "--out", str(out), "--method", "majority", "--min-confidence", "0.5",
-                 "--test-fraction", "0.2", "--no-progress")
+    call_command(
+        "export_preferences",
+        "--project",
+        scene["project"].name,
+        "--format",
+        "jsonl,parquet,hf",
+        "--judgments",
+        "--out",
+        str(out),
+        "--method",
+        "majority",
+        "--min-confidence",
+        "0.5",
+        "--test-fraction",
+        "0.2",
+        "--no-progress",
+    )
     printed = capsys.readouterr().out
     export = Export.objects.latest("created_at")
     assert export.status == JobStatus.SUCCEEDED and Path(export.path) == out.resolve()
     assert f"export {export.pk}: {export.n_rows} pairs" in printed and export.content_hash in printed
     assert export.params["method"] == "majority" and export.params["min_confidence"] == 0.5
-    assert {p.name for p in out.iterdir()} == {"preferences.jsonl", "preferences.parquet", "hf", "judgments.jsonl",
-                                                "README.md", "metadata.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "preferences.jsonl",
+        "preferences.parquet",
+        "hf",
+        "judgments.jsonl",
+        "README.md",
+        "metadata.json",
+    }
     assert exports.verify_folder(out)
     # By id too; an existing non-empty folder and filters that leave nothing are refused.
     with pytest.raises(CommandError, match="not an empty folder"):
         call_command("export_preferences", "--project", str(scene["project"].pk), "--out", str(out))
     with pytest.raises(CommandError, match=r"no comparisons match: rounds=\[9\]"):
-        call_command("export_preferences", "--project", str(scene["project"].pk), "--out", str(tmp_path / "x"),
-                     "--rounds", "9")
+        call_command(
+            "export_preferences",
+            "--project",
+            str(scene["project"].pk),
+            "--out",
+            str(tmp_path / "x"),
+            "--rounds",
+            "9",
+        )
     assert not (tmp_path / "x").exists()
     with pytest.raises(CommandError, match="no project"):
         call_command("export_preferences", "--project", "nope", "--out", str(tmp_path / "y"))

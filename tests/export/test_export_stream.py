@@ -6,6 +6,7 @@ about 8.5 kB of text per comparison, plus a small round of ``N/10``, and exports
 Parquet) under ``tracemalloc``. The peak while the texts are written does not grow with the
 number of rows, and the peak of the whole build grows by far less than the texts written.
 """
+
 from __future__ import annotations
 
 import gc
@@ -83,9 +84,9 @@ def test_large_export_streams_with_flat_memory():
     project = Project.objects.create(name="Big export", license="cc0-1.0")
     pool = Pool.objects.create(project=project, name="crowd")
     annotators = [User.objects.create_user(f"stream-annotator-{i}") for i in range(30)]
-    Membership.objects.bulk_create([
-        Membership(project=project, user=u, role=Role.ANNOTATOR, pool=pool) for u in annotators
-    ])
+    Membership.objects.bulk_create(
+        [Membership(project=project, user=u, role=Role.ANNOTATOR, pool=pool) for u in annotators]
+    )
     bench = _bench()
     t0 = time.perf_counter()
     small_n = N // 10
@@ -95,8 +96,10 @@ def test_large_export_streams_with_flat_memory():
     build_s = time.perf_counter() - t0
 
     opts = dict(formats=["jsonl", "parquet"], method="majority", include_ties=True, include_both_bad=True)
-    exports.build_export(exports.create_export(project, None, dict(opts, rounds=[1]), enqueue=False),
-                         progress=exports.Progress())  # warm-up: lazy imports are not the export's memory
+    exports.build_export(
+        exports.create_export(project, None, dict(opts, rounds=[1]), enqueue=False),
+        progress=exports.Progress(),
+    )  # warm-up: lazy imports are not the export's memory
     small, small_peaks, small_work, small_s = traced_export(project, rounds=[1], **opts)
     large, large_peaks, large_work, large_s = traced_export(project, **opts)
     assert small.n_rows == small_n and large.n_rows == small_n + N
@@ -106,7 +109,11 @@ def test_large_export_streams_with_flat_memory():
     with open(path, encoding="utf-8") as f:
         first = json.loads(f.readline())
         n_lines = 1 + sum(1 for _ in f)
-    assert n_lines == small_n + N and first["prompt"].startswith("prompt ") and len(first["chosen"]) == 1000 * TEXT_SCALE
+    assert (
+        n_lines == small_n + N
+        and first["prompt"].startswith("prompt ")
+        and len(first["chosen"]) == 1000 * TEXT_SCALE
+    )
     import pyarrow.parquet as pq
 
     assert pq.ParquetFile(Path(large.path) / "preferences.parquet").metadata.num_rows == small_n + N
@@ -115,11 +122,15 @@ def test_large_export_streams_with_flat_memory():
     print(
         f"\nstream test: data {build_s:.1f}s; export of {small_n} rows {small_s:.1f}s, of {small_n + N} rows "
         f"{large_s:.1f}s; {large_text / mib:.0f} MiB more text; peak above start per stage (small -> large): "
-        + ", ".join(f"{k} {small_peaks.get(k, 0) / mib:.1f} -> {v / mib:.1f} MiB" for k, v in large_peaks.items())
+        + ", ".join(
+            f"{k} {small_peaks.get(k, 0) / mib:.1f} -> {v / mib:.1f} MiB" for k, v in large_peaks.items()
+        )
     )
     # Writing the texts: one chunk at a time, whatever the number of rows.
     pairs_growth = large_work["pairs"] - small_work["pairs"]
-    print(f"working memory while writing the texts: {small_work['pairs'] / mib:.1f} -> {large_work['pairs'] / mib:.1f} MiB")
+    print(
+        f"working memory while writing the texts: {small_work['pairs'] / mib:.1f} -> {large_work['pairs'] / mib:.1f} MiB"
+    )
     assert pairs_growth < 0.05 * large_text, (pairs_growth, large_text)
     # The whole build: the judgment arrays grow (about a kilobyte per comparison with three judgments,
     # bootstrap included); the texts are never held (they would add over 8.5 kB per comparison).

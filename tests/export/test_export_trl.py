@@ -1,5 +1,6 @@
 """The export's ``hf/`` folder trains with TRL's DPOTrainer exactly as the dataset card says
 (one step of a tiny random Llama on the CPU), extra columns and all."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,17 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from annotate.models import Comparison, Judgment, Membership, Pool, Project, Prompt, Response, Role, content_hash
+from annotate.models import (
+    Comparison,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
 from evaluation import exports
 from evaluation.export_tasks import build_export_task
 
@@ -39,13 +50,18 @@ def test_dpo_trainer_runs_on_the_export(settings, tmp_path):
         Membership.objects.create(project=project, user=u, role=Role.ANNOTATOR, pool=pool)
     judgments = []
     for i, (prompt_text, good, bad) in enumerate(PAIRS):
-        prompt = Prompt.objects.create(project=project, text=prompt_text, content_hash=content_hash(prompt_text))
+        prompt = Prompt.objects.create(
+            project=project, text=prompt_text, content_hash=content_hash(prompt_text)
+        )
         a = Response.objects.create(prompt=prompt, text=bad, content_hash=content_hash(bad), model_name="m")
         b = Response.objects.create(prompt=prompt, text=good, content_hash=content_hash(good), model_name="m")
-        c = Comparison.objects.create(project=project, prompt=prompt, response_a=a, response_b=b,
-                                      pair_hash=content_hash(f"trl{i}"))
-        judgments += [Judgment(project=project, comparison=c, annotator=u, pool=pool, a_on_left=k % 2 == 0,
-                               choice="b") for k, u in enumerate(users)]
+        c = Comparison.objects.create(
+            project=project, prompt=prompt, response_a=a, response_b=b, pair_hash=content_hash(f"trl{i}")
+        )
+        judgments += [
+            Judgment(project=project, comparison=c, annotator=u, pool=pool, a_on_left=k % 2 == 0, choice="b")
+            for k, u in enumerate(users)
+        ]
     Judgment.objects.bulk_create(judgments)
     export = exports.create_export(project, None, {"formats": ["hf"], "test_fraction": 0.34}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
@@ -63,11 +79,27 @@ def test_dpo_trainer_runs_on_the_export(settings, tmp_path):
     tok = train_tokenizer([p + g + b for p, g, b in PAIRS] * 5, vocab_size=400)
     torch.manual_seed(0)
     model = LlamaForCausalLM(llama_config(tok, hidden=32, layers=1, heads=2))
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), report_to="none", per_device_train_batch_size=2,
-                     max_steps=1, max_length=64, use_cpu=True, bf16=False, save_strategy="no",
-                     gradient_checkpointing=False, dataset_num_proc=None, logging_steps=1)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        report_to="none",
+        per_device_train_batch_size=2,
+        max_steps=1,
+        max_length=64,
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        dataset_num_proc=None,
+        logging_steps=1,
+    )
     ref = copy.deepcopy(model)  # a path as `model` (as in the card) lets TRL load the reference itself
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=ds["test"],
-                         processing_class=tok)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=train,
+        eval_dataset=ds["test"],
+        processing_class=tok,
+    )
     result = trainer.train()
     assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))

@@ -1,5 +1,6 @@
 """Export pages and REST API: who may list, create, poll and download; the HTMX progress
 partial; errors as 400s; the endpoints in the OpenAPI schema."""
+
 from __future__ import annotations
 
 import io
@@ -11,7 +12,17 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from annotate.models import Comparison, Judgment, Membership, Pool, Project, Prompt, Response, Role, content_hash
+from annotate.models import (
+    Comparison,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
 from evaluation import exports
 from evaluation.models import Export, JobStatus
 
@@ -49,17 +60,36 @@ class Scene:
             Membership.objects.create(project=self.project, user=u, role=Role.ANNOTATOR, pool=self.pool)
         judgments = []
         for i in range(12):
-            prompt = Prompt.objects.create(project=self.project, text=f"web prompt {i}",
-                                           content_hash=content_hash(f"web prompt {i}"))
-            a = Response.objects.create(prompt=prompt, text=f"web answer a {i}", model_name="ma",
-                                        content_hash=content_hash(f"wa{i}"))
-            b = Response.objects.create(prompt=prompt, text=f"web answer b {i}", model_name="mb",
-                                        content_hash=content_hash(f"wb{i}"))
-            c = Comparison.objects.create(project=self.project, prompt=prompt, response_a=a, response_b=b,
-                                          pair_hash=content_hash(f"wp{i}"), n_judgments=3, slots_taken=3)
+            prompt = Prompt.objects.create(
+                project=self.project, text=f"web prompt {i}", content_hash=content_hash(f"web prompt {i}")
+            )
+            a = Response.objects.create(
+                prompt=prompt, text=f"web answer a {i}", model_name="ma", content_hash=content_hash(f"wa{i}")
+            )
+            b = Response.objects.create(
+                prompt=prompt, text=f"web answer b {i}", model_name="mb", content_hash=content_hash(f"wb{i}")
+            )
+            c = Comparison.objects.create(
+                project=self.project,
+                prompt=prompt,
+                response_a=a,
+                response_b=b,
+                pair_hash=content_hash(f"wp{i}"),
+                n_judgments=3,
+                slots_taken=3,
+            )
             for k, u in enumerate(self.annotators):
-                judgments.append(Judgment(project=self.project, comparison=c, annotator=u, pool=self.pool,
-                                          a_on_left=(i + k) % 2 == 0, choice="a" if i % 2 else "b", seconds=5.0))
+                judgments.append(
+                    Judgment(
+                        project=self.project,
+                        comparison=c,
+                        annotator=u,
+                        pool=self.pool,
+                        a_on_left=(i + k) % 2 == 0,
+                        choice="a" if i % 2 else "b",
+                        seconds=5.0,
+                    )
+                )
         Judgment.objects.bulk_create(judgments)
 
     def client(self, user=None) -> APIClient:
@@ -82,7 +112,9 @@ def scene():
 def _built(scene, user=None, **options) -> Export:
     from evaluation.export_tasks import build_export_task
 
-    export = exports.create_export(scene.project, user, options or {"formats": ["jsonl", "hf"]}, enqueue=False)
+    export = exports.create_export(
+        scene.project, user, options or {"formats": ["jsonl", "hf"]}, enqueue=False
+    )
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()
     return export
@@ -95,13 +127,27 @@ def test_api_researcher_creates_polls_and_downloads(scene, eager_celery, django_
     api = scene.client(scene.researcher)
     url = reverse("export-api:export-list", args=[scene.project.pk])
     with django_capture_on_commit_callbacks(execute=True):
-        r = api.post(url, {"name": "v1", "formats": ["jsonl", "parquet", "judgments"], "method": "majority",
-                           "min_confidence": 0.5, "test_fraction": 0.25, "seed": 4}, format="json")
+        r = api.post(
+            url,
+            {
+                "name": "v1",
+                "formats": ["jsonl", "parquet", "judgments"],
+                "method": "majority",
+                "min_confidence": 0.5,
+                "test_fraction": 0.25,
+                "seed": 4,
+            },
+            format="json",
+        )
     assert r.status_code == 201, r.content
     body = r.json()
     assert r["Location"] == body["url"] and body["name"] == "v1" and body["created_by"] == "web-researcher"
     export = Export.objects.get(pk=body["id"])
-    assert export.params["method"] == "majority" and export.params["formats"] == ["jsonl", "parquet", "judgments"]
+    assert export.params["method"] == "majority" and export.params["formats"] == [
+        "jsonl",
+        "parquet",
+        "judgments",
+    ]
 
     polled = api.get(body["url"]).json()  # the eager task has built it
     assert polled["status"] == "succeeded" and polled["progress"] == 1.0 and polled["n_rows"] == 12
@@ -118,10 +164,17 @@ def test_api_researcher_creates_polls_and_downloads(scene, eager_celery, django_
     with zipfile.ZipFile(io.BytesIO(b"".join(r.streaming_content))) as z:
         meta = json.loads(z.read(f"prefloop-export-{export.pk}/metadata.json"))
     assert meta["content_hash"] == export.content_hash
-    assert api.get(reverse("export-api:export-download", args=[scene.project.pk, export.pk, "hf"])).status_code == 404
+    assert (
+        api.get(reverse("export-api:export-download", args=[scene.project.pk, export.pk, "hf"])).status_code
+        == 404
+    )
 
     listed = api.get(url).json()
-    assert listed["count"] == 1 and listed["results"][0]["id"] == export.pk and "stats" not in listed["results"][0]
+    assert (
+        listed["count"] == 1
+        and listed["results"][0]["id"] == export.pk
+        and "stats" not in listed["results"][0]
+    )
 
 
 def test_api_bad_options_and_empty_filters_are_400(scene):
@@ -142,7 +195,9 @@ def test_api_a_build_that_fails_reports_failed_with_the_reason(scene):
     from evaluation.export_tasks import build_export_task
 
     api = scene.client(scene.researcher)
-    r = api.post(reverse("export-api:export-list", args=[scene.project.pk]), {"method": "majority"}, format="json")
+    r = api.post(
+        reverse("export-api:export-list", args=[scene.project.pk]), {"method": "majority"}, format="json"
+    )
     assert r.status_code == 201  # queued (no eager worker here); the data goes away before the build runs
     Judgment.objects.filter(project=scene.project).delete()
     assert build_export_task.apply(args=(r.json()["id"],)).get() == "failed"
@@ -181,13 +236,20 @@ def test_api_permissions(scene):
     url = reverse("export-api:export-download", args=[p, gold.pk, "jsonl"])
     assert scene.client(scene.researcher).get(url).status_code == 403
     assert scene.client(scene.admin).get(url).status_code == 200
-    assert scene.client(scene.researcher).get(reverse("export-api:export-detail", args=[p, gold.pk])).json()[
-        "downloads"]  # listed, but the download itself is refused
+    assert (
+        scene.client(scene.researcher)
+        .get(reverse("export-api:export-detail", args=[p, gold.pk]))
+        .json()["downloads"]
+    )  # listed, but the download itself is refused
     # Another project's export is not reachable through this project.
     other = Project.objects.create(name="Other")
     Membership.objects.create(project=other, user=scene.researcher, role=Role.RESEARCHER)
-    assert scene.client(scene.researcher).get(
-        reverse("export-api:export-detail", args=[other.pk, export.pk])).status_code == 404
+    assert (
+        scene.client(scene.researcher)
+        .get(reverse("export-api:export-detail", args=[other.pk, export.pk]))
+        .status_code
+        == 404
+    )
 
 
 def test_openapi_schema_has_the_export_endpoints():
@@ -202,26 +264,50 @@ def test_openapi_schema_has_the_export_endpoints():
     assert "200" in download["responses"] and download["tags"] == ["exports"]
     body = lst["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     props = schema["components"]["schemas"][body]["properties"]
-    assert {"rounds", "pools", "method", "min_confidence", "include_ties", "include_judgments", "test_fraction",
-            "seed", "stable_pseudonyms", "include_rationales", "formats"} <= set(props)
+    assert {
+        "rounds",
+        "pools",
+        "method",
+        "min_confidence",
+        "include_ties",
+        "include_judgments",
+        "test_fraction",
+        "seed",
+        "stable_pseudonyms",
+        "include_rationales",
+        "formats",
+    } <= set(props)
 
 
 # --------------------------------------------------------------------------- pages
 
 
-def test_pages_researcher_creates_and_follows_progress(scene, client, eager_celery, django_capture_on_commit_callbacks):
+def test_pages_researcher_creates_and_follows_progress(
+    scene, client, eager_celery, django_capture_on_commit_callbacks
+):
     scene.web(client, scene.researcher)
     list_url = reverse("export_list", args=[scene.project.pk])
     r = client.get(list_url)
     assert r.status_code == 200 and b"New export" in r.content and b"No exports yet" in r.content
     assert b"include_gold" not in r.content  # an admin-only option
     with django_capture_on_commit_callbacks(execute=True):
-        r = client.post(list_url, {
-            "name": "from the page", "method": "dawid_skene", "min_confidence": "0", "test_fraction": "0.25",
-            "seed": "1", "formats": ["jsonl", "csv"], "include_judgments": "on", "style": "auto",
-        })
+        r = client.post(
+            list_url,
+            {
+                "name": "from the page",
+                "method": "dawid_skene",
+                "min_confidence": "0",
+                "test_fraction": "0.25",
+                "seed": "1",
+                "formats": ["jsonl", "csv"],
+                "include_judgments": "on",
+                "style": "auto",
+            },
+        )
     export = Export.objects.get()
-    assert r.status_code == 302 and r["Location"] == reverse("export_detail", args=[scene.project.pk, export.pk])
+    assert r.status_code == 302 and r["Location"] == reverse(
+        "export_detail", args=[scene.project.pk, export.pk]
+    )
     assert export.status == JobStatus.SUCCEEDED and export.params["formats"] == ["jsonl", "csv", "judgments"]
     r = client.get(r["Location"])
     assert r.status_code == 200
@@ -231,7 +317,10 @@ def test_pages_researcher_creates_and_follows_progress(scene, client, eager_cele
     assert 'hx-trigger="every 1s"' not in page  # finished: no more polling
     r = client.get(reverse("export_download", args=[scene.project.pk, export.pk, "csv"]))
     assert r.status_code == 200 and b"prompt,chosen,rejected" in b"".join(r.streaming_content)
-    assert client.get(reverse("export_download", args=[scene.project.pk, export.pk, "parquet"])).status_code == 404
+    assert (
+        client.get(reverse("export_download", args=[scene.project.pk, export.pk, "parquet"])).status_code
+        == 404
+    )
     r = client.get(list_url)
     assert b"from the page" in r.content
 
@@ -243,7 +332,12 @@ def test_progress_partial_polls_while_running(scene, client):
     url = reverse("export_status", args=[scene.project.pk, export.pk])
     r = client.get(url, HTTP_HX_REQUEST="true")
     page = r.content.decode()
-    assert r.status_code == 200 and 'hx-trigger="every 1s"' in page and "42%" in page and "pairs 420/1000" in page
+    assert (
+        r.status_code == 200
+        and 'hx-trigger="every 1s"' in page
+        and "42%" in page
+        and "pairs 420/1000" in page
+    )
     assert 'aria-valuenow="42"' in page and "<html" not in page
     Export.objects.filter(pk=export.pk).update(status=JobStatus.FAILED, error="no comparisons match: because")
     page = client.get(url, HTTP_HX_REQUEST="true").content.decode()
@@ -254,15 +348,30 @@ def test_progress_partial_polls_while_running(scene, client):
 
 def test_page_form_errors_name_the_filter(scene, client):
     scene.web(client, scene.admin)
-    r = client.post(reverse("export_list", args=[scene.project.pk]), {
-        "method": "majority", "min_confidence": "0", "test_fraction": "0.1", "seed": "0", "formats": ["jsonl"],
-        "style": "auto", "include_rationales": "on",
-    })
+    r = client.post(
+        reverse("export_list", args=[scene.project.pk]),
+        {
+            "method": "majority",
+            "min_confidence": "0",
+            "test_fraction": "0.1",
+            "seed": "0",
+            "formats": ["jsonl"],
+            "style": "auto",
+            "include_rationales": "on",
+        },
+    )
     assert r.status_code == 400 and b"add the judgments format" in r.content
-    r = client.post(reverse("export_list", args=[scene.project.pk]), {
-        "method": "majority", "min_confidence": "3", "test_fraction": "0.1", "seed": "0", "formats": ["jsonl"],
-        "style": "auto",
-    })
+    r = client.post(
+        reverse("export_list", args=[scene.project.pk]),
+        {
+            "method": "majority",
+            "min_confidence": "3",
+            "test_fraction": "0.1",
+            "seed": "0",
+            "formats": ["jsonl"],
+            "style": "auto",
+        },
+    )
     assert r.status_code == 400 and Export.objects.count() == 0
 
 

@@ -257,6 +257,16 @@ def test_all_zero_weights_train_changes_nothing(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_soft_labels_reverse_the_preference(tiny, tmp_path):
+    """p_chosen = 0 says "rejected is better": with use_soft_labels the margins go negative."""
+    path, _ = tiny
+    pairs = [dict(p, p_chosen=0.0) for p in synthetic_pairs(16, seed=6)]
+    soft, hard = Recorder(), Recorder()
+    train(cfg(max_steps=8, use_soft_labels=True), path, pairs, tmp_path / "soft", soft)
+    train(cfg(max_steps=8), path, pairs, tmp_path / "hard", hard)
+    assert soft.steps[-1]["reward_margin"] < 0 < hard.steps[-1]["reward_margin"]
+
+
 # ---- validation before compute ----------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ it is listed and downloadable in the app) whose folder is ``--out``. Texts are s
 batches, so memory stays flat however many comparisons there are; a tqdm bar per stage
 goes to stderr.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,8 +53,14 @@ class TqdmProgress(Progress):
         if total:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"{name:>9}", unit=" rows", file=sys.stderr, dynamic_ncols=True,
-                            mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                desc=f"{name:>9}",
+                unit=" rows",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
         else:
             sys.stderr.write(f"{name:>9}: {STAGE_TEXT.get(name, '')}\n")
 
@@ -86,22 +93,35 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="Project name or id.")
-        parser.add_argument("--format", default="jsonl", help=f"Comma-separated formats: {', '.join(FORMATS)}.")
-        parser.add_argument("--out", required=True, help="Folder to write (created; must be empty if it exists).")
+        parser.add_argument(
+            "--format", default="jsonl", help=f"Comma-separated formats: {', '.join(FORMATS)}."
+        )
+        parser.add_argument(
+            "--out", required=True, help="Folder to write (created; must be empty if it exists)."
+        )
         parser.add_argument("--method", default="dawid_skene", choices=METHODS)
         parser.add_argument("--min-confidence", type=float, default=0.0)
         parser.add_argument("--rounds", default="", help="Comma-separated rounds (default: all).")
         parser.add_argument("--pools", default="", help="Comma-separated pool names or ids (default: all).")
-        parser.add_argument("--pool-balanced", action="store_true", help="Weight pools equally per comparison.")
+        parser.add_argument(
+            "--pool-balanced", action="store_true", help="Weight pools equally per comparison."
+        )
         parser.add_argument("--include-ties", action="store_true")
         parser.add_argument("--include-both-bad", action="store_true")
         parser.add_argument("--judgments", action="store_true", help="Also write judgments.jsonl.")
-        parser.add_argument("--include-rationales", action="store_true", help="Rationales in judgments.jsonl.")
-        parser.add_argument("--include-excluded", action="store_true", help="Keep excluded annotators' judgments.")
+        parser.add_argument(
+            "--include-rationales", action="store_true", help="Rationales in judgments.jsonl."
+        )
+        parser.add_argument(
+            "--include-excluded", action="store_true", help="Keep excluded annotators' judgments."
+        )
         parser.add_argument("--test-fraction", type=float, default=0.1)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--stable-pseudonyms", action="store_true",
-                            help="Same pseudonyms as the project's other stable-pseudonym exports.")
+        parser.add_argument(
+            "--stable-pseudonyms",
+            action="store_true",
+            help="Same pseudonyms as the project's other stable-pseudonym exports.",
+        )
         parser.add_argument("--style", default="auto", choices=("auto", "standard", "conversational"))
         parser.add_argument("--name", default="")
         parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
