@@ -450,7 +450,8 @@ def main() -> None:
             print(
                 f"{label:>13}: {res['rows']:>9,} rows in {res['wall']:7.1f} s (cpu {res['cpu']:7.1f} s) = "
                 f"{res['rows'] / res['wall']:7,.0f} rows/s; "
-                f"peak RSS {res['peak'] / 2**20:7,.0f} MiB (+{(res['peak'] - res['base']) / 2**20:6,.0f} MiB over "
+                f"peak RSS {res['peak'] / 2**20:7,.0f} MiB "
+                f"(+{(res['peak'] - res['base']) / 2**20:6,.0f} MiB over "
                 f"{res['base'] / 2**20:,.0f} after imports); output {res['bytes'] / 2**20:,.0f} MiB"
                 + (
                     " ["
@@ -466,8 +467,10 @@ def main() -> None:
             for label in ("jsonl", "parquet"):
                 r = results[label]
                 print(
-                    f"{label} vs naive: {nv['wall'] / r['wall']:.2f}x the speed (cpu {nv['cpu'] / r['cpu']:.2f}x), "
-                    f"{(r['peak'] - r['base']) / max(nv['peak'] - nv['base'], 1):.3f}x the memory above baseline "
+                    f"{label} vs naive: {nv['wall'] / r['wall']:.2f}x the speed "
+                    f"(cpu {nv['cpu'] / r['cpu']:.2f}x), "
+                    f"{(r['peak'] - r['base']) / max(nv['peak'] - nv['base'], 1):.3f}x the memory "
+                    "above baseline "
                     f"({(nv['peak'] - nv['base']) / max(r['peak'] - r['base'], 1):.1f}x less)"
                 )
         big, little = results["jsonl"], results["jsonl (n/10)"]

@@ -203,9 +203,9 @@ class ExportListCreate(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Create an export",
-        description="Validates the options, checks that the filters leave data, and queues the build; poll the "
-        "returned `url` until `status` is `succeeded` (or `failed`, with the reason in `error`). Filters that "
-        "leave no comparison are a 400 naming the filter. Admins and researchers.",
+        description="Validates the options, checks that the filters leave data, and queues the build; poll "
+        "the returned `url` until `status` is `succeeded` (or `failed`, with the reason in `error`). "
+        "Filters that leave no comparison are a 400 naming the filter. Admins and researchers.",
         parameters=[PROJECT_PARAM],
         request=ExportCreateSerializer,
         responses={
@@ -251,8 +251,8 @@ class ExportDownload(_Api):
     @extend_schema(
         tags=TAGS,
         summary="Download an export file",
-        description="One file of a built export, or the whole folder as an archive. Exports that include gold "
-        "answers can be downloaded by admins only.",
+        description="One file of a built export, or the whole folder as an archive. Exports that include "
+        "gold answers can be downloaded by admins only.",
         parameters=[PROJECT_PARAM, EXPORT_PARAM, WHAT_PARAM],
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,

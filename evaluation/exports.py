@@ -1596,8 +1596,8 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         + ") written with `save_to_disk`.",
         "csv": "`preferences.csv`: the same rows for spreadsheets; prompt, chosen and rejected are "
         "plain text.",
-        "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators) on the aggregated "
-        "comparisons, for your own aggregation"
+        "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators) on the "
+        "aggregated comparisons, for your own aggregation"
         + ("." if opts.include_gold else " (gold comparisons left out)."),
     }
     L += [f"- {descr[f]}" for f in opts.formats]
@@ -1668,8 +1668,8 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
         f"Annotator weights come from {stats['weights_source']}. `weight` over the exported pairs: "
         f"mean {_fmt(weight_stats.get('mean'))}, median {_fmt(weight_stats.get('median'))}.",
-        "Ties and both-bad have no chosen/rejected: they are excluded by default; when included they are written "
-        "with `label` `tie` or `both_bad`, response A as `chosen`, and `p_chosen` = 0.5.",
+        "Ties and both-bad have no chosen/rejected: they are excluded by default; when included they are "
+        "written with `label` `tie` or `both_bad`, response A as `chosen`, and `p_chosen` = 0.5.",
         "",
         "## Agreement",
         "",
@@ -1726,8 +1726,8 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
         "Annotators are pseudonymized: `ann-` + 16 hex digits of an HMAC of the user id under a secret key "
         + (
-            "derived from the server's secret and the project (the same person has the same pseudonym in every "
-            "export of this project made with stable pseudonyms)."
+            "derived from the server's secret and the project (the same person has the same pseudonym in "
+            "every export of this project made with stable pseudonyms)."
             if opts.stable_pseudonyms
             else "drawn for this export only (the same person has a different pseudonym in another export)."
         ),
@@ -1788,8 +1788,8 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
         "## Integrity",
         "",
-        "`metadata.json` holds `content_hash`: SHA-256 over the lines `<path>\\t<bytes>\\t<sha256>` of every file "
-        "except `metadata.json`, in sorted path order. The export is immutable once built.",
+        "`metadata.json` holds `content_hash`: SHA-256 over the lines `<path>\\t<bytes>\\t<sha256>` of "
+        "every file except `metadata.json`, in sorted path order. The export is immutable once built.",
         "",
     ]
     return "\n".join(L)
@@ -1876,8 +1876,8 @@ def build_export(export: Export, *, out_dir: Path | None = None, progress: Progr
                 else {},
                 "stats": {k: v for k, v in stats.items() if k != "seconds"},
                 "files": listing,
-                "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except metadata.json, "
-                "sorted by path",
+                "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except "
+                "metadata.json, sorted by path",
                 "content_hash": digest,
             }
         )

@@ -297,9 +297,10 @@ def test_split_is_by_prompt_and_seeded(scene):
     # Both comparisons of prompt 0 are on the same side.
     p0 = [r for r in rows_a if r["prompt"].startswith("Question number 0:")]
     assert len(p0) == 2 and p0[0]["split"] == p0[1]["split"]
-    split_of = lambda e: {
-        r["comparison_id"]: r["split"] for r in read_jsonl(Path(e.path) / "preferences.jsonl")
-    }  # noqa: E731
+
+    def split_of(e):
+        return {r["comparison_id"]: r["split"] for r in read_jsonl(Path(e.path) / "preferences.jsonl")}
+
     assert split_of(a) == split_of(b)  # same seed, same split
     assert split_of(a) != split_of(c)
 

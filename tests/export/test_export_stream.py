@@ -129,7 +129,8 @@ def test_large_export_streams_with_flat_memory():
     # Writing the texts: one chunk at a time, whatever the number of rows.
     pairs_growth = large_work["pairs"] - small_work["pairs"]
     print(
-        f"working memory while writing the texts: {small_work['pairs'] / mib:.1f} -> {large_work['pairs'] / mib:.1f} MiB"
+        f"working memory while writing the texts: {small_work['pairs'] / mib:.1f} -> "
+        f"{large_work['pairs'] / mib:.1f} MiB"
     )
     assert pairs_growth < 0.05 * large_text, (pairs_growth, large_text)
     # The whole build: the judgment arrays grow (about a kilobyte per comparison with three judgments,
