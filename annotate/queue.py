@@ -438,7 +438,7 @@ def progress(annotator, project: Project) -> Progress:
         ),
     )
     open_regular = _open_count(project, gold=False)
-    gold_total = Comparison.objects.filter(project=project, is_gold=True).count()
+    gold_total = _open_count(project, gold=True)  # gold comparisons are always open
     remaining = (open_regular - mine["finished_open"] + mine["held_full"]) + (gold_total - mine["finished_gold"])
     return Progress(done=mine["done"], skipped=mine["skipped"], remaining=max(remaining, 0))
 
