@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import models
 
 from annotate.models import Project
+from evaluation.models import JobStatus  # the same four states as exports and quality reports
 
 
 class ModelVersion(models.Model):
@@ -145,13 +146,6 @@ class TrainingMetric(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.run_id} step {self.step}"
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
 
 
 class GenerationSample(models.Model):
