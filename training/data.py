@@ -118,7 +118,8 @@ def _split_prompt_responses(tokenizer, prompt, responses: Sequence, index: int):
     """Return ``(prompt_ids, [response_ids, ...])`` with TRL's common-prefix rule."""
     if is_conversational(prompt):
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(f"pair {index}: the prompt is a list of messages but the tokenizer has no chat template")
+            raise ValueError(f"pair {index}: the prompt is a list of messages but the tokenizer has no "
+                             f"chat template")
         prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
         fulls = [
             _chat_ids(tokenizer, prompt + _as_messages(r, "response", index)) for r in responses
@@ -204,16 +205,21 @@ def tokenize_pair(tokenizer, pair: dict, index: int = 0, max_length: int | None 
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int | None = None,
-                   max_prompt_length: int | None = None) -> list[TokenizedPair]:
-    """Tokenize every row; the first bad row raises a ``ValueError`` naming its index."""
-    return [tokenize_pair(tokenizer, p, i, max_length, max_prompt_length) for i, p in enumerate(pairs)]
+                   max_prompt_length: int | None = None, indices: Sequence[int] | None = None
+                   ) -> list[TokenizedPair]:
+    """Tokenize every row; the first bad row raises a ``ValueError`` naming its index
+    (``indices[k]`` for row ``k`` when given, else ``k``)."""
+    indices = range(len(pairs)) if indices is None else indices
+    return [tokenize_pair(tokenizer, p, i, max_length, max_prompt_length) for i, p in zip(indices, pairs)]
 
 
 def tokenize_sft(tokenizer, rows: Sequence[dict], max_length: int | None = None,
-                 max_prompt_length: int | None = None, response_key: str = "chosen") -> list[TokenizedExample]:
+                 max_prompt_length: int | None = None, indices: Sequence[int] | None = None,
+                 response_key: str = "chosen") -> list[TokenizedExample]:
     """Tokenize SFT rows ``{"prompt", response_key}`` (by default the chosen responses of an export)."""
     out = []
-    for i, row in enumerate(rows):
+    indices = range(len(rows)) if indices is None else indices
+    for i, row in zip(indices, rows):
         _check_pair(row, i, keys=("prompt", response_key))
         prompt_ids, (resp,) = _split_prompt_responses(tokenizer, row["prompt"], [row[response_key]], i)
         if not resp:

@@ -102,7 +102,8 @@ def dpo_loss(
         raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected one of {DPO_LOSS_TYPES}")
     if label_smoothing and loss_type not in ("cdpo", "robust"):
         raise ValueError(
-            f"label_smoothing={label_smoothing} only applies to loss_type 'cdpo' or 'robust', not {loss_type!r}"
+            f"label_smoothing={label_smoothing} only applies to loss_type 'cdpo' or 'robust', "
+            f"not {loss_type!r}"
         )
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")

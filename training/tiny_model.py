@@ -236,7 +236,8 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype=None, attn_implement
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"{adapter_cfg} is not a valid PEFT adapter config: {exc}") from exc
         if not base_path or not Path(base_path).is_dir():
-            raise ModelLoadError(f"adapter {path} names base model {base_path!r}, which is not a local folder")
+            raise ModelLoadError(f"adapter {path} names base model {base_path!r}, "
+                                 f"which is not a local folder")
         model, base_tokenizer = load_model_and_tokenizer(base_path, dtype=dtype,
                                                          attn_implementation=attn_implementation)
         try:
@@ -246,7 +247,8 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype=None, attn_implement
             if merge_adapter:
                 model = model.merge_and_unload()
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"could not load the PEFT adapter in {path}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadError(
+                f"could not load the PEFT adapter in {path}: {type(exc).__name__}: {exc}") from exc
         has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = load_tokenizer(path) if has_tokenizer else base_tokenizer
         return model, tokenizer

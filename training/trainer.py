@@ -66,8 +66,6 @@ import torch.utils.checkpoint
 from . import losses
 from .data import (
     Batch,
-    TokenizedExample,
-    TokenizedPair,
     attention_mask_4d,
     collate,
     data_fingerprint,
@@ -153,16 +151,19 @@ class TrainConfig:
         need(self.epochs > 0 and (self.sft_epochs is None or self.sft_epochs > 0), "epochs must be > 0")
         need(self.max_length >= 2, "max_length must be >= 2")
         need(self.max_prompt_length is None or 1 <= self.max_prompt_length < self.max_length,
-             f"max_prompt_length ({self.max_prompt_length}) must be >= 1 and below max_length ({self.max_length})")
+             f"max_prompt_length ({self.max_prompt_length}) must be >= 1 and below "
+             f"max_length ({self.max_length})")
         need(self.beta > 0, "beta must be > 0")
         need(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
         need(not (self.label_smoothing and self.loss_type not in ("cdpo", "robust")),
              "label_smoothing only applies to loss_type 'cdpo' or 'robust'")
         need(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
         need(self.min_pairs >= 1, "min_pairs must be >= 1")
-        need(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto/fp32/bf16, got {self.precision!r}")
+        need(self.precision in ("auto", "fp32", "bf16"),
+             f"precision must be auto/fp32/bf16, got {self.precision!r}")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto/cpu/cuda, got {self.device!r}")
-        need(self.lr_schedule in ("linear", "cosine", "constant"), "lr_schedule must be linear/cosine/constant")
+        need(self.lr_schedule in ("linear", "cosine", "constant"),
+             "lr_schedule must be linear/cosine/constant")
         need(self.lora_r >= 1 and self.lora_alpha > 0, "lora_r must be >= 1 and lora_alpha > 0")
         need(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1,
              "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
@@ -289,7 +290,8 @@ def sequence_logps(model, batch: Batch, chunk_elements: int = 2**26, unpadded: b
     inner, backbone, lm_head = _hf_parts(model)
     impl = getattr(inner.config, "_attn_implementation", "sdpa")
     if impl not in ("sdpa", "eager"):
-        raise ValueError(f"the shared-prompt layout needs attn_implementation 'sdpa' or 'eager', not {impl!r}")
+        raise ValueError(f"the shared-prompt layout needs attn_implementation 'sdpa' or 'eager', "
+                         f"not {impl!r}")
     mask_dtype = None if impl == "sdpa" else lm_head.weight.dtype
     if not unpadded or batch.input_ids.shape[0] == 1:
         mask = attention_mask_4d(batch.segment_ids, batch.unit_ids, dtype=mask_dtype)
@@ -301,9 +303,11 @@ def sequence_logps(model, batch: Batch, chunk_elements: int = 2**26, unpadded: b
         real = (batch.segment_ids >= 0).sum(dim=1).tolist()  # padding only ever trails a row
         outs = []
         for r, n in enumerate(real):
-            mask = attention_mask_4d(batch.segment_ids[r:r + 1, :n], batch.unit_ids[r:r + 1, :n], dtype=mask_dtype)
-            outs.append(backbone(input_ids=batch.input_ids[r:r + 1, :n], attention_mask=mask,
-                                 position_ids=batch.position_ids[r:r + 1, :n], use_cache=False).last_hidden_state[0])
+            row = slice(r, r + 1)
+            mask = attention_mask_4d(batch.segment_ids[row, :n], batch.unit_ids[row, :n], dtype=mask_dtype)
+            out = backbone(input_ids=batch.input_ids[row, :n], attention_mask=mask,
+                           position_ids=batch.position_ids[row, :n], use_cache=False)
+            outs.append(out.last_hidden_state[0])
         starts = torch.tensor([0] + real[:-1], device=batch.target_src.device).cumsum(0)
         src = starts[batch.target_src // width] + batch.target_src % width
         hidden = torch.cat(outs).index_select(0, src)
@@ -364,7 +368,8 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, salt: str = "") ->
     """The data order of one epoch: a pure function of (seed, epoch), so a resumed run replays it."""
     if not shuffle:
         return list(range(n))
-    g = torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}:{epoch}:{salt}".encode()).hexdigest()[:15], 16))
+    digest = hashlib.sha256(f"{seed}:{epoch}:{salt}".encode()).hexdigest()
+    g = torch.Generator().manual_seed(int(digest[:15], 16))
     return torch.randperm(n, generator=g).tolist()
 
 
@@ -485,6 +490,7 @@ class _Run:
         self.eval_metrics: dict = {}
         self.last_metrics: dict = {}
         self.pack, self.unpadded = True, False  # the batch layout, set per phase (see _layout)
+        self.num_rows = len(pairs)  # rows addressable by example.index (pairs + eval_pairs)
 
     # -- logging ------------------------------------------------------------------------------
     @property
@@ -543,8 +549,13 @@ def _load(cfg: TrainConfig, path):
 
 
 def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequence[dict],
-          out_dir: str | os.PathLike, callbacks=None) -> TrainResult:
+          out_dir: str | os.PathLike, callbacks=None, eval_pairs: Sequence[dict] | None = None) -> TrainResult:
     """Run ``config.recipe`` on ``pairs`` starting from the model folder ``model_path``.
+
+    ``eval_pairs``: a held-out set to evaluate on (e.g. the export's own test split); when given,
+    every row of ``pairs`` is trained on and ``eval_fraction`` is ignored. Otherwise
+    ``eval_fraction`` of ``pairs`` is held out (seeded). In metrics, ``batch_ids`` are positions in
+    ``pairs`` (eval rows are numbered from ``len(pairs)``).
 
     Raises ``ValueError`` (``ModelLoadError`` for the model folder) before any training compute
     when the inputs are unusable. Returns a ``TrainResult`` (also written to
@@ -553,6 +564,9 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     cfg.validate()
     _check_device(cfg)
+    if eval_pairs is not None:
+        eval_pairs = list(eval_pairs)
+        cfg = dataclasses.replace(cfg, eval_fraction=0.0)
     _check_pairs(pairs, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -568,23 +582,30 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
     run = _Run(cfg, model_path, pairs, out, callbacks)
     # the model folder and the data, validated before anything is trained
     model, tokenizer = _load(cfg, model_path)
-    train_idx, eval_idx = split_eval(len(pairs), cfg)
-    train_rows = [pairs[i] for i in train_idx]
-    eval_rows = [pairs[i] for i in eval_idx]
+    if eval_pairs is not None:
+        train_idx = list(range(len(pairs)))
+        eval_idx = [len(pairs) + j for j in range(len(eval_pairs))]
+        train_rows, eval_rows = list(pairs), eval_pairs
+    else:
+        train_idx, eval_idx = split_eval(len(pairs), cfg)
+        train_rows = [pairs[i] for i in train_idx]
+        eval_rows = [pairs[i] for i in eval_idx]
+    run.num_rows = len(pairs) + len(eval_pairs or [])
     phases = ["sft", "dpo"] if cfg.recipe == "sft+dpo" else [cfg.recipe]
     data = {}
-    for phase in phases:
-        if phase == "sft":
-            tr = tokenize_sft(tokenizer, train_rows, cfg.max_length, cfg.max_prompt_length)
-            ev = tokenize_sft(tokenizer, eval_rows, cfg.max_length, cfg.max_prompt_length)
+
+    for phase in phases:  # errors name the row's position in the caller's list
+        fn = tokenize_sft if phase == "sft" else tokenize_pairs
+        tr = fn(tokenizer, train_rows, cfg.max_length, cfg.max_prompt_length, indices=train_idx)
+        if eval_pairs is None:
+            ev = fn(tokenizer, eval_rows, cfg.max_length, cfg.max_prompt_length, indices=eval_idx)
         else:
-            tr = tokenize_pairs(tokenizer, train_rows, cfg.max_length, cfg.max_prompt_length)
-            ev = tokenize_pairs(tokenizer, eval_rows, cfg.max_length, cfg.max_prompt_length)
-        # keep indices pointing into the caller's list (batch_ids in metrics are those)
-        for ex, i in zip(tr, train_idx):
-            ex.index = i
-        for ex, i in zip(ev, eval_idx):
-            ex.index = i
+            try:
+                ev = fn(tokenizer, eval_rows, cfg.max_length, cfg.max_prompt_length)
+            except ValueError as exc:
+                raise ValueError(f"eval_pairs: {exc}") from exc
+            for ex, i in zip(ev, eval_idx):
+                ex.index = i  # numbered after the training rows
         data[phase] = (tr, ev)
 
     run.accelerator = accelerator = _make_accelerator(cfg)
@@ -595,6 +616,7 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
         _write_json(out / "config.json", {"config": cfg.to_dict(), "model_path": str(model_path),
                                           "num_pairs": len(pairs), "train_indices": train_idx,
                                           "eval_indices": eval_idx, "total_steps": total_steps,
+                                          "eval_source": "eval_pairs" if eval_pairs is not None else "split",
                                           "world_size": world})
 
     step_offset = 0
@@ -707,7 +729,8 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
     fused = not deepspeed and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
                                   fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, len(plan)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, len(plan)))
     wrapped, optimizer = acc.prepare(LogpsModel(model, cfg.logits_chunk_elements, run.unpadded), optimizer)
     acc.register_for_checkpointing(scheduler)
 
@@ -815,7 +838,8 @@ def _run_phase(run: _Run, phase: str, model, tokenizer, data, plan, step_offset,
                    "eta_s": (time.time() - phase_start) / steps_done_here * (total_steps - step),
                    "batch_ids": [train_ex[i].index for m in step_plan["micro"] for i in m]}
         metrics.update(_finish_stats(phase, agg, cfg))
-        do_eval = eval_ex and ((cfg.eval_every and phase_step % cfg.eval_every == 0) or phase_step == len(plan))
+        do_eval = eval_ex and ((cfg.eval_every and phase_step % cfg.eval_every == 0)
+                               or phase_step == len(plan))
         if do_eval:
             ev = _evaluate(run, phase, wrapped, eval_ex, ref_table, ref_model, peft_model, pad_id)
             metrics.update(ev)
@@ -981,7 +1005,7 @@ def _reference_table(run: _Run, model, examples, pad_id, start_path) -> torch.Te
     key = data_fingerprint(examples, {"model": model_fingerprint(model), "chunk": "v1"})[:24]
     cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else run.out / "cache"
     path = cache_dir / f"ref_logps-{key}.pt"
-    n = len(run.pairs)
+    n = run.num_rows
     if path.exists():
         run.log(f"dpo: reference log-probs from cache {path}")
         return torch.load(path)
@@ -1086,15 +1110,20 @@ def main(argv=None) -> None:
 
     ``--config`` is a JSON object of TrainConfig fields. Progress goes to stdout as JSON lines
     (``{"event": "step", ...}``) from the main process; the result is written to out/result.json.
+    Cancel: SIGINT (the first one; a second interrupts at once) or a file ``<out>/STOP`` stops
+    the run at the next step with a checkpoint, like ``Callbacks.should_stop``.
     """
     import argparse
+    import signal
 
     p = argparse.ArgumentParser(description="prefloop SFT / DPO trainer")
     p.add_argument("--model", required=True, help="local Hugging Face model folder")
-    p.add_argument("--pairs", required=True, help="JSON-lines file of {prompt, chosen, rejected, weight?, p_chosen?}")
+    p.add_argument("--pairs", required=True,
+                   help="JSON-lines file of {prompt, chosen, rejected, weight?, p_chosen?}")
     p.add_argument("--out", required=True, help="output folder (resumes if it holds checkpoints)")
     p.add_argument("--config", help="JSON file of TrainConfig fields")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields (JSON values)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override TrainConfig fields (JSON values)")
     args = p.parse_args(argv)
     values = json.loads(Path(args.config).read_text()) if args.config else {}
     for item in args.set:
@@ -1105,7 +1134,19 @@ def main(argv=None) -> None:
             values[key] = raw
     cfg = TrainConfig.from_dict(values)
 
+    stop_file = Path(args.out) / "STOP"
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts now
+
+    signal.signal(signal.SIGINT, on_sigint)
+
     class Printer(Callbacks):
+        def should_stop(self):
+            return bool(interrupted) or stop_file.exists()
+
         def on_step(self, metrics):
             print(json.dumps({"event": "step", **metrics}), flush=True)
 
@@ -1119,7 +1160,10 @@ def main(argv=None) -> None:
             print(json.dumps({"event": "log", "message": message}), flush=True)
 
     main_process = os.environ.get("RANK", "0") == "0"
-    result = train(cfg, args.model, load_pairs_jsonl(args.pairs), args.out, Printer() if main_process else None)
+    if main_process and stop_file.exists():
+        stop_file.unlink()  # a request that belonged to an earlier launch
+    callbacks = Printer() if main_process else None
+    result = train(cfg, args.model, load_pairs_jsonl(args.pairs), args.out, callbacks)
     if main_process:
         print(json.dumps({"event": "result", **result.to_dict()}), flush=True)
 

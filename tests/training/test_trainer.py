@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from training.data import attention_mask_4d, collate, pack_units, tokenize_pairs, tokenize_sft
 from training.losses import dpo_loss
-from training.tiny_model import ModelLoadError, build_default_model, llama_config, train_tokenizer
+from training.tiny_model import ModelLoadError, build_default_model, llama_config
 from training.trainer import TrainConfig, chunked_token_logps, plan_steps, sequence_logps, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,6 +175,8 @@ def test_tokenization_rules(tiny):
         tokenize_pairs(tok, [pair], max_length=4)
     with pytest.raises(ValueError, match="pair 1: 'rejected' is missing"):
         tokenize_pairs(tok, [pair, {"prompt": "x", "chosen": "y"}])
+    with pytest.raises(ValueError, match="pair 7: 'rejected' is missing"):  # named by the caller's index
+        tokenize_pairs(tok, [pair, {"prompt": "x", "chosen": "y"}], indices=[3, 7])
     with pytest.raises(ValueError, match="p_chosen"):
         tokenize_pairs(tok, [dict(pair, p_chosen=2)])
 
@@ -356,6 +358,18 @@ def test_cancel_keeps_checkpoint_then_resumes(tiny, tmp_path):
         train(cfg(max_steps=5, lr=5e-4), path, pairs, tmp_path / "run")
     res = train(config, path, pairs, tmp_path / "run", Recorder())
     assert res.status == "succeeded" and res.steps == 5
+
+
+def test_explicit_eval_pairs(tiny, tmp_path):
+    """eval_pairs (the export's own test split) replaces the seeded split; every pair trains."""
+    path, _ = tiny
+    rec = Recorder()
+    res = train(cfg(max_steps=4, eval_fraction=0.5), path, synthetic_pairs(8, seed=8), tmp_path / "run", rec,
+                eval_pairs=synthetic_pairs(3, seed=9))
+    assert sorted({i for m in rec.steps for i in m["batch_ids"]}) == list(range(8))
+    assert "eval_reward_accuracy" in res.eval_metrics
+    with pytest.raises(ValueError, match="eval_pairs: pair 1: 'chosen' is missing"):
+        train(cfg(), path, synthetic_pairs(8), tmp_path / "bad", eval_pairs=[synthetic_pairs(1)[0], {"prompt": "x"}])
 
 
 def test_live_reference_equals_precomputed(tiny, tmp_path):
