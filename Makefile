@@ -36,7 +36,12 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@echo "see bench/README.md"
+	@echo "Benchmarks (each prints a ratio against a peer in the same run; results in bench/RESULTS.md):"
+	@echo "  $(BIN)/python bench/aggregation.py   # Dawid-Skene vs crowd-kit"
+	@echo "  $(BIN)/python bench/queue.py         # queue latency on PostgreSQL, 1M comparisons"
+	@echo "  $(BIN)/python bench/imports.py       # import vs per-line ORM"
+	@echo "  $(BIN)/python bench/export.py        # export vs naive json.dumps"
+	@echo "  $(BIN)/python bench/dpo.py           # DPO steps/s vs TRL DPOTrainer"
 
 clean:
 	rm -rf $(VENV) var staticfiles
