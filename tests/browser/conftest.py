@@ -6,13 +6,33 @@ Never ``playwright install``: the tests use /usr/bin/chromium (``make chromium``
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
+from django.core.servers.basehttp import ThreadedWSGIServer
+from django.test.testcases import LiveServerThread
 
 # The sync playwright API runs an asyncio event loop in this thread; Django's guard against
 # ORM calls from async code would otherwise refuse the test's own database queries.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+class NoDelayWSGIServer(ThreadedWSGIServer):
+    """Django's threaded test server with TCP_NODELAY on each connection, as gunicorn (the
+    production server, see the README) sets it. Without it the server's separate writes of
+    headers and body meet the browser's delayed ACK (Nagle's algorithm), and back-to-back
+    requests on one keep-alive connection wait about 40 ms for nothing: a test-server
+    artefact that would swamp the submit → next-item time the annotator test measures."""
+
+    def get_request(self):
+        conn, addr = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, addr
+
+
+# pytest-django's live_server builds a LiveServerThread; serve it with the server above.
+LiveServerThread.server_class = NoDelayWSGIServer
 
 CHROMIUM = Path(os.environ.get("PREFLOOP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
