@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Subquery
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from .models import (
@@ -48,6 +48,9 @@ CLAIM_ATTEMPTS = 8
 
 _rng = random.SystemRandom()
 _jitter = random.Random()  # back-off only; never the caller's rng, so seeded runs stay reproducible
+
+
+PAUSED = "An admin has paused your work in this project."
 
 
 class QueueError(Exception):
@@ -74,11 +77,14 @@ class Progress:
 
 
 def annotator_membership(annotator, project: Project) -> Membership:
-    m = Membership.objects.filter(user=annotator, project=project).select_related("pool").first()
+    return _active_member(Membership.objects.filter(user=annotator, project=project).select_related("pool").first())
+
+
+def _active_member(m: Membership | None) -> Membership:
     if m is None or m.role != Role.ANNOTATOR:
         raise NotAnAnnotator("You are not an annotator in this project.")
     if m.excluded:
-        raise NotAnAnnotator("An admin has paused your work in this project.")
+        raise NotAnAnnotator(PAUSED)
     return m
 
 
@@ -91,7 +97,7 @@ def _release_slots(project: Project, comparison_ids: list[int]) -> None:
     counts: dict[int, int] = {}
     for cid in comparison_ids:
         counts[cid] = counts.get(cid, 0) + 1
-    for cid, n in counts.items():
+    for cid, n in sorted(counts.items()):  # one lock order for all: no deadlock between two expiries
         Comparison.objects.filter(pk=cid).update(slots_taken=F("slots_taken") - n)
     if counts:
         Comparison.objects.filter(pk__in=list(counts)).update(is_open=_open_expr(project))
@@ -111,17 +117,21 @@ def sync_open(project: Project) -> int:
 
 def expire_stale(project: Project, now: datetime | None = None) -> int:
     """Mark active assignments past their deadline expired and return their slots."""
-    now = now or timezone.now()
     with transaction.atomic():
-        stale = list(
-            _lock(
-                Assignment.objects.filter(project=project, status=AssignmentStatus.ACTIVE, expires_at__lt=now)
-            ).values_list("pk", "comparison_id")
-        )
-        if not stale:
-            return 0
-        Assignment.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=AssignmentStatus.EXPIRED)
-        _release_slots(project, [cid for _, cid in stale])
+        return _expire_stale(project, now or timezone.now())
+
+
+def _expire_stale(project: Project, now: datetime) -> int:
+    """``expire_stale`` inside the caller's transaction."""
+    stale = list(
+        _lock(
+            Assignment.objects.filter(project=project, status=AssignmentStatus.ACTIVE, expires_at__lt=now)
+        ).values_list("pk", "comparison_id")
+    )
+    if not stale:
+        return 0
+    Assignment.objects.filter(pk__in=[pk for pk, _ in stale]).update(status=AssignmentStatus.EXPIRED)
+    _release_slots(project, [cid for _, cid in stale])
     return len(stale)
 
 
@@ -138,31 +148,48 @@ def _lock(qs):
     return qs
 
 
+def _with_texts(assignments):
+    """Assignments with what the annotator is shown: the prompt and both responses."""
+    return assignments.select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+
+
 def current_assignment(annotator, project: Project, now: datetime | None = None) -> Assignment | None:
     now = now or timezone.now()
     return (
-        Assignment.objects.filter(
+        _with_texts(Assignment.objects.filter(
             annotator=annotator, project=project, status=AssignmentStatus.ACTIVE, expires_at__gte=now
-        )
-        .select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+        ))
         .order_by("created_at")
         .first()
     )
 
 
-def next_assignment(annotator, project: Project, *, now: datetime | None = None, rng=None) -> Assignment | None:
+def next_assignment(
+    annotator,
+    project: Project,
+    *,
+    membership: Membership | None = None,
+    held_checked: bool = False,
+    now: datetime | None = None,
+    rng=None,
+) -> Assignment | None:
     """The annotator's current assignment, or a newly claimed one; None when nothing is left.
 
     With probability ``project.gold_rate`` a gold comparison the annotator has not seen is
     served instead of a regular one; both look the same to the annotator.
+
+    ``membership``: the annotator's membership when the caller has already read it (a view
+    that checked the role). ``held_checked``: the caller knows the annotator holds nothing
+    (it has just finished their item), so the unlocked look for a held item is skipped; the
+    claim looks again under its lock either way.
     """
     rng = rng or _rng
     now = now or timezone.now()
-    membership = annotator_membership(annotator, project)
-    held = current_assignment(annotator, project, now)
-    if held is not None:
-        return held
-    expire_stale(project, now)
+    membership = _active_member(membership) if membership is not None else annotator_membership(annotator, project)
+    if not held_checked:
+        held = current_assignment(annotator, project, now)
+        if held is not None:
+            return held
     want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
     order = (True, False) if want_gold else (False, True)
     for gold in order:
@@ -198,11 +225,18 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
     for attempt in range(CLAIM_ATTEMPTS):
         with transaction.atomic():
             # One claim at a time per annotator (a double click, two tabs): the second waits
-            # here, then finds the first one's assignment.
-            _lock_annotator(membership)
+            # here, then finds the first one's assignment. An exclusion that landed since the
+            # membership was read is seen here.
+            if _lock_annotator(membership):
+                raise NotAnAnnotator(PAUSED)
+            # A separate statement after the lock: on PostgreSQL it reads a snapshot taken
+            # after the lock was granted, so it sees an assignment the previous holder of the
+            # lock has just committed (a subquery in the locking statement would not).
             held = current_assignment(annotator, project, now)
             if held is not None:
                 return held
+            if attempt == 0:
+                _expire_stale(project, now)
             candidates = list(
                 Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
                 .exclude(pk__in=_seen_ids(annotator, project))
@@ -220,7 +254,14 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
                 ranked = _by_need(project, membership, candidates)
             chosen = None
             for candidate in ranked:
-                row = _lock(Comparison.objects.filter(pk=candidate.pk, is_open=True)).only("pk", "slots_taken").first()
+                row = (
+                    _lock(Comparison.objects.filter(pk=candidate.pk, is_open=True))
+                    .annotate(mine_expired=Exists(Assignment.objects.filter(
+                        annotator=annotator, comparison_id=OuterRef("pk"), status=AssignmentStatus.EXPIRED
+                    )))
+                    .only("pk", "slots_taken")
+                    .first()
+                )
                 if row is not None and (gold or row.slots_taken < project.overlap):
                     chosen = row
                     break
@@ -228,24 +269,25 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
                 _take_slots(project, chosen.pk, slots=1)
                 expires = now + timedelta(seconds=project.assignment_timeout_s)
                 a_on_left = rng.random() < 0.5
-                assignment, _ = Assignment.objects.update_or_create(
-                    annotator=annotator,
-                    comparison_id=chosen.pk,
-                    defaults=dict(
-                        project=project,
-                        pool=membership.pool,
-                        a_on_left=a_on_left,
-                        status=AssignmentStatus.ACTIVE,
-                        expires_at=expires,
-                        finished_at=None,
-                    ),
+                fields = dict(
+                    project=project,
+                    pool_id=membership.pool_id,
+                    a_on_left=a_on_left,
+                    status=AssignmentStatus.ACTIVE,
+                    expires_at=expires,
+                    finished_at=None,
                 )
+                # The candidates exclude every assignment of this annotator but expired ones,
+                # and their claims are serialized by the membership lock: an existing row can
+                # only be their expired assignment of the same comparison, served again.
+                if chosen.mine_expired:
+                    Assignment.objects.filter(annotator=annotator, comparison_id=chosen.pk).update(
+                        created_at=now, **fields
+                    )
+                else:
+                    Assignment.objects.create(annotator=annotator, comparison_id=chosen.pk, **fields)
         if chosen is not None:
-            return (
-                Assignment.objects.select_related(
-                    "comparison__prompt", "comparison__response_a", "comparison__response_b"
-                ).get(pk=assignment.pk)
-            )
+            return _with_texts(Assignment.objects.filter(annotator=annotator, comparison_id=chosen.pk)).get()
         # Every candidate was being claimed by a concurrent request or filled meanwhile.
         time.sleep(0.002 * (attempt + 1) * (0.5 + _jitter.random()))
     return None
@@ -262,9 +304,14 @@ def _take_slots(project: Project, comparison_id: int, *, slots: int = 0, judgmen
     )
 
 
-def _lock_annotator(membership: Membership) -> None:
+def _lock_annotator(membership: Membership) -> bool:
+    """Lock the annotator's membership row (where the database has row locks) and return its
+    current ``excluded`` flag (the locked row's latest version)."""
+    qs = Membership.objects.filter(pk=membership.pk)
     if connection.features.has_select_for_update:
-        list(Membership.objects.select_for_update().filter(pk=membership.pk).values_list("pk", flat=True))
+        qs = qs.select_for_update()
+    row = qs.values_list("excluded", flat=True).first()
+    return row is None or bool(row)
 
 
 def _by_need(project: Project, membership: Membership, candidates: list[Comparison]) -> list[Comparison]:
@@ -359,7 +406,7 @@ def submit_judgment(
         if assignment.status == AssignmentStatus.SKIPPED:
             raise QueueError("You skipped this item.")
         if membership.excluded:
-            raise NotAnAnnotator("An admin has paused your work in this project.")
+            raise NotAnAnnotator(PAUSED)
         underlying = to_underlying(assignment.a_on_left, choice)
         if underlying == Choice.TIE and not project.allow_ties:
             raise QueueError("Ties are not allowed in this project.")
@@ -383,7 +430,7 @@ def submit_judgment(
                     comparison_id=assignment.comparison_id,
                     annotator=annotator,
                     assignment=assignment,
-                    pool=assignment.pool,
+                    pool_id=assignment.pool_id,
                     a_on_left=assignment.a_on_left,
                     choice=underlying,
                     strength=strength,

@@ -45,6 +45,20 @@ def project_for(user, project_id: int, *roles: str) -> Project:
     return project
 
 
+def project_and_membership(user, project_id: int, *roles: str) -> tuple[Project, Membership | None]:
+    """``project_for``, and the user's membership read on the way (None for a superuser, whose
+    role is admin without one), so that the caller does not read it again."""
+    project = get_object_or_404(Project, pk=project_id)
+    if user.is_authenticated and user.is_superuser:
+        m, role = None, Role.ADMIN
+    else:
+        m = membership(user, project)
+        role = m.role if m else None
+    if role not in roles:
+        raise PermissionDenied("You do not have the required role in this project.")
+    return project, m
+
+
 def visible_projects(user):
     """Projects the user has any role in."""
     if user.is_superuser:

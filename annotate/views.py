@@ -28,7 +28,7 @@ from . import queue
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
 from .models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Pool, Project, Role
 from .rendering import render_markdown
-from .roles import READ_ROLES, project_for, role_of, visible_projects
+from .roles import READ_ROLES, project_and_membership, project_for, role_of, visible_projects
 
 SHOWN_IMPORT_ERRORS = 200
 
@@ -428,13 +428,18 @@ def _prompt_turns(prompt) -> list[dict]:
     return [{"role": "", "html": render_markdown(prompt.text)}]
 
 
-def _item_context(request, project: Project, *, notice: str = "", notice_level: str = "info") -> dict:
+def _item_context(
+    request, project: Project, *, membership=None, finished: bool = False, notice: str = "", notice_level: str = "info"
+) -> dict:
     """What the annotator sees next. Only plain values go to the template: the assignment id,
-    the rendered prompt and the two rendered responses in display order, and counters."""
+    the rendered prompt and the two rendered responses in display order, and counters.
+
+    ``membership``: the annotator's, when the view has read it already; ``finished``: the
+    annotator has just finished their item in this request, so they hold none."""
     user = request.user
     ctx = {"project": project, "notice": notice, "notice_level": notice_level, "item": None, "blocked": ""}
     try:
-        assignment = queue.next_assignment(user, project)
+        assignment = queue.next_assignment(user, project, membership=membership, held_checked=finished)
     except queue.NotAnAnnotator as exc:
         ctx["blocked"] = str(exc)
         return ctx
@@ -478,11 +483,11 @@ def _render_item(request, project: Project, **kwargs):
 def annotate(request, pk: int):
     """GET: the annotator's page (or just the item partial for HTMX). POST: submit a judgment;
     the response is the next item's partial (HTMX) or a redirect back here."""
-    project = project_for(request.user, pk, Role.ANNOTATOR)
+    project, membership = project_and_membership(request.user, pk, Role.ANNOTATOR)
     if request.method == "GET":
         if request.htmx:
-            return _render_item(request, project)
-        ctx = _item_context(request, project)
+            return _render_item(request, project, membership=membership)
+        ctx = _item_context(request, project, membership=membership)
         ctx.update(
             role=Role.ANNOTATOR,
             tab="annotate",
@@ -494,7 +499,8 @@ def annotate(request, pk: int):
     started = time.perf_counter()
     notice, level = _submit(request)
     if request.htmx:
-        return _timed(_render_item(request, project, notice=notice, notice_level=level), started)
+        rendered = _render_item(request, project, membership=membership, finished=not notice, notice=notice, notice_level=level)
+        return _timed(rendered, started)
     if notice:
         getattr(messages, level if level in ("info", "success", "warning", "error") else "info")(request, notice)
     return redirect("annotate", pk=project.pk)
@@ -529,18 +535,19 @@ def _submit(request) -> tuple[str, str]:
 @login_required
 @require_POST
 def annotate_skip(request, pk: int):
-    project = project_for(request.user, pk, Role.ANNOTATOR)
+    project, membership = project_and_membership(request.user, pk, Role.ANNOTATOR)
     started = time.perf_counter()
-    notice, level = "", ""
+    notice, level, skipped = "", "", False
     try:
         assignment_id = int(request.POST.get("assignment", ""))
-        queue.skip(request.user, assignment_id)
+        skipped = queue.skip(request.user, assignment_id).status == AssignmentStatus.SKIPPED
         notice, level = "Skipped. You will not be shown that item again.", "info"
     except (ValueError, Assignment.DoesNotExist):
         notice, level = "There was nothing to skip; here is your next item.", "warning"
     except queue.QueueError as exc:
         notice, level = str(exc), "warning"
     if request.htmx:
-        return _timed(_render_item(request, project, notice=notice, notice_level=level), started)
+        rendered = _render_item(request, project, membership=membership, finished=skipped, notice=notice, notice_level=level)
+        return _timed(rendered, started)
     messages.info(request, notice)
     return redirect("annotate", pk=project.pk)
