@@ -5,9 +5,9 @@ Celery task (``export_tasks.build_export_task``) and ``manage.py export_preferen
 
 How an export is built (:func:`build_export`)
     1. **Select.** The judgments of the project that pass the filters (rounds, pools, excluded
-       annotators) are loaded as numpy arrays (:func:`load_table`, the streaming twin of
-       :func:`evaluation.selectors.load_judgments`)
-       and aggregated per comparison with the chosen method (:mod:`evaluation.aggregation`).
+       annotators) are loaded as numpy arrays (:func:`evaluation.selectors.load_judgments`,
+       the streaming loader the quality statistics use too) and aggregated per comparison
+       with the chosen method (:mod:`evaluation.aggregation`).
        Comparisons below ``min_confidence`` and (unless asked for) ties / both-bad are dropped.
        A filter that leaves nothing raises :class:`ExportError` naming that filter, before any
        file is written.
@@ -54,7 +54,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import itertools
 import json
 import math
 import os
@@ -73,11 +72,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.models import Comparison, GoldAnswer, Judgment, Membership, Pool, Project, Prompt
+from annotate.models import Comparison, Judgment, Membership, Pool, Project, Prompt
 
 from . import aggregation as agg
 from .models import AnnotatorQuality, Export, ExportFormat, JobStatus
-from .selectors import JudgmentTable
+from .selectors import JudgmentTable, load_judgments
 
 # --------------------------------------------------------------------------- constants
 
@@ -609,137 +608,15 @@ class Selection:
         return int(self.selected.shape[0])
 
 
-LOAD_CHUNK = 50_000
-
-
-def load_table(project: Project, opts: ExportOptions) -> tuple[JudgmentTable, np.ndarray, np.ndarray]:
-    """The filtered judgments as a :class:`~evaluation.selectors.JudgmentTable`, plus the
-    prompt id and round of every item.
-
-    The same table as :func:`evaluation.selectors.load_judgments` (a test checks they are
-    equal), built for size: judgment rows are read with ``iterator(chunk_size=…)`` and turned
-    into numpy arrays :data:`LOAD_CHUNK` rows at a time, and the per-comparison facts (prompt,
-    round, response lengths) come from one streamed scan. Peak memory is the arrays (about 60
-    bytes per judgment and 40 per comparison), never a Python list of every row.
-    """
-    from django.db.models.functions import Length
-
-    from .selectors import GOLD_LABEL, LABEL
-
-    qs = Judgment.objects.filter(project=project)
-    if opts.rounds:
-        qs = qs.filter(comparison__round__in=opts.rounds)
-    if opts.pools:
-        qs = qs.filter(pool_id__in=opts.pools)
-    if not opts.include_excluded:
-        excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
-        qs = qs.exclude(annotator_id__in=excluded)
-    cols: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("jid", "cid", "uid", "label", "both_bad", "a_left", "seconds", "strength", "pool")
-    }
-    label_of = {c: LABEL[c] for c in LABEL}
-    both_bad_value = "both_bad"
-    rows_iter = (
-        qs.order_by("pk")
-        .values_list(
-            "pk", "comparison_id", "annotator_id", "choice", "a_on_left", "seconds", "strength", "pool_id"
-        )
-        .iterator(chunk_size=LOAD_CHUNK)
-    )
-    while True:
-        rows = list(itertools.islice(rows_iter, LOAD_CHUNK))
-        if not rows:
-            break
-        n = len(rows)
-        jid, cid, uid, choice, a_left, seconds, strength, pool = zip(*rows)
-        del rows
-        cols["jid"].append(np.fromiter(jid, dtype=np.int64, count=n))
-        cols["cid"].append(np.fromiter(cid, dtype=np.int64, count=n))
-        cols["uid"].append(np.fromiter(uid, dtype=np.int64, count=n))
-        cols["label"].append(np.fromiter((label_of[c] for c in choice), dtype=np.int8, count=n))
-        cols["both_bad"].append(np.fromiter((c == both_bad_value for c in choice), dtype=bool, count=n))
-        cols["a_left"].append(np.fromiter(a_left, dtype=bool, count=n))
-        cols["seconds"].append(
-            np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n)
-        )
-        cols["strength"].append(np.fromiter((x or 0 for x in strength), dtype=np.int8, count=n))
-        cols["pool"].append(np.fromiter((x or -1 for x in pool), dtype=np.int64, count=n))
-    dtypes = {
-        "jid": np.int64,
-        "cid": np.int64,
-        "uid": np.int64,
-        "label": np.int8,
-        "both_bad": bool,
-        "a_left": bool,
-        "seconds": np.float64,
-        "strength": np.int8,
-        "pool": np.int64,
-    }
-    arr = {k: (np.concatenate(v) if v else np.zeros(0, dtype=dtypes[k])) for k, v in cols.items()}
-    del cols
-    comparison_ids, item = np.unique(arr.pop("cid"), return_inverse=True)
-    annotator_ids, worker = np.unique(arr.pop("uid"), return_inverse=True)
-    member_pool = dict(Membership.objects.filter(project=project).values_list("user_id", "pool_id"))
-    worker_pool = np.array([member_pool.get(int(u)) or -1 for u in annotator_ids], dtype=np.int64)
-
-    n_items = comparison_ids.shape[0]
-    prompt = np.full(n_items, -1, dtype=np.int64)
-    rnd = np.zeros(n_items, dtype=np.int64)
-    len_a = np.zeros(n_items, dtype=np.int64)
-    len_b = np.zeros(n_items, dtype=np.int64)
-    cq = Comparison.objects.filter(project=project)
-    if opts.rounds:
-        cq = cq.filter(round__in=opts.rounds)
-    it = (
-        cq.order_by("pk")
-        .annotate(la=Length("response_a__text"), lb=Length("response_b__text"))
-        .values_list("pk", "prompt_id", "round", "la", "lb")
-        .iterator(chunk_size=LOAD_CHUNK)
-    )
-    while n_items:
-        rows = list(itertools.islice(it, LOAD_CHUNK))
-        if not rows:
-            break
-        block = np.array(rows, dtype=np.int64)
-        pos = np.searchsorted(comparison_ids, block[:, 0])
-        pos_c = np.minimum(pos, n_items - 1)
-        hit = comparison_ids[pos_c] == block[:, 0]
-        for target, col in ((prompt, 1), (rnd, 2), (len_a, 3), (len_b, 4)):
-            target[pos_c[hit]] = block[hit, col]
-    gold = np.full(n_items, -1, dtype=np.int8)
-    for cid, answer in GoldAnswer.objects.filter(comparison__project=project).values_list(
-        "comparison_id", "answer"
-    ):
-        pos = int(np.searchsorted(comparison_ids, cid))
-        if pos < n_items and comparison_ids[pos] == cid:
-            gold[pos] = GOLD_LABEL[answer]
-
-    table = JudgmentTable(
-        judgment_ids=arr["jid"],
-        item=item.astype(np.int64),
-        worker=worker.astype(np.int64),
-        label=arr["label"],
-        both_bad=arr["both_bad"],
-        a_left=arr["a_left"],
-        seconds=arr["seconds"],
-        strength=arr["strength"],
-        pool_of_judgment=arr["pool"],
-        comparison_ids=comparison_ids,
-        annotator_ids=annotator_ids,
-        worker_pool=worker_pool,
-        len_a=len_a,
-        len_b=len_b,
-        gold=gold,
-    )
-    return table, prompt, rnd
-
-
 def select(project: Project, opts: ExportOptions, progress: Progress | None = None) -> Selection:
     """Load, aggregate and filter; raises :class:`ExportError` when nothing is left."""
     progress = progress or Progress()
     precheck(project, opts)
     progress.stage("load")
-    table, item_prompt, item_round = load_table(project, opts)
+    table = load_judgments(
+        project, rounds=opts.rounds, pools=opts.pools, include_excluded=opts.include_excluded
+    )
+    item_prompt, item_round = table.item_prompt, table.item_round
     if len(table) == 0:  # raced with a deletion after the pre-check
         raise ExportError("no comparisons match: no judgments pass the rounds / pools filters")
     pool_names = dict(Pool.objects.filter(project=project).values_list("pk", "name"))

@@ -1,6 +1,7 @@
 """Reads: judgments from the database into the arrays the pure statistics modules take."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,8 @@ from annotate.models import Choice, Comparison, GoldAnswer, Judgment, Membership
 
 LABEL = {Choice.A: 0, Choice.B: 1, Choice.TIE: 2, Choice.BOTH_BAD: 2}
 GOLD_LABEL = {Choice.A: 0, Choice.B: 1, Choice.TIE: 2, Choice.BOTH_BAD: 2}
+#: Rows read from the database and turned into arrays per batch.
+LOAD_CHUNK = 50_000
 
 
 @dataclass
@@ -35,6 +38,8 @@ class JudgmentTable:
     len_a: np.ndarray
     len_b: np.ndarray
     gold: np.ndarray  # per item: -1, or the gold label 0/1/2
+    item_prompt: np.ndarray  # per item: the comparison's prompt id
+    item_round: np.ndarray  # per item: the comparison's round
 
     @property
     def n_items(self) -> int:
@@ -48,6 +53,19 @@ class JudgmentTable:
         return len(self.item)
 
 
+_COLUMNS = {
+    "jid": np.int64,
+    "cid": np.int64,
+    "uid": np.int64,
+    "label": np.int8,
+    "both_bad": bool,
+    "a_left": bool,
+    "seconds": np.float64,
+    "strength": np.int8,
+    "pool": np.int64,
+}
+
+
 def load_judgments(
     project: Project,
     *,
@@ -55,6 +73,15 @@ def load_judgments(
     pools: list[int] | None = None,
     include_excluded: bool = True,
 ) -> JudgmentTable:
+    """The project's judgments (optionally only ``rounds`` / ``pools``, without excluded
+    annotators) as a :class:`JudgmentTable`, in judgment id order.
+
+    The one loader behind the quality statistics and the exports, built for size: judgment
+    rows are read with ``iterator(chunk_size=…)`` and turned into numpy arrays
+    :data:`LOAD_CHUNK` rows at a time, and the per-comparison facts (prompt, round, response
+    lengths) come from one streamed scan. Peak memory is the arrays (about 60 bytes per
+    judgment and 60 per comparison), never a Python list of every row or a model instance.
+    """
     qs = Judgment.objects.filter(project=project)
     if rounds:
         qs = qs.filter(comparison__round__in=rounds)
@@ -63,56 +90,81 @@ def load_judgments(
     if not include_excluded:
         excluded = Membership.objects.filter(project=project, excluded=True).values("user_id")
         qs = qs.exclude(annotator_id__in=excluded)
-    rows = list(
-        qs.order_by("pk").values_list(
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in _COLUMNS}
+    rows_iter = (
+        qs.order_by("pk")
+        .values_list(
             "pk", "comparison_id", "annotator_id", "choice", "a_on_left", "seconds", "strength", "pool_id"
-        ).iterator(chunk_size=20000)
+        )
+        .iterator(chunk_size=LOAD_CHUNK)
     )
-    n = len(rows)
-    if n:
+    while rows := list(itertools.islice(rows_iter, LOAD_CHUNK)):
+        n = len(rows)
         jid, cid, uid, choice, a_left, seconds, strength, pool = zip(*rows)
-    else:
-        jid = cid = uid = choice = a_left = seconds = strength = pool = ()
-    cid_arr = np.fromiter(cid, dtype=np.int64, count=n)
-    uid_arr = np.fromiter(uid, dtype=np.int64, count=n)
-    comparison_ids, item = np.unique(cid_arr, return_inverse=True)
-    annotator_ids, worker = np.unique(uid_arr, return_inverse=True)
-
-    member_pool = dict(
-        Membership.objects.filter(project=project, user_id__in=annotator_ids.tolist()).values_list("user_id", "pool_id")
-    )
+        del rows
+        cols["jid"].append(np.fromiter(jid, dtype=np.int64, count=n))
+        cols["cid"].append(np.fromiter(cid, dtype=np.int64, count=n))
+        cols["uid"].append(np.fromiter(uid, dtype=np.int64, count=n))
+        cols["label"].append(np.fromiter((LABEL[c] for c in choice), dtype=np.int8, count=n))
+        cols["both_bad"].append(np.fromiter((c == Choice.BOTH_BAD for c in choice), dtype=bool, count=n))
+        cols["a_left"].append(np.fromiter(a_left, dtype=bool, count=n))
+        cols["seconds"].append(
+            np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n)
+        )
+        cols["strength"].append(np.fromiter((x or 0 for x in strength), dtype=np.int8, count=n))
+        cols["pool"].append(np.fromiter((x or -1 for x in pool), dtype=np.int64, count=n))
+    arr = {k: (np.concatenate(v) if v else np.zeros(0, dtype=_COLUMNS[k])) for k, v in cols.items()}
+    del cols
+    comparison_ids, item = np.unique(arr.pop("cid"), return_inverse=True)
+    annotator_ids, worker = np.unique(arr.pop("uid"), return_inverse=True)
+    member_pool = dict(Membership.objects.filter(project=project).values_list("user_id", "pool_id"))
     worker_pool = np.array([member_pool.get(int(u)) or -1 for u in annotator_ids], dtype=np.int64)
 
-    lengths = {}
-    gold_of = {}
-    ids = comparison_ids.tolist()
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start : start + 5000]
-        lengths.update(
-            (pk, (la, lb))
-            for pk, la, lb in Comparison.objects.filter(pk__in=chunk)
-            .annotate(la=Length("response_a__text"), lb=Length("response_b__text"))
-            .values_list("pk", "la", "lb")
-        )
-        gold_of.update(GoldAnswer.objects.filter(comparison_id__in=chunk).values_list("comparison_id", "answer"))
-    len_a = np.array([lengths[c][0] for c in ids], dtype=np.int64)
-    len_b = np.array([lengths[c][1] for c in ids], dtype=np.int64)
-    gold = np.array([GOLD_LABEL[gold_of[c]] if c in gold_of else -1 for c in ids], dtype=np.int8)
+    # Per-comparison facts: one pk-ordered scan, matched to the judged comparisons.
+    n_items = comparison_ids.shape[0]
+    prompt = np.full(n_items, -1, dtype=np.int64)
+    rnd = np.zeros(n_items, dtype=np.int64)
+    len_a = np.zeros(n_items, dtype=np.int64)
+    len_b = np.zeros(n_items, dtype=np.int64)
+    cq = Comparison.objects.filter(project=project)
+    if rounds:
+        cq = cq.filter(round__in=rounds)
+    it = (
+        cq.order_by("pk")
+        .annotate(la=Length("response_a__text"), lb=Length("response_b__text"))
+        .values_list("pk", "prompt_id", "round", "la", "lb")
+        .iterator(chunk_size=LOAD_CHUNK)
+    )
+    while n_items and (rows := list(itertools.islice(it, LOAD_CHUNK))):
+        block = np.array(rows, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(comparison_ids, block[:, 0]), n_items - 1)
+        hit = comparison_ids[pos] == block[:, 0]
+        for target, col in ((prompt, 1), (rnd, 2), (len_a, 3), (len_b, 4)):
+            target[pos[hit]] = block[hit, col]
+    gold = np.full(n_items, -1, dtype=np.int8)
+    for cid, answer in GoldAnswer.objects.filter(comparison__project=project).values_list(
+        "comparison_id", "answer"
+    ):
+        pos = int(np.searchsorted(comparison_ids, cid))
+        if pos < n_items and comparison_ids[pos] == cid:
+            gold[pos] = GOLD_LABEL[answer]
 
     return JudgmentTable(
-        judgment_ids=np.fromiter(jid, dtype=np.int64, count=n),
+        judgment_ids=arr["jid"],
         item=item.astype(np.int64),
         worker=worker.astype(np.int64),
-        label=np.fromiter((LABEL[c] for c in choice), dtype=np.int8, count=n),
-        both_bad=np.fromiter((c == Choice.BOTH_BAD for c in choice), dtype=bool, count=n),
-        a_left=np.fromiter(a_left, dtype=bool, count=n),
-        seconds=np.fromiter((s if s is not None else np.nan for s in seconds), dtype=np.float64, count=n),
-        strength=np.fromiter((s or 0 for s in strength), dtype=np.int8, count=n),
-        pool_of_judgment=np.fromiter((p or -1 for p in pool), dtype=np.int64, count=n),
+        label=arr["label"],
+        both_bad=arr["both_bad"],
+        a_left=arr["a_left"],
+        seconds=arr["seconds"],
+        strength=arr["strength"],
+        pool_of_judgment=arr["pool"],
         comparison_ids=comparison_ids,
         annotator_ids=annotator_ids,
         worker_pool=worker_pool,
         len_a=len_a,
         len_b=len_b,
         gold=gold,
+        item_prompt=prompt,
+        item_round=rnd,
     )

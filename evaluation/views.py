@@ -2,7 +2,7 @@
 
 Each view checks the role (:func:`annotate.roles.project_for`), calls one service in
 :mod:`evaluation.services` / :mod:`evaluation.tasks`, and renders. HTMX requests get partials:
-the annotator table (sorting), one table row (admin actions), the progress box (polling).
+the annotator table (sorting, paging), one table row (admin actions), the progress box (polling).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -25,6 +26,8 @@ from .models import JobStatus, QualityReport
 from .tasks import schedule_recompute
 
 ADMIN_ONLY = (Role.ADMIN,)
+#: Annotators per page of the dashboard's table.
+ANNOTATORS_PER_PAGE = 50
 ALL_ROLES = (Role.ADMIN, Role.RESEARCHER, Role.ANNOTATOR)
 
 COLUMNS = (
@@ -299,8 +302,12 @@ def _sort_params(request) -> tuple[str, bool]:
 
 
 def _table_context(request, project, role, report) -> dict:
+    """The annotator table: every row sorted (``rows``, for the charts and counts), one page of
+    them rendered (``page``: Django's ``get_page``, so a bad or out-of-range number gives the
+    first or last page)."""
     sort, descending = _sort_params(request)
     rows = services.annotator_rows(project, report, sort=sort, descending=descending)
+    page = Paginator(rows, ANNOTATORS_PER_PAGE).get_page(request.GET.get("page"))
     headers = []
     for key, label, numeric, tip in COLUMNS:
         active = key == sort
@@ -321,7 +328,8 @@ def _table_context(request, project, role, report) -> dict:
         "role": role,
         "is_admin": role == Role.ADMIN,
         "rows": rows,
-        "row_views": [_row_view(r) for r in rows],
+        "page": page,
+        "row_views": [_row_view(r) for r in page.object_list],
         "headers": headers,
         "sort": sort,
         "dir": "desc" if descending else "asc",

@@ -21,7 +21,8 @@ from annotate.models import (
     content_hash,
 )
 from evaluation import services
-from evaluation.models import JobStatus, QualityReport
+from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
+from evaluation.views import ANNOTATORS_PER_PAGE
 
 pytestmark = pytest.mark.django_db
 
@@ -201,6 +202,81 @@ def test_table_sorts_and_htmx_gets_the_table_partial(site, client):
     body = c.get(url("quality_dashboard", project), {"sort": "gold_accuracy", "dir": "asc"}).content.decode()
     assert re.findall(r"<strong>(a\d)</strong>", body) == ["a2", "a1", "a3"]
     assert c.get(url("quality_dashboard", project), {"sort": "nonsense"}).status_code == 200
+
+
+# --------------------------------------------------------------------------- pages of the table
+
+N_CROWD = 2 * ANNOTATORS_PER_PAGE + 7  # three pages: full, full, 7 rows
+
+
+@pytest.fixture
+def crowd():
+    """More annotators than fit on two pages, each with a distinct judgment count that does
+    not follow the name order, and an admin to look at them."""
+    User = get_user_model()
+    project = Project.objects.create(name="crowd")
+    users = User.objects.bulk_create([User(username=f"ann-{i:03d}") for i in range(N_CROWD)])
+    Membership.objects.bulk_create([Membership(project=project, user=u, role=Role.ANNOTATOR) for u in users])
+    AnnotatorQuality.objects.bulk_create(
+        [
+            AnnotatorQuality(project=project, annotator=u, n_judgments=(i * 37) % N_CROWD)
+            for i, u in enumerate(users)
+        ]
+    )
+    admin = User.objects.create(username="crowd-admin")
+    Membership.objects.create(project=project, user=admin, role=Role.ADMIN)
+    by_count = sorted(users, key=lambda u: -((int(u.username[4:]) * 37) % N_CROWD))
+    return project, admin, [u.username for u in by_count]
+
+
+def names(body: str) -> list[str]:
+    return re.findall(r"<strong>(ann-\d+)</strong>", body)
+
+
+def table_page(c, project, **params) -> str:
+    response = c.get(url("quality_dashboard", project), params, HTTP_HX_TARGET="annotator-table", **HX)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_table_pages_keep_the_sort(crowd, client):
+    project, admin, by_count = crowd
+    c = client_for(client, admin)
+    sort = {"sort": "n_judgments", "dir": "desc"}
+    pages = [table_page(c, project, **sort, page=n) for n in (1, 2, 3)]
+    shown = [names(body) for body in pages]
+    assert [len(p) for p in shown] == [ANNOTATORS_PER_PAGE, ANNOTATORS_PER_PAGE, 7]
+    assert not set(shown[0]) & set(shown[1])  # page 2 shows other annotators
+    # The pages, one after the other, are the whole table in the chosen order.
+    assert shown[0] + shown[1] + shown[2] == by_count
+    assert f"Annotators {ANNOTATORS_PER_PAGE + 1}–{2 * ANNOTATORS_PER_PAGE} of {N_CROWD}" in pages[1]
+    # Page links carry the sort, swap the table with HTMX and update the address bar.
+    nxt = re.search(r'<a [^>]*rel="next"[^>]*>', pages[0]).group(0)
+    assert 'hx-get="?sort=n_judgments&amp;dir=desc&amp;page=2"' in nxt
+    assert 'hx-target="#annotator-table"' in nxt and 'hx-push-url="true"' in nxt
+    assert 'rel="prev"' not in pages[0] and 'rel="next"' not in pages[2]
+    # Another sort starts again from its own first page.
+    by_name = names(table_page(c, project, sort="annotator", dir="asc", page=1))
+    assert by_name == sorted(by_count)[:ANNOTATORS_PER_PAGE]
+
+
+def test_out_of_range_page_gives_the_last_page_and_a_bad_one_the_first(crowd, client):
+    project, admin, by_count = crowd
+    c = client_for(client, admin)
+    sort = {"sort": "n_judgments", "dir": "desc"}
+    assert names(table_page(c, project, **sort, page=99)) == by_count[2 * ANNOTATORS_PER_PAGE :]
+    assert names(table_page(c, project, **sort, page="nope")) == by_count[:ANNOTATORS_PER_PAGE]
+
+
+def test_full_dashboard_renders_one_page_of_annotators(crowd, client, site):
+    project, admin, by_count = crowd
+    body = client_for(client, admin).get(url("quality_dashboard", project), {"page": 2}).content.decode()
+    assert "<html" in body and body.count('class="q-row') == ANNOTATORS_PER_PAGE
+    assert names(body) == sorted(by_count)[ANNOTATORS_PER_PAGE : 2 * ANNOTATORS_PER_PAGE]
+    # A table that fits on one page has no page links.
+    small, users, _ = site
+    client.force_login(users["admin"])
+    assert "q-pager" not in client.get(url("quality_dashboard", small)).content.decode()
 
 
 # --------------------------------------------------------------------------- admin actions

@@ -622,16 +622,34 @@ def test_weights_follow_the_annotator_weight_rule(scene):
     assert w_down[c2]["p_chosen"] < w_base[c2]["p_chosen"]
 
 
-def test_streaming_loader_matches_the_selector(scene):
-    from evaluation.selectors import load_judgments
-
+def test_excluded_annotators_are_left_out_unless_asked(scene):
+    """The export reads judgments through the quality dashboard's loader, with its own defaults:
+    an excluded annotator's judgments stay out of the file unless include_excluded is on."""
     project = scene["project"]
-    table, prompt, rnd = exports.load_table(project, exports.ExportOptions())
-    ref = load_judgments(project, include_excluded=False)
-    for name in ref.__dataclass_fields__:
-        a, b = getattr(table, name), getattr(ref, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
-    assert (prompt > 0).all() and (rnd == 0).all()
+    carol = scene["users"][2]
+    Membership.objects.filter(project=project, user=carol).update(excluded=True)
+    out = run_export(project, formats=["jsonl", "judgments"], method="majority", test_fraction=0.0)
+    judged = read_jsonl(Path(out.path) / "judgments.jsonl")
+    assert len({j["annotator"] for j in judged}) == 2
+    per_pair = {}
+    for j in judged:
+        per_pair[j["comparison_id"]] = per_pair.get(j["comparison_id"], 0) + 1
+    assert set(per_pair.values()) == {2}  # alice and bob only
+    # Without carol's dissent, every 2-1 split (i % 3 == 2) is unanimous.
+    rows = read_jsonl(Path(out.path) / "preferences.jsonl")
+    assert all(r["agreement"] == 1.0 for r in rows)
+    facts = dict(Comparison.objects.filter(project=project).values_list("pk", "prompt_id"))
+    assert all(r["prompt_id"] == facts[r["comparison_id"]] and r["round"] == 0 for r in rows)
+
+    kept = run_export(
+        project, formats=["judgments", "jsonl"], method="majority", test_fraction=0.0, include_excluded=True
+    )
+    judged = read_jsonl(Path(kept.path) / "judgments.jsonl")
+    assert len(judged) == 3 * len(per_pair) and len({j["annotator"] for j in judged}) == 3
+    # carol's judgments are in the file, weighing 0 (an excluded annotator's weight).
+    zero = {j["annotator"] for j in judged if j["annotator_weight"] == 0.0}
+    assert len(zero) == 1 and sum(j["annotator"] in zero for j in judged) == len(per_pair)
+    assert any(r["agreement"] < 1.0 for r in read_jsonl(Path(kept.path) / "preferences.jsonl"))
 
 
 def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):

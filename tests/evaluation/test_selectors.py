@@ -1,0 +1,219 @@
+"""The one judgment loader, ``evaluation.selectors.load_judgments``, behind both the quality
+statistics (all judgments, excluded annotators' included) and the exports (rounds / pools
+filters, excluded annotators left out, prompt and round of every comparison).
+
+Every test runs with the default batch size and with batches of two rows, so a table read in
+many chunks is the same table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+
+from annotate.models import (
+    Comparison,
+    GoldAnswer,
+    Judgment,
+    Membership,
+    Pool,
+    Project,
+    Prompt,
+    Response,
+    Role,
+    content_hash,
+)
+from evaluation import selectors
+from evaluation.selectors import load_judgments
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+@pytest.fixture(params=[selectors.LOAD_CHUNK, 2], ids=["one-batch", "batches-of-2"])
+def chunk(request, monkeypatch):
+    monkeypatch.setattr(selectors, "LOAD_CHUNK", request.param)
+    return request.param
+
+
+def comparison(project, name: str, *, a: str, b: str, round_: int = 0, gold: str | None = None):
+    prompt = Prompt.objects.create(project=project, text=name, content_hash=content_hash(name))
+    ra, rb = (
+        Response.objects.create(
+            prompt=prompt,
+            text=text,
+            model_name=f"m-{side}",
+            content_hash=content_hash(f"{name} {side}"),
+            round=round_,
+        )
+        for side, text in (("a", a), ("b", b))
+    )
+    c = Comparison.objects.create(
+        project=project,
+        prompt=prompt,
+        response_a=ra,
+        response_b=rb,
+        round=round_,
+        pair_hash=content_hash(f"pair {name}"),
+        is_gold=gold is not None,
+    )
+    if gold is not None:
+        GoldAnswer.objects.create(comparison=c, answer=gold)
+    return c
+
+
+def judge(user, c, choice, *, pool=None, a_on_left=True, seconds=None, strength=None) -> Judgment:
+    return Judgment.objects.create(
+        project=c.project,
+        comparison=c,
+        annotator=user,
+        pool=pool,
+        choice=choice,
+        a_on_left=a_on_left,
+        seconds=seconds,
+        strength=strength,
+    )
+
+
+@pytest.fixture
+def scene():
+    """Two rounds, two pools, three members (one excluded), a non-member's imported votes,
+    a gold comparison, an unjudged gold comparison, and another project's judgment."""
+    project = Project.objects.create(name="loader")
+    north = Pool.objects.create(project=project, name="north")
+    south = Pool.objects.create(project=project, name="south")
+    u = {name: User.objects.create(username=name) for name in ("ann", "ben", "cat", "outsider")}
+    Membership.objects.create(project=project, user=u["ann"], role=Role.ANNOTATOR, pool=north)
+    Membership.objects.create(project=project, user=u["ben"], role=Role.ANNOTATOR, pool=south)
+    Membership.objects.create(project=project, user=u["cat"], role=Role.ANNOTATOR, excluded=True)
+    c = {
+        "r0": comparison(project, "r0", a="short", b="a longer answer"),
+        "gold": comparison(project, "gold", a="gold A text", b="gold B", gold="b"),
+        "r1": comparison(project, "r1", a="x" * 30, b="y" * 7, round_=1),
+        "unjudged": comparison(project, "unjudged", a="1", b="2", gold="a"),
+    }
+    j = {
+        "ann-r0": judge(u["ann"], c["r0"], "a", pool=north, seconds=12.5, strength=2),
+        "ben-r0": judge(u["ben"], c["r0"], "b", pool=south, a_on_left=False),
+        "cat-r0": judge(u["cat"], c["r0"], "tie"),
+        "ann-gold": judge(u["ann"], c["gold"], "b", pool=north, strength=3),
+        "ben-gold": judge(u["ben"], c["gold"], "both_bad", pool=south, seconds=3.0),
+        "ann-r1": judge(u["ann"], c["r1"], "tie", pool=north),
+        "outsider-r1": judge(u["outsider"], c["r1"], "a"),
+    }
+    other = Project.objects.create(name="other")
+    judge(u["ann"], comparison(other, "elsewhere", a="p", b="q"), "a")
+    return project, {"north": north, "south": south}, u, c, j
+
+
+def rows(table) -> dict[int, dict]:
+    """Judgment id -> what the table says about it, in database ids."""
+    out = {}
+    for k, jid in enumerate(table.judgment_ids.tolist()):
+        i, w = table.item[k], table.worker[k]
+        out[jid] = {
+            "comparison": int(table.comparison_ids[i]),
+            "annotator": int(table.annotator_ids[w]),
+            "label": int(table.label[k]),
+            "both_bad": bool(table.both_bad[k]),
+            "a_left": bool(table.a_left[k]),
+            "seconds": None if np.isnan(table.seconds[k]) else float(table.seconds[k]),
+            "strength": int(table.strength[k]),
+            "pool": int(table.pool_of_judgment[k]),
+        }
+    return out
+
+
+def test_loads_every_judgment_of_the_project_in_id_order(scene, chunk):
+    project, pools, u, c, j = scene
+    table = load_judgments(project)
+    assert table.judgment_ids.tolist() == sorted(x.pk for x in j.values())  # not the other project's
+    assert len(table) == 7 and table.n_items == 3 and table.n_workers == 4
+    got = rows(table)
+    north, south = pools["north"].pk, pools["south"].pk
+    assert got[j["ann-r0"].pk] == {
+        "comparison": c["r0"].pk,
+        "annotator": u["ann"].pk,
+        "label": 0,
+        "both_bad": False,
+        "a_left": True,
+        "seconds": 12.5,
+        "strength": 2,
+        "pool": north,
+    }
+    assert got[j["ben-r0"].pk] == {
+        "comparison": c["r0"].pk,
+        "annotator": u["ben"].pk,
+        "label": 1,
+        "both_bad": False,
+        "a_left": False,
+        "seconds": None,  # unknown time
+        "strength": 0,  # not asked
+        "pool": south,
+    }
+    # tie and both-bad are both label 2; both_bad tells them apart.
+    assert (got[j["cat-r0"].pk]["label"], got[j["cat-r0"].pk]["both_bad"]) == (2, False)
+    assert (got[j["ben-gold"].pk]["label"], got[j["ben-gold"].pk]["both_bad"]) == (2, True)
+    assert got[j["outsider-r1"].pk]["pool"] == -1  # imported vote, no pool
+
+
+def test_per_item_and_per_worker_facts(scene, chunk):
+    project, pools, u, c, _ = scene
+    table = load_judgments(project)
+    item = {int(cid): i for i, cid in enumerate(table.comparison_ids)}
+    assert list(item) == sorted(item) == sorted([c["r0"].pk, c["gold"].pk, c["r1"].pk])
+    for name in ("r0", "gold", "r1"):
+        i, cmp = item[c[name].pk], c[name]
+        assert table.len_a[i] == len(cmp.response_a.text) and table.len_b[i] == len(cmp.response_b.text)
+        assert table.item_prompt[i] == cmp.prompt_id and table.item_round[i] == cmp.round
+    worker_pool = dict(zip(table.annotator_ids.tolist(), table.worker_pool.tolist()))
+    assert worker_pool == {
+        u["ann"].pk: pools["north"].pk,
+        u["ben"].pk: pools["south"].pk,
+        u["cat"].pk: -1,  # a member without a pool
+        u["outsider"].pk: -1,  # not a member at all
+    }
+
+
+def test_gold_answers_are_labels_on_judged_items_only(scene, chunk):
+    project, _, _, c, _ = scene
+    table = load_judgments(project)
+    gold = dict(zip(table.comparison_ids.tolist(), table.gold.tolist()))
+    # "b" is label 1; the unjudged gold comparison is not in the table at all.
+    assert gold == {c["r0"].pk: -1, c["gold"].pk: 1, c["r1"].pk: -1}
+
+
+def test_excluded_annotators_are_in_by_default_and_out_on_request(scene, chunk):
+    project, _, u, c, j = scene
+    everyone = load_judgments(project)
+    assert u["cat"].pk in everyone.annotator_ids
+    kept = load_judgments(project, include_excluded=False)
+    assert u["cat"].pk not in kept.annotator_ids
+    assert set(kept.judgment_ids.tolist()) == {x.pk for x in j.values()} - {j["cat-r0"].pk}
+    assert kept.n_items == 3 and kept.n_workers == 3
+    # Excluding an annotator whose judgments were the only ones on a comparison drops it.
+    Membership.objects.filter(project=project, user=u["ann"]).update(excluded=True)
+    Judgment.objects.filter(pk=j["outsider-r1"].pk).delete()
+    assert c["r1"].pk not in load_judgments(project, include_excluded=False).comparison_ids
+
+
+def test_round_and_pool_filters(scene, chunk):
+    project, pools, _, c, j = scene
+    r1 = load_judgments(project, rounds=[1])
+    assert r1.comparison_ids.tolist() == [c["r1"].pk] and r1.item_round.tolist() == [1]
+    assert set(r1.judgment_ids.tolist()) == {j["ann-r1"].pk, j["outsider-r1"].pk}
+    every = load_judgments(project).judgment_ids.tolist()
+    assert load_judgments(project, rounds=[0, 1]).judgment_ids.tolist() == every
+    south = load_judgments(project, pools=[pools["south"].pk])
+    assert set(south.judgment_ids.tolist()) == {j["ben-r0"].pk, j["ben-gold"].pk}
+    both = load_judgments(project, rounds=[0], pools=[pools["north"].pk])
+    assert set(both.judgment_ids.tolist()) == {j["ann-r0"].pk, j["ann-gold"].pk}
+    assert load_judgments(project, rounds=[7]).n_items == 0
+
+
+def test_empty_table_has_the_usual_types(chunk):
+    table = load_judgments(Project.objects.create(name="nothing yet"))
+    assert len(table) == 0 and table.n_items == 0 and table.n_workers == 0
+    assert table.label.dtype == np.int8 and table.seconds.dtype == np.float64
+    assert table.item.dtype == np.int64 and table.gold.dtype == np.int8 and table.both_bad.dtype == bool
