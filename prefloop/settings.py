@@ -1,12 +1,13 @@
 """prefloop settings, driven by environment variables.
 
-SECRET_KEY, DEBUG, ALLOWED_HOSTS, DATABASE_URL, CELERY_BROKER_URL, PREFLOOP_DATA_DIR.
+SECRET_KEY, DEBUG, ALLOWED_HOSTS, DATABASE_URL, CELERY_BROKER_URL, CACHE_URL, PREFLOOP_DATA_DIR.
 Defaults give a laptop set-up: SQLite and a file-system Celery broker under ``var/``.
 """
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -147,6 +148,24 @@ STORAGES = {
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "media/"
 
+# Cache: per process by default; a shared Redis cache (CACHE_URL=redis://host:6379/1) when the
+# web app runs in several processes, so that import progress bars, cached queue counts and the
+# quality recompute debounce are seen by every worker, and sessions are read from the cache.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "prefloop"),
+        }
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+elif CACHE_URL:
+    raise ImproperlyConfigured(f"CACHE_URL must be a redis:// URL, got {CACHE_URL!r}")
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -218,6 +237,11 @@ PREFLOOP_AUTO_QUALITY = env_bool("PREFLOOP_AUTO_QUALITY", True)
 PREFLOOP_QUALITY_DEBOUNCE_S = int(os.environ.get("PREFLOOP_QUALITY_DEBOUNCE_S", "30"))
 PREFLOOP_MAX_IMPORT_LINE_BYTES = int(os.environ.get("PREFLOOP_MAX_IMPORT_LINE_BYTES", str(1024 * 1024)))
 PREFLOOP_MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", DATA_DIR / "models"))
+# Folders a project admin may register models from on /models/ or the API (os.pathsep-separated;
+# superusers and ``manage.py register_model`` may register any folder).
+PREFLOOP_MODEL_ROOTS = [
+    Path(p) for p in os.environ.get("PREFLOOP_MODEL_ROOTS", "").split(os.pathsep) if p.strip()
+] or [PREFLOOP_MODELS_DIR]
 PREFLOOP_EXPORTS_DIR = Path(os.environ.get("PREFLOOP_EXPORTS_DIR", DATA_DIR / "exports"))
 PREFLOOP_RUNS_DIR = Path(os.environ.get("PREFLOOP_RUNS_DIR", DATA_DIR / "runs"))
 

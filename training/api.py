@@ -77,7 +77,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class RegisterModelSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     path = serializers.CharField(
-        max_length=1000, help_text="Absolute path of a local Hugging Face model folder."
+        max_length=1000,
+        help_text="Absolute path of a local Hugging Face model folder, inside one of the "
+        "PREFLOOP_MODEL_ROOTS folders (superusers: anywhere).",
     )
     parent = serializers.CharField(required=False, allow_blank=True, help_text="Name of the parent version.")
     description = serializers.CharField(required=False, allow_blank=True, default="")
@@ -469,7 +471,8 @@ def _is_reader_somewhere(user) -> bool:
         tags=["models"],
         summary="Register a local model folder",
         description="Admins only. The folder must hold a Hugging Face causal LM (config.json, "
-        "weights, tokenizer) or a PEFT adapter on a local base folder.",
+        "weights, tokenizer) or a PEFT adapter on a local base folder, and lie inside one of the "
+        "PREFLOOP_MODEL_ROOTS folders (superusers may register any folder).",
         request=RegisterModelSerializer,
         responses={201: ModelVersionSerializer, 400: BAD, 403: DENIED},
     ),
@@ -496,12 +499,12 @@ class ModelListCreate(ApiView, generics.ListAPIView):
             if parent is None:
                 raise ValidationError({"parent": [f"no registered model named {v['parent']!r}"]})
         try:
-            version = services.register_model(
+            version = services.register_model_for(
+                request.user,
                 v["name"],
                 v["path"],
                 parent=parent,
                 description=v.get("description", ""),
-                created_by=request.user,
             )
         except services.TrainingError as exc:
             _raise(exc)

@@ -10,6 +10,7 @@ from django.db.models import Q
 from evaluation.models import Export
 from evaluation.models import JobStatus as ExportStatus
 
+from .config import DPO_LOSS_TYPES
 from .models import ModelVersion, Recipe
 from .services import train_config_defaults
 
@@ -25,7 +26,6 @@ COMMON_FIELDS = (
     ("max_prompt_length", forms.IntegerField, {"min_value": 1, "label": "Max prompt length (tokens)"}),
     ("seed", forms.IntegerField, {"label": "Seed"}),
 )
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "cdpo", "robust")
 
 
 def _model_choices(project):
@@ -43,7 +43,7 @@ class LaunchRunForm(forms.Form):
         help_text="A built calibrated export of this project, or a fresh one built at launch.",
     )
     loss_type = forms.ChoiceField(
-        choices=[("", "default")] + [(t, t) for t in LOSS_TYPES], required=False, label="DPO loss"
+        choices=[("", "default")] + [(t, t) for t in DPO_LOSS_TYPES], required=False, label="DPO loss"
     )
     lora = forms.BooleanField(required=False, label="LoRA adapter instead of full fine-tuning")
     device = forms.ChoiceField(
@@ -126,6 +126,13 @@ class RegisterModelForm(forms.Form):
         help_text="The model it was trained from, if any.",
     )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args, roots=None, **kwargs):
+        """``roots``: the folders the path must lie in (``services.model_roots()``), shown in the
+        path's help; None for a superuser, who may register any folder."""
+        super().__init__(*args, **kwargs)
+        if roots is not None:
+            self.fields["path"].help_text += f" It must lie inside {', '.join(map(str, roots)) or '(none)'}."
 
 
 class SampleForm(forms.Form):

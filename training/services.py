@@ -2,10 +2,10 @@
 the next annotation round. The views, the REST API and the management commands call these.
 
 Nothing in this module imports torch or transformers at import time: the web process validates
-everything it can (hyperparameters against ``TrainConfig``'s fields, the model folder's files,
-the export's size, prompt lengths estimated from characters) and the GPU worker
-(``training.tasks``) does the rest before any compute (the model actually loads, token
-lengths, CUDA present).
+everything it can (hyperparameters against ``training.config.TrainConfig``, which needs no
+torch; the model folder's files; the export's size; prompt lengths estimated from characters)
+and the GPU worker (``training.tasks``) does the rest before any compute (the model actually
+loads, token lengths, CUDA present).
 
 Loading models happens only in the worker: ``run_sampling_job`` (and ``sample_next_round``,
 for a shell or a command) import the generation code from ``training.tasks`` lazily.
@@ -13,7 +13,6 @@ for a shell or a command) import the generation code from ``training.tasks`` laz
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import io
 import json
@@ -23,10 +22,7 @@ import random
 import re
 import shutil
 import socket
-import sys
-import types
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ from annotate.models import Project, Prompt
 from evaluation.models import Export
 from evaluation.models import JobStatus as ExportStatus
 
+from .config import TrainConfig
 from .models import (
     GenerationSample,
     JobStatus,
@@ -63,9 +60,6 @@ MAX_CHARS_PER_TOKEN = 8
 #: Fields the run sets itself; not accepted as hyperparameters.
 RESERVED_FIELDS = {"recipe"}
 
-TRAINER_FILE = Path(__file__).with_name("trainer.py")
-LOSSES_FILE = Path(__file__).with_name("losses.py")
-
 
 class TrainingError(ValueError):
     """A request the training services refuse, with a message fit for the user.
@@ -84,92 +78,16 @@ class ModelFolderError(TrainingError):
 
 
 # =============================================================================================
-# TrainConfig without torch
+# Hyperparameters (``training.config.TrainConfig``: no torch)
 # =============================================================================================
 
 
-def _literal_assignments(tree: ast.Module) -> dict[str, Any]:
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return out
-
-
-@lru_cache(maxsize=1)
-def train_config_class():
-    """``training.trainer.TrainConfig``, obtained without importing torch.
-
-    ``trainer.py`` imports torch at module level, and the web process must never load torch, so
-    the dataclass is rebuilt from the trainer's source: its ``class TrainConfig`` node is compiled
-    in a namespace that holds only the module-level literals it refers to (``RECIPES``, and
-    ``losses.DPO_LOSS_TYPES`` read the same way from ``losses.py``). The result has the same
-    fields, defaults and ``validate()`` as the real class. In the worker (torch already loaded)
-    the real class is returned.
-    """
-    if "torch" in sys.modules:
-        from .trainer import TrainConfig
-
-        return TrainConfig
-    tree = ast.parse(TRAINER_FILE.read_text(), str(TRAINER_FILE))
-    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
-    losses_literals = _literal_assignments(ast.parse(LOSSES_FILE.read_text(), str(LOSSES_FILE)))
-    shadow = types.ModuleType("training._train_config_shadow")
-    shadow.__dict__.update(
-        {
-            "dataclass": dataclasses.dataclass,
-            "dataclasses": dataclasses,
-            "field": dataclasses.field,
-            "json": json,
-            "losses": types.SimpleNamespace(**losses_literals),
-            **_literal_assignments(tree),
-        }
-    )
-    sys.modules[shadow.__name__] = shadow  # dataclasses looks the class's module up
-    module = ast.Module(
-        body=[ast.ImportFrom(module="__future__", names=[ast.alias("annotations")], level=0), node],
-        type_ignores=[],
-    )
-    try:
-        exec(compile(ast.fix_missing_locations(module), str(TRAINER_FILE), "exec"), shadow.__dict__)  # noqa: S102
-        cls = shadow.TrainConfig
-        cls().validate()  # the defaults must validate; a NameError here means the class needs more
-    except Exception:  # noqa: BLE001 - fall back to the fields alone; the worker validates fully
-        log.warning(
-            "TrainConfig could not be rebuilt from %s; checking field names and types only",
-            TRAINER_FILE,
-            exc_info=True,
-        )
-        cls = _fields_only_config(node)
-    return cls
-
-
-def _fields_only_config(node: ast.ClassDef):
-    """A dataclass with TrainConfig's annotated fields and literal defaults, and a no-op
-    ``validate`` (the fallback of :func:`train_config_class`)."""
-    specs = []
-    for item in node.body:
-        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-            try:
-                default = ast.literal_eval(item.value) if item.value is not None else None
-            except ValueError:
-                default = None
-            if isinstance(default, (list, dict, set)):
-                default = tuple(default) if isinstance(default, list) else None
-            specs.append((item.target.id, ast.unparse(item.annotation), dataclasses.field(default=default)))
-    return dataclasses.make_dataclass("TrainConfig", specs, namespace={"validate": lambda self: None})
-
-
 def train_config_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(train_config_class())}
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def train_config_defaults() -> dict[str, Any]:
-    cls = train_config_class()
-    return json.loads(json.dumps(dataclasses.asdict(cls())))
+    return TrainConfig().to_dict()
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -281,10 +199,9 @@ def validate_hyperparameters(values: dict | None, recipe: str = Recipe.SFT_DPO) 
     clean = {}
     for name, value in values.items():
         clean[name] = _coerce(name, fields[name].type, value)
-    cls = train_config_class()
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in clean.items()}
     try:
-        cls(recipe=recipe, **kwargs).validate()
+        TrainConfig(recipe=recipe, **kwargs).validate()
     except (ValueError, TypeError) as exc:
         raise TrainingError(f"invalid hyperparameters: {exc}", "hyperparameters") from exc
     return clean
@@ -437,6 +354,63 @@ def register_model(
         existing.save()
         return existing
     return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+
+
+def model_roots() -> list[Path]:
+    """The folders (resolved) that models registered from the web UI or the API must lie in:
+    ``settings.PREFLOOP_MODEL_ROOTS`` (by default ``[PREFLOOP_MODELS_DIR]``)."""
+    return [Path(root).expanduser().resolve() for root in settings.PREFLOOP_MODEL_ROOTS]
+
+
+def check_model_root(path: str | os.PathLike) -> None:
+    """Raise :class:`TrainingError` (field ``path``) unless ``path`` lies inside one of
+    :func:`model_roots` once resolved, so neither ``..`` nor a symlink leads out of them. For an
+    adapter folder, its base model must lie inside them too, or be a registered model already.
+    Nothing outside the roots is read."""
+    roots = model_roots()
+    allowed = ", ".join(str(root) for root in roots) or "none (PREFLOOP_MODEL_ROOTS is empty)"
+
+    def resolve(folder: Path) -> Path:
+        try:
+            return folder.resolve()
+        except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
+            raise ModelFolderError(f"{folder} cannot be resolved: {exc}", "path") from exc
+
+    def inside(folder: Path) -> bool:
+        return any(folder.is_relative_to(root) for root in roots)
+
+    if not str(path).strip():
+        raise ModelFolderError("give the path of a local model folder", "path")
+    folder = Path(path).expanduser()
+    if not folder.is_absolute():
+        raise ModelFolderError(f"{path} is not an absolute path", "path")
+    resolved = resolve(folder)
+    if not inside(resolved):
+        raise TrainingError(
+            f"{folder} is outside the folders models may be registered from: {allowed} "
+            f"(PREFLOOP_MODEL_ROOTS); a superuser, or manage.py register_model, can register it",
+            "path",
+        )
+    adapter = resolved / "adapter_config.json"
+    if adapter.is_file() and not (resolved / "config.json").exists():
+        base = _read_json(adapter, "adapter config").get("base_model_name_or_path")
+        if isinstance(base, str) and Path(base).is_absolute():
+            base_path = resolve(Path(base))
+            if not inside(base_path) and not ModelVersion.objects.filter(path=str(base_path)).exists():
+                raise TrainingError(
+                    f"adapter {folder} is on base model {base}, which is neither registered nor "
+                    f"inside the folders models may be registered from: {allowed}",
+                    "path",
+                )
+
+
+def register_model_for(user, name: str, path: str | os.PathLike, **options) -> ModelVersion:
+    """:func:`register_model` on behalf of a user of the web UI or the API: unless ``user`` is a
+    superuser, the folder must lie inside :func:`model_roots` (:func:`check_model_root`). The
+    ``manage.py register_model`` command (shell access) calls ``register_model`` directly."""
+    if not user.is_superuser:
+        check_model_root(path)
+    return register_model(name, path, created_by=user, **options)
 
 
 # =============================================================================================

@@ -64,6 +64,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from . import losses
+from .config import RECIPES, TrainConfig  # noqa: F401 - TrainConfig is part of this module's API
 from .data import (
     Batch,
     attention_mask_4d,
@@ -73,118 +74,6 @@ from .data import (
     tokenize_sft,
 )
 from .tiny_model import ModelLoadError, load_model_and_tokenizer
-
-RECIPES = ("sft", "dpo", "sft+dpo")
-
-
-# ============================================================================================
-# Configuration
-# ============================================================================================
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs besides the model folder and the data. JSON-serialisable."""
-
-    recipe: str = "dpo"  # "sft" | "dpo" | "sft+dpo"
-    # optimisation (per phase; the sft_* fields override for the SFT phase of sft+dpo)
-    lr: float = 5e-6
-    epochs: float = 1.0  # ignored when max_steps is set
-    max_steps: int | None = None  # optimizer steps per phase
-    sft_lr: float | None = None
-    sft_epochs: float | None = None
-    sft_max_steps: int | None = None
-    batch_size: int = 4  # pairs per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still reported)
-    lr_schedule: str = "linear"  # "linear" | "cosine" | "constant" (after warmup)
-    warmup_steps: int = 0
-    shuffle: bool = True
-    # data
-    max_length: int = 512  # prompt + one response, in tokens
-    max_prompt_length: int | None = None  # longer prompts keep their last tokens; None: error instead
-    min_pairs: int = 8
-    eval_fraction: float = 0.1  # held out for eval (reward accuracy); 0 disables
-    eval_every: int = 0  # steps; 0: evaluate at the end of each phase only
-    eval_batch_size: int | None = None
-    pack: bool | None = None  # pack short units into shared rows; None: on GPU only
-    unpadded: bool | None = None  # one trimmed row per forward, no padding; None: on CPU only
-    # DPO
-    beta: float = 0.1
-    loss_type: str = "sigmoid"  # "sigmoid" | "ipo" | "hinge" | "cdpo" | "robust"
-    label_smoothing: float = 0.0  # cdpo / robust only
-    use_weights: bool = True  # per-pair "weight" from the export
-    use_soft_labels: bool = False  # per-pair "p_chosen" as the target probability
-    precompute_ref_logps: bool = True
-    ref_cache_dir: str | None = None  # default out_dir/cache
-    # model
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    gradient_checkpointing: bool = False
-    logits_chunk_elements: int = 2**26  # max (tokens x vocab) logits alive at once in the LM head
-    # runtime
-    seed: int = 0
-    precision: str = "auto"  # "auto" (bf16 on a bf16-capable GPU, else fp32) | "fp32" | "bf16"
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    cpu_threads: int | None = None  # torch.set_num_threads for this process (None: torch's default)
-    checkpoint_every: int = 50  # steps; 0 disables periodic checkpoints
-    keep_checkpoints: int = 2
-    log_every: int = 1  # on_step every N steps (the last step is always reported)
-
-    def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise ValueError(msg)
-
-        need(self.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        need(self.loss_type in losses.DPO_LOSS_TYPES,
-             f"loss_type must be one of {losses.DPO_LOSS_TYPES}, got {self.loss_type!r}")
-        need(self.lr > 0 and (self.sft_lr is None or self.sft_lr > 0), "lr must be > 0")
-        need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or None)")
-        need(self.sft_max_steps is None or self.sft_max_steps >= 1, "sft_max_steps must be >= 1 (or None)")
-        need(self.epochs > 0 and (self.sft_epochs is None or self.sft_epochs > 0), "epochs must be > 0")
-        need(self.max_length >= 2, "max_length must be >= 2")
-        need(self.max_prompt_length is None or 1 <= self.max_prompt_length < self.max_length,
-             f"max_prompt_length ({self.max_prompt_length}) must be >= 1 and below "
-             f"max_length ({self.max_length})")
-        need(self.beta > 0, "beta must be > 0")
-        need(0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
-        need(not (self.label_smoothing and self.loss_type not in ("cdpo", "robust")),
-             "label_smoothing only applies to loss_type 'cdpo' or 'robust'")
-        need(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
-        need(self.min_pairs >= 1, "min_pairs must be >= 1")
-        need(self.precision in ("auto", "fp32", "bf16"),
-             f"precision must be auto/fp32/bf16, got {self.precision!r}")
-        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto/cpu/cuda, got {self.device!r}")
-        need(self.lr_schedule in ("linear", "cosine", "constant"),
-             "lr_schedule must be linear/cosine/constant")
-        need(self.lora_r >= 1 and self.lora_alpha > 0, "lora_r must be >= 1 and lora_alpha > 0")
-        need(self.checkpoint_every >= 0 and self.keep_checkpoints >= 1,
-             "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
-        need(not (self.use_soft_labels and self.loss_type == "robust"),
-             "soft labels are not defined for loss_type 'robust'")
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict (e.g. a TrainingRun's hyperparameters); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        values = dict(values)
-        for key in ("adam_betas", "lora_target_modules"):
-            if key in values and values[key] is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class Callbacks:

@@ -423,19 +423,20 @@ def model_registry(request):
     can_register = _can_register_models(user)
     if not (can_register or Membership.objects.filter(user=user, role=Role.RESEARCHER).exists()):
         raise PermissionDenied("Only admins and researchers see the model registry.")
-    form = RegisterModelForm(request.POST or None)
+    roots = None if user.is_superuser else services.model_roots()
+    form = RegisterModelForm(request.POST or None, roots=roots)
     status = 200
     if request.method == "POST":
         if not can_register:
             raise PermissionDenied("Only admins may register models.")
         if form.is_valid():
             try:
-                version = services.register_model(
+                version = services.register_model_for(
+                    user,
                     form.cleaned_data["name"],
                     form.cleaned_data["path"],
                     parent=form.cleaned_data.get("parent"),
                     description=form.cleaned_data.get("description", ""),
-                    created_by=user,
                 )
             except services.TrainingError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)

@@ -182,13 +182,19 @@ def test_a_base_model_whose_folder_is_gone_is_refused(scene, no_send, tmp_path):
 
 
 def test_the_web_side_never_imports_torch():
+    """``training.config`` (TrainConfig) and everything the web process loads stay torch-free;
+    the config there is the trainer's own class, with its defaults and its validate()."""
     import subprocess
     import sys
 
     code = (
-        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'prefloop.settings'); "
-        "django.setup(); from training import services, views, api, tasks; "
+        "import sys; from training import config; "
+        "assert 'torch' not in sys.modules and 'django' not in sys.modules, 'config imports too much'; "
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'prefloop.settings'); "
+        "django.setup(); from training import services, views, api, forms, tasks; "
         "services.validate_hyperparameters({'lr': 1e-4}); "
+        "assert services.train_config_defaults() == config.TrainConfig().to_dict(); "
+        "assert services.train_config_defaults()['loss_type'] == 'sigmoid'; "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run(
@@ -493,13 +499,27 @@ def test_register_model_validates_the_folder(db, tmp_path, tiny_model_dir):
     assert ModelVersion.objects.count() == 1
 
 
-def test_registry_page_registers_for_admins_only(scene, client, tmp_path):
+def test_the_trainer_and_the_web_side_share_one_train_config():
+    from training import config, losses, trainer
+
+    assert trainer.TrainConfig is config.TrainConfig and losses.DPO_LOSS_TYPES is config.DPO_LOSS_TYPES
+    cfg = config.TrainConfig(recipe="sft+dpo", lora_target_modules=("q_proj",), adam_betas=(0.8, 0.9))
+    assert config.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match=r"loss_type must be one of \('sigmoid', 'ipo'"):
+        config.TrainConfig(loss_type="nope").validate()
+    with pytest.raises(services.TrainingError, match="soft labels are not defined for loss_type 'robust'"):
+        services.validate_hyperparameters({"loss_type": "robust", "use_soft_labels": "true"})
+
+
+def test_registry_page_registers_for_admins_only(scene, client, tmp_path, settings):
+    root = Path(scene["base"].path).parent
+    settings.PREFLOOP_MODEL_ROOTS = [root]
     url = reverse("model_registry")
     researcher = _client(client, scene["users"][Role.RESEARCHER])
     assert researcher.get(url).status_code == 200
     assert researcher.post(url, {"name": "r", "path": scene["base"].path}).status_code == 403
     admin = _client(client, scene["users"][Role.ADMIN])
-    bad = admin.post(url, {"name": "nope", "path": str(tmp_path / "missing")})
+    bad = admin.post(url, {"name": "nope", "path": str(root / "missing")})
     assert bad.status_code == 400 and "does not exist" in bad.content.decode()
     ok = admin.post(url, {"name": "copy", "path": scene["base"].path, "parent": scene["base"].pk})
     assert ok.status_code == 302 and ModelVersion.objects.get(name="copy").parent == scene["base"]
@@ -510,6 +530,94 @@ def test_registry_page_registers_for_admins_only(scene, client, tmp_path):
     )
     assert api.status_code == 201 and api.json()["name"] == "api-copy"
     assert "tiny-test" in admin.get(url).content.decode()
+
+
+def _roots_scene(scene, settings, tmp_path) -> dict:
+    """A model root holding a copy of the tiny model, and another copy outside it."""
+    import shutil
+
+    root = tmp_path / "model-root"
+    inside = root / "tiny"
+    outside = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(scene["base"].path, inside)
+    shutil.copytree(scene["base"].path, outside)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    settings.PREFLOOP_MODEL_ROOTS = [root]
+    return {"root": root.resolve(), "inside": inside, "outside": outside}
+
+
+def test_admins_register_models_only_inside_the_model_roots(scene, client, settings, tmp_path):
+    paths = _roots_scene(scene, settings, tmp_path)
+    root = paths["root"]
+    admin = _client(client, scene["users"][Role.ADMIN])
+    url = reverse("model_registry")
+    api_url = reverse("training-api:model-list")
+    assert str(root) in admin.get(url).content.decode()  # the path's help names the root
+    refused = [
+        "/etc",
+        str(paths["outside"]),
+        str(root / ".." / "elsewhere" / "tiny"),  # `..` out of the root
+        str(root / "escape"),  # a symlink out of the root
+    ]
+    before = ModelVersion.objects.count()
+    for path in refused:
+        page = admin.post(url, {"name": "sneaky", "path": path})
+        assert page.status_code == 400, path
+        errors = page.context["form"].errors
+        assert list(errors) == ["path"] and "outside the folders models may be registered from" in errors[
+            "path"
+        ][0]
+        assert str(root) in errors["path"][0]
+        api = admin.post(api_url, {"name": "sneaky", "path": path}, content_type="application/json")
+        assert api.status_code == 400, path
+        assert list(api.json()) == ["path"] and str(root) in api.json()["path"][0]
+    assert ModelVersion.objects.count() == before
+    ok = admin.post(url, {"name": "in-root", "path": str(paths["inside"])})
+    assert ok.status_code == 302
+    assert ModelVersion.objects.get(name="in-root").path == str(paths["inside"].resolve())
+    (root / "sub").mkdir()
+    api = admin.post(
+        api_url,
+        {"name": "in-root-api", "path": str(root / "sub" / ".." / "tiny")},  # `..` that stays inside
+        content_type="application/json",
+    )
+    assert api.status_code == 201, api.content
+
+
+def test_an_adapter_in_the_root_on_a_base_outside_it_is_refused(scene, client, settings, tmp_path):
+    paths = _roots_scene(scene, settings, tmp_path)
+    adapter = paths["root"] / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(paths["outside"]), "peft_type": "LORA"})
+    )
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    admin = _client(client, scene["users"][Role.ADMIN])
+    api_url = reverse("training-api:model-list")
+    refused = admin.post(api_url, {"name": "lora", "path": str(adapter)}, content_type="application/json")
+    assert refused.status_code == 400 and "neither registered nor inside" in refused.json()["path"][0]
+    services.register_model("outside-base", paths["outside"])  # e.g. by manage.py register_model
+    ok = admin.post(api_url, {"name": "lora", "path": str(adapter)}, content_type="application/json")
+    assert ok.status_code == 201, ok.content
+    assert ModelVersion.objects.get(name="lora").parent.name == "outside-base"
+
+
+def test_superusers_and_the_command_register_any_folder(scene, client, settings, tmp_path):
+    from django.core.management import call_command
+
+    paths = _roots_scene(scene, settings, tmp_path)
+    superuser = User.objects.create_superuser("root-user", "root@example.com", None)
+    su = _client(client, superuser)
+    page = su.post(reverse("model_registry"), {"name": "su-page", "path": str(paths["outside"])})
+    assert page.status_code == 302
+    api = su.post(
+        reverse("training-api:model-list"),
+        {"name": "su-api", "path": str(paths["root"] / "escape")},
+        content_type="application/json",
+    )
+    assert api.status_code == 201, api.content
+    call_command("register_model", "from-shell", str(paths["outside"]))
+    assert ModelVersion.objects.get(name="from-shell").path == str(paths["outside"].resolve())
 
 
 def test_build_default_model_command_registers_tiny_default(db, tmp_path, monkeypatch):
