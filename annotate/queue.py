@@ -497,14 +497,17 @@ OPEN_COUNT_TTL_S = 10
 
 
 def _open_count(project: Project, *, gold: bool) -> int:
-    qs = Comparison.objects.filter(project=project, is_gold=gold, is_open=True).order_by()
-    n = qs[: EXACT_COUNT_UP_TO + 1].count()
+    qs = Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
+    # In id order, so that PostgreSQL walks the partial index of open comparisons: unordered, a
+    # LIMITed count may seq-scan from the start of the table, through every closed comparison
+    # (late in a project, the first half of the table) before it finds its 10,001 open ones.
+    n = qs.order_by("pk")[: EXACT_COUNT_UP_TO + 1].count()
     if n <= EXACT_COUNT_UP_TO:
         return n
     key = f"prefloop:queue:open:{project.pk}:{int(gold)}"
     n = cache.get(key)
     if n is None:
-        n = qs.count()
+        n = qs.order_by().count()
         cache.set(key, n, OPEN_COUNT_TTL_S)
     return n
 
@@ -513,3 +516,33 @@ def shown_pair(assignment: Assignment):
     """(left response, right response) in the order this annotator sees them."""
     c = assignment.comparison
     return (c.response_a, c.response_b) if assignment.a_on_left else (c.response_b, c.response_a)
+
+
+def release_assignments(annotator, project: Project) -> int:
+    """Give the slots of the annotator's active assignments in the project back to the queue
+    and return how many there were; for an annotator who leaves the project
+    (``annotate.services.remove_member``).
+
+    The assignments become expired, exactly as if their time had run out: their comparisons'
+    ``slots_taken`` drops by one each and ``is_open`` is re-derived (``_release_slots``), so
+    other annotators can be served them. Judgments and finished assignments are not touched.
+
+    Runs in the caller's transaction when there is one. The annotator's membership row is
+    locked first, in the same order as a claim and a submit, so that neither can add an
+    assignment or a judgment of this annotator meanwhile; the active assignments are then
+    locked without ``SKIP LOCKED`` (and re-checked under the lock), so that an expiry running
+    in another request cannot release the same slot a second time.
+    """
+    with transaction.atomic():
+        member = Membership.objects.filter(user=annotator, project=project)
+        held = Assignment.objects.filter(annotator=annotator, project=project, status=AssignmentStatus.ACTIVE)
+        if connection.features.has_select_for_update:
+            member = member.select_for_update()
+            held = held.select_for_update().order_by("pk")
+        list(member.values_list("pk", flat=True))
+        rows = list(held.values_list("pk", "comparison_id"))
+        if not rows:
+            return 0
+        Assignment.objects.filter(pk__in=[pk for pk, _ in rows]).update(status=AssignmentStatus.EXPIRED)
+        _release_slots(project, [cid for _, cid in rows])
+    return len(rows)
