@@ -15,6 +15,8 @@ Conventions:
   empty; the judgment and skip responses carry ``"next": null`` then.
 * Errors: 400 with field errors (DRF's shape) or ``{"detail": ...}``; the import answers 400
   with ``{"errors": [{"line", "field", "message"}]}`` and imports nothing.
+* ``DELETE`` answers 204, or **409 Conflict** with ``{"detail": ...}`` when the project refuses
+  (a pool still in use, a project's last admin); the message says what to do first.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import generics, status
+from rest_framework import generics, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -42,7 +44,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from . import queue
+from . import queue, services
 from .imports import ImportValidationError, import_comparisons
 from .models import (
     Assignment,
@@ -102,6 +104,14 @@ ASSIGNMENT_PARAM = OpenApiParameter(
 
 DENIED = OpenApiResponse(description="Not signed in (401) or not allowed in this project (403).")
 MISSING = OpenApiResponse(description="No such project or object (or not yours).")
+
+
+class RefusalSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="Why the change was refused, and what to do first.")
+
+
+def _refused(exc: services.Refused) -> Response:
+    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
 
 
 class ApiView(APIView):
@@ -301,8 +311,25 @@ class PoolListCreate(ProjectScoped, ApiView, generics.ListCreateAPIView):
         parameters=[PROJECT_PARAM],
         responses={200: PoolSerializer, 400: OpenApiResponse(description="Invalid fields."), 403: DENIED},
     ),
+    delete=extend_schema(
+        tags=["pools"],
+        summary="Delete a pool",
+        description=(
+            "Admins only, and only a pool nothing uses: no member in it (move them to another pool "
+            "first), no judgment made in it (judgments record their pool, so such a pool is kept; set "
+            "its target share to 0 instead) and no item of it still being judged. Otherwise 409 with "
+            "a message naming what uses it."
+        ),
+        parameters=[PROJECT_PARAM],
+        responses={
+            204: OpenApiResponse(description="Deleted."),
+            403: DENIED,
+            404: MISSING,
+            409: OpenApiResponse(RefusalSerializer, description="The pool is in use; nothing was deleted."),
+        },
+    ),
 )
-class PoolDetail(ProjectScoped, ApiView, generics.RetrieveUpdateAPIView):
+class PoolDetail(ProjectScoped, ApiView, generics.RetrieveUpdateDestroyAPIView):
     serializer_class = PoolSerializer
     permission_classes = [ReaderOrAdminWrites]
 
@@ -310,6 +337,15 @@ class PoolDetail(ProjectScoped, ApiView, generics.RetrieveUpdateAPIView):
         if self.fake:
             return Pool.objects.none()
         return _pools(self.project)
+
+    def destroy(self, request, *args, **kwargs):
+        try:
+            services.delete_pool(self.get_object())
+        except services.Refused as exc:
+            return _refused(exc)
+        except Pool.DoesNotExist:
+            raise NotFound() from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- memberships -----------------------------------------------------------------------------
@@ -378,8 +414,24 @@ class MembershipListCreate(ProjectScoped, ApiView, generics.ListCreateAPIView):
         parameters=[PROJECT_PARAM],
         responses={200: MembershipSerializer, 400: OpenApiResponse(description="Invalid fields."), 403: DENIED},
     ),
+    delete=extend_schema(
+        tags=["memberships"],
+        summary="Remove a member from the project",
+        description=(
+            "Admins only. The member's judgments are kept; the items they hold go back to the queue; "
+            "they no longer see the project (403 on its endpoints). A project keeps at least one "
+            "admin: removing its last admin, yourself included, answers 409."
+        ),
+        parameters=[PROJECT_PARAM],
+        responses={
+            204: OpenApiResponse(description="Removed."),
+            403: DENIED,
+            404: MISSING,
+            409: OpenApiResponse(RefusalSerializer, description="The project's last admin; nothing was changed."),
+        },
+    ),
 )
-class MembershipDetail(ProjectScoped, ApiView, generics.RetrieveUpdateAPIView):
+class MembershipDetail(ProjectScoped, ApiView, generics.RetrieveUpdateDestroyAPIView):
     serializer_class = MembershipSerializer
     permission_classes = [IsProjectAdmin]
 
@@ -387,6 +439,15 @@ class MembershipDetail(ProjectScoped, ApiView, generics.RetrieveUpdateAPIView):
         if self.fake:
             return Membership.objects.none()
         return Membership.objects.filter(project=self.project).select_related("user", "pool")
+
+    def destroy(self, request, *args, **kwargs):
+        try:
+            services.remove_member(self.get_object(), by=request.user)
+        except services.Refused as exc:
+            return _refused(exc)
+        except Membership.DoesNotExist:
+            raise NotFound() from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- comparisons -----------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 and the annotator's page.
 
 Views parse input, check the project role (``annotate.roles``) and call one service
-(``annotate.queue``, ``annotate.imports``); they hold no business logic. Annotator-facing
-templates receive plain dicts built here (``_item_context``), never model instances, so a
-template cannot reach a gold answer, a model name, a source preference or anyone's
-judgments even by accident.
+(``annotate.queue``, ``annotate.imports``, ``annotate.services``); they hold no business
+logic. Annotator-facing templates receive plain dicts built here (``_item_context``), never
+model instances, so a template cannot reach a gold answer, a model name, a source preference
+or anyone's judgments even by accident.
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Avg, Count, Max, Q
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import queue
+from . import queue, services
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
 from .models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Pool, Project, Role
 from .rendering import render_markdown
@@ -238,6 +239,70 @@ def project_member_edit(request, pk: int, membership_id: int):
     form.save()
     messages.success(request, f"{m.user.username} saved.")
     return redirect("project_members", pk=project.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_pool_delete(request, pk: int, pool_id: int):
+    """GET: what uses the pool, and a delete button only when nothing does. POST: delete it
+    (``services.delete_pool``), or say why not."""
+    project = project_for(request.user, pk, Role.ADMIN)
+    pool = get_object_or_404(Pool, pk=pool_id, project=project)
+    if request.method == "POST":
+        try:
+            services.delete_pool(pool)
+        except services.PoolInUse as exc:
+            messages.error(request, str(exc))
+            return redirect("project_pools", pk=project.pk)
+        except Pool.DoesNotExist:
+            raise Http404("No such pool.") from None
+        messages.success(request, f"Pool “{pool.name}” deleted.")
+        return redirect("project_pools", pk=project.pk)
+    usage = services.pool_usage(pool)
+    return _project_page(
+        request,
+        project,
+        Role.ADMIN,
+        "annotate/pool_delete.html",
+        {"pool": pool, "usage": usage, "refusal": services.pool_refusal(pool, usage), "tab": "pools"},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_member_remove(request, pk: int, membership_id: int):
+    """GET: what removing the member does (their judgments stay, the items they hold go back
+    to the queue), with the button. POST: remove them (``services.remove_member``)."""
+    project = project_for(request.user, pk, Role.ADMIN)
+    m = get_object_or_404(Membership.objects.select_related("user", "pool"), pk=membership_id, project=project)
+    if request.method == "POST":
+        try:
+            removal = services.remove_member(m, by=request.user)
+        except services.Refused as exc:
+            messages.error(request, str(exc))
+            return redirect("project_members", pk=project.pk)
+        except Membership.DoesNotExist:
+            raise Http404("No such member.") from None
+        note = f"{removal.judgments} judgment{'' if removal.judgments == 1 else 's'} kept"
+        if removal.released:
+            note += f"; {removal.released} held item{'' if removal.released == 1 else 's'} returned to the queue"
+        messages.success(request, f"{removal.username} removed from the project ({note}).")
+        if removal.user_id == request.user.pk and role_of(request.user, project) != Role.ADMIN:
+            return redirect("home")  # they removed themselves: the project's pages are closed to them now
+        return redirect("project_members", pk=project.pk)
+    return _project_page(
+        request,
+        project,
+        Role.ADMIN,
+        "annotate/member_remove.html",
+        {
+            "member": m,
+            "usage": services.member_usage(m),
+            "refusal": services.removal_refusal(m, by=request.user),
+            "is_self": m.user_id == request.user.pk,
+            "tab": "members",
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------

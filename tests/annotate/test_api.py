@@ -256,6 +256,43 @@ def test_pool_of_another_project_is_404(world):
     assert world.client(world.admin).get(url("pool-detail", world.project.pk, pool.pk)).status_code == 404
 
 
+def test_delete_unused_pool_is_204_then_404(world):
+    admin = world.client(world.admin)
+    spare = Pool.objects.create(project=world.project, name="Spare")
+    r = admin.delete(url("pool-detail", world.project.pk, spare.pk))
+    assert r.status_code == 204 and not r.content
+    assert not Pool.objects.filter(pk=spare.pk).exists()
+    assert admin.delete(url("pool-detail", world.project.pk, spare.pk)).status_code == 404
+
+
+def test_delete_pool_with_members_is_409_and_deletes_nothing(world):
+    r = world.client(world.admin).delete(url("pool-detail", world.project.pk, world.pool.pk))
+    assert r.status_code == 409
+    detail = r.json()["detail"]
+    assert "it has 2 members" in detail and "Move its 2 members to another pool" in detail
+    assert Pool.objects.filter(pk=world.pool.pk).exists()
+    assert Membership.objects.filter(pool=world.pool).count() == 2
+
+
+def test_delete_pool_with_judgments_is_409_even_without_members(world):
+    a = queue.next_assignment(world.ann1, world.project)
+    queue.submit_judgment(world.ann1, a.pk, choice="left")
+    Membership.objects.filter(pool=world.pool).update(pool=None)
+    r = world.client(world.admin).delete(url("pool-detail", world.project.pk, world.pool.pk))
+    assert r.status_code == 409
+    assert "it has 1 judgment" in r.json()["detail"] and "A pool with judgments is kept" in r.json()["detail"]
+    assert Judgment.objects.get(assignment=a).pool_id == world.pool.pk
+
+
+def test_delete_pool_is_admin_only(world):
+    spare = Pool.objects.create(project=world.project, name="Spare")
+    path = url("pool-detail", world.project.pk, spare.pk)
+    for user in (world.researcher, world.ann1, world.outsider, world.staff):
+        assert world.client(user).delete(path).status_code == 403
+    assert world.client().delete(path).status_code == 401
+    assert Pool.objects.filter(pk=spare.pk).exists()
+
+
 # --- memberships -----------------------------------------------------------------------------
 
 
@@ -328,6 +365,74 @@ def test_membership_cannot_change_user_or_drop_last_admin(world):
 def test_memberships_are_admin_only(world):
     for user in (world.researcher, world.ann1, world.outsider):
         assert world.client(user).get(url("membership-list", world.project.pk)).status_code == 403
+
+
+def test_delete_membership_releases_held_item_and_keeps_judgments(world):
+    world.project.overlap = 1
+    world.project.save()
+    first = queue.next_assignment(world.ann1, world.project)
+    judgment = queue.submit_judgment(world.ann1, first.pk, choice="left")
+    held = queue.next_assignment(world.ann1, world.project)
+    assert Comparison.objects.get(pk=held.comparison_id).slots_taken == 1
+    m = Membership.objects.get(user=world.ann1, project=world.project)
+    r = world.client(world.admin).delete(url("membership-detail", world.project.pk, m.pk))
+    assert r.status_code == 204
+    assert not Membership.objects.filter(pk=m.pk).exists()
+    assert Judgment.objects.filter(pk=judgment.pk).exists()
+    released = Comparison.objects.get(pk=held.comparison_id)
+    assert (released.slots_taken, released.is_open) == (0, True)
+    assert Assignment.objects.get(pk=held.pk).status == AssignmentStatus.EXPIRED
+    # ann1 lost the project; ann2 is served both open items, the released one among them.
+    ann1 = world.client(world.ann1)
+    assert ann1.get(url("next", world.project.pk)).status_code == 403
+    assert ann1.get(url("project-detail", world.project.pk)).status_code == 403
+    assert ann1.get(url("assignment-detail", held.pk)).status_code == 403
+    assert ann1.post(url("submit-judgment", held.pk), {"choice": "left"}, format="json").status_code == 403
+    assert ann1.get(url("project-list")).json()["results"] == []
+    served = []
+    ann2 = world.client(world.ann2)
+    while (r := ann2.get(url("next", world.project.pk))).status_code == 200:
+        assignment = Assignment.objects.get(pk=r.json()["assignment_id"])
+        served.append(assignment.comparison_id)
+        ann2.post(url("skip", assignment.pk))
+    assert r.status_code == 204
+    assert held.comparison_id in served and judgment.comparison_id not in served
+    assert world.client(world.admin).delete(url("membership-detail", world.project.pk, m.pk)).status_code == 404
+
+
+def test_delete_last_admin_membership_is_409(world):
+    me = Membership.objects.get(user=world.admin, project=world.project)
+    r = world.client(world.admin).delete(url("membership-detail", world.project.pk, me.pk))
+    assert r.status_code == 409
+    assert "You are the last admin of this project" in r.json()["detail"]
+    assert Membership.objects.filter(pk=me.pk, role=Role.ADMIN).exists()
+    # With a second admin, leaving is allowed, and the former admin is shut out.
+    other = Membership.objects.get(user=world.researcher, project=world.project)
+    r = world.client(world.admin).patch(
+        url("membership-detail", world.project.pk, other.pk), {"role": "admin"}, format="json"
+    )
+    assert r.status_code == 200
+    assert world.client(world.admin).delete(url("membership-detail", world.project.pk, me.pk)).status_code == 204
+    assert world.client(world.admin).get(url("membership-list", world.project.pk)).status_code == 403
+    r = world.client(world.researcher).delete(url("membership-detail", world.project.pk, other.pk))
+    assert r.status_code == 409 and "last admin" in r.json()["detail"]
+
+
+def test_delete_membership_is_admin_only(world):
+    m = Membership.objects.get(user=world.ann2, project=world.project)
+    path = url("membership-detail", world.project.pk, m.pk)
+    for user in (world.researcher, world.ann1, world.ann2, world.outsider, world.staff):
+        assert world.client(user).delete(path).status_code == 403
+    assert world.client().delete(path).status_code == 401
+    assert Membership.objects.filter(pk=m.pk).exists()
+
+
+def test_delete_membership_of_another_project_is_404(world):
+    other = Project.objects.create(name="Other")
+    foreign = Membership.objects.create(project=other, user=world.outsider, role=Role.ADMIN)
+    r = world.client(world.admin).delete(url("membership-detail", world.project.pk, foreign.pk))
+    assert r.status_code == 404
+    assert Membership.objects.filter(pk=foreign.pk).exists()
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -659,4 +764,8 @@ def test_schema_and_docs_are_served(world):
     assert r.status_code == 200
     schema = json.loads(r.content)
     assert "/api/projects/{project_pk}/progress/" in schema["paths"]
+    for kind in ("pools", "memberships"):
+        (detail,) = [p for p in schema["paths"] if p.startswith(f"/api/projects/{{project_pk}}/{kind}/{{")]
+        delete = schema["paths"][detail]["delete"]
+        assert set(delete["responses"]) >= {"204", "403", "404", "409"}, (kind, delete["responses"])
     assert c.get("/api/docs/").status_code == 200

@@ -250,6 +250,9 @@ def _all_gets(scene, user):
     client = client_for(user)
     routes = sorted(set(iter_routes()))
     assert "/api/projects/<int:project_pk>/next/" in routes  # the walk reaches the API
+    # ... and the removal pages, with ids of hidden objects for their parameters.
+    assert "/projects/<int:pk>/members/<int:membership_id>/remove/" in routes
+    assert "/projects/<int:pk>/pools/<int:pool_id>/delete/" in routes
     for route in routes:
         for path in expand(route, ids):
             for headers in VARIANTS:
@@ -279,6 +282,35 @@ def test_no_url_leaks_hidden_data(scene, who):
         if who == "outsider" and "project" in route and f"/{scene.project.pk}/" in path:
             assert response.status_code in (302, 401, 403, 404, 405), where
     assert checked > 50
+
+
+def _state():
+    return {
+        "projects": Project.objects.count(),
+        "pools": Pool.objects.count(),
+        "memberships": sorted(Membership.objects.values_list("pk", "role", "pool_id", "excluded")),
+        "judgments": Judgment.objects.count(),
+        "assignments": sorted(Assignment.objects.values_list("pk", "status")),
+        "slots": sorted(Comparison.objects.values_list("pk", "slots_taken", "is_open")),
+        "gold": GoldAnswer.objects.count(),
+    }
+
+
+@pytest.mark.parametrize("who", ["researcher", "ann1", "outsider", "anonymous"])
+def test_no_url_deletes_anything_for_non_admins(scene, who):
+    """DELETE on every URL (the same walk as above): only project admins may remove members
+    and pools, so for anybody else the API refuses and nothing changes anywhere."""
+    user = None if who == "anonymous" else getattr(scene, who)
+    client = client_for(user)
+    before = _state()
+    for route in sorted(set(iter_routes())):
+        for path in expand(route, scene.ids()):
+            response = client.delete(path)
+            _body(response)
+            if path.startswith("/api/"):
+                where = f"DELETE {path} as {who} -> {response.status_code}"
+                assert response.status_code in (401, 403, 404, 405), where
+    assert _state() == before
 
 
 def test_annotator_sees_own_judgment_but_nobody_elses(scene):
@@ -338,13 +370,38 @@ def test_writes_refused_to_non_admins(scene):
         ("patch", api("pool-detail", p, scene.pool.pk), {"target_share": 0.1}),
         ("post", api("membership-list", p), {"username": "stranger", "role": "admin"}),
         ("patch", api("membership-detail", p, scene.m1.pk), {"role": "admin"}),
+        ("delete", api("membership-detail", p, scene.m2.pk), None),
+        ("delete", api("pool-detail", p, scene.pool.pk), None),
     ]
     for user in (scene.researcher, scene.ann1, scene.outsider):
         for method, path, data in writes:
             r = getattr(client_for(user), method)(path, data, format="json")
             assert r.status_code == 403, (user, method, path, r.status_code)
+    for method, path, data in writes:
+        assert getattr(APIClient(), method)(path, data, format="json").status_code == 401, (method, path)
     assert Membership.objects.get(pk=scene.m1.pk).role == Role.ANNOTATOR
     assert not Membership.objects.filter(user=scene.outsider).exists()
+    assert Membership.objects.filter(pk=scene.m2.pk).exists() and Pool.objects.filter(pk=scene.pool.pk).exists()
+
+
+def test_removal_pages_refuse_non_admins(scene):
+    """The members' "Remove from project" and the pools' "Delete" pages: admins only, for the
+    confirm page (GET) and the removal itself (POST)."""
+    p = scene.project.pk
+    paths = [
+        reverse("project_member_remove", args=[p, scene.m2.pk]),
+        reverse("project_pool_delete", args=[p, scene.pool.pk]),
+    ]
+    for user in (scene.researcher, scene.ann1, scene.ann2, scene.outsider):
+        for path in paths:
+            assert client_for(user).get(path).status_code == 403, (user, path)
+            assert client_for(user).post(path).status_code == 403, (user, path)
+    for path in paths:
+        r = APIClient().post(path)
+        assert r.status_code == 302 and "/accounts/login/" in r["Location"], path
+    assert Membership.objects.filter(pk=scene.m2.pk).exists() and Pool.objects.filter(pk=scene.pool.pk).exists()
+    for path in paths:
+        assert client_for(scene.admin).get(path).status_code == 200, path
 
 
 def test_member_endpoints_refuse_outsiders(scene):

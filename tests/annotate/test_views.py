@@ -523,6 +523,7 @@ def test_project_detail_redirects_by_role(client, world):
 ADMIN_PAGES = ["project_settings", "project_pools", "project_members", "project_import", "project_import_progress"]
 READER_PAGES = ["project_progress"]
 ANNOTATOR_PAGES = ["annotate"]
+REMOVALS = ["project_member_remove", "project_pool_delete"]  # GET: a confirm page; POST: the removal
 
 
 def project_urls(world):
@@ -532,6 +533,8 @@ def project_urls(world):
     urls["project_detail"] = ("get", reverse("project_detail", args=[project.pk]))
     urls["project_pool_edit"] = ("get", reverse("project_pool_edit", args=[project.pk, pool.pk]))
     urls["project_member_edit"] = ("post", reverse("project_member_edit", args=[project.pk, m.pk]))
+    urls["project_member_remove"] = ("post", reverse("project_member_remove", args=[project.pk, m.pk]))
+    urls["project_pool_delete"] = ("post", reverse("project_pool_delete", args=[project.pk, pool.pk]))
     urls["annotate_skip"] = ("post", reverse("annotate_skip", args=[project.pk]))
     urls["annotate_post"] = ("post", reverse("annotate", args=[project.pk]))
     return urls
@@ -559,9 +562,11 @@ def test_outsider_gets_403_on_every_project_page(client, world):
 def test_annotator_gets_403_on_admin_and_reader_pages(client, world):
     login(client, world["users"]["ann"])
     urls = project_urls(world)
-    for name in ADMIN_PAGES + READER_PAGES + ["project_pool_edit", "project_member_edit"]:
+    for name in ADMIN_PAGES + READER_PAGES + ["project_pool_edit", "project_member_edit", *REMOVALS]:
         method, url = urls[name]
         assert getattr(client, method)(url).status_code == 403, name
+    for name in REMOVALS:  # the confirm pages too
+        assert client.get(urls[name][1]).status_code == 403, name
     assert client.get(urls["annotate"][1]).status_code == 200
 
 
@@ -569,7 +574,8 @@ def test_researcher_reads_progress_only(client, world):
     login(client, world["users"]["sci"])
     urls = project_urls(world)
     assert client.get(urls["project_progress"][1]).status_code == 200
-    for name in ADMIN_PAGES + ANNOTATOR_PAGES + ["project_pool_edit", "project_member_edit", "annotate_skip"]:
+    others = ["project_pool_edit", "project_member_edit", "annotate_skip", *REMOVALS]
+    for name in ADMIN_PAGES + ANNOTATOR_PAGES + others:
         method, url = urls[name]
         assert getattr(client, method)(url).status_code == 403, name
 
@@ -577,7 +583,7 @@ def test_researcher_reads_progress_only(client, world):
 def test_admin_is_not_an_annotator(client, world):
     login(client, world["users"]["boss"])
     urls = project_urls(world)
-    for name in ADMIN_PAGES + READER_PAGES + ["project_pool_edit"]:
+    for name in ADMIN_PAGES + READER_PAGES + ["project_pool_edit", *REMOVALS]:  # the removals' confirm pages
         assert client.get(urls[name][1]).status_code == 200, name
     assert client.get(urls["annotate"][1]).status_code == 403
 
