@@ -618,19 +618,20 @@ def _item_data(assignment: Assignment | None, project: Project, progress: queue.
     return cls(assignment, context={"project": project, "progress": progress}).data
 
 
-def _next_data(annotator, project: Project) -> tuple[dict | None, dict]:
-    """The annotator's next item (None when the queue is empty or they may not be served)."""
+def _next_data(annotator, project: Project, *, membership=None, held_checked: bool = False) -> tuple[dict | None, dict]:
+    """The annotator's next item (None when the queue is empty or they may not be served).
+    ``membership`` / ``held_checked``: see ``queue.next_assignment``."""
     try:
-        assignment = queue.next_assignment(annotator, project)
+        assignment = queue.next_assignment(annotator, project, membership=membership, held_checked=held_checked)
     except queue.NotAnAnnotator:
         assignment = None
     progress, progress_dict = _progress_data(annotator, project)
     return _item_data(assignment, project, progress), progress_dict
 
 
-def _require_servable(annotator, project: Project) -> None:
+def _require_servable(annotator, project: Project) -> Membership:
     try:
-        queue.annotator_membership(annotator, project)
+        return queue.annotator_membership(annotator, project)
     except queue.NotAnAnnotator as exc:
         raise PermissionDenied(str(exc)) from None
 
@@ -718,7 +719,7 @@ class SubmitJudgment(AssignmentScoped):
         assignment, project = self.assignment, self.project
         serializer = JudgmentInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        _require_servable(request.user, project)
+        membership = _require_servable(request.user, project)
         already = assignment.status == AssignmentStatus.DONE
         try:
             judgment = queue.submit_judgment(request.user, assignment.pk, **serializer.validated_data)
@@ -729,7 +730,8 @@ class SubmitJudgment(AssignmentScoped):
             return Response({"detail": str(exc), "next": item, "progress": progress}, status=status.HTTP_409_CONFLICT)
         except queue.QueueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        item, progress = _next_data(request.user, project)
+        # A first submit leaves the annotator holding nothing: skip the look for a held item.
+        item, progress = _next_data(request.user, project, membership=membership, held_checked=not already)
         body = SubmitResultSerializer({"judgment": judgment, "next": None, "progress": progress}).data
         body["next"] = item
         return Response(body, status=status.HTTP_200_OK if already else status.HTTP_201_CREATED)
@@ -746,12 +748,12 @@ class SubmitJudgment(AssignmentScoped):
 class SkipAssignment(AssignmentScoped):
     def post(self, request, assignment_pk: int):
         assignment, project = self.assignment, self.project
-        _require_servable(request.user, project)
+        membership = _require_servable(request.user, project)
         try:
             skipped = queue.skip(request.user, assignment.pk)
         except Assignment.DoesNotExist:
             raise NotFound() from None
-        item, progress = _next_data(request.user, project)
+        item, progress = _next_data(request.user, project, membership=membership)
         return Response({"assignment_id": skipped.pk, "status": skipped.status, "next": item, "progress": progress})
 
 
