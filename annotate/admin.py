@@ -64,6 +64,17 @@ class AssignmentAdmin(admin.ModelAdmin):
 
 @admin.register(models.Judgment)
 class JudgmentAdmin(admin.ModelAdmin):
-    list_display = ("id", "project", "annotator", "comparison", "choice", "strength", "seconds", "created_at")
-    list_filter = ("project", "choice", "source")
+    list_display = (
+        "id", "project", "annotator", "comparison", "choice", "display_order", "strength", "seconds",
+        "created_at",
+    )
+    # a_on_left's filter offers Yes / No / Unknown (NULL: imported without a display order).
+    list_filter = ("project", "choice", "source", "a_on_left")
     raw_id_fields = ("comparison", "annotator", "assignment")
+
+    @admin.display(description="display order", ordering="a_on_left")
+    def display_order(self, judgment: models.Judgment) -> str:
+        """A|B shown left-right, or "unknown" where the order was not recorded (NULL)."""
+        if judgment.a_on_left is None:
+            return "unknown"
+        return "A left" if judgment.a_on_left else "B left"

@@ -64,8 +64,9 @@ as its JSON text (PandaLM has ``true``), and the two responses may have the same
 come from different models (Tulu 1 has 40 such votes). Each is reported in
 ``JudgmentImportResult.warnings``. ``label`` is the choice in terms of the underlying responses
 (a/b), whatever side they were shown on. The display order is unknown unless ``display`` says
-it; ``Judgment.a_on_left`` is then stored as True, and ``display_unknown`` counts those rows
-(the position-bias estimate should leave out imported judgments without a ``display``).
+it: ``Judgment.a_on_left`` is then stored as NULL (``"a_left"`` gives True, ``"b_left"``
+False), and ``display_unknown`` counts those rows. The statistics leave unknown-order judgments
+out of the position-bias estimate and give them no position term in debiased Dawid–Skene.
 ``item_id`` and ``source`` go into a new comparison's metadata; ``extra`` is validated but not
 stored (Judgment has no field for it).
 """
@@ -1421,7 +1422,7 @@ def import_judgments(
                     cid,
                     uid,
                     pool_ids[v.pool],
-                    True if v.a_on_left is None else v.a_on_left,
+                    v.a_on_left,  # None: display order unknown, stored as NULL
                     v.choice,
                     v.strength,
                     v.rationale,

@@ -226,7 +226,13 @@ class Judgment(models.Model):
         Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgment"
     )
     pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    a_on_left = models.BooleanField(help_text="Whether response A was displayed on the left.")
+    # Always set for judgments made in the app (the assignment's randomized order); NULL for
+    # imported votes whose display order was not recorded (annotate.imports.import_judgments).
+    a_on_left = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Whether response A was displayed on the left; empty (NULL) when the display order is unknown.",
+    )
     choice = models.CharField(max_length=8, choices=Choice.choices)
     strength = models.PositiveSmallIntegerField(choices=Strength.choices, null=True, blank=True)
     rationale = models.TextField(blank=True, default="")
@@ -237,6 +243,11 @@ class Judgment(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["annotator", "comparison"], name="judgment_once_per_annotator"),
+            # A judgment made in the app (through an assignment) always knows its display order.
+            models.CheckConstraint(
+                condition=models.Q(a_on_left__isnull=False) | models.Q(assignment__isnull=True),
+                name="judgment_app_order_known",
+            ),
         ]
         indexes = [models.Index(fields=["project", "created_at"], name="judgment_project_time_idx")]
 

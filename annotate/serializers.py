@@ -34,11 +34,14 @@ SHARE_EPSILON = 1e-6
 MAX_RATIONALE_CHARS = 10_000
 
 
-def to_shown(a_on_left: bool, choice: str) -> str:
+def to_shown(a_on_left: bool | None, choice: str) -> str | None:
     """A stored choice (a/b/tie/both_bad) in the terms the annotator saw (left/right/…).
 
-    The inverse of ``annotate.queue.to_underlying``.
+    The inverse of ``annotate.queue.to_underlying``. None for an a/b choice whose display
+    order is unknown (``a_on_left`` NULL: an imported vote); tie and both_bad need no order.
     """
+    if choice in (Choice.A, Choice.B) and a_on_left is None:
+        return None
     if choice == Choice.A:
         return "left" if a_on_left else "right"
     if choice == Choice.B:
@@ -370,7 +373,11 @@ class JudgmentInputSerializer(serializers.Serializer):
 
 
 class OwnJudgmentSerializer(serializers.ModelSerializer):
-    """A judgment of the requesting annotator, in the terms they saw."""
+    """A judgment of the requesting annotator, in the terms they saw.
+
+    ``choice`` is null for an imported vote for one response whose display order was not
+    recorded (left/right unknown); judgments made in the app always know it.
+    """
 
     assignment_id = serializers.IntegerField(allow_null=True, read_only=True)
     choice = serializers.SerializerMethodField()
@@ -380,8 +387,14 @@ class OwnJudgmentSerializer(serializers.ModelSerializer):
         fields = ["id", "assignment_id", "choice", "strength", "rationale", "seconds", "created_at"]
         read_only_fields = fields
 
-    @extend_schema_field(serializers.ChoiceField(choices=SHOWN_CHOICES))
-    def get_choice(self, judgment: Judgment) -> str:
+    @extend_schema_field(
+        serializers.ChoiceField(
+            choices=SHOWN_CHOICES,
+            allow_null=True,
+            help_text="In the terms shown; null when an imported vote's display order is unknown.",
+        )
+    )
+    def get_choice(self, judgment: Judgment) -> str | None:
         return to_shown(judgment.a_on_left, judgment.choice)
 
 
@@ -398,8 +411,11 @@ class OwnJudgmentDetailSerializer(OwnJudgmentSerializer):
         read_only_fields = fields
 
     def _pair(self, judgment: Judgment):
+        """(left, right) as shown; an unknown display order (NULL) is given as stored, A first."""
         c = judgment.comparison
-        return (c.response_a, c.response_b) if judgment.a_on_left else (c.response_b, c.response_a)
+        if judgment.a_on_left is False:
+            return c.response_b, c.response_a
+        return c.response_a, c.response_b
 
     @extend_schema_field(ShownResponseSerializer)
     def get_left(self, judgment: Judgment):

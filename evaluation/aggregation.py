@@ -49,6 +49,24 @@ Methods (``aggregate(j, method)``):
     ``left_bias = lam_left - lam_right`` is reported per annotator. With ``lam = 0`` the model
     is exactly ``dawid_skene``.
 
+    Judgments whose display order was not recorded (``a_left_known`` false: imported votes)
+    keep the model with the unknown order marginalized out, taking it random like the app's
+    (A on the left with probability 1/2, whatever the content): a position click then lands on
+    A or B with probability 1/2 each, independently of the truth, so::
+
+        P(label = A | truth k) = (1 - lam_left - lam_right) * pi[k, A] + (lam_left + lam_right) / 2
+        P(label = B | truth k) = (1 - lam_left - lam_right) * pi[k, B] + (lam_left + lam_right) / 2
+        P(label = tie | truth k) = (1 - lam_left - lam_right) * pi[k, tie]
+
+    EM is exact for this marginal likelihood (a position click on such a judgment is attributed
+    to left and right in proportion ``lam_left : lam_right``). Such judgments carry no
+    information about ``lam``: with the order unknown, ``(lam_left + lam_right) / 2`` on A and
+    B is indistinguishable from content noise in ``pi``. So ``lam`` is identified only by an
+    annotator's known-order judgments; an annotator with none starts (and, as ``lam = 0`` is a
+    fixed point of EM and the prior's mode, stays) at ``lam = 0``, their ``left_bias`` is NaN,
+    and their judgments count exactly as in ``dawid_skene``. When no judgment has a known
+    order the result equals ``dawid_skene``'s.
+
 ``pool_balanced=True`` (any method; needs ``pool``) rescales each judgment's weight on an
 item so that every pool present on the item carries the same total weight (the item's total
 is kept), so a large pool cannot outvote a small one. For Dawid–Skene the rescaling applies
@@ -99,15 +117,18 @@ class Judgments:
     """Judgments as parallel arrays, one row per judgment (validated on construction).
 
     ``item``/``worker`` are dense indices ``0..n_items-1`` / ``0..n_workers-1``; ``label`` is
-    0 = A better, 1 = B better, 2 = tie. Optional: ``a_left`` (A shown on the left),
-    ``seconds`` (time spent; NaN = unknown), ``both_bad`` (the tie was "both bad"), per-worker
-    ``pool``, per-item ``gold`` (-1 = not gold, else 0/1/2), ``len_a``/``len_b`` (characters).
+    0 = A better, 1 = B better, 2 = tie. Optional: ``a_left`` (A shown on the left) and
+    ``a_left_known`` (false where the display order is unknown, ``a_left`` then being
+    meaningless; None = every order known), ``seconds`` (time spent; NaN = unknown),
+    ``both_bad`` (the tie was "both bad"), per-worker ``pool``, per-item ``gold`` (-1 = not
+    gold, else 0/1/2), ``len_a``/``len_b`` (characters).
     """
 
     item: np.ndarray
     worker: np.ndarray
     label: np.ndarray
     a_left: np.ndarray | None = None
+    a_left_known: np.ndarray | None = None
     seconds: np.ndarray | None = None
     both_bad: np.ndarray | None = None
     n_items: int | None = None
@@ -149,7 +170,14 @@ class Judgments:
         put("n_items", n_items)
         put("n_workers", n_workers)
 
-        for name, dtype in (("a_left", bool), ("both_bad", bool), ("seconds", np.float64)):
+        if self.a_left_known is not None and self.a_left is None:
+            raise ValueError("a_left_known needs a_left")
+        for name, dtype in (
+            ("a_left", bool),
+            ("a_left_known", bool),
+            ("both_bad", bool),
+            ("seconds", np.float64),
+        ):
             value = getattr(self, name)
             if value is not None:
                 value = _as_array(name, value, dtype)
@@ -188,6 +216,15 @@ class Judgments:
         return int(self.item.shape[0])
 
     @property
+    def order_known(self) -> np.ndarray | None:
+        """Per judgment: whether its display order is known (None without ``a_left``)."""
+        if self.a_left is None:
+            return None
+        if self.a_left_known is None:
+            return np.ones(self.n, dtype=bool)
+        return self.a_left_known
+
+    @property
     def n_pools(self) -> int:
         return int(self.pool.max()) + 1 if self.pool is not None and self.pool.size else 0
 
@@ -203,6 +240,7 @@ class Judgments:
             worker=self.worker[mask],
             label=self.label[mask],
             a_left=pick(self.a_left),
+            a_left_known=pick(self.a_left_known),
             seconds=pick(self.seconds),
             both_bad=pick(self.both_bad),
             n_items=self.n_items,
@@ -391,24 +429,40 @@ def gold_weighted_vote(
 # --------------------------------------------------------------------------- Dawid–Skene
 
 
-# Everything a judgment contributes depends only on its (worker, label[, a_left]) "combo", so
+# Everything a judgment contributes depends only on its (worker, label[, side]) "combo", so
 # likelihoods live in small per-combo tables. With ``X[i, c]`` the number of judgments on item
 # i with combo c (a fixed sparse matrix, one nonzero per judgment), the E step's per-item sums
 # are ``X @ log_table[k]`` and the M step's expected counts ``X.T @ T[k]``: the same sums as
 # ``np.bincount`` with weights, done by scipy's CSR / CSC kernels. Posteriors are kept
 # class-major (``T[k, i]``) so that every per-class operation reads a contiguous array.
 
+#: Display sides of a debiased combo: B on the left, A on the left, order unknown (the last
+#: only when some judgment's order is unknown).
+SIDE_B_LEFT, SIDE_A_LEFT, SIDE_UNKNOWN = 0, 1, 2
+_N_SIDES = 3
+
 
 class _Combos:
-    """Each judgment's (worker, label[, a_left]) combination, what it means, and the matrix X."""
+    """Each judgment's (worker, label[, side]) combination, what it means, and the matrix X.
+
+    With sides, ``picked_left[c]`` / ``picked_right[c]`` are the probabilities that a click on
+    the left / right response gives the combo's label: 0 or 1 when the order is known, 1/2
+    each for an A or B label when it is unknown (the order marginalized at 1/2), 0 for a tie.
+    """
 
     def __init__(self, j: Judgments, with_side: bool, e_weight: np.ndarray | None = None):
         K = N_CLASSES
-        sides = 2 if with_side else 1
+        # The third side (order unknown) only when some judgment needs it: smaller tables.
+        some_unknown = with_side and j.a_left_known is not None and not j.a_left_known.all()
+        sides = (_N_SIDES if some_unknown else 2) if with_side else 1
+        self.sides = sides
         self.n = j.n_workers * K * sides
         index = (j.worker * K + j.label) * sides
         if with_side:
-            index = index + j.a_left
+            side = j.a_left.astype(np.int64)  # SIDE_A_LEFT = 1, SIDE_B_LEFT = 0
+            if j.a_left_known is not None:
+                side = np.where(j.a_left_known, side, SIDE_UNKNOWN)
+            index = index + side
         shape = (j.n_items, self.n)
         self.counts = sp.csr_matrix((np.ones(j.n), (j.item, index)), shape=shape)
         self.counts_t = self.counts.T  # CSC: (combos x items)
@@ -419,25 +473,41 @@ class _Combos:
         c = np.arange(self.n)
         self.worker = c // (K * sides)
         self.label = (c // sides) % K
+        self.unknown_ab = None  # combos of an A/B label with the order unknown (None: none)
         if with_side:
-            a_left = (c % 2).astype(bool)
-            left_label = np.where(a_left, A, B)
-            self.picked_left = (self.label == left_label).astype(np.float64)
-            self.picked_right = ((self.label != left_label) & (self.label != TIE)).astype(np.float64)
+            side = c % sides
+            known = side != SIDE_UNKNOWN
+            not_tie = self.label != TIE
+            left_label = np.where(side == SIDE_A_LEFT, A, B)
+            self.picked_left = np.where(known, self.label == left_label, 0.5 * not_tie).astype(np.float64)
+            self.picked_right = np.where(
+                known, (self.label != left_label) & not_tie, 0.5 * not_tie
+            ).astype(np.float64)
+            if some_unknown:
+                self.unknown_ab = ~known & not_tie
 
 
 def _combo_likelihood(confusion: np.ndarray, combos: _Combos, lam_left=None, lam_right=None):
-    """``[3, n_combos]`` P(label | truth k), and the content-driven share of it (debiased)."""
+    """``[3, n_combos]`` P(label | truth k). Debiased also ``(content_share, to_left,
+    to_right)``: the share of it that comes from judging the content (``[3, n_combos]``), and
+    the fractions of a position click on the combo that are left / right clicks
+    (``[n_combos]``: 0 or 1 when the order is known, ``lam_left : lam_right`` when not)."""
     K = N_CLASSES
     table = confusion.transpose(1, 0, 2).reshape(K, -1)  # [truth, worker * K + said]
     if lam_left is None:
         return table, None
-    table = np.repeat(table, 2, axis=1)
+    table = np.repeat(table, combos.sides, axis=1)
     content = (1.0 - lam_left - lam_right)[combos.worker] * table
     lik = content + (
         lam_left[combos.worker] * combos.picked_left + lam_right[combos.worker] * combos.picked_right
     )
-    return lik, content / np.maximum(lik, _TINY)
+    to_left, to_right = combos.picked_left, combos.picked_right
+    if combos.unknown_ab is not None:
+        ll, lr = lam_left[combos.worker], lam_right[combos.worker]
+        split = np.divide(ll, ll + lr, out=np.full(combos.n, 0.5), where=ll + lr > 0)
+        to_left = np.where(combos.unknown_ab, split, to_left)
+        to_right = np.where(combos.unknown_ab, 1.0 - split, to_right)
+    return lik, (content / np.maximum(lik, _TINY), to_left, to_right)
 
 
 def _posterior(log_lik_table: np.ndarray, combos: _Combos, log_prior: np.ndarray):
@@ -490,10 +560,16 @@ def dawid_skene(
     plain maximum likelihood with a 1e-10 floor, crowd-kit's M step); ``prior_smoothing`` the
     same for the class prior. ``tol``: stop when the log-likelihood per judgment changes by
     less. ``bias_prior``: pseudo-count of content-driven judgments shrinking ``lam`` to 0.
+    Debiased: judgments with an unknown display order (``a_left_known`` false) have the order
+    marginalized (module docstring); ``lam`` starts at ``bias_init`` only for annotators with at
+    least one known-order judgment, else at 0 (not identifiable), and their ``left_bias`` is NaN.
     """
     if debias and j.a_left is None:
         raise ValueError("dawid_skene_debiased needs Judgments.a_left")
     n_items, n_workers, K = j.n_items, j.n_workers, N_CLASSES
+    if debias:
+        order_known = j.order_known
+        has_order = np.bincount(j.worker[order_known], minlength=n_workers) > 0
     if j.n == 0:  # nothing to learn from: uniform posteriors (gold still clamped)
         proba = np.full((n_items, K), 1.0 / K)
         return Aggregate(
@@ -502,7 +578,7 @@ def dawid_skene(
             n_judgments=np.zeros(n_items, dtype=np.int64),
             confusion=np.full((n_workers, K, K), 1.0 / K),
             accuracy=np.full(n_workers, np.nan),
-            left_bias=np.zeros(n_workers) if debias else None,
+            left_bias=np.full(n_workers, np.nan) if debias else None,
             prior=np.full(K, 1.0 / K),
             converged=True,
         )
@@ -529,28 +605,26 @@ def dawid_skene(
     T[~used] = 0.0
     if clamp_gold:
         T = _clamp_gold_class_major(j, T)
-    lam_left = np.full(n_workers, bias_init) if debias else None
-    lam_right = np.full(n_workers, bias_init) if debias else None
+    # Position clicks are identifiable only from known-order judgments: annotators without any
+    # start at lam = 0, a fixed point of EM (their position shares are then 0).
+    lam_left = np.where(has_order, bias_init, 0.0) if debias else None
+    lam_right = np.where(has_order, bias_init, 0.0) if debias else None
 
-    def m_step(T: np.ndarray, content_share: np.ndarray | None):
+    def m_step(T: np.ndarray, shares: tuple[np.ndarray, np.ndarray, np.ndarray] | None):
         """Expected counts -> confusion, prior (and position-click rates when debiased)."""
         expected = np.zeros((K, combos.n))  # sum of T[k, item_n] over the judgments of each combo
         for k in np.flatnonzero(used):
             expected[k] = combos.counts_t @ T[k]
         new_left = new_right = None
-        if content_share is not None:
+        if shares is not None:
+            content_share, to_left, to_right = shares
             position = (expected * (1.0 - content_share)).sum(axis=0)
             denom = n_per_worker + bias_prior
-            new_left = (
-                np.bincount(combos.worker, weights=position * combos.picked_left, minlength=n_workers) / denom
-            )
-            new_right = (
-                np.bincount(combos.worker, weights=position * combos.picked_right, minlength=n_workers)
-                / denom
-            )
+            new_left = np.bincount(combos.worker, weights=position * to_left, minlength=n_workers) / denom
+            new_right = np.bincount(combos.worker, weights=position * to_right, minlength=n_workers) / denom
             expected = expected * content_share
         if debias:
-            expected = expected.reshape(K, n_workers * K, 2).sum(axis=2)
+            expected = expected.reshape(K, n_workers * K, combos.sides).sum(axis=2)
         counts = expected.reshape(K, n_workers, K).transpose(1, 0, 2)  # [worker, truth, said]
         confusion = np.maximum(counts + smoothing, 1e-10)
         confusion /= confusion.sum(axis=2, keepdims=True)
@@ -564,11 +638,11 @@ def dawid_skene(
     converged = False
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        lik, content_share = _combo_likelihood(confusion, combos, lam_left, lam_right)
+        lik, shares = _combo_likelihood(confusion, combos, lam_left, lam_right)
         T, new_log_lik = _posterior(np.log(np.maximum(lik, _TINY)), combos, _log(prior))
         if clamp_gold:
             T = _clamp_gold_class_major(j, T)
-        counts, confusion, prior, new_left, new_right = m_step(T, content_share)
+        counts, confusion, prior, new_left, new_right = m_step(T, shares)
         if debias:
             lam_left, lam_right = new_left, new_right
         change = (new_log_lik - log_lik) / max(j.n, 1)
@@ -597,7 +671,7 @@ def dawid_skene(
         n_judgments=n_per_item,
         confusion=confusion,
         accuracy=accuracy,
-        left_bias=(lam_left - lam_right) if debias else None,
+        left_bias=np.where(has_order, lam_left - lam_right, np.nan) if debias else None,
         prior=prior,
         iterations=iterations,
         converged=converged,

@@ -14,6 +14,8 @@ Position bias
     ``bias = P(pick left) - 0.5`` with a Wilson score interval. If a fraction ``lam`` of their
     clicks go left regardless of content, ``bias = lam / 2``. The consensus-relative version
     ``mean(picked left - P_consensus(left better | not tie))`` removes the content signal.
+    Only judgments with a known display order count (imported votes may lack it); an annotator
+    with none has ``n = 0`` and NaN estimates (n/a), and a position factor of 1.
 
 Length bias
     Over an annotator's non-tie judgments on items whose responses differ in length:
@@ -165,10 +167,14 @@ def _non_tie_consensus(proba: np.ndarray) -> np.ndarray:
 def position_bias(
     j: Judgments, consensus: Aggregate | np.ndarray | None = None, level: float = 0.95
 ) -> PositionBias:
-    """Per-worker left-pick rate minus 1/2, with a Wilson interval; and relative to consensus."""
+    """Per-worker left-pick rate minus 1/2, with a Wilson interval; and relative to consensus.
+
+    Over non-tie judgments whose display order is known (``Judgments.order_known``); NaN for a
+    worker without any.
+    """
     if j.a_left is None:
         raise ValueError("position_bias needs Judgments.a_left")
-    keep = j.label != TIE
+    keep = (j.label != TIE) & j.order_known
     worker = j.worker[keep]
     picked_left = (j.label[keep] == np.where(j.a_left[keep], A, B)).astype(np.float64)
     n = np.bincount(worker, minlength=j.n_workers)
@@ -349,7 +355,8 @@ def annotator_weights(
 
     ``consensus`` (default: majority vote) is used for the length bias; ``ds_accuracy`` (e.g.
     ``aggregate(j, "dawid_skene").accuracy``) stands in for gold accuracy below ``min_gold``.
-    Position / length factors are 1 where ``a_left`` / lengths are unknown.
+    Position / length factors are 1 where ``a_left`` / lengths are unknown (the position factor
+    also for a worker without a known-order judgment).
     """
     W = j.n_workers
     gold = gold_accuracy(j, gold_prior, level)

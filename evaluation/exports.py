@@ -143,9 +143,11 @@ JUDGMENT_FIELDS: dict[str, str] = {
     "prompt_id": "The comparison's prompt.",
     "round": "The comparison's annotation round.",
     "split": "The split of the comparison's prompt.",
-    "display_order": "`AB` if response A was shown on the left, `BA` if on the right.",
+    "display_order": "`AB` if response A was shown on the left, `BA` if on the right; null if the "
+    "display order was not recorded (imported votes).",
     "choice": "What the annotator chose, in terms of the responses: `a`, `b`, `tie` or `both_bad`.",
-    "choice_shown": "The same in screen terms: `left`, `right`, `tie` or `both_bad`.",
+    "choice_shown": "The same in screen terms: `left`, `right`, `tie` or `both_bad` (null for an "
+    "`a`/`b` choice whose display order was not recorded).",
     "strength": "1 slightly, 2 clearly, 3 much better (null for ties or when not asked).",
     "seconds": "Seconds the annotator spent on the item (null if unknown).",
     "annotator_weight": "The annotator's weight w_j used by this export (see the weight rule).",
@@ -628,6 +630,7 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
         worker=table.worker,
         label=table.label,
         a_left=table.a_left,
+        a_left_known=table.a_left_known,
         seconds=table.seconds,
         both_bad=table.both_bad,
         n_items=table.n_items,
@@ -1146,13 +1149,20 @@ def write_judgments(sel: Selection, folder: Path, key: bytes, progress: Progress
                 continue
             item, worker = t.item[sl], t.worker[sl]
             label, both_bad, a_left = t.label[sl], t.both_bad[sl], t.a_left[sl]
+            known = t.a_left_known[sl]
             choice = [
                 "both_bad" if bb else ("tie" if lab == 2 else choice_of[lab])
                 for lab, bb in zip(label.tolist(), both_bad.tolist())
             ]
             left_label = np.where(a_left, 0, 1)
-            shown = np.where(label == 2, "", np.where(label == left_label, "left", "right")).tolist()
-            choice_shown = [s or c for s, c in zip(shown, choice)]
+            # "": the choice itself (tie / both_bad); None: a side that is not known.
+            shown = np.where(
+                label == 2, "", np.where(known, np.where(label == left_label, "left", "right"), "?")
+            ).tolist()
+            choice_shown = [None if s == "?" else (s or c) for s, c in zip(shown, choice)]
+            display_order = [
+                ("AB" if al else "BA") if k else None for al, k in zip(a_left.tolist(), known.tolist())
+            ]
             seconds = t.seconds[sl]
             strength = t.strength[sl]
             cols = {
@@ -1162,7 +1172,7 @@ def write_judgments(sel: Selection, folder: Path, key: bytes, progress: Progress
                 "prompt_id": sel.item_prompt[item].tolist(),
                 "round": sel.item_round[item].tolist(),
                 "split": np.where(sel.item_test[item], "test", "train").tolist(),
-                "display_order": np.where(a_left, "AB", "BA").tolist(),
+                "display_order": display_order,
                 "choice": choice,
                 "choice_shown": choice_shown,
                 "strength": [s if s > 0 else None for s in strength.tolist()],
@@ -1377,7 +1387,8 @@ METHOD_TEXT = {
     "dawid_skene": "Dawid–Skene EM with per-annotator 3x3 confusion matrices (A / B / tie), "
     "initialized from vote shares, gold items clamped",
     "dawid_skene_debiased": "Dawid–Skene EM with an explicit per-annotator position (left/right click) "
-    "bias, gold items clamped",
+    "bias, learned from judgments with a recorded display order (where it was not recorded, a "
+    "position click counts as landing on either response with probability 1/2), gold items clamped",
 }
 
 

@@ -21,6 +21,8 @@ class JudgmentTable:
 
     ``item``/``worker`` index into ``comparison_ids``/``annotator_ids``; ``label`` is
     0 = A better, 1 = B better, 2 = tie or both bad (``both_bad`` tells which).
+    ``a_left_known`` is False where the display order was not recorded (``Judgment.a_on_left``
+    is NULL: imported votes without ``display``); ``a_left`` is then False and means nothing.
     """
 
     judgment_ids: np.ndarray
@@ -29,6 +31,7 @@ class JudgmentTable:
     label: np.ndarray
     both_bad: np.ndarray
     a_left: np.ndarray
+    a_left_known: np.ndarray
     seconds: np.ndarray
     strength: np.ndarray
     pool_of_judgment: np.ndarray
@@ -60,6 +63,7 @@ _COLUMNS = {
     "label": np.int8,
     "both_bad": bool,
     "a_left": bool,
+    "a_left_known": bool,
     "seconds": np.float64,
     "strength": np.int8,
     "pool": np.int64,
@@ -79,7 +83,7 @@ def load_judgments(
     The one loader behind the quality statistics and the exports, built for size: judgment
     rows are read with ``iterator(chunk_size=…)`` and turned into numpy arrays
     :data:`LOAD_CHUNK` rows at a time, and the per-comparison facts (prompt, round, response
-    lengths) come from one streamed scan. Peak memory is the arrays (about 60 bytes per
+    lengths) come from one streamed scan. Peak memory is the arrays (about 61 bytes per
     judgment and 60 per comparison), never a Python list of every row or a model instance.
     """
     qs = Judgment.objects.filter(project=project)
@@ -107,7 +111,8 @@ def load_judgments(
         cols["uid"].append(np.fromiter(uid, dtype=np.int64, count=n))
         cols["label"].append(np.fromiter((LABEL[c] for c in choice), dtype=np.int8, count=n))
         cols["both_bad"].append(np.fromiter((c == Choice.BOTH_BAD for c in choice), dtype=bool, count=n))
-        cols["a_left"].append(np.fromiter(a_left, dtype=bool, count=n))
+        cols["a_left"].append(np.fromiter((bool(x) for x in a_left), dtype=bool, count=n))
+        cols["a_left_known"].append(np.fromiter((x is not None for x in a_left), dtype=bool, count=n))
         cols["seconds"].append(
             np.fromiter((x if x is not None else np.nan for x in seconds), dtype=np.float64, count=n)
         )
@@ -156,6 +161,7 @@ def load_judgments(
         label=arr["label"],
         both_bad=arr["both_bad"],
         a_left=arr["a_left"],
+        a_left_known=arr["a_left_known"],
         seconds=arr["seconds"],
         strength=arr["strength"],
         pool_of_judgment=arr["pool"],

@@ -128,12 +128,14 @@ class _Stepper:
 
 
 def to_judgments(table: JudgmentTable, pool_index: np.ndarray, *, a_left: bool = True) -> Judgments:
-    """The pure modules' :class:`Judgments` from the selector's table."""
+    """The pure modules' :class:`Judgments` from the selector's table (display order unknown
+    where ``table.a_left_known`` is false; none at all with ``a_left=False``)."""
     return Judgments(
         item=table.item,
         worker=table.worker,
         label=table.label,
         a_left=table.a_left if a_left else None,
+        a_left_known=table.a_left_known if a_left else None,
         seconds=table.seconds,
         both_bad=table.both_bad,
         n_items=table.n_items,
@@ -168,14 +170,19 @@ def _pool_groups(project: Project, table: JudgmentTable) -> tuple[np.ndarray, li
 
 
 def _order_known(table: JudgmentTable) -> np.ndarray:
-    """Per worker: whether they saw both display orders (position bias is identifiable).
+    """Per worker: whether their known-order judgments show both display orders (position
+    bias is identifiable).
 
-    Imported votes whose display order was not recorded are stored with A on the left; for
-    an annotator who only ever saw one order, "picks left" and "picks A" cannot be told apart.
+    Judgments without a recorded display order (``a_on_left`` NULL: imported votes) do not
+    count. For an annotator who only ever saw one order, "picks left" and "picks A" cannot be
+    told apart (this also covers imports from before the order could be NULL, which stored
+    A on the left for every vote).
     """
     n = table.n_workers
-    left = np.bincount(table.worker, weights=table.a_left.astype(np.float64), minlength=n)
-    total = np.bincount(table.worker, minlength=n)
+    known = table.a_left_known
+    worker = table.worker[known]
+    left = np.bincount(worker, weights=table.a_left[known].astype(np.float64), minlength=n)
+    total = np.bincount(worker, minlength=n)
     return (left > 0) & (left < total)
 
 
@@ -307,7 +314,8 @@ def _annotator_stats(table: JudgmentTable, j: Judgments, consensus, excluded: np
         j, consensus=consensus, ds_accuracy=consensus.accuracy, min_gold=min_gold, level=level
     )
     if not order_known.all():
-        # No position factor where the display order is unknown (not identifiable).
+        # No position factor where position bias is not identifiable: no known-order judgment
+        # (position_bias already gives those n/a and factor 1) or only one order seen.
         blind = bias.annotator_weights(
             to_judgments(table, j.pool, a_left=False),
             consensus=consensus,

@@ -75,6 +75,8 @@ def test_pandalm_votes(project, shared_data):
     assert (result.lines, result.judgments_created, result.duplicates) == (2997, 2997, 0)
     assert (result.comparisons_created, result.annotators_created, result.pools_created) == (999, 3, 1)
     assert result.display_unknown == 2997
+    # PandaLM did not record the display order: every judgment stores it as unknown (NULL).
+    assert Judgment.objects.filter(project=project, a_on_left__isnull=True).count() == 2997
     # 54 items have an empty response; 6 have the JSON value true as a response (3 votes each).
     warned = Counter(w.message for w in result.warnings)
     assert warned == {"empty response imported as it is": 162, "a boolean taken as the text 'true'": 18}
@@ -185,8 +187,9 @@ def test_fields_map_onto_the_judgment(project):
     assert j1.pool.name == "EU experts" and j1.assignment is None
     assert Judgment.objects.get(annotator__username="ext:ann2").a_on_left is True
     j3 = Judgment.objects.get(annotator__username="ext:ann3")
-    assert (j3.choice, j3.strength, j3.a_on_left) == ("both_bad", None, True)
+    assert (j3.choice, j3.strength, j3.a_on_left) == ("both_bad", None, None)  # no display: unknown
     assert Judgment.objects.get(annotator__username="ext:ann4").strength == 1
+    assert Judgment.objects.get(annotator__username="ext:ann4").a_on_left is None
     # Without a "pool", the annotator's pool is named after the source.
     assert Membership.objects.get(user__username="ext:ann2").pool.name == "vendor-x"
     assert Membership.objects.get(user__username="ext:ann1").pool.name == "EU experts"
@@ -194,6 +197,87 @@ def test_fields_map_onto_the_judgment(project):
     assert (c.n_judgments, c.slots_taken, c.is_open) == (3, 3, False)
     assert c.metadata == {"item_id": "i1", "source": "ext"}
     assert Comparison.objects.get(metadata__item_id="i2").is_open
+
+
+def test_display_order_is_stored_or_null(project):
+    # Without "display" the order is unknown: NULL, not a made-up "A on the left".
+    result = run(
+        project,
+        jsonl(
+            vote(annotator_id="ext:none", label="a"),
+            vote(annotator_id="ext:aleft", label="a", display="a_left"),
+            vote(annotator_id="ext:bleft", label="a", display="b_left"),
+            vote(annotator_id="ext:null", label="b", display=None),
+        ),
+    )
+    assert (result.judgments_created, result.display_unknown) == (4, 2)
+    stored = dict(Judgment.objects.values_list("annotator__username", "a_on_left"))
+    assert stored == {"ext:none": None, "ext:aleft": True, "ext:bleft": False, "ext:null": None}
+    assert Judgment.objects.filter(a_on_left__isnull=True).count() == 2
+
+
+def test_only_unknown_orders_import_as_null(project):
+    # A batch whose every row lacks a display (the NULL-only column on PostgreSQL's unnest path).
+    result = run(project, jsonl(*(vote(annotator_id=f"ext:u{i}", label="b") for i in range(3))))
+    assert result.display_unknown == 3
+    assert list(Judgment.objects.values_list("a_on_left", flat=True)) == [None, None, None]
+
+
+def test_unknown_display_order_in_serializer_and_admin(project, client):
+    from annotate.serializers import OwnJudgmentDetailSerializer
+
+    run(
+        project,
+        jsonl(
+            vote(annotator_id="ext:ann1", label="a"),
+            vote(annotator_id="ext:ann2", label="tie"),
+            vote(annotator_id="ext:ann3", label="a", display="b_left"),
+        ),
+    )
+    by_user = {j.annotator.username: j for j in Judgment.objects.select_related("comparison__prompt")}
+    unknown = OwnJudgmentDetailSerializer(by_user["ext:ann1"]).data
+    # Which side was picked is unknown: null, not a guess; the pair is given in stored order.
+    assert unknown["choice"] is None
+    assert (unknown["left"]["text"], unknown["right"]["text"]) == ("x", "y")
+    assert OwnJudgmentDetailSerializer(by_user["ext:ann2"]).data["choice"] == "tie"
+    known = OwnJudgmentDetailSerializer(by_user["ext:ann3"]).data
+    assert known["choice"] == "right" and (known["left"]["text"], known["right"]["text"]) == ("y", "x")
+
+    admin = User.objects.create(username="root", is_superuser=True, is_staff=True)
+    client.force_login(admin)
+    page = client.get("/admin/annotate/judgment/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert body.count(">unknown<") == 2 and body.count(">B left<") == 1
+    only_unknown = client.get("/admin/annotate/judgment/", {"a_on_left__isnull": "True"})
+    assert only_unknown.status_code == 200 and only_unknown.content.decode().count(">unknown<") == 2
+    assert ">B left<" not in only_unknown.content.decode()
+    change = client.get(f"/admin/annotate/judgment/{by_user['ext:ann1'].pk}/change/")
+    assert change.status_code == 200 and "Unknown" in change.content.decode()
+
+
+def test_a_judgment_made_through_an_assignment_always_knows_the_order(project):
+    from datetime import timedelta
+
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    from annotate.models import Assignment
+
+    run(project, jsonl(vote()))
+    comparison = Comparison.objects.get(project=project)
+    user = User.objects.create(username="app-user")
+    assignment = Assignment.objects.create(
+        project=project,
+        comparison=comparison,
+        annotator=user,
+        a_on_left=False,
+        expires_at=timezone.now() + timedelta(minutes=5),
+    )
+    fields = dict(project=project, comparison=comparison, annotator=user, assignment=assignment, choice="a")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Judgment.objects.create(a_on_left=None, **fields)
+    assert Judgment.objects.create(a_on_left=False, **fields).a_on_left is False
 
 
 def test_votes_attach_to_comparisons_imported_before(project):
@@ -303,6 +387,7 @@ def test_csv_votes(project):
     assert (result.judgments_created, result.comparisons_created) == (2, 1)
     j = Judgment.objects.get(annotator__username="ext:c1")
     assert (j.choice, j.strength, j.seconds, j.a_on_left, j.source) == ("b", 1, 3.5, False, "votes")
+    assert Judgment.objects.get(annotator__username="ext:c2").a_on_left is None  # empty display cell
     assert errors_of(project, data.replace(b"3.5", b"soon"), filename="votes.csv") == [
         "line 2, field 'seconds': must be a number of seconds >= 0 (got \"soon\")"
     ]
@@ -334,7 +419,7 @@ def test_command(tmp_path, project):
     assert out.getvalue().splitlines() == [
         "Imported votes.jsonl into project 'votes': 2 lines, 2 judgments created, 0 duplicates skipped; "
         "1 comparisons created, 0 reused; 2 annotators and 1 pools created.",
-        "2 judgments have no 'display': stored with a_on_left=True (order unknown).",
+        "2 judgments have no 'display': stored with a_on_left=NULL (display order unknown).",
     ]
     assert set(Judgment.objects.values_list("source", flat=True)) == {"vendor"}
 

@@ -38,6 +38,8 @@ def test_judgments_coerces_dtypes_and_infers_sizes():
         (dict(item=[-1], worker=[0], label=[0]), ">= 0"),
         (dict(item=[5], worker=[0], label=[0], n_items=3), "n_items"),
         (dict(item=[0], worker=[0], label=[0], a_left=[True, False]), "a_left"),
+        (dict(item=[0], worker=[0], label=[0], a_left_known=[True]), "a_left_known needs a_left"),
+        (dict(item=[0], worker=[0], label=[0], a_left=[True], a_left_known=[True, False]), "a_left_known"),
         (dict(item=[0], worker=[0], label=[0], gold=[0, 1]), "gold"),
         (dict(item=[0], worker=[0], label=[0], gold=[4]), "gold"),
         (dict(item=[0], worker=[0], label=[0], both_bad=[True]), "both_bad"),
@@ -52,10 +54,16 @@ def test_judgments_rejects_bad_input(kwargs, message):
 
 
 def test_subset_keeps_index_spaces():
-    j = J([(0, 0, A), (1, 1, B), (2, 2, TIE)], a_left=[True, False, True])
+    j = J([(0, 0, A), (1, 1, B), (2, 2, TIE)], a_left=[True, False, True], a_left_known=[True, False, True])
     s = j.subset(j.label != TIE)
     assert (s.n, s.n_items, s.n_workers) == (2, 3, 3)
     assert s.a_left.tolist() == [True, False]
+    assert s.a_left_known.tolist() == [True, False] and s.order_known.tolist() == [True, False]
+
+
+def test_order_known_defaults():
+    assert J([(0, 0, A)]).order_known is None  # no display order at all
+    assert J([(0, 0, A), (1, 0, B)], a_left=[True, False]).order_known.tolist() == [True, True]
 
 
 def test_unknown_method_is_rejected():
@@ -179,6 +187,108 @@ def test_dawid_skene_debiased_likelihood_by_hand():
 def test_debiased_needs_display_order():
     with pytest.raises(ValueError, match="a_left"):
         aggregate(J([(0, 0, A)]), "dawid_skene_debiased")
+
+
+def test_unknown_display_order_marginalizes_the_position_click():
+    # One worker (lam_left = 0.3, lam_right = 0.1) says A three times: with A on the left, with B
+    # on the left, and with the order unknown. The unknown one's likelihood is the mean of the
+    # two orders' (A on the left with probability 1/2):
+    #   0.6 pi[k, A] + 0.3   and   0.6 pi[k, A] + 0.1   ->   0.6 pi[k, A] + 0.2.
+    # A tie involves no side at all: 0.6 pi[k, tie] in every case.
+    from evaluation.aggregation import _combo_likelihood, _Combos
+
+    j = J(
+        [(0, 0, A), (1, 0, A), (2, 0, A), (3, 0, TIE), (4, 0, TIE)],
+        a_left=[True, False, False, True, False],
+        a_left_known=[True, True, False, True, False],
+    )
+    combos = _Combos(j, with_side=True)
+    pi = np.array([[[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.25, 0.25, 0.5]]])  # [worker, truth, said]
+    lik, (content, to_left, to_right) = _combo_likelihood(pi, combos, np.array([0.3]), np.array([0.1]))
+    col = combos.counts.indices[combos.counts.indptr[:-1]]  # each judgment's combo (one per item)
+    a_left, b_left, unknown, tie_known, tie_unknown = (lik[:, c] for c in col)
+    np.testing.assert_allclose(a_left, 0.6 * pi[0, :, A] + 0.3)
+    np.testing.assert_allclose(b_left, 0.6 * pi[0, :, A] + 0.1)
+    np.testing.assert_allclose(unknown, (a_left + b_left) / 2)
+    np.testing.assert_allclose(tie_known, 0.6 * pi[0, :, TIE])
+    np.testing.assert_allclose(tie_unknown, tie_known)
+    # EM's split: the content-driven share, and where a position click went. Known order: all
+    # to the side shown; unknown order: 3:1 left:right, as lam_left : lam_right.
+    np.testing.assert_allclose(content[:, col[2]], 0.6 * pi[0, :, A] / unknown)
+    np.testing.assert_allclose(content[:, col[3]], 1.0)
+    assert (to_left[col[0]], to_right[col[0]]) == (1.0, 0.0)  # A said, A on the left
+    assert (to_left[col[1]], to_right[col[1]]) == (0.0, 1.0)  # A said, A on the right
+    np.testing.assert_allclose([to_left[col[2]], to_right[col[2]]], [0.75, 0.25])
+
+
+def test_debiased_equals_plain_dawid_skene_when_no_display_order_is_known():
+    # Left-biased annotators, but no judgment says how it was shown: there is no position
+    # signal, so the debiased model has nothing to add and must give plain Dawid–Skene.
+    left = np.zeros(15)
+    left[:3] = 0.6
+    j, _ = simulate(15, 300, 5, left_bias=left, tie_rate=0.1, gold_fraction=0.1, seed=11)
+    unknown = Judgments(
+        item=j.item,
+        worker=j.worker,
+        label=j.label,
+        a_left=j.a_left,
+        a_left_known=np.zeros(j.n, dtype=bool),
+        n_items=j.n_items,
+        n_workers=j.n_workers,
+        gold=j.gold,
+    )
+    plain = aggregate(unknown, "dawid_skene")
+    debiased = aggregate(unknown, "dawid_skene_debiased")
+    np.testing.assert_allclose(debiased.proba, plain.proba, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(debiased.confusion, plain.confusion, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(debiased.accuracy, plain.accuracy, rtol=0, atol=1e-12)
+    assert debiased.iterations == plain.iterations and debiased.converged
+    assert np.isnan(debiased.left_bias).all()  # not identifiable
+    # The same with pool balancing.
+    pooled = Judgments(
+        item=j.item,
+        worker=j.worker,
+        label=j.label,
+        a_left=j.a_left,
+        a_left_known=np.zeros(j.n, dtype=bool),
+        n_workers=j.n_workers,
+        pool=np.arange(j.n_workers) % 3,
+    )
+    np.testing.assert_allclose(
+        aggregate(pooled, "dawid_skene_debiased", pool_balanced=True).proba,
+        aggregate(pooled, "dawid_skene", pool_balanced=True).proba,
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_debiased_dawid_skene_on_known_and_unknown_display_orders():
+    # 20 annotators; 0-2 click left 60% of the time. Annotators 15-19 are imported: no display
+    # order on any vote. Annotators 0-14 have the order on half their votes.
+    n_workers = 20
+    left = np.zeros(n_workers)
+    left[:3] = 0.6
+    j, truth = simulate(n_workers, 2000, 5, accuracy=(0.75, 0.9), left_bias=left, seed=12)
+    rng = np.random.default_rng(0)
+    known = (rng.random(j.n) < 0.5) & (j.worker < 15)
+    mixed = Judgments(item=j.item, worker=j.worker, label=j.label, a_left=j.a_left, a_left_known=known)
+    r = aggregate(mixed, "dawid_skene_debiased")
+    assert r.converged and np.isfinite(r.proba).all()
+    np.testing.assert_allclose(r.proba.sum(axis=1), 1.0)
+    # Position bias is learned where some order is known, and is n/a where none is.
+    assert np.isnan(r.left_bias[15:]).all() and np.isfinite(r.left_bias[:15]).all()
+    assert r.left_bias[:3].min() > 0.3 and np.abs(r.left_bias[3:15]).max() < 0.15
+    assert (r.label == truth.label).mean() >= (aggregate(mixed, "dawid_skene").label == truth.label).mean()
+    # Every order known (a_left_known all true) is the same as not passing a_left_known.
+    ones = np.ones(j.n, dtype=bool)
+    all_known = Judgments(item=j.item, worker=j.worker, label=j.label, a_left=j.a_left, a_left_known=ones)
+    plain_known = Judgments(item=j.item, worker=j.worker, label=j.label, a_left=j.a_left)
+    np.testing.assert_allclose(
+        aggregate(all_known, "dawid_skene_debiased").proba,
+        aggregate(plain_known, "dawid_skene_debiased").proba,
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_dawid_skene_learns_an_adversarial_annotator():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from evaluation.aggregation import TIE, A, B, Judgments
+from evaluation.aggregation import TIE, A, B, Judgments, aggregate
 from evaluation.bias import (
     annotator_report,
     annotator_weights,
@@ -87,6 +87,55 @@ def test_position_bias_relative_to_consensus():
     p = position_bias(j, consensus)
     np.testing.assert_allclose(p.relative, [0.15])
     np.testing.assert_allclose(p.relative_se, [0.05])
+
+
+def test_position_bias_counts_known_display_orders_only():
+    # Worker 0: 20 imported votes, all for A, display order never recorded: nothing to measure
+    #   (n = 0, bias n/a) -- not "20 of 20 on the left", which A-on-the-left-by-default would say.
+    # Worker 1: the by-hand worker 1 of test_position_bias_by_hand (20 of 20 left, known order)
+    #   plus 10 unknown-order votes for B, which must not change anything: bias 0.5.
+    # Worker 2: 6 known (3 left: bias 0) and 6 unknown (all A).
+    rows, a_left, known = [], [], []
+    for i in range(20):
+        rows.append((i, 0, A))
+        a_left.append(True)  # what the old default stored; ignored where unknown
+        known.append(False)
+    for i in range(20):
+        al = i % 2 == 0
+        rows.append((i, 1, A if al else B))
+        a_left.append(al)
+        known.append(True)
+    for i in range(20, 30):
+        rows.append((i, 1, B))
+        a_left.append(False)
+        known.append(False)
+    for i in range(6):
+        al = i % 2 == 0
+        rows.append((i, 2, A))  # picks left on the A-left half, right on the other
+        a_left.append(al)
+        known.append(True)
+    for i in range(6, 12):
+        rows.append((i, 2, A))
+        a_left.append(True)
+        known.append(False)
+    j = J(rows, a_left=np.array(a_left), a_left_known=np.array(known))
+    p = position_bias(j)
+    assert p.n.tolist() == [0, 20, 6] and p.n_left.tolist() == [0, 20, 3]
+    assert np.isnan(p.bias[0]) and np.isnan(p.low[0]) and np.isnan(p.high[0]) and np.isnan(p.relative[0])
+    assert not p.significant[0]
+    np.testing.assert_allclose(p.bias[1:], [0.5, 0.0])
+    np.testing.assert_allclose(p.low[1], 20 / (20 + Z * Z) - 0.5)
+    assert p.significant.tolist() == [False, True, False]
+    # The same numbers as on the known-order judgments alone (under the same consensus).
+    only_known = position_bias(j.subset(np.array(known)), aggregate(j, "majority"))
+    np.testing.assert_allclose(p.bias[1:], only_known.bias[1:])
+    np.testing.assert_allclose(p.relative[1:], only_known.relative[1:])
+    # No position factor without a known order; worker 1's demonstrated bias still costs weight.
+    w = annotator_weights(j)
+    np.testing.assert_allclose(w.position_factor, [1.0, 1 - 2 * (20 / (20 + Z * Z) - 0.5), 1.0])
+    report = annotator_report(j)
+    assert np.isnan(report["position_bias"][0]) and not report["position_flag"][0]
+    assert report["position_flag"][1]
 
 
 # --------------------------------------------------------------------------- length

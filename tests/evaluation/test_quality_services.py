@@ -166,6 +166,48 @@ def test_recompute_gives_the_hand_computed_numbers(hand):
     assert AnnotatorQuality.objects.filter(project=project).count() == 3
 
 
+def test_position_bias_only_from_known_display_orders(hand):
+    # "imp" is an imported annotator: six votes, display order never recorded (NULL).
+    # "mix" has four known-order votes, 3 of them for the left response (bias 3/4 - 1/2 = 0.25),
+    # and two unknown-order votes for A, which an "A on the left" default would count as two
+    # more left picks (5/6).
+    project, users, comparisons = hand
+    User = get_user_model()
+    north = Pool.objects.get(project=project, name="north")
+    for name in ("imp", "mix"):
+        users[name] = User.objects.create(username=name)
+        Membership.objects.create(project=project, user=users[name], role=Role.ANNOTATOR, pool=north)
+    for c, v in zip(comparisons, VOTES["a3"], strict=True):
+        judge(users["imp"], c, v, a_on_left=None, pool=north)
+    mix = [(True, "a"), (False, "b"), (True, "a"), (False, "a"), (None, "a"), (None, "a")]
+    for c, (a_on_left, v) in zip(comparisons, mix, strict=True):
+        judge(users["mix"], c, v, a_on_left=a_on_left, pool=north)
+
+    report = services.recompute_quality(project)
+    extras = report.data["annotators"]
+    imp, mixed = quality(project, users["imp"]), quality(project, users["mix"])
+    assert imp.position_bias is None and imp.position_bias_se is None  # n/a: nothing to measure
+    assert "position_bias" not in imp.flags
+    x = extras[str(users["imp"].pk)]
+    assert x["order_known"] is False and x["position_low"] is None and x["position_high"] is None
+    assert x["factors"]["position"] == 1.0
+    assert mixed.position_bias == pytest.approx(0.25)
+    assert mixed.position_bias_se == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    x = extras[str(users["mix"].pk)]
+    z = stats.norm.ppf(0.975)
+    denom = 1 + z * z / 4
+    centre, half = (0.75 + z * z / 8) / denom, z * (0.75 * 0.25 / 4 + z * z / 64) ** 0.5 / denom
+    assert x["order_known"] is True
+    low, high = centre - half - 0.5, centre + half - 0.5
+    assert (x["position_low"], x["position_high"]) == pytest.approx((low, high))
+    for name in ("a1", "a2", "a3"):
+        assert quality(project, users[name]).position_bias is not None
+
+    # Debiased Dawid–Skene takes the unknown orders too.
+    labels = services.aggregated_labels(project, "dawid_skene_debiased")
+    assert len(labels) == 6 and all(0.0 <= lab["p_a"] <= 1.0 for lab in labels)
+
+
 def test_default_min_gold_uses_dawid_skene_accuracy(hand, settings):
     project, users, _ = hand
     del settings.PREFLOOP_QUALITY_MIN_GOLD  # back to the default, 10 gold judgments

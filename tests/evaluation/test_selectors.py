@@ -100,7 +100,7 @@ def scene():
         "ann-gold": judge(u["ann"], c["gold"], "b", pool=north, strength=3),
         "ben-gold": judge(u["ben"], c["gold"], "both_bad", pool=south, seconds=3.0),
         "ann-r1": judge(u["ann"], c["r1"], "tie", pool=north),
-        "outsider-r1": judge(u["outsider"], c["r1"], "a"),
+        "outsider-r1": judge(u["outsider"], c["r1"], "a", a_on_left=None),  # display order unknown
     }
     other = Project.objects.create(name="other")
     judge(u["ann"], comparison(other, "elsewhere", a="p", b="q"), "a")
@@ -118,6 +118,7 @@ def rows(table) -> dict[int, dict]:
             "label": int(table.label[k]),
             "both_bad": bool(table.both_bad[k]),
             "a_left": bool(table.a_left[k]),
+            "a_left_known": bool(table.a_left_known[k]),
             "seconds": None if np.isnan(table.seconds[k]) else float(table.seconds[k]),
             "strength": int(table.strength[k]),
             "pool": int(table.pool_of_judgment[k]),
@@ -138,6 +139,7 @@ def test_loads_every_judgment_of_the_project_in_id_order(scene, chunk):
         "label": 0,
         "both_bad": False,
         "a_left": True,
+        "a_left_known": True,
         "seconds": 12.5,
         "strength": 2,
         "pool": north,
@@ -148,6 +150,7 @@ def test_loads_every_judgment_of_the_project_in_id_order(scene, chunk):
         "label": 1,
         "both_bad": False,
         "a_left": False,
+        "a_left_known": True,
         "seconds": None,  # unknown time
         "strength": 0,  # not asked
         "pool": south,
@@ -156,6 +159,9 @@ def test_loads_every_judgment_of_the_project_in_id_order(scene, chunk):
     assert (got[j["cat-r0"].pk]["label"], got[j["cat-r0"].pk]["both_bad"]) == (2, False)
     assert (got[j["ben-gold"].pk]["label"], got[j["ben-gold"].pk]["both_bad"]) == (2, True)
     assert got[j["outsider-r1"].pk]["pool"] == -1  # imported vote, no pool
+    # ... and no display order: a NULL a_on_left is unknown, never read as "A on the left".
+    assert (got[j["outsider-r1"].pk]["a_left_known"], got[j["outsider-r1"].pk]["a_left"]) == (False, False)
+    assert [k for k, v in got.items() if not v["a_left_known"]] == [j["outsider-r1"].pk]
 
 
 def test_per_item_and_per_worker_facts(scene, chunk):
@@ -217,3 +223,4 @@ def test_empty_table_has_the_usual_types(chunk):
     assert len(table) == 0 and table.n_items == 0 and table.n_workers == 0
     assert table.label.dtype == np.int8 and table.seconds.dtype == np.float64
     assert table.item.dtype == np.int64 and table.gold.dtype == np.int8 and table.both_bad.dtype == bool
+    assert table.a_left.dtype == bool and table.a_left_known.dtype == bool

@@ -284,6 +284,28 @@ def test_round_trip_every_format():
     assert "north" in card and "south" in card and exports.WEIGHT_RULE.splitlines()[0] in card
 
 
+def test_unknown_display_order_is_null_in_the_judgments_file(scene):
+    # Alice's votes come without a display order (imported: a_on_left NULL). The judgments
+    # file says so (null), never "AB"; her a/b choices have no screen side either.
+    project, alice = scene["project"], scene["users"][0]
+    assert Judgment.objects.filter(project=project, annotator=alice).update(a_on_left=None) == N_PROMPTS + 3
+    export = run_export(project, formats=["jsonl", "judgments"], method="dawid_skene_debiased")
+    judgments = read_jsonl(Path(export.path) / "judgments.jsonl")
+    assert len(judgments) == 3 * (N_PROMPTS + 3)
+    hers = [j for j in judgments if j["seconds"] == 4.0]  # alice's seconds (make_project)
+    others = [j for j in judgments if j["seconds"] != 4.0]
+    assert len(hers) == N_PROMPTS + 3
+    assert {j["display_order"] for j in hers} == {None}
+    for j in hers:
+        assert j["choice_shown"] == (None if j["choice"] in ("a", "b") else j["choice"])
+    assert {j["choice"] for j in hers} >= {"a", "b"}
+    assert {j["display_order"] for j in others} == {"AB", "BA"}
+    for j in others:
+        assert j["choice_shown"] == _shown(j["display_order"] == "AB", j["choice"])
+    card = (Path(export.path) / "README.md").read_text()
+    assert "null if the display order was not recorded" in card
+
+
 def test_split_is_by_prompt_and_seeded(scene):
     project = scene["project"]
     a = run_export(project, formats=["jsonl"], test_fraction=0.3, seed=1)

@@ -81,5 +81,5 @@ class Command(BaseCommand):
         if result.display_unknown:
             self.stdout.write(
                 f"{result.display_unknown} judgments have no 'display': "
-                "stored with a_on_left=True (order unknown)."
+                "stored with a_on_left=NULL (display order unknown)."
             )
