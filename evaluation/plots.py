@@ -36,13 +36,13 @@ def _text(x, y, s, *, anchor="middle", size=11, fill=TEXT, weight="normal", extr
     )
 
 
-def _open(width: int, height: int, title: str, css_class: str) -> str:
+def _open(width: int, height: int, title: str, css_class: str, desc: str = "") -> str:
     t = escape(title)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {css_class}" viewBox="0 0 {width} {height}" '
         f'width="100%" style="max-width: {width}px" preserveAspectRatio="xMinYMin meet" role="img" '
         f'aria-label="{t}" '
-        f'font-family="{escape(FONT)}"><title>{t}</title>'
+        f'font-family="{escape(FONT)}"><title>{t}</title>' + (f"<desc>{escape(desc)}</desc>" if desc else "")
     )
 
 
@@ -405,5 +405,100 @@ def bar_chart(
             f'y2="{top + row_h * len(labels)}" '
             f'stroke="{AXIS}" stroke-dasharray="4 3"/>'
         )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def histogram(
+    bins: Sequence[dict],
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    threshold: float | None = None,
+    width: int = 1000,
+    height: int = 280,
+    empty_message: str = "No data",
+) -> str:
+    """Vertical bars over equal bins ``{"low", "high", "count", "flagged"?}`` (in order), the
+    ``flagged`` part of each bar stacked in orange (e.g. annotators below threshold); an
+    optional dashed threshold line. For distributions too large for one mark per item: its
+    size does not depend on the number of items counted. The ``<desc>`` lists every bin's
+    counts for screen readers."""
+    css = "chart-histogram"
+    total = sum(int(b["count"]) for b in bins)
+    if not bins or total == 0:
+        return _empty(width, 120, title or "histogram", css, empty_message)
+    flagged_total = sum(int(b.get("flagged") or 0) for b in bins)
+    desc = f"{total:,} in {len(bins)} bins"
+    if flagged_total:
+        desc += f", {flagged_total:,} of them below threshold"
+    desc += ". " + "; ".join(
+        f"{b['low']:g}–{b['high']:g}: {b['count']:,}"
+        + (f" ({b['flagged']:,} below)" if b.get("flagged") else "")
+        for b in bins
+        if b["count"]
+    )
+    x_min, x_max = bins[0]["low"], bins[-1]["high"]
+    y_max = max(int(b["count"]) for b in bins)
+    ticks = _nice_ticks(0, y_max, 4)
+    if ticks[-1] < y_max and len(ticks) > 1:  # a gridline above the tallest bar
+        ticks.append(ticks[-1] + ticks[1] - ticks[0])
+    y_top = max(y_max, ticks[-1])
+    legend_h = 22 if flagged_total else 0
+    left, right, top, bottom = 60, 16, 12 + legend_h, 46 if x_label else 30
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(v: float) -> float:
+        return left + pw * (v - x_min) / (x_max - x_min)
+
+    def y(v: float) -> float:
+        return top + ph * (1 - v / y_top)
+
+    out = [_open(width, height, title or "histogram", css, desc)]
+    for t in ticks:
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y(t))}" y2="{_f(y(t))}" stroke="{GRID}"/>')
+        out.append(_text(left - 6, y(t) + 4, f"{t:,g}", anchor="end", size=10, fill=AXIS))
+    for t in _nice_ticks(x_min, x_max):
+        out.append(_text(x(t), top + ph + 16, f"{t:g}", size=10, fill=AXIS))
+    for b in bins:
+        n, k = int(b["count"]), int(b.get("flagged") or 0)
+        if not n:
+            continue
+        x0, x1 = x(b["low"]) + 1, x(b["high"]) - 1
+        tip = f"{b['low']:g}–{b['high']:g}: {n:,}" + (f", {k:,} below threshold" if k else "")
+        out.append(f'<g><title>{escape(tip)}</title>')
+        if n - k:
+            out.append(
+                f'<rect x="{_f(x0)}" y="{_f(y(n))}" width="{_f(x1 - x0)}" height="{_f(y(k) - y(n))}" '
+                f'fill="{PALETTE[0]}" opacity="0.85"/>'
+            )
+        if k:
+            out.append(
+                f'<rect x="{_f(x0)}" y="{_f(y(k))}" width="{_f(x1 - x0)}" height="{_f(y(0) - y(k))}" '
+                f'fill="{PALETTE[1]}" opacity="0.85"/>'
+            )
+        out.append("</g>")
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="{AXIS}"/>')
+    out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="{AXIS}"/>')
+    if threshold is not None and x_min <= threshold <= x_max:
+        tx = x(threshold)
+        out.append(
+            f'<line x1="{_f(tx)}" x2="{_f(tx)}" y1="{top}" y2="{top + ph}" stroke="{PALETTE[1]}" '
+            'stroke-dasharray="4 3"/>'
+        )
+        out.append(
+            _text(tx + 4, top + 10, f"threshold {threshold:g}", anchor="start", size=10, fill=PALETTE[1])
+        )
+    if x_label:
+        out.append(_text(left + pw / 2, height - 8, x_label, size=11, fill=AXIS))
+    if y_label:
+        cy = top + ph / 2
+        out.append(_text(14, cy, y_label, size=11, fill=AXIS, extra=f' transform="rotate(-90 14 {_f(cy)})"'))
+    if flagged_total:
+        for k, (label, color) in enumerate((("others", PALETTE[0]), ("below threshold", PALETTE[1]))):
+            lx = left + k * 90
+            out.append(f'<rect x="{lx}" y="6" width="12" height="12" fill="{color}" rx="2"/>')
+            out.append(_text(lx + 17, 16, label, anchor="start", size=11))
     out.append("</svg>")
     return "".join(out)

@@ -266,30 +266,25 @@ class AnnotatorQualityList(_Api):
         sort = request.query_params.get("sort", "annotator")
         if sort not in services.SORT_KEYS:
             raise ValidationError({"sort": f"one of {', '.join(services.SORT_KEYS)}"})
-        rows = services.annotator_rows(
-            self.project,
-            services.latest_report(self.project),
-            sort=sort,
-            descending=request.query_params.get("dir") == "desc",
+        table = services.annotator_table(
+            self.project, sort=sort, descending=request.query_params.get("dir") == "desc"
         )
-        data = [_annotator_dict(r) for r in rows]
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(data, request, view=self)
-        return paginator.get_paginated_response(AnnotatorQualitySerializer(page, many=True).data)
+        page = paginator.paginate_queryset(table, request, view=self)
+        rows = services.annotator_rows_for(self.project, None, page)
+        return paginator.get_paginated_response(
+            AnnotatorQualitySerializer([_annotator_dict(r) for r in rows], many=True).data
+        )
 
 
 class AnnotatorQualityDetail(_Api):
     permission_classes = [ReaderOrAdminWrites]
 
     def _row(self, user_pk: int) -> services.AnnotatorRow:
-        rows = [
-            r
-            for r in services.annotator_rows(self.project, services.latest_report(self.project))
-            if r.user_id == int(user_pk)
-        ]
-        if not rows:
+        row = services.annotator_row(self.project, None, int(user_pk))
+        if row is None:
             raise NotFound("No such annotator in this project.")
-        return rows[0]
+        return row
 
     @extend_schema(
         tags=TAGS,

@@ -29,6 +29,9 @@ ADMIN_ONLY = (Role.ADMIN,)
 #: Annotators per page of the dashboard's table.
 ANNOTATORS_PER_PAGE = 50
 ALL_ROLES = (Role.ADMIN, Role.RESEARCHER, Role.ANNOTATOR)
+#: Up to this many annotators with gold accuracy, the gold chart draws each one (dot and
+#: interval); above, a histogram of their accuracies.
+GOLD_CHART_MAX_POINTS = 1000
 
 COLUMNS = (
     # (sort key, header, numeric, tooltip)
@@ -161,7 +164,7 @@ def _row_view(row: services.AnnotatorRow) -> dict:
 # --------------------------------------------------------------------------- charts
 
 
-def _charts(report: QualityReport | None, rows: list[services.AnnotatorRow]) -> dict:
+def _charts(report: QualityReport | None, summary: services.TableSummary) -> dict:
     data = report.data if report is not None else {}
     over = (data.get("over_time") or {}).get("points") or []
     labels = [p["label"] for p in over]
@@ -198,22 +201,25 @@ def _charts(report: QualityReport | None, rows: list[services.AnnotatorRow]) -> 
     else:
         charts["heatmap"] = ""
     min_acc = (data.get("settings") or {}).get("min_accuracy", services.knob("PREFLOOP_QUALITY_MIN_ACCURACY"))
-    gold_rows = [
-        {
-            "label": r.username,
-            "value": r.quality.gold_accuracy,
-            "low": r.quality.gold_accuracy_low,
-            "high": r.quality.gold_accuracy_high,
-            "flagged": r.below_threshold,
-        }
-        for r in sorted(rows, key=lambda r: r.username.lower())
-        if r.quality is not None and r.quality.gold_accuracy is not None
-    ]
-    charts["gold"] = (
-        plots.interval_plot(gold_rows, title="Gold accuracy with 95% credible interval", threshold=min_acc)
-        if gold_rows
-        else ""
-    )
+    if summary.gold_points:
+        charts["gold"] = plots.interval_plot(
+            summary.gold_points, title="Gold accuracy with 95% credible interval", threshold=min_acc
+        )
+        charts["gold_binned"] = False
+    elif summary.gold_bins:
+        width = summary.gold_bins[0]["high"] - summary.gold_bins[0]["low"]
+        charts["gold_bin_width"] = f"{width:g}"
+        charts["gold_max_points"] = f"{GOLD_CHART_MAX_POINTS:,}"
+        charts["gold"] = plots.histogram(
+            summary.gold_bins,
+            title=f"Gold accuracy of {summary.n_gold:,} annotators: number per bin of {width:g}",
+            x_label="Gold accuracy (posterior mean)",
+            y_label="Annotators",
+            threshold=min_acc,
+        )
+        charts["gold_binned"] = True
+    else:
+        charts["gold"] = ""
     rounds = []
     for rnd in sorted(data.get("rounds") or [], key=lambda r: -r["round"]):
         models = rnd["models"]
@@ -302,12 +308,12 @@ def _sort_params(request) -> tuple[str, bool]:
 
 
 def _table_context(request, project, role, report) -> dict:
-    """The annotator table: every row sorted (``rows``, for the charts and counts), one page of
-    them rendered (``page``: Django's ``get_page``, so a bad or out-of-range number gives the
-    first or last page)."""
+    """The annotator table: sorted and paged in the database, only this page's rows built
+    (``page``: Django's ``get_page``, so a bad or out-of-range number gives the first or last
+    page)."""
     sort, descending = _sort_params(request)
-    rows = services.annotator_rows(project, report, sort=sort, descending=descending)
-    page = Paginator(rows, ANNOTATORS_PER_PAGE).get_page(request.GET.get("page"))
+    table = services.annotator_table(project, sort=sort, descending=descending)
+    page = Paginator(table, ANNOTATORS_PER_PAGE).get_page(request.GET.get("page"))
     headers = []
     for key, label, numeric, tip in COLUMNS:
         active = key == sort
@@ -327,13 +333,11 @@ def _table_context(request, project, role, report) -> dict:
         "project": project,
         "role": role,
         "is_admin": role == Role.ADMIN,
-        "rows": rows,
         "page": page,
-        "row_views": [_row_view(r) for r in page.object_list],
+        "row_views": [_row_view(r) for r in services.annotator_rows_for(project, report, page.object_list)],
         "headers": headers,
         "sort": sort,
         "dir": "desc" if descending else "asc",
-        "n_below": sum(r.below_threshold for r in rows),
     }
 
 
@@ -342,19 +346,21 @@ def _table_context(request, project, role, report) -> dict:
 def quality_dashboard(request, pk: int):
     project = project_for(request.user, pk, *READ_ROLES)
     role = role_of(request.user, project)
-    report = services.latest_report(project)
+    report = services.dashboard_report(project)
     table = _table_context(request, project, role, report)
     if request.htmx and request.htmx.target == "annotator-table":
         return render(request, "evaluation/quality_table.html", table)
     data = report.data if report is not None else {}
+    summary = services.table_summary(project, max_points=GOLD_CHART_MAX_POINTS)
     context = {
         **table,
+        "n_below": summary.n_below,
         "tab": "quality",
         "report": report,
         "pending": services.pending_report(project),
         "data": data,
         "agreement": _agreement_view(data),
-        "charts": _charts(report, table["rows"]),
+        "charts": _charts(report, summary),
         "aggregation": data.get("aggregation") or {},
         "thresholds": data.get("settings")
         or {
@@ -396,9 +402,9 @@ def _after_action(request, project, user_id: int, *, error: str = "", ok: str = 
     """HTMX: the updated table row; otherwise back to the dashboard with a message."""
     if request.htmx:
         role = role_of(request.user, project)
-        report = services.latest_report(project)
-        rows = [r for r in services.annotator_rows(project, report) if r.user_id == user_id]
-        if not rows:
+        report = services.dashboard_report(project)
+        row = services.annotator_row(project, report, user_id)
+        if row is None:
             raise Http404
         return render(
             request,
@@ -407,7 +413,7 @@ def _after_action(request, project, user_id: int, *, error: str = "", ok: str = 
                 "project": project,
                 "role": role,
                 "is_admin": role == Role.ADMIN,
-                "rv": _row_view(rows[0]),
+                "rv": _row_view(row),
                 "row_error": error,
                 "row_ok": ok,
             },

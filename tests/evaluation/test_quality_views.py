@@ -6,7 +6,10 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from annotate.models import (
     Comparison,
@@ -22,7 +25,7 @@ from annotate.models import (
 )
 from evaluation import services
 from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
-from evaluation.views import ANNOTATORS_PER_PAGE
+from evaluation.views import ANNOTATORS_PER_PAGE, GOLD_CHART_MAX_POINTS
 
 pytestmark = pytest.mark.django_db
 
@@ -470,3 +473,236 @@ def test_api_roles_table_labels_and_actions(site, client):
         ).status_code
         == 404
     )
+
+
+# --------------------------------------------------------------------------- at scale
+
+
+def make_crowd(n: int, name: str = "big"):
+    """A project whose annotator table has ``n`` annotator members plus a former member and
+    an admin who judged (both with statistics), as :func:`services.recompute_quality` would
+    leave it but written directly: every column has ties, missing values (10% of members
+    have no statistics yet; some statistics are NULL), mixed-case names, members without a
+    pool, excluded members (some whose stored flags predate it, some included again since),
+    weight overrides; and a report with the per-annotator extras. Returns (project, admin)."""
+    User = get_user_model()
+    project = Project.objects.create(name=name)
+    pools = [Pool.objects.create(project=project, name=p) for p in ("North", "south", "Experts")] + [None]
+    prefixes = ("Ann", "bea", "Cy", "dot")
+    users = User.objects.bulk_create(
+        [User(username=f"{name}-{prefixes[i % 4]}-{(i * 7919) % n:05d}") for i in range(n)]
+    )
+    Membership.objects.bulk_create(
+        [
+            Membership(
+                project=project,
+                user=u,
+                role=Role.ANNOTATOR,
+                pool=pools[i % 4],
+                excluded=i % 17 == 0,
+                weight_override=(0.2, 1.0, 0.0)[i % 3] if i % 13 == 0 else None,
+            )
+            for i, u in enumerate(users)
+        ]
+    )
+    admin = User.objects.create(username=f"{name}-admin")
+    Membership.objects.create(project=project, user=admin, role=Role.ADMIN)
+    former = User.objects.create(username=f"{name}-Former")
+    flag_sets = (
+        [],
+        ["low_accuracy"],
+        ["low_weight", "too_fast"],
+        ["excluded"],
+        ["position_bias", "excluded"],
+    )
+    qualities, extras = [], {}
+    for i, u in enumerate([*users, former, admin]):
+        if i % 10 == 9:
+            continue  # no statistics yet
+        gold = None if i % 5 == 0 else ((i * 37) % 20) / 20
+        qualities.append(
+            AnnotatorQuality(
+                project=project,
+                annotator=u,
+                n_judgments=(i * 7) % 5 * 10,
+                n_gold=0 if gold is None else 10,
+                gold_correct=0 if gold is None else round(gold * 10),
+                gold_accuracy=gold,
+                gold_accuracy_low=None if gold is None else max(0.0, gold - 0.1),
+                gold_accuracy_high=None if gold is None else min(1.0, gold + 0.1),
+                estimated_accuracy=((i * 11) % 10) / 10,
+                position_bias=None if i % 6 == 0 else ((i * 13) % 21 - 10) / 100,
+                length_bias=((i * 5) % 9 - 4) / 50,
+                tie_rate=((i * 3) % 4) / 10,
+                median_seconds=None if i % 7 == 0 else float((i * 17) % 30),
+                flags=flag_sets[i % len(flag_sets)],
+                weight=((i * 11) % 6) / 5,
+            )
+        )
+        extras[str(u.pk)] = {"accuracy_source": "gold", "accuracy_used": gold, "factors": {"base": 0.5}}
+    AnnotatorQuality.objects.bulk_create(qualities)
+    QualityReport.objects.create(
+        project=project,
+        status=JobStatus.SUCCEEDED,
+        n_judgments=1000,
+        data={"n_judgments": 1000, "n_items": 200, "n_annotators": len(qualities), "annotators": extras},
+        finished_at=timezone.now(),
+    )
+    return project, admin
+
+
+def python_order(project, key: str, descending: bool) -> list[int]:
+    """User ids in the order the dashboard had before it sorted in the database: every row
+    built in Python and sorted by :meth:`AnnotatorRow.value`, rows without a value last by name."""
+    memberships = {
+        m.user_id: m for m in Membership.objects.filter(project=project).select_related("user", "pool")
+    }
+    qualities = {
+        q.annotator_id: q
+        for q in AnnotatorQuality.objects.filter(project=project).select_related("annotator")
+    }
+    rows = []
+    for uid in set(qualities) | {u for u, m in memberships.items() if m.role == Role.ANNOTATOR}:
+        m, q = memberships.get(uid), qualities.get(uid)
+        rows.append(
+            services.AnnotatorRow(
+                user_id=uid,
+                username=(m.user if m else q.annotator).get_username(),
+                pool=m.pool.name if m and m.pool else "—",
+                membership=m,
+                quality=q,
+            )
+        )
+    present = [r for r in rows if r.value(key) is not None]
+    missing = [r for r in rows if r.value(key) is None]
+    present.sort(key=lambda r: (r.value(key), r.username.lower()), reverse=descending)
+    missing.sort(key=lambda r: r.username.lower())
+    return [r.user_id for r in present + missing]
+
+
+def row_ids(body: str) -> list[int]:
+    return [int(u) for u in re.findall(r'<tr id="annotator-(\d+)"', body)]
+
+
+@pytest.fixture
+def small_crowd(client):
+    project, admin = make_crowd(2 * ANNOTATORS_PER_PAGE + 30, "small")
+    client.force_login(admin)
+    return project, client
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_every_column_sorts_across_pages_as_the_full_python_sort(small_crowd, descending):
+    project, c = small_crowd
+    for key in services.SORT_KEYS:
+        expected = python_order(project, key, descending)
+        assert len(expected) == 2 * ANNOTATORS_PER_PAGE + 30 + 2  # + the former member and the admin
+        shown = []
+        for n in (1, 2, 3):
+            shown += row_ids(table_page(c, project, sort=key, dir="desc" if descending else "asc", page=n))
+        assert shown == expected, key
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_api_sorts_every_column_across_pages_as_the_full_python_sort(small_crowd, descending):
+    project, c = small_crowd
+    base = f"/api/projects/{project.pk}/quality/annotators/"
+    for key in services.SORT_KEYS:
+        expected = python_order(project, key, descending)
+        shown = []
+        for offset in range(0, len(expected) + 40, 40):
+            params = {"sort": key, "dir": "desc" if descending else "asc", "limit": 40, "offset": offset}
+            body = c.get(base, params)
+            assert body.status_code == 200 and body.json()["count"] == len(expected)
+            shown += [r["user"] for r in body.json()["results"]]
+        assert shown == expected, key
+
+
+def test_page_rows_show_flags_as_exclusion_is_now_and_the_reports_extras(small_crowd):
+    project, c = small_crowd
+    members = Membership.objects.filter(project=project)
+    excluded = set(members.filter(excluded=True).values_list("user_id", flat=True))
+    with_stats = set(AnnotatorQuality.objects.filter(project=project).values_list("annotator_id", flat=True))
+    stale = set(  # flagged "excluded" by the last computation, included again since
+        AnnotatorQuality.objects.filter(project=project, flags__icontains="excluded").values_list(
+            "annotator_id", flat=True
+        )
+    ) - excluded
+    assert stale and excluded - with_stats and excluded & with_stats
+    seen = set()
+    for n in (1, 2, 3):
+        body = table_page(c, project, sort="flags", dir="desc", page=n)
+        for uid in row_ids(body):
+            row = re.search(rf'<tr id="annotator-{uid}".*?</tr>', body, re.S).group(0)
+            assert ("q-flag-excluded" in row) == (uid in excluded)
+            # The weight's explanation: the report's per-annotator extras, for this page's rows.
+            assert ("base ×0.50" in row) == (uid in with_stats)
+            seen.add(uid)
+    assert stale <= seen
+
+
+def queries_of(c, path, **headers) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = c.get(path, **headers)
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+def page_queries(c, project) -> dict:
+    dash = url("quality_dashboard", project)
+    api = f"/api/projects/{project.pk}/quality/annotators/"
+    one = AnnotatorQuality.objects.filter(project=project).first().annotator_id
+    return {
+        "page": queries_of(c, dash),
+        "sorted page": queries_of(c, dash + "?sort=gold_accuracy&dir=desc&page=3"),
+        "table": queries_of(c, dash + "?sort=weight&page=2", HTTP_HX_TARGET="annotator-table", **HX),
+        "api": queries_of(c, api),
+        "api sorted": queries_of(c, api + "?sort=position_bias&dir=desc&offset=40"),
+        "api one": queries_of(c, api + f"{one}/"),
+    }
+
+
+def test_queries_do_not_grow_with_annotators(client):
+    counts = {}
+    for n in (60, 600):
+        project, admin = make_crowd(n, f"n{n}")
+        client.force_login(admin)
+        counts[n] = page_queries(client, project)
+    assert counts[60] == counts[600]
+    assert max(counts[600].values()) <= 16, counts
+
+
+def test_gold_chart_is_a_histogram_above_the_threshold_with_the_same_queries(client):
+    project, admin = make_crowd(60, "few")
+    client.force_login(admin)
+    few = page_queries(client, project)
+    body = client.get(url("quality_dashboard", project)).content.decode()
+    n_gold = AnnotatorQuality.objects.filter(project=project, gold_accuracy__isnull=False).count()
+    chart = re.search(r'<svg[^>]*chart-interval.*?</svg>', body, re.S).group(0)
+    assert chart.count("<circle") == n_gold  # one mark per annotator, as before
+    assert "chart-histogram" not in body and "Each annotator: posterior mean" in body
+
+    project, admin = make_crowd(GOLD_CHART_MAX_POINTS * 3 // 2, "many")
+    stats = list(AnnotatorQuality.objects.filter(project=project))
+    below = [q for q in stats if {"low_accuracy", "low_weight"} & set(q.flags)]
+    n_gold = sum(q.gold_accuracy is not None for q in stats)
+    n_gold_below = sum(q.gold_accuracy is not None for q in below)
+    assert n_gold > GOLD_CHART_MAX_POINTS
+    client.force_login(admin)
+    assert page_queries(client, project) == few
+    body = client.get(url("quality_dashboard", project)).content.decode()
+    assert "chart-interval" not in body
+    chart = re.search(r'<svg[^>]*chart-histogram.*?</svg>', body, re.S).group(0)
+    # Binned: a bar (two parts at most) per bin, whatever the number of annotators.
+    assert "<circle" not in chart and chart.count("<rect") <= 2 * services.GOLD_BINS + 2
+    assert f"<title>Gold accuracy of {n_gold:,} annotators: number per bin of 0.05</title>" in chart
+    desc = re.search(r"<desc>(.*?)</desc>", chart).group(1)
+    assert desc.startswith(
+        f"{n_gold:,} in {services.GOLD_BINS} bins, {n_gold_below:,} of them below threshold. "
+    )
+    bars = re.findall(r"<g><title>([\d.]+)–([\d.]+): ([\d,]+)", chart)
+    assert sum(int(n.replace(",", "")) for _, _, n in bars) == n_gold
+    caption = re.search(r"<figcaption[^>]*>(.*?)</figcaption>", body[body.index("chart-histogram") :], re.S)
+    assert "Histogram" in caption.group(1) and "rather than one mark per annotator" in caption.group(1)
+    assert "more than 1,000" in caption.group(1)
+    assert f'<span class="q-below-count">{len(below)} below threshold</span>' in body
