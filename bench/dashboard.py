@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # bench/queue.py would shadow the standard library's queue module for scripts run from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
+
+from bench._django import bench_database  # noqa: E402
 
 DB_NAME = "bench_prefloop_dashboard"
 POOLS = ("crowd-en", "crowd-de", "experts", "students", "vendor-b")
@@ -306,31 +307,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
 
-    tmp = tempfile.TemporaryDirectory(prefix="prefloop-bench-")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "prefloop.settings")
-    on_postgres = bool(os.environ.get("DATABASE_URL"))
-    if not on_postgres:
-        os.environ["PREFLOOP_DATA_DIR"] = tmp.name  # a fresh db.sqlite3 there
-    os.environ.setdefault("LOG_LEVEL", "ERROR")
-    os.environ["DEBUG"] = "0"
+    with bench_database(DB_NAME) as connection:
+        import django
+        from django.conf import settings
+        from django.test import Client
 
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connection
-    from django.test import Client
-
-    assert not settings.DEBUG
-    settings.PREFLOOP_AUTO_QUALITY = False
-    if on_postgres:
-        connection.settings_dict["TEST"]["NAME"] = DB_NAME
-        connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    else:
-        call_command("migrate", verbosity=0)
-
-    try:
+        assert not settings.DEBUG
+        settings.PREFLOOP_AUTO_QUALITY = False
+        on_postgres = connection.vendor == "postgresql"
         version = connection.Database.sqlite_version if connection.vendor == "sqlite" else ""
         if on_postgres:
             with connection.cursor() as cur:
@@ -377,10 +361,6 @@ def main() -> None:
                 f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['queries']} | {r['kb']:.0f} | "
                 f"{r['p50'] / peer:.1f}x |"
             )
-    finally:
-        if on_postgres:
-            connection.creation.destroy_test_db(DB_NAME, verbosity=0)
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

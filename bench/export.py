@@ -37,11 +37,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._django import bench_database  # noqa: E402
 
 STAGES = ("select", "pairs", "judgments", "hf", "card")  # build_export's timed stages, in order
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
@@ -394,23 +395,7 @@ def main() -> None:
         child(args)
         return
 
-    tmp = tempfile.TemporaryDirectory(prefix="prefloop-bench-export-")
-    on_postgres = bool(os.environ.get("DATABASE_URL"))
-    os.environ["PREFLOOP_DATA_DIR"] = tmp.name  # SQLite file and exports there
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-
-    if on_postgres:
-        connection.settings_dict["TEST"]["NAME"] = "bench_prefloop_export"
-        name = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-        url = os.environ["DATABASE_URL"]
-        os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + name  # the children use it too
-    else:
-        call_command("migrate", verbosity=0)
-    try:
+    with bench_database("bench_prefloop_export", prefix="prefloop-bench-export-") as connection:
         version = connection.Database.sqlite_version if connection.vendor == "sqlite" else ""
         print(
             f"backend: {connection.vendor} {version}".strip() + f", python {sys.version.split()[0]}, "
@@ -425,7 +410,7 @@ def main() -> None:
         )
         connection.close()
 
-        out = Path(tmp.name) / "out"
+        out = Path(os.environ["PREFLOOP_DATA_DIR"]) / "out"
         results = {}
         jobs = [("jsonl", "0,1"), ("parquet", "0,1"), ("jsonl (n/10)", "1")]
         if not args.skip_naive:
@@ -480,10 +465,6 @@ def main() -> None:
             f"{text * (args.n / (args.n + small)) / 2**20:,.0f} MiB more text "
             f"({(big['peak'] - little['peak']) / max(args.n, 1):,.0f} B per extra comparison)"
         )
-    finally:
-        if on_postgres:
-            connection.creation.destroy_test_db(os.environ["DATABASE_URL"].rsplit("/", 1)[1], verbosity=0)
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

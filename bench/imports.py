@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # bench/queue.py would shadow the standard library's queue module for scripts run from here.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
+
+from bench._django import bench_database  # noqa: E402
 
 
 def synthetic(n: int, tag: str) -> bytes:
@@ -110,29 +110,10 @@ def main() -> None:
     parser.add_argument("--naive-lines", type=int, default=1_000)
     args = parser.parse_args()
 
-    tmp = tempfile.TemporaryDirectory(prefix="prefloop-bench-")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "prefloop.settings")
-    on_postgres = bool(os.environ.get("DATABASE_URL"))
-    if not on_postgres:
-        os.environ["PREFLOOP_DATA_DIR"] = tmp.name  # a fresh db.sqlite3 there
-    os.environ.setdefault("LOG_LEVEL", "ERROR")
+    with bench_database("bench_prefloop_imports") as connection:
+        from annotate.imports import import_comparisons
+        from annotate.models import Comparison, Project
 
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-
-    if on_postgres:
-        connection.settings_dict["TEST"]["NAME"] = "bench_prefloop_imports"
-        connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    else:
-        call_command("migrate", verbosity=0)
-
-    from annotate.imports import import_comparisons
-    from annotate.models import Comparison, Project
-
-    try:
         version = connection.Database.sqlite_version if connection.vendor == "sqlite" else ""
         print(f"backend: {connection.vendor} {version}".strip() + f", python {sys.version.split()[0]}")
 
@@ -179,10 +160,6 @@ def main() -> None:
             f"{t_naive.wall / t_small.wall:.1f}x wall, {t_naive.cpu / t_small.cpu:.1f}x cpu "
             f"on the same {args.naive_lines:,} lines"
         )
-    finally:
-        if on_postgres:
-            connection.creation.destroy_test_db("bench_prefloop_imports", verbosity=0)
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Shared fixtures. Nothing here reaches the network."""
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,38 @@ def _isolated_data_dirs(request, tmp_path):
     settings.PREFLOOP_AUTO_QUALITY = False
     # A fast hasher: the suite creates many users; real hashing is tested by Django itself.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def run_at_once():
+    """``run_at_once(fns)``: run the callables in threads released together (a barrier), each
+    with its own database connection (closed when its thread ends); return their results in
+    order, re-raise the first error, fail if a thread hangs (a deadlock). For the concurrency
+    tests against PostgreSQL."""
+    from django.db import connections
+
+    def run(fns):
+        barrier = threading.Barrier(len(fns))
+        results = [None] * len(fns)
+        errors = []
+
+        def worker(i, fn):
+            try:
+                barrier.wait(timeout=30)
+                results[i] = fn()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=worker, args=(i, fn)) for i, fn in enumerate(fns)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"
+        if errors:
+            raise errors[0]
+        return results
+
+    return run

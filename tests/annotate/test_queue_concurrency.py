@@ -4,17 +4,16 @@ Run: DATABASE_URL=postgres://postgres@127.0.0.1:5432/prefloop \\
      .venv/bin/python -m pytest tests/annotate/test_queue_concurrency.py -q
 
 Each thread is one annotator's request with its own database connection (closed at the end
-of the thread); a ``threading.Barrier`` releases them at the same moment.
+of the thread); a barrier releases them at the same moment (the ``run_at_once`` fixture).
 """
 from __future__ import annotations
 
 import random
-import threading
 from collections import Counter
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
+from django.db import connection
 
 from annotate import queue
 from annotate.models import (
@@ -61,32 +60,6 @@ def setup_project(n_comparisons=N_COMPARISONS, n_annotators=N_ANNOTATORS, overla
     return project, users
 
 
-def run_at_once(fns):
-    """Run the callables in threads released together; return their results, re-raise errors."""
-    barrier = threading.Barrier(len(fns))
-    results = [None] * len(fns)
-    errors = []
-
-    def worker(i, fn):
-        try:
-            barrier.wait(timeout=30)
-            results[i] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(i, fn)) for i, fn in enumerate(fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"
-    if errors:
-        raise errors[0]
-    return results
-
-
 def assert_invariants(project):
     project.refresh_from_db()
     active = Counter(
@@ -110,7 +83,7 @@ def assert_invariants(project):
     assert not per_annotator or max(per_annotator.values()) == 1, per_annotator
 
 
-def test_simultaneous_next_never_exceeds_overlap():
+def test_simultaneous_next_never_exceeds_overlap(run_at_once):
     project, users = setup_project()
     served = run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])
     assert_invariants(project)
@@ -119,7 +92,7 @@ def test_simultaneous_next_never_exceeds_overlap():
     assert all(n <= OVERLAP for n in Counter(a.comparison_id for a in got).values())
 
 
-def test_rounds_of_simultaneous_next_and_submit():
+def test_rounds_of_simultaneous_next_and_submit(run_at_once):
     """Everyone asks, judges and asks again, in lock-step rounds, until nobody gets anything;
     then the queue is drained sequentially. Nothing ever passes the overlap, and in the end
     every comparison has exactly ``overlap`` judgments."""
@@ -143,7 +116,7 @@ def test_rounds_of_simultaneous_next_and_submit():
     assert Judgment.objects.filter(project=project).count() == 5 * OVERLAP
 
 
-def test_submits_and_claims_at_once_do_not_deadlock():
+def test_submits_and_claims_at_once_do_not_deadlock(run_at_once):
     """Half the annotators submit while the other half claim, on the same comparisons. A
     submit must not lock more than its own assignment: a lock on the project row (taken by
     ``select_for_update()`` with ``select_related("project")``) against a claim's lock on the
@@ -162,7 +135,7 @@ def test_submits_and_claims_at_once_do_not_deadlock():
         assert Judgment.objects.filter(project=project).count() == 6
 
 
-def test_simultaneous_submits_of_one_assignment_write_one_judgment():
+def test_simultaneous_submits_of_one_assignment_write_one_judgment(run_at_once):
     project, users = setup_project()
     user = users[0]
     a = queue.next_assignment(user, project)
@@ -172,7 +145,7 @@ def test_simultaneous_submits_of_one_assignment_write_one_judgment():
     assert_invariants(project)
 
 
-def test_one_annotator_asking_twice_at_once_holds_one_assignment():
+def test_one_annotator_asking_twice_at_once_holds_one_assignment(run_at_once):
     """A double click or two open tabs: the same annotator's simultaneous requests must end
     with one active assignment, not two slots taken on two comparisons."""
     project, users = setup_project(n_comparisons=60)  # enough rows that each request finds some
@@ -182,7 +155,7 @@ def test_one_annotator_asking_twice_at_once_holds_one_assignment():
     assert len({a.pk for a in served if a is not None}) == 1
 
 
-def test_simultaneous_requests_serve_everyone_while_slots_remain():
+def test_simultaneous_requests_serve_everyone_while_slots_remain(run_at_once):
     """12 annotators ask at once for 3 comparisons × overlap 2: six slots, so six of them
     should get an item. Row locks must not make the others see an empty queue."""
     project, users = setup_project()

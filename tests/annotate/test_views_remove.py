@@ -3,13 +3,12 @@
 under concurrent requests."""
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -364,30 +363,6 @@ def assert_invariants(project):
         assert c.is_open == (c.is_gold or c.slots_taken < project.overlap), c.pk
 
 
-def run_at_once(fns):
-    barrier = threading.Barrier(len(fns))
-    results, errors = [None] * len(fns), []
-
-    def worker(i, fn):
-        try:
-            barrier.wait(timeout=30)
-            results[i] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(i, fn)) for i, fn in enumerate(fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung (deadlock?)"
-    if errors:
-        raise errors[0]
-    return results
-
-
 def _postgres_only():
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL)")
@@ -418,7 +393,7 @@ def _postgres_world(n_annotators=8, n_comparisons=6, overlap=2):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_two_admins_removing_each_other_at_once_leave_one():
+def test_two_admins_removing_each_other_at_once_leave_one(run_at_once):
     _postgres_only()
     for _ in range(5):
         Project.objects.all().delete()
@@ -435,7 +410,7 @@ def test_two_admins_removing_each_other_at_once_leave_one():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_removals_during_claims_and_submits_keep_the_slot_counts():
+def test_removals_during_claims_and_submits_keep_the_slot_counts(run_at_once):
     """Half the annotators are removed while everyone claims and submits: no slot is lost or
     counted twice, and no removed annotator is left holding an item."""
     _postgres_only()
