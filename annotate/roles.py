@@ -19,43 +19,43 @@ def membership(user, project: Project) -> Membership | None:
     return Membership.objects.filter(user=user, project=project).select_related("pool").first()
 
 
-def role_of(user, project: Project) -> str | None:
+def _role_and_membership(user, project: Project) -> tuple[str | None, Membership | None]:
     if user.is_authenticated and user.is_superuser:
-        return Role.ADMIN
+        return Role.ADMIN, None  # admin of every project, with or without a membership
     m = membership(user, project)
-    return m.role if m else None
+    return (m.role if m else None), m
+
+
+def role_of(user, project: Project) -> str | None:
+    return _role_and_membership(user, project)[0]
 
 
 def has_role(user, project: Project, *roles: str) -> bool:
     return role_of(user, project) in roles
 
 
-def require_role(user, project: Project, *roles: str) -> str:
-    """Return the user's role, or raise PermissionDenied if it is not one of ``roles``."""
-    role = role_of(user, project)
+def _require(role: str | None, roles: tuple[str, ...]) -> str:
     if role not in roles:
         raise PermissionDenied("You do not have the required role in this project.")
     return role
 
 
+def require_role(user, project: Project, *roles: str) -> str:
+    """Return the user's role, or raise PermissionDenied if it is not one of ``roles``."""
+    return _require(role_of(user, project), roles)
+
+
 def project_for(user, project_id: int, *roles: str) -> Project:
     """The project, 404 if missing, 403 unless the user has one of ``roles`` in it."""
-    project = get_object_or_404(Project, pk=project_id)
-    require_role(user, project, *roles)
-    return project
+    return project_and_membership(user, project_id, *roles)[0]
 
 
 def project_and_membership(user, project_id: int, *roles: str) -> tuple[Project, Membership | None]:
     """``project_for``, and the user's membership read on the way (None for a superuser, whose
     role is admin without one), so that the caller does not read it again."""
     project = get_object_or_404(Project, pk=project_id)
-    if user.is_authenticated and user.is_superuser:
-        m, role = None, Role.ADMIN
-    else:
-        m = membership(user, project)
-        role = m.role if m else None
-    if role not in roles:
-        raise PermissionDenied("You do not have the required role in this project.")
+    role, m = _role_and_membership(user, project)
+    _require(role, roles)
     return project, m
 
 

@@ -112,15 +112,16 @@ def _is_last_admin(membership: Membership, admin_ids: list[int]) -> bool:
     return membership.role == Role.ADMIN and all(pk == membership.pk for pk in admin_ids)
 
 
-def removal_refusal(membership: Membership, *, by=None) -> str | None:
+def removal_refusal(membership: Membership, *, by=None, usage: MemberUsage | None = None) -> str | None:
     """Why the member cannot be removed (a message for the confirmation page), or None.
-    ``remove_member`` checks again under its locks."""
+    ``usage``: their ``member_usage`` when the caller has it. ``remove_member`` checks again
+    under its locks."""
     admin_ids = list(
         Membership.objects.filter(project_id=membership.project_id, role=Role.ADMIN).values_list("pk", flat=True)
     )
     if _is_last_admin(membership, admin_ids):
         return _last_admin_message(membership, by)
-    return _quality_decision_message(membership, member_usage(membership).judgments)
+    return _quality_decision_message(membership, (usage or member_usage(membership)).judgments)
 
 
 def remove_member(membership: Membership, *, by=None) -> Removal:

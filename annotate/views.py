@@ -290,6 +290,7 @@ def project_member_remove(request, pk: int, membership_id: int):
         if removal.user_id == request.user.pk and role_of(request.user, project) != Role.ADMIN:
             return redirect("home")  # they removed themselves: the project's pages are closed to them now
         return redirect("project_members", pk=project.pk)
+    usage = services.member_usage(m)
     return _project_page(
         request,
         project,
@@ -297,8 +298,8 @@ def project_member_remove(request, pk: int, membership_id: int):
         "annotate/member_remove.html",
         {
             "member": m,
-            "usage": services.member_usage(m),
-            "refusal": services.removal_refusal(m, by=request.user),
+            "usage": usage,
+            "refusal": services.removal_refusal(m, by=request.user, usage=usage),
             "is_self": m.user_id == request.user.pk,
             "tab": "members",
         },
