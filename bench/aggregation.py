@@ -41,7 +41,7 @@ SIZES = {
 
 
 def generate(path: Path, n_workers: int, n_items: int, overlap: int, seed: int) -> None:
-    from evaluation.aggregation import simulate
+    from evaluation.stats.simulation import simulate
 
     rng = np.random.default_rng(seed)
     j, truth = simulate(n_workers, n_items, overlap, accuracy=(0.55, 0.95), activity_sigma=1.0, seed=seed)
@@ -70,7 +70,8 @@ def run_method(method: str, mode: str, data_path: Path, out_path: Path) -> None:
 
     import pandas as pd  # imported by both children so that neither pays it inside the fit
 
-    from evaluation.aggregation import Judgments, aggregate
+    from evaluation.stats.aggregation import aggregate
+    from evaluation.stats.judgments import Judgments
 
     if method == "crowdkit":
         from crowdkit.aggregation import DawidSkene

@@ -1,4 +1,4 @@
-"""Export speed and memory: ``evaluation.exports`` against a naive ``json.dumps`` over a queryset.
+"""Export speed and memory: ``evaluation.export`` against a naive ``json.dumps`` over a queryset.
 
     .venv/bin/python bench/export.py [--n 1000000] [--skip-naive]
 
@@ -14,7 +14,7 @@ peak memory (``ru_maxrss``) is its own:
   write the lines; the label is the majority of a per-row vote count annotation. Its process
   gets an address-space limit (``--naive-limit-gb``, 12) so that on a small machine it fails
   with MemoryError rather than waking the OOM killer.
-* ``jsonl``, ``parquet``: :func:`evaluation.exports.build_export` with that format (load and
+* ``jsonl``, ``parquet``: :func:`evaluation.export.services.build_export` with that format (load and
   aggregate the judgments, weights, split, stream the texts, dataset card with bootstrap
   agreement intervals, content hash).
 * ``jsonl (n/10)``: the same on the small round, to show that memory does not grow with the texts.
@@ -284,16 +284,17 @@ def naive_export(project_id: int, out: Path) -> int:
 
 def ours_export(project_id: int, out: Path, fmt: str, rounds: list[int]) -> int:
     from annotate.models import Project
-    from evaluation import exports
+    from evaluation.export.progress import Progress
+    from evaluation.export.services import build_export, create_export
 
     project = Project.objects.get(pk=project_id)
-    export = exports.create_export(
+    export = create_export(
         project,
         None,
         {"formats": [fmt], "rounds": rounds, "include_ties": True, "include_both_bad": True},
         enqueue=False,
     )
-    export = exports.build_export(export, out_dir=out, progress=exports.Progress())
+    export = build_export(export, out_dir=out, progress=Progress())
     return export.n_rows, export.stats.get("seconds", {})
 
 
@@ -304,8 +305,7 @@ def child(args) -> None:
     # Import what the export imports, so the baseline RSS holds the libraries, not the work.
     import pyarrow.parquet  # noqa: F401
 
-    import evaluation.agreement  # noqa: F401
-    import evaluation.services  # noqa: F401
+    import evaluation.export.services  # noqa: F401
 
     base = rss_bytes()
     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -1,3 +1,5 @@
+"""Admin pages of the stored quality reports, annotator quality rows and exports."""
+
 from django.contrib import admin
 
 from . import models

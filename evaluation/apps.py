@@ -1,3 +1,9 @@
+"""The evaluation app: three concerns in three packages, one set of models.
+
+``stats/`` is the pure math, ``quality/`` the annotator-quality dashboard and its API,
+``export/`` the calibrated exports; ``selectors.py`` is the judgment loader they share.
+"""
+
 from django.apps import AppConfig
 
 
@@ -10,10 +16,13 @@ class EvaluationConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from annotate.models import Judgment
-
         from annotate.signals import judgments_imported
 
-        from .signals import judgment_saved, judgments_imported as on_judgments_imported
+        # Register the Celery tasks in every process (web too): services enqueue them by name.
+        from .export import tasks as _export_tasks  # noqa: F401
+        from .quality import tasks as _quality_tasks  # noqa: F401
+        from .quality.signals import judgment_saved
+        from .quality.signals import judgments_imported as on_judgments_imported
 
         post_save.connect(judgment_saved, sender=Judgment, dispatch_uid="evaluation.judgment_saved")
         judgments_imported.connect(on_judgments_imported, dispatch_uid="evaluation.judgments_imported")

@@ -1,4 +1,10 @@
-"""Reads: judgments from the database into the arrays the pure statistics modules take."""
+"""Reads: judgments from the database into the arrays the pure statistics modules take.
+
+The one streaming judgment loader (:func:`load_judgments`) behind both concerns of the app,
+the quality statistics (:mod:`evaluation.quality`) and the calibrated exports
+(:mod:`evaluation.export`), and the bridge from its table to :mod:`evaluation.stats`.
+"""
+
 from __future__ import annotations
 
 import itertools
@@ -7,12 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 from django.db.models.functions import Length
 
-from annotate.models import Choice, Comparison, GoldAnswer, Judgment, Membership, Project
+from annotate.models import Choice, Comparison, GoldAnswer, Judgment, Membership, Pool, Project
+
+from .stats.judgments import Judgments
 
 LABEL = {Choice.A: 0, Choice.B: 1, Choice.TIE: 2, Choice.BOTH_BAD: 2}
 GOLD_LABEL = {Choice.A: 0, Choice.B: 1, Choice.TIE: 2, Choice.BOTH_BAD: 2}
 #: Rows read from the database and turned into arrays per batch.
 LOAD_CHUNK = 50_000
+#: The name of the group of annotators without a pool.
+NO_POOL = "(no pool)"
 
 
 @dataclass
@@ -54,6 +64,26 @@ class JudgmentTable:
 
     def __len__(self) -> int:
         return len(self.item)
+
+    def to_judgments(self, pool: np.ndarray, *, a_left: bool = True) -> Judgments:
+        """The pure modules' :class:`~evaluation.stats.judgments.Judgments`, with ``pool`` the
+        dense pool index of each worker (display order unknown where ``a_left_known`` is
+        false; none at all with ``a_left=False``)."""
+        return Judgments(
+            item=self.item,
+            worker=self.worker,
+            label=self.label,
+            a_left=self.a_left if a_left else None,
+            a_left_known=self.a_left_known if a_left else None,
+            seconds=self.seconds,
+            both_bad=self.both_bad,
+            n_items=self.n_items,
+            n_workers=self.n_workers,
+            pool=pool,
+            gold=self.gold,
+            len_a=self.len_a.astype(np.float64),
+            len_b=self.len_b.astype(np.float64),
+        )
 
 
 _COLUMNS = {
@@ -174,3 +204,26 @@ def load_judgments(
         item_prompt=prompt,
         item_round=rnd,
     )
+
+
+def pool_groups(project: Project, table: JudgmentTable) -> tuple[np.ndarray, list[dict]]:
+    """Dense pool index per worker of ``table`` (annotators without a pool share one group,
+    ordered last) and per group ``{"id", "name", "n_annotators", "n_judgments"}``, by name."""
+    names = dict(Pool.objects.filter(project=project).values_list("pk", "name"))
+    pool_ids = sorted(
+        {int(p) for p in table.worker_pool.tolist()}, key=lambda p: (p < 0, names.get(p, ""), p)
+    )
+    index_of = {p: i for i, p in enumerate(pool_ids)}
+    pool_index = np.array([index_of[int(p)] for p in table.worker_pool], dtype=np.int64)
+    info = []
+    for p in pool_ids:
+        workers = pool_index == index_of[p]
+        info.append(
+            {
+                "id": p if p >= 0 else None,
+                "name": names.get(p, NO_POOL) if p >= 0 else NO_POOL,
+                "n_annotators": int(workers.sum()),
+                "n_judgments": int(np.isin(table.worker, np.flatnonzero(workers)).sum()),
+            }
+        )
+    return pool_index, info

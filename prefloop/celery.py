@@ -13,6 +13,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "prefloop.settings")
 
 app = Celery("prefloop")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Each app keeps its tasks in ``tasks.py``; evaluation keeps export tasks apart.
+# Each app keeps its tasks in ``tasks.py``; evaluation keeps one per concern (quality, export).
 app.autodiscover_tasks()
-app.autodiscover_tasks(related_name="export_tasks")
+app.autodiscover_tasks(["evaluation.quality", "evaluation.export"])

@@ -425,7 +425,7 @@ DECIDED_LABELS = {"preference", None}
 def _read_export_file(export: Export) -> list[dict]:
     """Rows of the export's pairwise file: ``preferences.jsonl`` (TRL format), else the Parquet
     file (via pyarrow; neither needs torch)."""
-    from evaluation.exports import FORMAT_FILES
+    from evaluation.export.folder import FORMAT_FILES
 
     folder = Path(export.path) if export.path else None
     if folder is None or not folder.is_dir():
@@ -511,7 +511,7 @@ def build_fresh_export(project: Project, created_by=None, params: dict | None = 
     """Create and build (synchronously, in this process) an export of ``project`` with the
     default calibrated settings; raises ``TrainingError`` (and leaves no export behind) when it
     cannot be built, e.g. when no comparison has a judgment yet."""
-    from evaluation.exports import build_export, create_export
+    from evaluation.export.services import build_export, create_export
 
     options = {**FRESH_EXPORT_OPTIONS, **(params or {})}
     try:

@@ -4,7 +4,7 @@
 # with a_on_left=True whether or not their file said "display": "a_left", so a True cannot be
 # told apart from "unknown" here (turning them all into NULL would drop real orders and leave a
 # one-sided sample). The quality statistics still give such annotators no position bias, since
-# they saw only one order (evaluation.services._order_known).
+# they saw only one order (evaluation.quality.compute._order_known).
 
 from django.db import migrations, models
 

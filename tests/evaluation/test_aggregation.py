@@ -3,16 +3,9 @@
 import numpy as np
 import pytest
 
-from evaluation.aggregation import (
-    TIE,
-    A,
-    B,
-    Judgments,
-    aggregate,
-    argmax_label,
-    pool_disagreement,
-    simulate,
-)
+from evaluation.stats.aggregation import aggregate, pool_disagreement
+from evaluation.stats.judgments import TIE, A, B, Judgments, argmax_label
+from evaluation.stats.simulation import simulate
 
 
 def J(rows, **kw):
@@ -195,7 +188,7 @@ def test_unknown_display_order_marginalizes_the_position_click():
     # two orders' (A on the left with probability 1/2):
     #   0.6 pi[k, A] + 0.3   and   0.6 pi[k, A] + 0.1   ->   0.6 pi[k, A] + 0.2.
     # A tie involves no side at all: 0.6 pi[k, tie] in every case.
-    from evaluation.aggregation import _combo_likelihood, _Combos
+    from evaluation.stats.dawid_skene import _combo_likelihood, _Combos
 
     j = J(
         [(0, 0, A), (1, 0, A), (2, 0, A), (3, 0, TIE), (4, 0, TIE)],

@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.aggregation import TIE, A, B, Judgments
-from evaluation.agreement import (
+from evaluation.stats.agreement import (
     agreement_report,
     agreement_summary,
     between_group_agreement,
@@ -20,6 +19,7 @@ from evaluation.agreement import (
     raw_agreement,
     vote_pairs,
 )
+from evaluation.stats.judgments import TIE, A, B, Judgments
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from evaluation.aggregation import TIE, A, B, Judgments, aggregate
-from evaluation.bias import (
+from evaluation.stats.aggregation import aggregate
+from evaluation.stats.bias import (
     annotator_report,
     annotator_weights,
     gold_accuracy,
@@ -15,6 +15,7 @@ from evaluation.bias import (
     speed,
     wilson_interval,
 )
+from evaluation.stats.judgments import TIE, A, B, Judgments
 
 Z = 1.959963984540054  # 97.5% normal quantile
 

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from evaluation.aggregation import A, B, Judgments, aggregate, simulate
-from evaluation.agreement import krippendorff_alpha, krippendorff_alpha_from_counts
+from evaluation.stats.aggregation import aggregate
+from evaluation.stats.agreement import krippendorff_alpha, krippendorff_alpha_from_counts
+from evaluation.stats.judgments import A, B, Judgments
+from evaluation.stats.simulation import simulate
 
 pd = pytest.importorskip("pandas")
 crowdkit = pytest.importorskip("crowdkit.aggregation")

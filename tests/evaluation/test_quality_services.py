@@ -33,9 +33,19 @@ from annotate.models import (
     Role,
     content_hash,
 )
-from evaluation import services
 from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
-from evaluation.tasks import recompute_quality_task, schedule_recompute
+from evaluation.quality.compute import recompute_quality
+from evaluation.quality.scheduling import schedule_recompute
+from evaluation.quality.selectors import annotator_own_accuracy, latest_report
+from evaluation.quality.services import (
+    NotAMember,
+    aggregated_labels,
+    effective_weight,
+    effective_weights,
+    set_excluded,
+    set_weight_override,
+)
+from evaluation.quality.tasks import recompute_quality_task
 
 pytestmark = pytest.mark.django_db
 
@@ -121,7 +131,7 @@ def quality(project, user) -> AnnotatorQuality:
 
 def test_recompute_gives_the_hand_computed_numbers(hand):
     project, users, _ = hand
-    report = services.recompute_quality(project)
+    report = recompute_quality(project)
     assert report.status == JobStatus.SUCCEEDED and report.progress == 1.0 and report.finished_at
     assert report.n_judgments == 18
 
@@ -162,7 +172,7 @@ def test_recompute_gives_the_hand_computed_numbers(hand):
     assert data["annotators"][str(users["a1"].pk)]["accuracy_source"] == "gold"
 
     # Recomputing updates the rows in place.
-    services.recompute_quality(project)
+    recompute_quality(project)
     assert AnnotatorQuality.objects.filter(project=project).count() == 3
 
 
@@ -183,7 +193,7 @@ def test_position_bias_only_from_known_display_orders(hand):
     for c, (a_on_left, v) in zip(comparisons, mix, strict=True):
         judge(users["mix"], c, v, a_on_left=a_on_left, pool=north)
 
-    report = services.recompute_quality(project)
+    report = recompute_quality(project)
     extras = report.data["annotators"]
     imp, mixed = quality(project, users["imp"]), quality(project, users["mix"])
     assert imp.position_bias is None and imp.position_bias_se is None  # n/a: nothing to measure
@@ -204,15 +214,15 @@ def test_position_bias_only_from_known_display_orders(hand):
         assert quality(project, users[name]).position_bias is not None
 
     # Debiased Dawid–Skene takes the unknown orders too.
-    labels = services.aggregated_labels(project, "dawid_skene_debiased")
+    labels = aggregated_labels(project, "dawid_skene_debiased")
     assert len(labels) == 6 and all(0.0 <= lab["p_a"] <= 1.0 for lab in labels)
 
 
 def test_default_min_gold_uses_dawid_skene_accuracy(hand, settings):
     project, users, _ = hand
     del settings.PREFLOOP_QUALITY_MIN_GOLD  # back to the default, 10 gold judgments
-    services.recompute_quality(project)
-    report = services.latest_report(project)
+    recompute_quality(project)
+    report = latest_report(project)
     assert report.data["annotators"][str(users["a1"].pk)]["accuracy_source"] == "dawid_skene"
     q = quality(project, users["a1"])
     assert 0 <= q.weight <= 1 and q.estimated_accuracy is not None
@@ -221,7 +231,7 @@ def test_default_min_gold_uses_dawid_skene_accuracy(hand, settings):
 def test_empty_project_recomputes_to_an_empty_report(settings):
     settings.PREFLOOP_AUTO_QUALITY = False
     project = Project.objects.create(name="empty")
-    report = services.recompute_quality(project)
+    report = recompute_quality(project)
     assert report.status == JobStatus.SUCCEEDED
     assert report.data["n_judgments"] == 0
     assert not AnnotatorQuality.objects.filter(project=project).exists()
@@ -229,66 +239,64 @@ def test_empty_project_recomputes_to_an_empty_report(settings):
 
 def test_exclusion_zeroes_the_weight_keeps_judgments_and_the_queue_refuses(hand):
     project, users, comparisons = hand
-    services.recompute_quality(project)
+    recompute_quality(project)
     a2 = users["a2"]
     # a2 could be served before (a fresh comparison is open).
     make_comparison(project, 99)
     assert queue.next_assignment(a2, project) is not None
 
-    membership = services.set_excluded(project, a2.pk, True)
+    membership = set_excluded(project, a2.pk, True)
     assert membership.excluded
-    assert services.effective_weight(membership, quality(project, a2)) == 0.0
+    assert effective_weight(membership, quality(project, a2)) == 0.0
     with pytest.raises(queue.NotAnAnnotator):
         queue.next_assignment(a2, project)
     assert Judgment.objects.filter(annotator=a2, project=project).count() == 6
 
-    report = services.recompute_quality(project)
+    report = recompute_quality(project)
     assert quality(project, a2).n_judgments == 6  # still measured
     assert "excluded" in quality(project, a2).flags
     overall = report.data["agreement"]["overall"]
     assert overall["n_workers"] == 2
     assert overall["raw_agreement"]["value"] == pytest.approx(5 / 6)
-    assert services.effective_weights(project)[a2.pk] == 0.0
+    assert effective_weights(project)[a2.pk] == 0.0
 
-    services.set_excluded(project, a2.pk, False)
+    set_excluded(project, a2.pk, False)
     membership.refresh_from_db()
     assert not membership.excluded
-    assert services.effective_weight(membership, quality(project, a2)) == pytest.approx(
-        0.0
-    )  # computed weight is 0
+    assert effective_weight(membership, quality(project, a2)) == pytest.approx(0.0)  # computed weight is 0
     assert queue.next_assignment(a2, project) is not None
 
 
 def test_weight_override_replaces_the_computed_weight(hand):
     project, users, _ = hand
-    services.recompute_quality(project)
+    recompute_quality(project)
     a1 = users["a1"]
-    m = services.set_weight_override(project, a1.pk, 0.25)
-    assert services.effective_weight(m, quality(project, a1)) == 0.25
+    m = set_weight_override(project, a1.pk, 0.25)
+    assert effective_weight(m, quality(project, a1)) == 0.25
     with pytest.raises(ValueError):
-        services.set_weight_override(project, a1.pk, 1.5)
+        set_weight_override(project, a1.pk, 1.5)
     with pytest.raises(ValueError):
-        services.set_weight_override(project, a1.pk, -0.1)
+        set_weight_override(project, a1.pk, -0.1)
     m.refresh_from_db()
     assert m.weight_override == 0.25
     # Exclusion wins over an override.
-    m = services.set_excluded(project, a1.pk, True)
-    assert services.effective_weight(m, quality(project, a1)) == 0.0
-    services.set_excluded(project, a1.pk, False)
-    m = services.set_weight_override(project, a1.pk, None)
-    assert services.effective_weight(m, quality(project, a1)) == pytest.approx(3 / 7)
-    with pytest.raises(services.NotAMember):
-        services.set_weight_override(project, 10**9, 0.5)
+    m = set_excluded(project, a1.pk, True)
+    assert effective_weight(m, quality(project, a1)) == 0.0
+    set_excluded(project, a1.pk, False)
+    m = set_weight_override(project, a1.pk, None)
+    assert effective_weight(m, quality(project, a1)) == pytest.approx(3 / 7)
+    with pytest.raises(NotAMember):
+        set_weight_override(project, 10**9, 0.5)
 
 
 def test_effective_weight_rule():
     m = Membership(excluded=False, weight_override=None)
     q = AnnotatorQuality(weight=0.6)
-    assert services.effective_weight(m, q) == 0.6
-    assert services.effective_weight(m, None) == 1.0
-    assert services.effective_weight(None, q) == 0.6
-    assert services.effective_weight(Membership(excluded=False, weight_override=0.0), q) == 0.0
-    assert services.effective_weight(Membership(excluded=True, weight_override=0.9), q) == 0.0
+    assert effective_weight(m, q) == 0.6
+    assert effective_weight(m, None) == 1.0
+    assert effective_weight(None, q) == 0.6
+    assert effective_weight(Membership(excluded=False, weight_override=0.0), q) == 0.0
+    assert effective_weight(Membership(excluded=True, weight_override=0.9), q) == 0.0
 
 
 class _Sent(list):
@@ -362,7 +370,7 @@ def test_task_failure_is_recorded(hand, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(services, "recompute_quality", boom)
+    monkeypatch.setattr("evaluation.quality.tasks.recompute_quality", boom)
     assert recompute_quality_task(report.pk) == "failed"
     report.refresh_from_db()
     assert report.status == JobStatus.FAILED and "disk on fire" in report.message
@@ -370,22 +378,22 @@ def test_task_failure_is_recorded(hand, monkeypatch):
 
 def test_own_accuracy_is_off_by_default(hand):
     project, users, _ = hand
-    services.recompute_quality(project)
-    own = services.annotator_own_accuracy(users["a1"], project)
+    recompute_quality(project)
+    own = annotator_own_accuracy(users["a1"], project)
     assert not own.enabled and not own.visible and own.accuracy is None
 
 
 def test_own_accuracy_after_enough_gold_and_nothing_about_items(hand):
     project, users, comparisons = hand
-    services.recompute_quality(project)
+    recompute_quality(project)
     project.show_accuracy_after = 5
     project.save()
-    own = services.annotator_own_accuracy(users["a1"], project)
+    own = annotator_own_accuracy(users["a1"], project)
     assert own.enabled and not own.visible and own.accuracy is None  # only 4 gold judgments
 
     project.show_accuracy_after = 4
     project.save()
-    own = services.annotator_own_accuracy(users["a1"], project)
+    own = annotator_own_accuracy(users["a1"], project)
     assert own.visible and own.accuracy == pytest.approx(round(5 / 7, 2))
     assert own.low < own.accuracy < own.high
     payload = own.as_dict()
@@ -395,15 +403,15 @@ def test_own_accuracy_after_enough_gold_and_nothing_about_items(hand):
 
 def test_aggregated_labels(hand):
     project, users, comparisons = hand
-    labels = services.aggregated_labels(project, "majority")
+    labels = aggregated_labels(project, "majority")
     by_id = {lab["comparison"]: lab for lab in labels}
     assert len(labels) == 6
     assert by_id[comparisons[0].pk]["label"] == "a" and by_id[comparisons[0].pk]["is_gold"]
     assert by_id[comparisons[4].pk]["p_a"] == pytest.approx(2 / 3)  # r1: A, B, A
     assert by_id[comparisons[4].pk]["pool_disagreement"] == pytest.approx(1.0)  # north all A, south B
     # An excluded annotator is left out; majority weighs votes by effective weight.
-    services.set_excluded(project, users["a2"].pk, True)
-    labels = services.aggregated_labels(project, "majority")
+    set_excluded(project, users["a2"].pk, True)
+    labels = aggregated_labels(project, "majority")
     assert {lab["comparison"]: lab for lab in labels}[comparisons[4].pk]["p_a"] == pytest.approx(1.0)
 
 

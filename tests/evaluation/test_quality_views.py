@@ -23,9 +23,11 @@ from annotate.models import (
     Role,
     content_hash,
 )
-from evaluation import services
 from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
-from evaluation.views import ANNOTATORS_PER_PAGE, GOLD_CHART_MAX_POINTS
+from evaluation.quality.compute import recompute_quality
+from evaluation.quality.selectors import GOLD_BINS, SORT_KEYS, AnnotatorRow
+from evaluation.quality.services import effective_weights
+from evaluation.quality.views import ANNOTATORS_PER_PAGE, GOLD_CHART_MAX_POINTS
 
 pytestmark = pytest.mark.django_db
 
@@ -131,7 +133,7 @@ def test_anonymous_is_sent_to_login(site, client):
 
 def test_researcher_reads_but_cannot_change(site, client):
     project, users, _ = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     c = client_for(client, users["researcher"])
     response = c.get(url("quality_dashboard", project))
     assert response.status_code == 200
@@ -164,7 +166,7 @@ def test_dashboard_empty_state_before_any_computation(site, client):
 
 def test_dashboard_renders_table_figures_and_svg_plots(site, client):
     project, users, _ = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     response = client_for(client, users["admin"]).get(url("quality_dashboard", project))
     assert response.status_code == 200
     body = response.content.decode()
@@ -189,7 +191,7 @@ def test_dashboard_renders_table_figures_and_svg_plots(site, client):
 
 def test_table_sorts_and_htmx_gets_the_table_partial(site, client):
     project, users, _ = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     c = client_for(client, users["admin"])
     response = c.get(
         url("quality_dashboard", project),
@@ -287,7 +289,7 @@ def test_full_dashboard_renders_one_page_of_annotators(crowd, client, site):
 
 def test_admin_excludes_and_includes_an_annotator(site, client):
     project, users, _ = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     c = client_for(client, users["admin"])
     a2 = users["a2"]
     response = c.post(url("quality_exclude", project, a2.pk))
@@ -309,7 +311,7 @@ def test_admin_excludes_and_includes_an_annotator(site, client):
 
 def test_admin_sets_validates_and_clears_a_weight_override(site, client):
     project, users, _ = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     c = client_for(client, users["admin"])
     a1 = users["a1"]
     m = Membership.objects.get(project=project, user=a1)
@@ -328,7 +330,7 @@ def test_admin_sets_validates_and_clears_a_weight_override(site, client):
     assert "<strong>0.25</strong>" in body and "computed 0.43" in body
     m.refresh_from_db()
     assert m.weight_override == 0.25
-    assert services.effective_weights(project)[a1.pk] == 0.25
+    assert effective_weights(project)[a1.pk] == 0.25
 
     response = c.post(url("quality_clear_override", project, a1.pk))
     assert response.status_code == 302
@@ -378,9 +380,9 @@ def test_progress_polls_while_queued(site, client, settings):
 
 def test_non_htmx_recompute_redirects(site, client, monkeypatch):
     project, users, _ = site
-    from evaluation import tasks
+    from evaluation.quality.tasks import recompute_quality_task
 
-    monkeypatch.setattr(tasks.recompute_quality_task, "apply_async", lambda *a, **k: None)
+    monkeypatch.setattr(recompute_quality_task, "apply_async", lambda *a, **k: None)
     response = client_for(client, users["admin"]).post(url("quality_recompute", project))
     assert response.status_code == 302 and response["Location"] == url("quality_dashboard", project)
     assert QualityReport.objects.filter(project=project, status=JobStatus.QUEUED).count() == 1
@@ -391,7 +393,7 @@ def test_non_htmx_recompute_redirects(site, client, monkeypatch):
 
 def test_my_quality_page_rules(site, client):
     project, users, comparisons = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     c = client_for(client, users["a1"])
     body = c.get(url("my_quality", project)).content.decode()
     assert "does not show accuracy" in body and "71%" not in body
@@ -424,7 +426,7 @@ def test_my_quality_page_rules(site, client):
 
 def test_api_roles_table_labels_and_actions(site, client):
     project, users, comparisons = site
-    services.recompute_quality(project)
+    recompute_quality(project)
     base = f"/api/projects/{project.pk}/quality"
     annot = client_for(client, users["a1"])
     assert annot.get(f"{base}/").status_code == 403
@@ -480,7 +482,7 @@ def test_api_roles_table_labels_and_actions(site, client):
 
 def make_crowd(n: int, name: str = "big"):
     """A project whose annotator table has ``n`` annotator members plus a former member and
-    an admin who judged (both with statistics), as :func:`services.recompute_quality` would
+    an admin who judged (both with statistics), as :func:`recompute_quality` would
     leave it but written directly: every column has ties, missing values (10% of members
     have no statistics yet; some statistics are NULL), mixed-case names, members without a
     pool, excluded members (some whose stored flags predate it, some included again since),
@@ -565,7 +567,7 @@ def python_order(project, key: str, descending: bool) -> list[int]:
     for uid in set(qualities) | {u for u, m in memberships.items() if m.role == Role.ANNOTATOR}:
         m, q = memberships.get(uid), qualities.get(uid)
         rows.append(
-            services.AnnotatorRow(
+            AnnotatorRow(
                 user_id=uid,
                 username=(m.user if m else q.annotator).get_username(),
                 pool=m.pool.name if m and m.pool else "—",
@@ -594,7 +596,7 @@ def small_crowd(client):
 @pytest.mark.parametrize("descending", [False, True])
 def test_every_column_sorts_across_pages_as_the_full_python_sort(small_crowd, descending):
     project, c = small_crowd
-    for key in services.SORT_KEYS:
+    for key in SORT_KEYS:
         expected = python_order(project, key, descending)
         assert len(expected) == 2 * ANNOTATORS_PER_PAGE + 30 + 2  # + the former member and the admin
         shown = []
@@ -607,7 +609,7 @@ def test_every_column_sorts_across_pages_as_the_full_python_sort(small_crowd, de
 def test_api_sorts_every_column_across_pages_as_the_full_python_sort(small_crowd, descending):
     project, c = small_crowd
     base = f"/api/projects/{project.pk}/quality/annotators/"
-    for key in services.SORT_KEYS:
+    for key in SORT_KEYS:
         expected = python_order(project, key, descending)
         shown = []
         for offset in range(0, len(expected) + 40, 40):
@@ -623,11 +625,14 @@ def test_page_rows_show_flags_as_exclusion_is_now_and_the_reports_extras(small_c
     members = Membership.objects.filter(project=project)
     excluded = set(members.filter(excluded=True).values_list("user_id", flat=True))
     with_stats = set(AnnotatorQuality.objects.filter(project=project).values_list("annotator_id", flat=True))
-    stale = set(  # flagged "excluded" by the last computation, included again since
-        AnnotatorQuality.objects.filter(project=project, flags__icontains="excluded").values_list(
-            "annotator_id", flat=True
+    stale = (
+        set(  # flagged "excluded" by the last computation, included again since
+            AnnotatorQuality.objects.filter(project=project, flags__icontains="excluded").values_list(
+                "annotator_id", flat=True
+            )
         )
-    ) - excluded
+        - excluded
+    )
     assert stale and excluded - with_stats and excluded & with_stats
     seen = set()
     for n in (1, 2, 3):
@@ -678,7 +683,7 @@ def test_gold_chart_is_a_histogram_above_the_threshold_with_the_same_queries(cli
     few = page_queries(client, project)
     body = client.get(url("quality_dashboard", project)).content.decode()
     n_gold = AnnotatorQuality.objects.filter(project=project, gold_accuracy__isnull=False).count()
-    chart = re.search(r'<svg[^>]*chart-interval.*?</svg>', body, re.S).group(0)
+    chart = re.search(r"<svg[^>]*chart-interval.*?</svg>", body, re.S).group(0)
     assert chart.count("<circle") == n_gold  # one mark per annotator, as before
     assert "chart-histogram" not in body and "Each annotator: posterior mean" in body
 
@@ -692,14 +697,12 @@ def test_gold_chart_is_a_histogram_above_the_threshold_with_the_same_queries(cli
     assert page_queries(client, project) == few
     body = client.get(url("quality_dashboard", project)).content.decode()
     assert "chart-interval" not in body
-    chart = re.search(r'<svg[^>]*chart-histogram.*?</svg>', body, re.S).group(0)
+    chart = re.search(r"<svg[^>]*chart-histogram.*?</svg>", body, re.S).group(0)
     # Binned: a bar (two parts at most) per bin, whatever the number of annotators.
-    assert "<circle" not in chart and chart.count("<rect") <= 2 * services.GOLD_BINS + 2
+    assert "<circle" not in chart and chart.count("<rect") <= 2 * GOLD_BINS + 2
     assert f"<title>Gold accuracy of {n_gold:,} annotators: number per bin of 0.05</title>" in chart
     desc = re.search(r"<desc>(.*?)</desc>", chart).group(1)
-    assert desc.startswith(
-        f"{n_gold:,} in {services.GOLD_BINS} bins, {n_gold_below:,} of them below threshold. "
-    )
+    assert desc.startswith(f"{n_gold:,} in {GOLD_BINS} bins, {n_gold_below:,} of them below threshold. ")
     bars = re.findall(r"<g><title>([\d.]+)–([\d.]+): ([\d,]+)", chart)
     assert sum(int(n.replace(",", "")) for _, _, n in bars) == n_gold
     caption = re.search(r"<figcaption[^>]*>(.*?)</figcaption>", body[body.index("chart-histogram") :], re.S)

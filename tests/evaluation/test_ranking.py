@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq, minimize
 
-from evaluation.ranking import bradley_terry, outcome_scores
+from evaluation.stats.ranking import bradley_terry, outcome_scores
 
 
 def test_two_models_by_hand():

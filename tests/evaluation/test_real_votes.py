@@ -15,8 +15,8 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from annotate.models import Judgment, Project
-from evaluation import services
 from evaluation.models import AnnotatorQuality
+from evaluation.quality.compute import recompute_quality
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +42,7 @@ def pandalm(shared_data, settings):
 
 def test_pandalm_quality_figures_and_dashboard(pandalm, client):
     project = pandalm
-    report = services.recompute_quality(project)
+    report = recompute_quality(project)
     data = report.data
     overall = data["agreement"]["overall"]
     raw = overall["raw_agreement"]

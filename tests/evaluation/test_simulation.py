@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from evaluation.aggregation import aggregate, simulate
-from evaluation.agreement import agreement_summary
-from evaluation.bias import annotator_weights, length_bias, position_bias
+from evaluation.stats.aggregation import aggregate
+from evaluation.stats.agreement import agreement_summary
+from evaluation.stats.bias import annotator_weights, length_bias, position_bias
+from evaluation.stats.simulation import simulate
 
 N_WORKERS, N_ITEMS, OVERLAP = 50, 2000, 5
 

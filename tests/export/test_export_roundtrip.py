@@ -20,8 +20,19 @@ from django.contrib.auth import get_user_model
 from annotate import queue
 from annotate.imports import import_comparisons
 from annotate.models import Comparison, GoldAnswer, Judgment, Membership, Pool, Project, Role
-from evaluation import exports
-from evaluation.export_tasks import build_export_task
+from evaluation.export.downloads import available_downloads, download_file, may_download
+from evaluation.export.folder import (
+    JUDGMENT_FIELDS,
+    PAIR_FIELDS,
+    WEIGHT_RULE,
+    default_folder,
+    folder_hash,
+    verify_folder,
+)
+from evaluation.export.options import ExportError, clean_options
+from evaluation.export.selection import split_prompts
+from evaluation.export.services import build_export, create_export
+from evaluation.export.tasks import build_export_task
 from evaluation.models import Export, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -171,7 +182,7 @@ def make_project(
 
 
 def run_export(project, user=None, **options) -> Export:
-    export = exports.create_export(project, user, options, enqueue=False)
+    export = create_export(project, user, options, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded", Export.objects.get(
         pk=export.pk
     ).error
@@ -198,8 +209,8 @@ def scene():
 
 def test_round_trip_every_format():
     """Import → judgments through the queue → export → read back."""
-    from datasets import DatasetDict, load_from_disk
     import pyarrow.parquet as pq
+    from datasets import DatasetDict, load_from_disk
 
     scene = make_project(via_queue=True)
     project = scene["project"]
@@ -212,12 +223,12 @@ def test_round_trip_every_format():
     )
     assert export.status == JobStatus.SUCCEEDED and export.progress == 1.0 and export.error == ""
     folder = Path(export.path)
-    assert folder == Path(exports.default_folder(export)).resolve()
+    assert folder == Path(default_folder(export)).resolve()
     rows = read_jsonl(folder / "preferences.jsonl")
     # 21 decided comparisons; the tie and the both-bad are excluded by default.
     assert len(rows) == export.n_rows == N_PROMPTS + 1
     assert export.stats["removed"] == {"gold": 0, "min_confidence": 0, "ties": 1, "both_bad": 1}
-    assert list(rows[0]) == list(exports.PAIR_FIELDS)
+    assert list(rows[0]) == list(PAIR_FIELDS)
     for r in rows:
         assert (
             isinstance(r["prompt"], str) and isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
@@ -247,7 +258,7 @@ def test_round_trip_every_format():
     # datasets.load_from_disk reads back the same rows, split into train and test.
     ds = load_from_disk(str(folder / "hf"))
     assert isinstance(ds, DatasetDict) and set(ds) == {"train", "test"}
-    assert ds["train"].column_names == list(exports.PAIR_FIELDS)
+    assert ds["train"].column_names == list(PAIR_FIELDS)
     assert len(ds["train"]) == export.stats["n_train"] and len(ds["test"]) == export.stats["n_test"]
     assert len(ds["train"]) + len(ds["test"]) == len(rows) and len(ds["test"]) > 0
     by_id = {r["comparison_id"]: r for r in rows}
@@ -258,7 +269,7 @@ def test_round_trip_every_format():
 
     # Parquet and CSV hold the same rows.
     table = pq.read_table(folder / "preferences.parquet")
-    assert table.num_rows == len(rows) and table.column_names == list(exports.PAIR_FIELDS)
+    assert table.num_rows == len(rows) and table.column_names == list(PAIR_FIELDS)
     assert table.to_pylist() == rows
     with open(folder / "preferences.csv", newline="", encoding="utf-8") as f:
         csv_rows = list(csv.DictReader(f))
@@ -268,7 +279,7 @@ def test_round_trip_every_format():
     # Judgments: one row per judgment (the tie and both-bad comparisons included).
     judgments = read_jsonl(folder / "judgments.jsonl")
     assert len(judgments) == Judgment.objects.filter(project=project).count() == 3 * (N_PROMPTS + 3)
-    assert set(judgments[0]) == set(exports.JUDGMENT_FIELDS) - {"rationale"}
+    assert set(judgments[0]) == set(JUDGMENT_FIELDS) - {"rationale"}
     j0 = [j for j in judgments if j["comparison_id"] == c0.pk]
     assert {j["choice"] for j in j0} == {"b"} and {j["pool"] for j in j0} == {"north", "south"}
     for j in j0:
@@ -281,7 +292,7 @@ def test_round_trip_every_format():
     assert 'license: "cc-by-4.0"' in card and f"| pairs | {len(rows)} (train {len(ds['train'])}" in card
     assert "load_from_disk" in card and 'load_dataset("json"' in card and "DPOTrainer" in card
     assert "Krippendorff" in card and "ties excluded / included | 1 / 0" in card
-    assert "north" in card and "south" in card and exports.WEIGHT_RULE.splitlines()[0] in card
+    assert "north" in card and "south" in card and WEIGHT_RULE.splitlines()[0] in card
 
 
 def test_unknown_display_order_is_null_in_the_judgments_file(scene):
@@ -330,11 +341,11 @@ def test_split_is_by_prompt_and_seeded(scene):
 def test_split_helper_never_puts_a_prompt_on_both_sides():
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, 5000, size=20000)
-    is_test = exports.split_prompts(prompts, prompts, 0.2, seed=7)
+    is_test = split_prompts(prompts, prompts, 0.2, seed=7)
     test_prompts, train_prompts = set(prompts[is_test]), set(prompts[~is_test])
     assert not (test_prompts & train_prompts)
     assert abs(len(test_prompts) / len(set(prompts)) - 0.2) < 0.01
-    assert not exports.split_prompts(prompts, prompts, 0.0, seed=7).any()
+    assert not split_prompts(prompts, prompts, 0.0, seed=7).any()
 
 
 def test_pseudonyms_stable_within_an_export_and_not_across(scene):
@@ -373,8 +384,8 @@ def test_rationales_only_when_asked(scene):
     export = run_export(scene["project"], formats=["judgments"], include_rationales=True)
     judgments = read_jsonl(Path(export.path) / "judgments.jsonl")
     assert sum(j["rationale"] == RATIONALE for j in judgments) == N_PROMPTS + 3  # alice's
-    with pytest.raises(exports.ExportError, match="include_rationales"):
-        exports.create_export(scene["project"], None, {"formats": ["jsonl"], "include_rationales": True})
+    with pytest.raises(ExportError, match="include_rationales"):
+        create_export(scene["project"], None, {"formats": ["jsonl"], "include_rationales": True})
 
 
 def test_ties_and_both_bad_included_on_request(scene):
@@ -446,8 +457,8 @@ def test_content_hash_recorded_stable_and_immutable(scene):
     export = run_export(scene["project"], formats=["jsonl", "parquet", "hf", "judgments"])
     folder = Path(export.path)
     meta = json.loads((folder / "metadata.json").read_text())
-    assert meta["content_hash"] == export.content_hash == exports.folder_hash(folder)[0]
-    assert len(export.content_hash) == 64 and exports.verify_folder(folder)
+    assert meta["content_hash"] == export.content_hash == folder_hash(folder)[0]
+    assert len(export.content_hash) == 64 and verify_folder(folder)
     assert [f["path"] for f in meta["files"]] == sorted(f["path"] for f in meta["files"])
     assert "metadata.json" not in [f["path"] for f in meta["files"]]
     assert {
@@ -462,20 +473,20 @@ def test_content_hash_recorded_stable_and_immutable(scene):
     assert not os.access(folder / "preferences.jsonl", os.W_OK) or os.geteuid() == 0
     assert not (os.stat(folder / "preferences.jsonl").st_mode & 0o222)
     assert build_export_task.apply(args=(export.pk,)).get() == "skipped (already built)"
-    with pytest.raises(exports.ExportError, match="immutable"):
-        exports.build_export(export)
+    with pytest.raises(ExportError, match="immutable"):
+        build_export(export)
     export.refresh_from_db()
-    assert exports.folder_hash(folder)[0] == export.content_hash and export.status == JobStatus.SUCCEEDED
+    assert folder_hash(folder)[0] == export.content_hash and export.status == JobStatus.SUCCEEDED
     # Tampering shows.
     path = folder / "preferences.jsonl"
     path.chmod(0o644)
     path.write_text(path.read_text() + "\n")
-    assert not exports.verify_folder(folder)
+    assert not verify_folder(folder)
 
 
 def test_downloads_and_archives(scene):
     export = run_export(scene["project"], formats=["jsonl", "hf", "judgments"])
-    assert exports.available_downloads(export) == [
+    assert available_downloads(export) == [
         "jsonl",
         "hf",
         "judgments",
@@ -484,10 +495,10 @@ def test_downloads_and_archives(scene):
         "zip",
         "tar.gz",
     ]
-    path, name, ctype = exports.download_file(export, "jsonl")
+    path, name, ctype = download_file(export, "jsonl")
     assert path.read_bytes() == (Path(export.path) / "preferences.jsonl").read_bytes()
     assert name == f"prefloop-export-{export.pk}-preferences.jsonl" and ctype == "application/x-ndjson"
-    zpath, zname, _ = exports.download_file(export, "zip")
+    zpath, zname, _ = download_file(export, "zip")
     with zipfile.ZipFile(zpath) as z:
         names = set(z.namelist())
         meta = json.loads(z.read(f"prefloop-export-{export.pk}/metadata.json"))
@@ -495,35 +506,35 @@ def test_downloads_and_archives(scene):
     assert {f"prefloop-export-{export.pk}/{f['path']}" for f in meta["files"]} | {
         f"prefloop-export-{export.pk}/metadata.json"
     } == names
-    tpath, _, _ = exports.download_file(export, "tar.gz")
+    tpath, _, _ = download_file(export, "tar.gz")
     with tarfile.open(tpath) as t:
         assert f"prefloop-export-{export.pk}/README.md" in t.getnames()
-    hpath, _, _ = exports.download_file(export, "hf")
+    hpath, _, _ = download_file(export, "hf")
     with tarfile.open(hpath) as t:
         assert f"prefloop-export-{export.pk}-hf/dataset_dict.json" in t.getnames()
-    with pytest.raises(exports.ExportError, match="no parquet"):
-        exports.download_file(export, "parquet")
+    with pytest.raises(ExportError, match="no parquet"):
+        download_file(export, "parquet")
     # Archives live outside the hashed folder: the hash still holds.
-    assert exports.verify_folder(Path(export.path))
+    assert verify_folder(Path(export.path))
 
 
 def test_filters_that_leave_nothing_are_named(scene):
     project = scene["project"]
     before = Export.objects.count()
-    with pytest.raises(exports.ExportError, match=r"no comparisons match: rounds=\[7\]"):
-        exports.create_export(project, None, {"rounds": [7]})
+    with pytest.raises(ExportError, match=r"no comparisons match: rounds=\[7\]"):
+        create_export(project, None, {"rounds": [7]})
     other = Pool.objects.create(project=project, name="west")
-    with pytest.raises(exports.ExportError, match=r"no comparisons match: pools=\['west'\]"):
-        exports.create_export(project, None, {"pools": ["west"]})
-    with pytest.raises(exports.ExportError, match="pools: no pool 'east'"):
-        exports.create_export(project, None, {"pools": ["east"]})
+    with pytest.raises(ExportError, match=r"no comparisons match: pools=\['west'\]"):
+        create_export(project, None, {"pools": ["west"]})
+    with pytest.raises(ExportError, match="pools: no pool 'east'"):
+        create_export(project, None, {"pools": ["east"]})
     Membership.objects.filter(project=project, role=Role.ANNOTATOR).update(excluded=True)
-    with pytest.raises(exports.ExportError, match="excluded annotator"):
-        exports.create_export(project, None, {})
+    with pytest.raises(ExportError, match="excluded annotator"):
+        create_export(project, None, {})
     assert Export.objects.count() == before and other.pk
     empty = Project.objects.create(name="Empty")
-    with pytest.raises(exports.ExportError, match="has no comparisons"):
-        exports.create_export(empty, None, {})
+    with pytest.raises(ExportError, match="has no comparisons"):
+        create_export(empty, None, {})
     for bad, field in (
         ({"method": "vote"}, "method"),
         ({"min_confidence": 2}, "min_confidence"),
@@ -531,8 +542,8 @@ def test_filters_that_leave_nothing_are_named(scene):
         ({"test_fraction": 1}, "test_fraction"),
         ({"unknown": 1}, "unknown option"),
     ):
-        with pytest.raises(exports.ExportError, match=field):
-            exports.clean_options(project, bad)
+        with pytest.raises(ExportError, match=field):
+            clean_options(project, bad)
 
 
 def test_min_confidence_and_tie_filters_fail_the_build_with_the_reason():
@@ -550,12 +561,12 @@ def test_min_confidence_and_tie_filters_fail_the_build_with_the_reason():
     p2 = make_project("Split project", plan=split_plan)["project"]
     # Every vote weighs 1 (an admin's override replaces the computed weight): shares are 1/3 each.
     Membership.objects.filter(project=p2, role=Role.ANNOTATOR).update(weight_override=1.0)
-    export = exports.create_export(p2, None, {"min_confidence": 0.9, "method": "majority"}, enqueue=False)
+    export = create_export(p2, None, {"min_confidence": 0.9, "method": "majority"}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "failed"
     export.refresh_from_db()
     assert export.status == JobStatus.FAILED
     assert export.error.startswith("no comparisons match: min_confidence=0.9 removes all 4")
-    assert not Path(exports.default_folder(export)).exists()
+    assert not Path(default_folder(export)).exists()
 
     ties_plan = [
         {
@@ -569,19 +580,19 @@ def test_min_confidence_and_tie_filters_fail_the_build_with_the_reason():
         for i in range(3)
     ]
     p3 = make_project("Tie project", plan=ties_plan)["project"]
-    export = exports.create_export(p3, None, {}, enqueue=False)
+    export = create_export(p3, None, {}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "failed"
     export.refresh_from_db()
     assert "are ties or both-bad" in export.error and "include_ties=False" in export.error
 
 
 def test_failed_task_marks_the_export_failed_and_leaves_no_files(scene, monkeypatch, settings):
-    export = exports.create_export(scene["project"], None, {"formats": ["jsonl", "parquet"]}, enqueue=False)
+    export = create_export(scene["project"], None, {"formats": ["jsonl", "parquet"]}, enqueue=False)
 
     def boom(*args, **kwargs):
         raise OSError("disk full while writing")
 
-    monkeypatch.setattr(exports, "write_pairs", boom)
+    monkeypatch.setattr("evaluation.export.services.write_pairs", boom)
     assert build_export_task.apply(args=(export.pk,)).get() == "failed"
     export.refresh_from_db()
     assert export.status == JobStatus.FAILED and export.error == "OSError: disk full while writing"
@@ -592,14 +603,10 @@ def test_failed_task_marks_the_export_failed_and_leaves_no_files(scene, monkeypa
     monkeypatch.undo()
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()
-    assert (
-        export.status == JobStatus.SUCCEEDED
-        and export.error == ""
-        and exports.verify_folder(Path(export.path))
-    )
+    assert export.status == JobStatus.SUCCEEDED and export.error == "" and verify_folder(Path(export.path))
     assert [p.name for p in root.iterdir()] == [str(export.pk)]
     # Data deleted between creation and build: the task fails with the named reason.
-    late = exports.create_export(scene["project"], None, {"rounds": [0]}, enqueue=False)
+    late = create_export(scene["project"], None, {"rounds": [0]}, enqueue=False)
     Judgment.objects.filter(project=scene["project"]).delete()
     assert build_export_task.apply(args=(late.pk,)).get() == "failed"
     late.refresh_from_db()
@@ -616,14 +623,14 @@ def test_gold_comparisons_left_out_unless_an_admin_asks(scene):
     rows = read_jsonl(Path(export.path) / "preferences.jsonl")
     assert c.pk not in {r["comparison_id"] for r in rows} and export.stats["removed"]["gold"] == 1
     assert c.pk not in {j["comparison_id"] for j in read_jsonl(Path(export.path) / "judgments.jsonl")}
-    with pytest.raises(exports.ExportError, match="only project admins"):
-        exports.create_export(project, scene["researcher"], {"include_gold": True})
+    with pytest.raises(ExportError, match="only project admins"):
+        create_export(project, scene["researcher"], {"include_gold": True})
     admin = User.objects.create_user("project-admin")
     Membership.objects.create(project=project, user=admin, role=Role.ADMIN)
     export = run_export(project, admin, formats=["jsonl"], include_gold=True)
     row = next(r for r in read_jsonl(Path(export.path) / "preferences.jsonl") if r["comparison_id"] == c.pk)
     assert row["gold"] is True and row["chosen_response"] == "b" and row["p_chosen"] == 1.0
-    assert not exports.may_download(export, Role.RESEARCHER) and exports.may_download(export, Role.ADMIN)
+    assert not may_download(export, Role.RESEARCHER) and may_download(export, Role.ADMIN)
 
 
 def test_weights_follow_the_annotator_weight_rule(scene):
@@ -708,7 +715,7 @@ def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):
         "README.md",
         "metadata.json",
     }
-    assert exports.verify_folder(out)
+    assert verify_folder(out)
     # By id too; an existing non-empty folder and filters that leave nothing are refused.
     with pytest.raises(CommandError, match="not an empty folder"):
         call_command("export_preferences", "--project", str(scene["project"].pk), "--out", str(out))

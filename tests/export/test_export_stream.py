@@ -21,7 +21,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from annotate.models import Membership, Pool, Project, Role
-from evaluation import exports
+from evaluation.export.progress import Progress
+from evaluation.export.services import build_export, create_export
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 User = get_user_model()
@@ -39,7 +40,7 @@ def _bench():
     return module
 
 
-class TracingProgress(exports.Progress):
+class TracingProgress(Progress):
     """Records tracemalloc's peak during each stage of the build, and how far it rose above the
     memory held when the stage began (the stage's own working memory)."""
 
@@ -66,14 +67,14 @@ class TracingProgress(exports.Progress):
 
 
 def traced_export(project, **options):
-    export = exports.create_export(project, None, options, enqueue=False)
+    export = create_export(project, None, options, enqueue=False)
     gc.collect()
     progress = TracingProgress()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
     try:
-        export = exports.build_export(export, progress=progress)
+        export = build_export(export, progress=progress)
     finally:
         tracemalloc.stop()
     peaks = {k: v - base for k, v in progress.peaks.items()}
@@ -96,9 +97,9 @@ def test_large_export_streams_with_flat_memory():
     build_s = time.perf_counter() - t0
 
     opts = dict(formats=["jsonl", "parquet"], method="majority", include_ties=True, include_both_bad=True)
-    exports.build_export(
-        exports.create_export(project, None, dict(opts, rounds=[1]), enqueue=False),
-        progress=exports.Progress(),
+    build_export(
+        create_export(project, None, dict(opts, rounds=[1]), enqueue=False),
+        progress=Progress(),
     )  # warm-up: lazy imports are not the export's memory
     small, small_peaks, small_work, small_s = traced_export(project, rounds=[1], **opts)
     large, large_peaks, large_work, large_s = traced_export(project, **opts)

@@ -21,8 +21,8 @@ from annotate.models import (
     Role,
     content_hash,
 )
-from evaluation import exports
-from evaluation.export_tasks import build_export_task
+from evaluation.export.services import create_export
+from evaluation.export.tasks import build_export_task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -63,7 +63,7 @@ def test_dpo_trainer_runs_on_the_export(settings, tmp_path):
             for k, u in enumerate(users)
         ]
     Judgment.objects.bulk_create(judgments)
-    export = exports.create_export(project, None, {"formats": ["hf"], "test_fraction": 0.34}, enqueue=False)
+    export = create_export(project, None, {"formats": ["hf"], "test_fraction": 0.34}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()
 

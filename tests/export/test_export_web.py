@@ -23,7 +23,7 @@ from annotate.models import (
     Role,
     content_hash,
 )
-from evaluation import exports
+from evaluation.export.services import create_export
 from evaluation.models import Export, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -110,11 +110,9 @@ def scene():
 
 
 def _built(scene, user=None, **options) -> Export:
-    from evaluation.export_tasks import build_export_task
+    from evaluation.export.tasks import build_export_task
 
-    export = exports.create_export(
-        scene.project, user, options or {"formats": ["jsonl", "hf"]}, enqueue=False
-    )
+    export = create_export(scene.project, user, options or {"formats": ["jsonl", "hf"]}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()
     return export
@@ -192,7 +190,7 @@ def test_api_bad_options_and_empty_filters_are_400(scene):
 
 
 def test_api_a_build_that_fails_reports_failed_with_the_reason(scene):
-    from evaluation.export_tasks import build_export_task
+    from evaluation.export.tasks import build_export_task
 
     api = scene.client(scene.researcher)
     r = api.post(
@@ -327,7 +325,7 @@ def test_pages_researcher_creates_and_follows_progress(
 
 def test_progress_partial_polls_while_running(scene, client):
     scene.web(client, scene.researcher)
-    export = exports.create_export(scene.project, scene.researcher, {}, enqueue=False)
+    export = create_export(scene.project, scene.researcher, {}, enqueue=False)
     Export.objects.filter(pk=export.pk).update(status=JobStatus.RUNNING, progress=0.42, step="pairs 420/1000")
     url = reverse("export_status", args=[scene.project.pk, export.pk])
     r = client.get(url, HTTP_HX_REQUEST="true")

@@ -2,7 +2,7 @@
 
 Import all 1,150 pairs (``annotate.imports.import_comparisons``; the source preference is kept
 as provenance), simulate three annotators who agree with the source 80 % of the time on a
-seeded sample of the comparisons, build a calibrated export (``evaluation.exports``: Dawid-Skene,
+seeded sample of the comparisons, build a calibrated export (``evaluation.export``: Dawid-Skene,
 weights, by-prompt split), build the tiny default model with its tokenizer trained on that
 text (``manage.py build_default_model``), and run ``sft+dpo`` through the training task on CPU.
 The run must succeed within the time budget and its training DPO reward accuracy must rise
@@ -20,7 +20,7 @@ from django.core.management import call_command
 
 from annotate.imports import import_comparisons
 from annotate.models import Comparison, Judgment, Membership, Project, Role
-from evaluation import exports
+from evaluation.export.services import build_export, create_export
 from training import services
 from training.models import ModelVersion, RunStatus, TrainingMetric
 
@@ -75,10 +75,8 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
     assert result.created == 1150
     assert simulate_judgments(project, annotators, N_JUDGED) == 3 * N_JUDGED
 
-    export = exports.create_export(
-        project, admin, {"formats": ["jsonl"], "test_fraction": 0.1}, enqueue=False
-    )
-    export = exports.build_export(export)
+    export = create_export(project, admin, {"formats": ["jsonl"], "test_fraction": 0.1}, enqueue=False)
+    export = build_export(export)
     train_rows, test_rows = services.export_rows(export)
     assert len(train_rows) + len(test_rows) <= N_JUDGED and len(train_rows) >= 48
     assert all(0 < r["weight"] <= 1 for r in train_rows)

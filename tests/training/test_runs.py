@@ -41,7 +41,7 @@ def synthetic_rows(n: int, *, test_every: int = 0) -> list[dict]:
 
 
 def make_export(project: Project, rows: list[dict], folder: Path) -> Export:
-    """A built export as evaluation.exports writes it: ``preferences.jsonl`` in its folder."""
+    """A built export as evaluation.export writes it: ``preferences.jsonl`` in its folder."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Export.objects.create(

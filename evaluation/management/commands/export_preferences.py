@@ -3,7 +3,7 @@
     manage.py export_preferences --project "My project" --format jsonl,parquet,hf --out exports/v1 \
         --method dawid_skene --min-confidence 0.6 --rounds 0,1 --judgments
 
-The same service as the UI and the API (:func:`evaluation.exports.build_export`), run in
+The same service as the UI and the API (:func:`evaluation.export.services.build_export`), run in
 this process instead of on a Celery worker: the export is recorded as an ``Export`` row (so
 it is listed and downloadable in the app) whose folder is ``--out``. Texts are streamed in
 batches, so memory stays flat however many comparisons there are; a tqdm bar per stage
@@ -18,16 +18,10 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Project
-from evaluation.exports import (
-    FORMATS,
-    METHODS,
-    ExportError,
-    Progress,
-    build_export,
-    create_export,
-    mark_failed,
-)
-
+from evaluation.export.options import FORMATS, ExportError
+from evaluation.export.progress import Progress
+from evaluation.export.services import build_export, create_export, mark_failed
+from evaluation.stats.aggregation import METHODS
 
 STAGE_TEXT = {
     "load": "reading judgments into arrays",

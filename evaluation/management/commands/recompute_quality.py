@@ -9,8 +9,9 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Project
-from evaluation import services
-from evaluation.tasks import schedule_recompute
+from evaluation.quality.compute import recompute_quality
+from evaluation.quality.scheduling import schedule_recompute
+from evaluation.quality.selectors import annotator_rows
 
 
 def _project(value: str) -> Project:
@@ -57,7 +58,7 @@ class Command(BaseCommand):
                 if verbose:
                     self.stderr.write(f"\r  {fraction * 100:5.1f}%  {message:<50}", ending="")
 
-            report = services.recompute_quality(project, progress=progress)
+            report = recompute_quality(project, progress=progress)
             if verbose:
                 self.stderr.write("")
             data = report.data
@@ -73,7 +74,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  Krippendorff alpha {_fmt(overall.get('krippendorff_alpha'))}")
                 self.stdout.write(f"  Fleiss kappa       {_fmt(overall.get('fleiss_kappa'))}")
                 self.stdout.write(f"  mean Cohen kappa   {_fmt(overall.get('cohen_kappa'))}")
-            rows = services.annotator_rows(project, report, sort="weight", descending=True)
+            rows = annotator_rows(project, report, sort="weight", descending=True)
             below = [r.username for r in rows if r.below_threshold]
             if rows:
                 self.stdout.write(

@@ -1,4 +1,4 @@
-"""Celery task that builds a calibrated export (see :mod:`evaluation.exports`).
+"""Celery task that builds a calibrated export (see :mod:`evaluation.export`).
 
 The ``Export`` row is the source of truth. The task takes its id, is safe to deliver twice
 (``acks_late``: a worker lost mid-build re-runs it): a built export is left alone (exports
@@ -14,18 +14,16 @@ import logging
 
 from celery import shared_task
 
-from .models import Export, JobStatus
+from ..models import Export, JobStatus
+from .options import ExportError
+from .services import BUILD_TASK, build_export, mark_failed
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(
-    bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, name="evaluation.build_export"
-)
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, name=BUILD_TASK)
 def build_export_task(self, export_id: int) -> str:
     """Build export ``export_id``; returns ``succeeded``, ``failed``, ``missing`` or ``skipped (…)``."""
-    from .exports import ExportError, build_export, mark_failed
-
     export = Export.objects.select_related("project").filter(pk=export_id).first()
     if export is None:
         log.info("export %s no longer exists", export_id)

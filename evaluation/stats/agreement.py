@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.aggregation import N_CLASSES, TIE, Judgments
+from .judgments import N_CLASSES, TIE, Judgments
 
 Stat = dict[str, float]
 

@@ -3,7 +3,7 @@ polled with HTMX, stats, dataset card preview, downloads), and the downloads the
 
 Admins and researchers of the project only (``READ_ROLES``); annotators get 403, anonymous
 users the login page. Each view parses input and calls one service of
-:mod:`evaluation.exports`.
+:mod:`evaluation.export`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from annotate.rendering import render_markdown
 from annotate.roles import READ_ROLES, project_for, role_of
 from annotate.views import login_required
 
-from . import exports
-from .export_forms import ExportForm
-from .models import Export, JobStatus
+from ..models import Export, JobStatus
+from .downloads import available_downloads, download_file, may_download, read_card
+from .forms import ExportForm
+from .options import ExportError, ExportOptions
+from .services import create_export, enqueue_build
 
 PAGE_SIZE = 50
 
@@ -49,7 +51,7 @@ def _split_card(card: str) -> tuple[str, str]:
 
 def _status_context(export: Export, may_download: bool = True) -> dict:
     stats = export.stats or {}
-    card = exports.read_card(export) if export.status == JobStatus.SUCCEEDED else ""
+    card = read_card(export) if export.status == JobStatus.SUCCEEDED else ""
     front, body = _split_card(card)
     labels = {
         "jsonl": "JSONL (TRL)",
@@ -62,7 +64,7 @@ def _status_context(export: Export, may_download: bool = True) -> dict:
         "zip": "Everything (.zip)",
         "tar.gz": "Everything (.tar.gz)",
     }
-    downloads = [(what, labels[what]) for what in exports.available_downloads(export)] if may_download else []
+    downloads = [(what, labels[what]) for what in available_downloads(export)] if may_download else []
     agreement = (stats.get("agreement") or {}).get("overall") or {}
     return {
         "export": export,
@@ -73,7 +75,7 @@ def _status_context(export: Export, may_download: bool = True) -> dict:
         "downloads": downloads,
         "card_front": front,
         "card_html": render_markdown(body) if body else "",
-        "options": exports.ExportOptions.from_params(export.params),
+        "options": ExportOptions.from_params(export.params),
         "may_download": may_download,
     }
 
@@ -88,10 +90,8 @@ def export_list(request, pk: int):
     if request.method == "POST" and form.is_valid():
         try:
             with transaction.atomic():
-                export = exports.create_export(
-                    project, request.user, form.options, name=form.cleaned_data["name"]
-                )
-        except exports.ExportError as exc:
+                export = create_export(project, request.user, form.options, name=form.cleaned_data["name"])
+        except ExportError as exc:
             form.add_error(None, str(exc))
         else:
             url = reverse("export_detail", args=[project.pk, export.pk])
@@ -135,7 +135,7 @@ def _export(request, pk: int, export_id: int):
 @require_GET
 def export_detail(request, pk: int, export_id: int):
     project, export = _export(request, pk, export_id)
-    may = exports.may_download(export, role_of(request.user, project))
+    may = may_download(export, role_of(request.user, project))
     ctx = _context(request, project, title=f"Export {export.pk}", **_status_context(export, may))
     return render(request, "evaluation/export_detail.html", ctx)
 
@@ -145,7 +145,7 @@ def export_detail(request, pk: int, export_id: int):
 def export_status(request, pk: int, export_id: int):
     """The polled part of the export page (HTMX swaps it in place until the build ends)."""
     project, export = _export(request, pk, export_id)
-    may = exports.may_download(export, role_of(request.user, project))
+    may = may_download(export, role_of(request.user, project))
     ctx = _context(request, project, **_status_context(export, may))
     return render(request, "evaluation/export_status.html", ctx)
 
@@ -161,7 +161,7 @@ def export_retry(request, pk: int, export_id: int):
                 status=JobStatus.QUEUED, progress=0.0, error="", step="queued again", finished_at=None
             )
             if updated:
-                exports.enqueue_build(export)
+                enqueue_build(export)
         messages.info(request, f"Export {export.pk} queued again.")
     url = reverse("export_detail", args=[project.pk, export.pk])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
@@ -171,10 +171,10 @@ def export_retry(request, pk: int, export_id: int):
 @require_GET
 def export_download(request, pk: int, export_id: int, what: str):
     project, export = _export(request, pk, export_id)
-    if not exports.may_download(export, role_of(request.user, project)):
+    if not may_download(export, role_of(request.user, project)):
         raise PermissionDenied("This export includes gold answers: only project admins may download it.")
     try:
-        path, filename, content_type = exports.download_file(export, what)
-    except exports.ExportError as exc:
+        path, filename, content_type = download_file(export, what)
+    except ExportError as exc:
         raise Http404(str(exc)) from None
     return FileResponse(open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type)

@@ -56,7 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from evaluation.aggregation import GOLD_PRIOR, TIE, A, Aggregate, B, Judgments, aggregate, gold_counts
+from .aggregation import aggregate
+from .judgments import GOLD_PRIOR, TIE, A, Aggregate, B, Judgments, gold_counts
 
 # --------------------------------------------------------------------------- helpers
 

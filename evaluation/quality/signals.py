@@ -4,7 +4,7 @@ Connected in :meth:`evaluation.apps.EvaluationConfig.ready`. The Celery message 
 only after the judgment's transaction commits (``transaction.on_commit``), so the worker
 always sees the row; with ``settings.PREFLOOP_AUTO_QUALITY = False`` the handler does
 nothing. Bulk writes (``bulk_create``, e.g. imports) send no ``post_save``: their callers
-should call :func:`evaluation.tasks.schedule_recompute` once when they are done.
+should call :func:`evaluation.quality.scheduling.schedule_recompute` once when they are done.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import partial
 
 from django.db import transaction
 
-from .tasks import auto_quality_enabled, schedule_after_judgment
+from .scheduling import auto_quality_enabled, schedule_after_judgment
 
 
 def judgment_saved(sender, instance, created: bool, raw: bool = False, **kwargs) -> None:

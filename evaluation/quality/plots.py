@@ -467,7 +467,7 @@ def histogram(
             continue
         x0, x1 = x(b["low"]) + 1, x(b["high"]) - 1
         tip = f"{b['low']:g}–{b['high']:g}: {n:,}" + (f", {k:,} below threshold" if k else "")
-        out.append(f'<g><title>{escape(tip)}</title>')
+        out.append(f"<g><title>{escape(tip)}</title>")
         if n - k:
             out.append(
                 f'<rect x="{_f(x0)}" y="{_f(y(n))}" width="{_f(x1 - x0)}" height="{_f(y(k) - y(n))}" '

@@ -1,8 +1,8 @@
 """Quality pages: the project quality dashboard, its admin actions, and an annotator's own accuracy.
 
-Each view checks the role (:func:`annotate.roles.project_for`), calls one service in
-:mod:`evaluation.services` / :mod:`evaluation.tasks`, and renders. HTMX requests get partials:
-the annotator table (sorting, paging), one table row (admin actions), the progress box (polling).
+Each view checks the role (:func:`annotate.roles.project_for`), calls one service or
+selector of :mod:`evaluation.quality`, and renders. HTMX requests get partials: the
+annotator table (sorting, paging), one table row (admin actions), the progress box (polling).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate.models import Role
 from annotate.roles import READ_ROLES, project_for, role_of
 
-from . import plots, services
+from ..models import JobStatus, QualityReport
+from . import plots, selectors, services, thresholds
 from .forms import WeightOverrideForm
-from .models import JobStatus, QualityReport
-from .tasks import schedule_recompute
+from .scheduling import schedule_recompute
 
 ADMIN_ONLY = (Role.ADMIN,)
 #: Annotators per page of the dashboard's table.
@@ -104,7 +104,7 @@ def stat_view(stat: dict | None, digits: int = 2) -> dict:
     }
 
 
-def _row_view(row: services.AnnotatorRow) -> dict:
+def _row_view(row: selectors.AnnotatorRow) -> dict:
     q, x = row.quality, row.extras or {}
     cells: dict = {
         "gold": "—",
@@ -164,7 +164,7 @@ def _row_view(row: services.AnnotatorRow) -> dict:
 # --------------------------------------------------------------------------- charts
 
 
-def _charts(report: QualityReport | None, summary: services.TableSummary) -> dict:
+def _charts(report: QualityReport | None, summary: selectors.TableSummary) -> dict:
     data = report.data if report is not None else {}
     over = (data.get("over_time") or {}).get("points") or []
     labels = [p["label"] for p in over]
@@ -200,7 +200,9 @@ def _charts(report: QualityReport | None, summary: services.TableSummary) -> dic
         )
     else:
         charts["heatmap"] = ""
-    min_acc = (data.get("settings") or {}).get("min_accuracy", services.knob("PREFLOOP_QUALITY_MIN_ACCURACY"))
+    min_acc = (data.get("settings") or {}).get(
+        "min_accuracy", thresholds.knob("PREFLOOP_QUALITY_MIN_ACCURACY")
+    )
     if summary.gold_points:
         charts["gold"] = plots.interval_plot(
             summary.gold_points, title="Gold accuracy with 95% credible interval", threshold=min_acc
@@ -301,7 +303,7 @@ def _agreement_view(data: dict) -> dict:
 
 def _sort_params(request) -> tuple[str, bool]:
     sort = request.GET.get("sort", "annotator")
-    if sort not in services.SORT_KEYS:
+    if sort not in selectors.SORT_KEYS:
         sort = "annotator"
     descending = request.GET.get("dir", "desc" if sort in ("flags",) else "asc") == "desc"
     return sort, descending
@@ -312,7 +314,7 @@ def _table_context(request, project, role, report) -> dict:
     (``page``: Django's ``get_page``, so a bad or out-of-range number gives the first or last
     page)."""
     sort, descending = _sort_params(request)
-    table = services.annotator_table(project, sort=sort, descending=descending)
+    table = selectors.annotator_table(project, sort=sort, descending=descending)
     page = Paginator(table, ANNOTATORS_PER_PAGE).get_page(request.GET.get("page"))
     headers = []
     for key, label, numeric, tip in COLUMNS:
@@ -334,7 +336,7 @@ def _table_context(request, project, role, report) -> dict:
         "role": role,
         "is_admin": role == Role.ADMIN,
         "page": page,
-        "row_views": [_row_view(r) for r in services.annotator_rows_for(project, report, page.object_list)],
+        "row_views": [_row_view(r) for r in selectors.annotator_rows_for(project, report, page.object_list)],
         "headers": headers,
         "sort": sort,
         "dir": "desc" if descending else "asc",
@@ -346,27 +348,28 @@ def _table_context(request, project, role, report) -> dict:
 def quality_dashboard(request, pk: int):
     project = project_for(request.user, pk, *READ_ROLES)
     role = role_of(request.user, project)
-    report = services.dashboard_report(project)
+    report = selectors.dashboard_report(project)
     table = _table_context(request, project, role, report)
     if request.htmx and request.htmx.target == "annotator-table":
         return render(request, "evaluation/quality_table.html", table)
     data = report.data if report is not None else {}
-    summary = services.table_summary(project, max_points=GOLD_CHART_MAX_POINTS)
+    summary = selectors.table_summary(project, max_points=GOLD_CHART_MAX_POINTS)
     context = {
         **table,
         "n_below": summary.n_below,
         "tab": "quality",
         "report": report,
-        "pending": services.pending_report(project),
+        "pending": selectors.pending_report(project),
         "data": data,
         "agreement": _agreement_view(data),
         "charts": _charts(report, summary),
         "aggregation": data.get("aggregation") or {},
         "thresholds": data.get("settings")
         or {
-            name.removeprefix("PREFLOOP_QUALITY_").lower(): services.knob(name) for name in services.DEFAULTS
+            name.removeprefix("PREFLOOP_QUALITY_").lower(): thresholds.knob(name)
+            for name in thresholds.DEFAULTS
         },
-        "flag_labels": services.FLAG_LABELS,
+        "flag_labels": thresholds.FLAG_LABELS,
         "override_form": WeightOverrideForm(),
     }
     return render(request, "evaluation/quality.html", context)
@@ -402,8 +405,8 @@ def _after_action(request, project, user_id: int, *, error: str = "", ok: str = 
     """HTMX: the updated table row; otherwise back to the dashboard with a message."""
     if request.htmx:
         role = role_of(request.user, project)
-        report = services.dashboard_report(project)
-        row = services.annotator_row(project, report, user_id)
+        report = selectors.dashboard_report(project)
+        row = selectors.annotator_row(project, report, user_id)
         if row is None:
             raise Http404
         return render(
@@ -494,7 +497,7 @@ def quality_clear_override(request, pk: int, user_id: int):
 def my_quality(request, pk: int):
     project = project_for(request.user, pk, *ALL_ROLES)
     role = role_of(request.user, project)
-    own = services.annotator_own_accuracy(request.user, project)
+    own = selectors.annotator_own_accuracy(request.user, project)
     context = {
         "project": project,
         "role": role,

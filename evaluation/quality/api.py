@@ -2,9 +2,9 @@
 and aggregated labels. Admins and researchers read; only admins change an annotator.
 
 Every endpoint is thin: it checks the role (``annotate.permissions``), calls
-:mod:`evaluation.services` / :mod:`evaluation.tasks`, and serializes. Gold answers stay with
-admins (as in ``GET /api/projects/{id}/gold/``): for researchers the aggregated labels leave
-out the gold comparisons.
+:mod:`evaluation.quality.selectors` / :mod:`evaluation.quality.services`, and serializes.
+Gold answers stay with admins (as in ``GET /api/projects/{id}/gold/``): for researchers the
+aggregated labels leave out the gold comparisons.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rest_framework.views import APIView
 from annotate.models import Role
 from annotate.permissions import IsProjectMember, IsProjectReader, ReaderOrAdminWrites
 
-from . import services
-from .aggregation import METHODS
-from .tasks import schedule_recompute
+from ..stats.aggregation import METHODS
+from . import selectors, services
+from .scheduling import schedule_recompute
 
 # Token first, so anonymous requests get 401 + WWW-Authenticate (as in annotate.api).
 AUTHENTICATION_CLASSES = sorted(
@@ -66,7 +66,7 @@ class QualityReportSerializer(serializers.Serializer):
         help_text="Agreement (overall, per pool, between pools, each {value, low, high}), pool matrix, "
         "agreement "
         "over time, aggregation summary, per-round model win rates. See "
-        "evaluation.services.recompute_quality.",
+        "evaluation.quality.compute.recompute_quality.",
     )
 
 
@@ -150,7 +150,7 @@ class _Api(APIView):
     authentication_classes = AUTHENTICATION_CLASSES
 
 
-def _annotator_dict(row: services.AnnotatorRow) -> dict:
+def _annotator_dict(row: selectors.AnnotatorRow) -> dict:
     q = row.quality
 
     def g(name):
@@ -221,7 +221,7 @@ class QualityReportView(_Api):
     )
     def get(self, request, project_pk: int):
         project = self.project
-        return Response(_report_dict(services.latest_report(project), services.pending_report(project)))
+        return Response(_report_dict(selectors.latest_report(project), selectors.pending_report(project)))
 
 
 class QualityRecomputeView(_Api):
@@ -254,24 +254,24 @@ class AnnotatorQualityList(_Api):
         description="One row per annotator: gold accuracy with its 95% credible interval, Dawid–Skene "
         "accuracy, "
         "position and length bias, tie rate, speed, flags, and the computed and effective weights. "
-        "`sort` is one of " + ", ".join(services.SORT_KEYS) + "; `dir` asc or desc.",
+        "`sort` is one of " + ", ".join(selectors.SORT_KEYS) + "; `dir` asc or desc.",
         parameters=[
             PROJECT_PARAM,
-            OpenApiParameter("sort", OpenApiTypes.STR, enum=list(services.SORT_KEYS)),
+            OpenApiParameter("sort", OpenApiTypes.STR, enum=list(selectors.SORT_KEYS)),
             OpenApiParameter("dir", OpenApiTypes.STR, enum=["asc", "desc"]),
         ],
         responses={200: AnnotatorQualitySerializer(many=True), 403: DENIED, 404: MISSING},
     )
     def get(self, request, project_pk: int):
         sort = request.query_params.get("sort", "annotator")
-        if sort not in services.SORT_KEYS:
-            raise ValidationError({"sort": f"one of {', '.join(services.SORT_KEYS)}"})
-        table = services.annotator_table(
+        if sort not in selectors.SORT_KEYS:
+            raise ValidationError({"sort": f"one of {', '.join(selectors.SORT_KEYS)}"})
+        table = selectors.annotator_table(
             self.project, sort=sort, descending=request.query_params.get("dir") == "desc"
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(table, request, view=self)
-        rows = services.annotator_rows_for(self.project, None, page)
+        rows = selectors.annotator_rows_for(self.project, None, page)
         return paginator.get_paginated_response(
             AnnotatorQualitySerializer([_annotator_dict(r) for r in rows], many=True).data
         )
@@ -280,8 +280,8 @@ class AnnotatorQualityList(_Api):
 class AnnotatorQualityDetail(_Api):
     permission_classes = [ReaderOrAdminWrites]
 
-    def _row(self, user_pk: int) -> services.AnnotatorRow:
-        row = services.annotator_row(self.project, None, int(user_pk))
+    def _row(self, user_pk: int) -> selectors.AnnotatorRow:
+        row = selectors.annotator_row(self.project, None, int(user_pk))
         if row is None:
             raise NotFound("No such annotator in this project.")
         return row
@@ -399,5 +399,5 @@ class OwnAccuracyView(_Api):
         responses={200: OwnAccuracySerializer, 403: DENIED, 404: MISSING},
     )
     def get(self, request, project_pk: int):
-        own = services.annotator_own_accuracy(request.user, self.project)
+        own = selectors.annotator_own_accuracy(request.user, self.project)
         return Response(OwnAccuracySerializer(own.as_dict()).data)

@@ -1,4 +1,4 @@
-"""The export form of the UI. Validation is :func:`evaluation.exports.clean_options`'s (the
+"""The export form of the UI. Validation is :func:`evaluation.export.options.clean_options`'s (the
 same as the API's and the command's); the form only turns widgets into its input."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from django import forms
 
 from annotate.models import Comparison, Pool, Project
 
-from .exports import DEFAULT_FORMATS, METHODS, ExportError, clean_options
+from ..stats.aggregation import METHODS
+from .options import DEFAULT_FORMATS, ExportError, clean_options
 
 METHOD_LABELS = {
     "dawid_skene": "Dawid–Skene (per-annotator confusion matrices)",

@@ -1,10 +1,10 @@
-"""Celery tasks for annotator quality, and the debounced scheduler that queues them.
+"""Scheduling quality recomputations: the debounced queue of ``QualityReport`` rows.
 
-The report row is the source of truth: ``schedule_recompute`` creates a ``QualityReport`` in
-state *queued* and sends its id; the task moves it to *running* → *succeeded*/*failed* and
-writes progress into it as it goes. Re-delivering the message (``acks_late``, a worker lost
-mid-run, a second "Recompute now" click) is harmless: a report that is no longer queued is
-left alone, so each report is computed at most once.
+The report row is the source of truth: :func:`schedule_recompute` creates a ``QualityReport``
+in state *queued* and, once the transaction commits, sends its id to the Celery task
+``evaluation.recompute_quality`` (:mod:`evaluation.quality.tasks`, looked up by that name:
+the task imports the services, never the other way round). The task moves the report to
+*running* → *succeeded*/*failed*.
 
 Debouncing: a project has at most one *queued* report. New judgments while one is queued
 add nothing (the queued run will see them); new judgments while one is *running* queue the
@@ -18,22 +18,22 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import shared_task
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project
 
-from .models import JobStatus, QualityReport
+from ..models import JobStatus, QualityReport
 
 log = logging.getLogger(__name__)
 
+#: The registered name of the task that computes a queued report.
+RECOMPUTE_TASK = "evaluation.recompute_quality"
 DEFAULT_DEBOUNCE_S = 30
 #: A queued report older than this is re-sent (its message may have been lost).
 STALE_QUEUED_S = 600
-#: A running report not updated for this long is considered crashed and may be replaced.
-STALE_RUNNING_S = 3600
 
 
 def debounce_seconds() -> int:
@@ -44,37 +44,8 @@ def auto_quality_enabled() -> bool:
     return bool(getattr(settings, "PREFLOOP_AUTO_QUALITY", True))
 
 
-@shared_task(bind=True, acks_late=True, ignore_result=True, name="evaluation.recompute_quality")
-def recompute_quality_task(self, report_id: int) -> str:
-    """Compute the quality report ``report_id`` (idempotent; see the module docstring)."""
-    from .services import recompute_quality
-
-    with transaction.atomic():
-        report = (
-            QualityReport.objects.select_for_update().filter(pk=report_id).select_related("project").first()
-        )
-        if report is None:
-            log.info("quality report %s no longer exists", report_id)
-            return "missing"
-        if report.status != JobStatus.QUEUED:
-            return f"skipped ({report.status})"
-        report.status = JobStatus.RUNNING
-        report.progress = 0.0
-        report.message = ""
-        report.save(update_fields=["status", "progress", "message"])
-    try:
-        recompute_quality(report.project, report=report)
-    except Exception as exc:  # the row says what went wrong; the task itself is not retried
-        log.exception("quality report %s failed", report_id)
-        QualityReport.objects.filter(pk=report_id).update(
-            status=JobStatus.FAILED, message=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
-        )
-        return "failed"
-    return "succeeded"
-
-
 def _send(report_id: int, countdown: int) -> None:
-    recompute_quality_task.apply_async((report_id,), countdown=max(0, int(countdown)))
+    current_app.tasks[RECOMPUTE_TASK].apply_async((report_id,), countdown=max(0, int(countdown)))
 
 
 def schedule_recompute(project: Project | int, *, countdown: int | None = None) -> QualityReport:
@@ -104,6 +75,15 @@ def schedule_recompute(project: Project | int, *, countdown: int | None = None) 
     return report
 
 
+def schedule_quietly(project_id: int) -> None:
+    """:func:`schedule_recompute` for callers that must not fail (a judgment, an admin
+    action): a broker hiccup is logged, never raised."""
+    try:
+        schedule_recompute(project_id)
+    except Exception:
+        log.exception("could not schedule a quality recomputation for project %s", project_id)
+
+
 def schedule_after_judgment(project_id: int) -> None:
     """``transaction.on_commit`` target of the Judgment signal: best effort, never raises."""
     if not auto_quality_enabled():
@@ -111,7 +91,4 @@ def schedule_after_judgment(project_id: int) -> None:
     # Fast path, one indexed read and no lock: a queued report will already see this judgment.
     if QualityReport.objects.filter(project_id=project_id, status=JobStatus.QUEUED).exists():
         return
-    try:
-        schedule_recompute(project_id)
-    except Exception:  # a broker hiccup must not break judging
-        log.exception("could not schedule a quality recomputation for project %s", project_id)
+    schedule_quietly(project_id)

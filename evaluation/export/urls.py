@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import export_views as views
+from . import views
 
 urlpatterns = [
     path("projects/<int:pk>/exports/", views.export_list, name="export_list"),

@@ -25,9 +25,12 @@ from rest_framework.views import APIView
 from annotate.api import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
 from annotate.permissions import IsProjectReader
 
-from . import exports
-from .export_forms import METHOD_LABELS
-from .models import Export
+from ..models import Export
+from ..stats.aggregation import METHODS
+from .downloads import DOWNLOADS, available_downloads, download_file, may_download
+from .forms import METHOD_LABELS
+from .options import DEFAULT_FORMATS, FORMATS, STYLES, ExportError
+from .services import create_export
 
 TAGS = ["exports"]
 EXPORT_PARAM = OpenApiParameter(
@@ -37,7 +40,7 @@ WHAT_PARAM = OpenApiParameter(
     "what",
     OpenApiTypes.STR,
     OpenApiParameter.PATH,
-    enum=list(exports.DOWNLOADS),
+    enum=list(DOWNLOADS),
     description="A format (jsonl, parquet, csv, judgments; hf as a .tar.gz of the datasets folder), `card` "
     "(README.md), `metadata` (metadata.json), or the whole folder as `zip` or `tar.gz`.",
 )
@@ -64,7 +67,7 @@ class ExportCreateSerializer(serializers.Serializer):
         help_text="Only judgments made in these pools, by id or name (default: all).",
     )
     method = serializers.ChoiceField(
-        choices=[(m, METHOD_LABELS.get(m, m)) for m in exports.METHODS], default="dawid_skene"
+        choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS], default="dawid_skene"
     )
     pool_balanced = serializers.BooleanField(
         default=False, help_text="Each pool weighs the same on a comparison."
@@ -100,14 +103,14 @@ class ExportCreateSerializer(serializers.Serializer):
         help_text="Same annotator pseudonyms as the project's other exports made with this option.",
     )
     style = serializers.ChoiceField(
-        choices=list(exports.STYLES),
+        choices=list(STYLES),
         default="auto",
         help_text="Prompt format: conversational when any prompt is a chat (auto).",
     )
     formats = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(exports.FORMATS)),
+        child=serializers.ChoiceField(choices=list(FORMATS)),
         required=False,
-        default=lambda: list(exports.DEFAULT_FORMATS),
+        default=lambda: list(DEFAULT_FORMATS),
         help_text="Any of jsonl, parquet, hf, csv, judgments.",
     )
 
@@ -153,7 +156,7 @@ class ExportSerializer(serializers.ModelSerializer):
     def get_downloads(self, obj) -> dict[str, str]:
         return {
             what: self._abs(reverse("export-api:export-download", args=[obj.project_id, obj.pk, what]))
-            for what in exports.available_downloads(obj)
+            for what in available_downloads(obj)
         }
 
 
@@ -222,8 +225,8 @@ class ExportListCreate(_Api):
         name = data.pop("name", "")
         try:
             with transaction.atomic():
-                export = exports.create_export(self.project, request.user, data, name=name)
-        except exports.ExportError as exc:
+                export = create_export(self.project, request.user, data, name=name)
+        except ExportError as exc:
             key = (
                 exc.field
                 if exc.field in ExportCreateSerializer().fields
@@ -262,11 +265,11 @@ class ExportDownload(_Api):
     )
     def get(self, request, project_pk: int, export_pk: int, what: str):
         export = self._export(export_pk)
-        if not exports.may_download(export, self.project_role):
+        if not may_download(export, self.project_role):
             raise PermissionDenied("This export includes gold answers: only project admins may download it.")
         try:
-            path, filename, content_type = exports.download_file(export, what)
-        except exports.ExportError as exc:
+            path, filename, content_type = download_file(export, what)
+        except ExportError as exc:
             raise NotFound(str(exc)) from None
         return FileResponse(
             open(path, "rb"), as_attachment=True, filename=filename, content_type=content_type
