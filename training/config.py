@@ -12,15 +12,17 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-RECIPES = ("sft", "dpo", "sft+dpo")
+RECIPES = ("sft", "dpo", "sft+dpo", "rm", "ppo", "sft+rm+ppo", "sft+dpo+ppo")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "cdpo", "robust")
+PPO_VALUE_MODELS = ("reward", "policy", "shared")
+RM_MARGINS = ("none", "strength", "p_chosen")
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs besides the model folder and the data. JSON-serialisable."""
 
-    recipe: str = "dpo"  # "sft" | "dpo" | "sft+dpo"
+    recipe: str = "dpo"  # "sft" | "dpo" | "sft+dpo" | "rm" | "ppo" | "sft+rm+ppo" | "sft+dpo+ppo"
     # optimisation (per phase; the sft_* fields override for the SFT phase of sft+dpo)
     lr: float = 5e-6
     epochs: float = 1.0  # ignored when max_steps is set
@@ -69,6 +71,39 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps; 0 disables periodic checkpoints
     keep_checkpoints: int = 2
     log_every: int = 1  # on_step every N steps (the last step is always reported)
+    # reward model (recipes rm, sft+rm+ppo; training.reward_model). Sources in that module.
+    rm_lr: float = 1e-5  # InstructGPT 9e-6, Stiennon et al. 2020 ~1.5e-5
+    rm_epochs: float = 1.0  # one epoch: more overfits (Stiennon et al. 2020; InstructGPT)
+    rm_max_steps: int | None = None
+    rm_margin: str = "none"  # "none" | "strength" (Llama 2) | "p_chosen": Bradley-Terry margin source
+    rm_margin_scale: float = 1.0
+    rm_center_coef: float | None = None  # TRL center_rewards_coefficient (Eisenstein et al. 2023: 0.01)
+    rm_norm_samples: int = 64  # reference-policy samples for the mean-0 / std-1 normalisation; 0: off
+    reward_model: str | None = None  # recipe ppo: folder of a trained reward model
+    # PPO (recipes ppo, sft+rm+ppo, sft+dpo+ppo; training.ppo / training.ppo_trainer). Sources there.
+    ppo_iterations: int | None = None  # rollout+update iterations; None: epochs x prompts / ppo_batch_size
+    ppo_lr: float = 3e-6
+    ppo_batch_size: int = 16  # prompts (rollouts) per iteration
+    ppo_mini_batches: int = 1
+    ppo_micro_batch_size: int | None = None  # gradient accumulation inside a minibatch; None: whole one
+    ppo_epochs: int = 4
+    ppo_clip: float = 0.2
+    ppo_value_clip: float = 0.2
+    ppo_vf_coef: float = 0.1
+    ppo_entropy_coef: float = 0.0
+    ppo_gamma: float = 1.0
+    ppo_lam: float = 0.95
+    ppo_kl_coef: float = 0.05
+    ppo_kl_target: float | None = None  # set: adaptive KL coefficient (Ziegler et al. 2019: 6.0)
+    ppo_kl_horizon: int = 10000
+    ppo_kl_estimator: str = "k1"
+    ppo_whiten_rewards: bool = False
+    ppo_response_length: int = 53
+    ppo_temperature: float = 0.7
+    ppo_missing_eos_penalty: float | None = None
+    ppo_value_model: str = "reward"  # "reward" | "policy" | "shared" (the value head's initialisation)
+    ppo_checkpoint_every: int = 1  # PPO iterations between checkpoints (resume loses at most these)
+    ppo_samples_per_log: int = 3  # sample generations kept with each logged iteration
 
     def validate(self) -> None:
         def need(cond, msg):
@@ -103,6 +138,32 @@ class TrainConfig:
              "checkpoint_every must be >= 0 and keep_checkpoints >= 1")
         need(not (self.use_soft_labels and self.loss_type == "robust"),
              "soft labels are not defined for loss_type 'robust'")
+        need(self.rm_lr > 0 and self.ppo_lr > 0, "rm_lr and ppo_lr must be > 0")
+        need(self.rm_epochs > 0, "rm_epochs must be > 0")
+        need(self.rm_max_steps is None or self.rm_max_steps >= 1, "rm_max_steps must be >= 1 (or None)")
+        need(self.rm_margin in RM_MARGINS, f"rm_margin must be one of {RM_MARGINS}, got {self.rm_margin!r}")
+        need(self.rm_norm_samples >= 0, "rm_norm_samples must be >= 0")
+        need(self.ppo_iterations is None or self.ppo_iterations >= 1, "ppo_iterations must be >= 1 (or None)")
+        need(self.ppo_batch_size >= 1 and 1 <= self.ppo_mini_batches <= self.ppo_batch_size,
+             "ppo_batch_size must be >= 1 and ppo_mini_batches in [1, ppo_batch_size]")
+        need(self.ppo_micro_batch_size is None or self.ppo_micro_batch_size >= 1,
+             "ppo_micro_batch_size must be >= 1 (or None)")
+        need(self.ppo_epochs >= 1, "ppo_epochs must be >= 1")
+        need(self.ppo_clip > 0 and self.ppo_value_clip > 0, "ppo_clip and ppo_value_clip must be > 0")
+        need(self.ppo_vf_coef >= 0 and self.ppo_entropy_coef >= 0, "ppo_vf_coef and ppo_entropy_coef must be >= 0")
+        need(0 < self.ppo_gamma <= 1 and 0 <= self.ppo_lam <= 1, "ppo_gamma must be in (0, 1], ppo_lam in [0, 1]")
+        need(self.ppo_kl_coef >= 0, "ppo_kl_coef must be >= 0")
+        need(self.ppo_kl_target is None or self.ppo_kl_target > 0, "ppo_kl_target must be > 0 (or None)")
+        need(self.ppo_kl_horizon >= 1, "ppo_kl_horizon must be >= 1")
+        need(self.ppo_kl_estimator in ("k1", "k2", "k3"), "ppo_kl_estimator must be k1, k2 or k3")
+        need(self.ppo_response_length >= 1, "ppo_response_length must be >= 1")
+        need(self.ppo_temperature > 0, "ppo_temperature must be > 0")
+        need(self.ppo_missing_eos_penalty is None or self.ppo_missing_eos_penalty >= 0,
+             "ppo_missing_eos_penalty must be >= 0 (it is subtracted)")
+        need(self.ppo_value_model in PPO_VALUE_MODELS,
+             f"ppo_value_model must be one of {PPO_VALUE_MODELS}, got {self.ppo_value_model!r}")
+        need(self.ppo_checkpoint_every >= 0 and self.ppo_samples_per_log >= 0,
+             "ppo_checkpoint_every and ppo_samples_per_log must be >= 0")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
