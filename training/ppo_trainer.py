@@ -315,16 +315,15 @@ def collect_rollout(cfg: TrainConfig, policy, reference: _Reference, critic, val
     t = time.time()
     with _autocast(cfg, device):
         s = sample(policy, prompt_ids, cfg.ppo_response_length, cfg.ppo_temperature, tokenizer.eos_token_id,
-                   tokenizer.pad_token_id, g, device, batch_size=len(prompt_ids))
+                   tokenizer.pad_token_id, g, device, batch_size=len(prompt_ids), value_head=value_head)
     gen_s = time.time() - t
     t = time.time()
     width = s.tokens.shape[1]
     seqs = Sequences.build(prompt_ids, s.tokens, s.mask)
     with _autocast(cfg, device):
         ref_logp = reference.logprobs(seqs, width, cfg, device, unpadded).float().cpu()
-        if value_head is not None:
-            values = policy_logprobs(policy, seqs, width, cfg.ppo_temperature, device, unpadded,
-                                     value_head=value_head, chunk_elements=cfg.logits_chunk_elements)[2]
+        if value_head is not None:  # the shared critic's values came with the samples
+            values = s.values
         else:
             values = critic_values(critic, seqs, width, device, unpadded)
         if scorer is not None:
@@ -339,7 +338,7 @@ def collect_rollout(cfg: TrainConfig, policy, reference: _Reference, critic, val
                    ref_logprobs=ref_logp * s.mask, values=values.float().cpu() * s.mask, scores=scores,
                    raw_scores=raw, has_eos=s.has_eos)
     roll.finish(kl_coef, cfg.ppo_gamma, cfg.ppo_lam, cfg.ppo_kl_estimator, cfg.ppo_whiten_rewards)
-    return roll, {"gen_s": gen_s, "score_s": time.time() - t}
+    return roll, {"gen_s": gen_s, "score_s": time.time() - t, "gen_steps": s.steps}
 
 
 def ppo_update(cfg: TrainConfig, policy, critic, value_head, roll: Rollout, opt, params, device,

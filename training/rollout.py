@@ -273,28 +273,34 @@ class Samples:
     logprobs: torch.Tensor
     has_eos: torch.Tensor
     steps: int  # forward passes the sampler made (== T)
+    values: torch.Tensor | None = None  # value_head of the state before each token, when asked
 
 
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int | None,
-           pad_id: int, generator: torch.Generator, device, batch_size: int = 64) -> Samples:
+           pad_id: int, generator: torch.Generator, device, batch_size: int = 64,
+           value_head: nn.Module | None = None) -> Samples:
     """Sample one response per prompt, ``batch_size`` prompts at a time (left-padded, KV cache);
     a batch stops as soon as every row has produced ``eos_id``. ``temperature`` scales the logits
-    before softmax; the returned log-probs are those of that tempered distribution."""
+    before softmax; the returned log-probs are those of that tempered distribution.
+    ``value_head``: also apply it to the hidden state before each sampled token (a critic on the
+    policy's own trunk gets its rollout values for free)."""
     parts = [_sample_batch(model, prompt_ids[s:s + batch_size], max_new_tokens, temperature, eos_id, pad_id,
-                           generator, device) for s in range(0, len(prompt_ids), batch_size)]
+                           generator, device, value_head) for s in range(0, len(prompt_ids), batch_size)]
     width = max(p[0].shape[1] for p in parts)
 
     def cat(i, fill):
         return torch.cat([F.pad(p[i], (0, width - p[i].shape[1]), value=fill) for p in parts])
 
     tokens, logps = cat(0, pad_id), cat(1, 0.0)
+    values = cat(3, 0.0) if value_head is not None else None
     tokens, mask, _, has_eos = truncate_after_eos(tokens, eos_id, pad_id)
-    # a row that ran out of length inside a batch that stopped early has no EOS either way
-    return Samples(tokens, mask, logps * mask, has_eos, sum(p[2] for p in parts))
+    return Samples(tokens, mask, logps * mask, has_eos, max(p[2] for p in parts),
+                   values * mask if values is not None else None)
 
 
-def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, device):
+def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, device,
+                  value_head=None):
     b = len(prompts)
     width = max(len(p) for p in prompts)
     ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -308,14 +314,17 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
 
     cache = DynamicCache()
     kw = {_cache_kw(model): cache}
+    body, head = trunk(model), lm_head(model)
     was_training = model.training
     model.eval()
-    out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
-    logits = out.logits[:, -1]
+    h = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, **kw).last_hidden_state[:, -1]
+    logits = head(h)
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    tokens, logps = [], []
+    tokens, logps, values = [], [], []
     last_pos = pos[:, -1:]
     for _ in range(max_new_tokens):
+        if value_head is not None:
+            values.append(value_head(h).squeeze(-1).float())
         logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
         nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
         lp = logp_all.gather(1, nxt[:, None]).squeeze(1)
@@ -328,10 +337,12 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
             break
         att = torch.cat([att, torch.ones((b, 1), dtype=att.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=att, position_ids=last_pos, use_cache=True, **kw)
-        logits = out.logits[:, -1]
+        h = body(input_ids=nxt[:, None], attention_mask=att, position_ids=last_pos, use_cache=True,
+                 **kw).last_hidden_state[:, -1]
+        logits = head(h)
     model.train(was_training)
-    return torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu(), len(tokens)
+    vals = torch.stack(values, 1).cpu() if values else None
+    return torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu(), len(tokens), vals
 
 
 __all__ = ["TokenizerMismatchError", "check_same_tokenizer", "trunk", "lm_head", "score_head",

@@ -107,12 +107,16 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny):
     model, tok = load_model_and_tokenizer(tiny)
     ps = [tok(p["prompt"])["input_ids"] for p in prompts()[:5]] + [tok("Hi")["input_ids"]]
     g = torch.Generator().manual_seed(0)
-    s = sample(model, ps, 12, 0.7, tok.eos_token_id, tok.pad_token_id, g, "cpu", batch_size=4)
+    value_head = torch.nn.Linear(model.config.hidden_size, 1)
+    s = sample(model, ps, 12, 0.7, tok.eos_token_id, tok.pad_token_id, g, "cpu", batch_size=4, value_head=value_head)
     seqs = Sequences.build(ps, s.tokens, s.mask)
     for unpadded in (True, False):  # length buckets (CPU) and one padded batch (GPU)
-        lp, ent, _ = policy_logprobs(model, seqs, s.tokens.shape[1], 0.7, "cpu", unpadded, want_entropy=True)
+        lp, ent, values = policy_logprobs(model, seqs, s.tokens.shape[1], 0.7, "cpu", unpadded, want_entropy=True,
+                                          value_head=value_head)
         assert (lp - s.logprobs).abs().max() < 1e-4
         assert ((ent > 0) | (s.mask == 0)).all()
+        # a value head on the policy's trunk: the sampler's values are the forward's
+        assert (values * s.mask - s.values).abs().max() < 1e-4
     # the same seed samples the same responses
     again = sample(model, ps, 12, 0.7, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0), "cpu",
                    batch_size=4)
