@@ -308,6 +308,10 @@ def train_reward_model(cfg: TrainConfig, model_path, pairs, out_dir, callbacks=N
     cfg.validate()
     out = Path(out_dir)
     phase_out = Path(phase_out) if phase_out else out / "final"
+    if _complete(phase_out):  # finished before (a retried task): report, do not retrain
+        info = json.loads((phase_out / "prefloop_training.json").read_text())
+        return {"status": "succeeded", "steps": info.get("steps", 0), "out": str(phase_out), "metrics": {},
+                "eval_metrics": info.get("eval", {}), "normalization": info.get("normalization")}
     device = device_of(cfg)
     unpadded = (device.type == "cpu") if cfg.unpadded is None else cfg.unpadded
     if eval_pairs is not None:
@@ -422,19 +426,17 @@ def train_reward_model(cfg: TrainConfig, model_path, pairs, out_dir, callbacks=N
 
         policy, ptok = load_model_and_tokenizer(policy_path or model_path)
         policy.to(device)
-        rows = train_rows[:cfg.rm_norm_samples]
         prompts = [ex.prompt_ids for ex in train_ex[:cfg.rm_norm_samples]]
         with _autocast(cfg, device):
             norm = reference_statistics(inner.eval(), policy, ptok, prompts, cfg, device, unpadded)
         norm["policy"] = os.path.abspath(str(policy_path or model_path))
-        del policy, rows
+        del policy
         write_normalization(phase_out, norm)
         _call(callbacks, "on_log", f"rm: reward normalised on {norm['n']} reference samples "
                                    f"(mean {norm['mean']:.4g}, std {norm['std']:.4g})")
     _write_json(phase_out / "prefloop_training.json", {
         "phase": "rm", "base_model": os.path.abspath(str(model_path)), "recipe": cfg.recipe,
-        "config": cfg.to_dict(), "eval": {k: v for k, v in evals.items() if k != "eval_calibration"},
-        "normalization": norm})
+        "config": cfg.to_dict(), "eval": evals, "normalization": norm, "steps": step})
     (phase_out / ".complete").touch()
     return {"status": "succeeded", "steps": step, "out": str(phase_out), "metrics": last,
             "eval_metrics": evals, "normalization": norm}
