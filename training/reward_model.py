@@ -442,20 +442,6 @@ def train_reward_model(cfg: TrainConfig, model_path, pairs, out_dir, callbacks=N
             "eval_metrics": evals, "normalization": norm}
 
 
-def calibration_svg(bins: list[dict], title: str = "Reward model calibration (held out)") -> str:
-    """A reliability diagram: per bin of ``sigma(r_c - r_r)``, the mean prediction, the humans'
-    mean P(chosen), and the diagonal."""
-    from evaluation.plots import line_chart
-
-    used = [b for b in bins if b["n"]]
-    labels = [f"{b['lo']:.1f}-{b['hi']:.1f} (n={b['n']})" for b in used]
-    return line_chart(labels, [
-        {"name": "human P(chosen)", "values": [b["observed"] for b in used]},
-        {"name": "model sigma(r_c - r_r)", "values": [b["predicted"] for b in used]},
-        {"name": "perfect calibration", "values": [(b["lo"] + b["hi"]) / 2 for b in used]},
-    ], title=title, y_min=0.0, y_max=1.0, y_label="P(chosen)", width=600, height=300)
-
-
 __all__ = ["load_reward_model", "RewardScorer", "pair_margins", "calibration", "pair_rewards", "rm_batch_loss",
-           "evaluate_reward_model", "reference_statistics", "train_reward_model", "calibration_svg",
+           "evaluate_reward_model", "reference_statistics", "train_reward_model",
            "NORM_FILE", "NORM_KEY"]
