@@ -83,7 +83,7 @@ def build(args, work: Path):
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     from training.tiny_model import llama_config, train_tokenizer
-    from training.trainer import load_pairs_jsonl
+    from training.ppo_trainer import load_pairs_jsonl
 
     rows = load_pairs_jsonl(args.data)
     size = SIZES[args.size]

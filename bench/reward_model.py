@@ -51,7 +51,7 @@ def build(args, work: Path):
 
     from training.data import tokenize_pair
     from training.tiny_model import llama_config, train_tokenizer
-    from training.trainer import load_pairs_jsonl
+    from training.ppo_trainer import load_pairs_jsonl
 
     rows = load_pairs_jsonl(args.data)
     tok = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], vocab_size=args.vocab)
@@ -87,7 +87,7 @@ def peak_mb(device: str) -> float:
 def run_ours(args, work: Path) -> dict:
     from training.config import TrainConfig
     from training.reward_model import train_reward_model
-    from training.trainer import load_pairs_jsonl
+    from training.ppo_trainer import load_pairs_jsonl
 
     pairs = load_pairs_jsonl(work / "pairs.jsonl")
     steps, cpu = [], [time.process_time()]

@@ -103,7 +103,7 @@ def _phases(recipe: str, reward_model) -> list[str]:
 def plan_phase_steps(cfg, pairs, eval_pairs) -> dict[str, int]:
     """Steps of each phase (PPO: iterations), known before any compute."""
     from .ppo_trainer import n_iterations
-    from .trainer import plan_steps, split_eval
+    from .reward_model import plan_steps, split_eval
 
     n_train = len(pairs) if eval_pairs is not None else len(split_eval(len(pairs), cfg)[0])
     out = {}
@@ -125,7 +125,13 @@ def train_rlhf(cfg, model_path, pairs, out_dir, callbacks=None, eval_pairs=None)
     """Run an RLHF recipe (see the module docstring); returns a ``training.trainer.TrainResult``."""
     from .ppo_trainer import train_ppo, validate_ppo_inputs
     from .reward_model import train_reward_model
-    from .trainer import TrainResult, _write_json, split_eval, train
+    from .reward_model import _write_json, split_eval
+
+    try:  # training.trainer as a package
+        from .trainer.loop import train
+        from .trainer.state import TrainResult
+    except ImportError:  # training/trainer.py, one module
+        from .trainer import TrainResult, train
 
     cfg.validate()
     out = Path(out_dir)

@@ -160,7 +160,7 @@ def test_reward_model_learns_a_clear_preference(reward_model, tiny):
     from training.reward_model import reference_statistics
 
     train_prompts = [e.prompt_ids for e in tokenize_pairs(tok, upper_pairs(160, seed=1))]
-    from training.trainer import split_eval
+    from training.reward_model import split_eval
 
     idx, _ = split_eval(160, cfg)
     ps = [train_prompts[i] for i in idx][:24]
