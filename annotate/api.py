@@ -89,6 +89,8 @@ from .serializers import (
     SubmitResultSerializer,
     TokenRequestSerializer,
     TokenResultSerializer,
+    own_judgment_data,
+    queue_item_data,
 )
 
 # A header scheme first: DRF answers anonymous requests with the first class's challenge, so
@@ -615,6 +617,8 @@ def _progress_data(annotator, project: Project) -> tuple[queue.Progress, dict]:
 def _item_data(assignment: Assignment | None, project: Project, progress: queue.Progress, cls=QueueItemSerializer):
     if assignment is None:
         return None
+    if cls is QueueItemSerializer:
+        return queue_item_data(assignment, project, progress)
     return cls(assignment, context={"project": project, "progress": progress}).data
 
 
@@ -627,13 +631,6 @@ def _next_data(annotator, project: Project, *, membership=None, held_checked: bo
         assignment = None
     progress, progress_dict = _progress_data(annotator, project)
     return _item_data(assignment, project, progress), progress_dict
-
-
-def _require_servable(annotator, project: Project) -> Membership:
-    try:
-        return queue.annotator_membership(annotator, project)
-    except queue.NotAnAnnotator as exc:
-        raise PermissionDenied(str(exc)) from None
 
 
 @extend_schema(
@@ -719,22 +716,27 @@ class SubmitJudgment(AssignmentScoped):
         assignment, project = self.assignment, self.project
         serializer = JudgmentInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        membership = _require_servable(request.user, project)
-        already = assignment.status == AssignmentStatus.DONE
+        if self.membership is None or self.membership.excluded:  # read with the assignment
+            raise PermissionDenied(queue.PAUSED)
         try:
-            judgment = queue.submit_judgment(request.user, assignment.pk, **serializer.validated_data)
+            # The judgment and the next item in one service call (one transaction on PostgreSQL).
+            done = queue.submit_and_next(request.user, assignment.pk, project=project, **serializer.validated_data)
         except Assignment.DoesNotExist:
             raise NotFound() from None
+        except queue.NotAnAnnotator as exc:
+            raise PermissionDenied(str(exc)) from None
         except queue.AssignmentGone as exc:
             item, progress = _next_data(request.user, project)
             return Response({"detail": str(exc), "next": item, "progress": progress}, status=status.HTTP_409_CONFLICT)
         except queue.QueueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        # A first submit leaves the annotator holding nothing: skip the look for a held item.
-        item, progress = _next_data(request.user, project, membership=membership, held_checked=not already)
-        body = SubmitResultSerializer({"judgment": judgment, "next": None, "progress": progress}).data
-        body["next"] = item
-        return Response(body, status=status.HTTP_200_OK if already else status.HTTP_201_CREATED)
+        progress, progress_dict = _progress_data(request.user, project)
+        body = {
+            "judgment": own_judgment_data(done.judgment),
+            "next": _item_data(done.next, project, progress),
+            "progress": progress_dict,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if done.created else status.HTTP_200_OK)
 
 
 @extend_schema(
@@ -747,8 +749,9 @@ class SubmitJudgment(AssignmentScoped):
 )
 class SkipAssignment(AssignmentScoped):
     def post(self, request, assignment_pk: int):
-        assignment, project = self.assignment, self.project
-        membership = _require_servable(request.user, project)
+        assignment, project, membership = self.assignment, self.project, self.membership
+        if membership is None or membership.excluded:  # read with the assignment
+            raise PermissionDenied(queue.PAUSED)
         try:
             skipped = queue.skip(request.user, assignment.pk)
         except Assignment.DoesNotExist:

@@ -13,7 +13,8 @@ the project up once (404 when it does not exist), checks the user's role with
 * ``MemberOrAdminWrites``: every member reads; only admins write.
 * ``IsAssignmentOwner``: the URL's ``assignment_pk`` is one of the user's own assignments
   (404 otherwise, so other annotators' assignments do not exist for them) and the user is
-  an annotator of its project (403 otherwise). Leaves ``view.assignment``.
+  an annotator of its project (403 otherwise). Leaves ``view.assignment`` (with its project)
+  and ``view.membership`` (the user's, read in the same query).
 * ``CanCreateProject``: staff or superuser, for ``POST /api/projects/``.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from django.shortcuts import get_object_or_404
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from .models import Assignment, Project, Role
+from .models import Project, Role
+from .queue import owned_assignment
 from .roles import READ_ROLES, role_of
 
 ALL_ROLES = (Role.ADMIN, Role.RESEARCHER, Role.ANNOTATOR)
@@ -117,13 +119,13 @@ class IsAssignmentOwner(BasePermission):
     def has_permission(self, request, view) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False
-        assignment = (
-            Assignment.objects.select_related("project")
-            .filter(pk=view.kwargs["assignment_pk"], annotator=request.user)
-            .first()
-        )
+        # One query: the assignment, its project and the user's membership in it (a submit
+        # makes one request per judgment; every read here is one it pays for).
+        owned = owned_assignment(request.user, view.kwargs["assignment_pk"])
+        assignment, membership = owned if owned is not None else (None, None)
         if assignment is None:
             raise NotFound("No such assignment.")
-        view.assignment = assignment
-        view.project_role = role_of(request.user, assignment.project)
+        view.assignment, view.membership = assignment, membership
+        # As annotate.roles.role_of: a superuser is an admin everywhere.
+        view.project_role = Role.ADMIN if request.user.is_superuser else (membership.role if membership else None)
         return view.project_role == Role.ANNOTATOR

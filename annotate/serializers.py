@@ -348,6 +348,26 @@ class QueueItemSerializer(serializers.Serializer):
         return {"done": p.done, "remaining": p.remaining}
 
 
+_DATETIME = serializers.DateTimeField()
+
+
+def queue_item_data(assignment: Assignment, project: Project, progress) -> dict:
+    """``QueueItemSerializer(assignment, context=…).data`` without building a serializer: the
+    submit answers with the next item on every judgment (tests check that both agree)."""
+    left, right = shown_pair(assignment)
+    prompt = assignment.comparison.prompt
+    return {
+        "assignment_id": assignment.pk,
+        "prompt": prompt.text,
+        "prompt_messages": prompt.messages,
+        "left": {"text": left.text},
+        "right": {"text": right.text},
+        "allow_ties": bool(project.allow_ties),
+        "expires_at": _DATETIME.to_representation(assignment.expires_at),
+        "progress": {"done": progress.done, "remaining": progress.remaining},
+    }
+
+
 class AssignmentSerializer(QueueItemSerializer):
     """One of the annotator's own assignments, in shown terms, with its status."""
 
@@ -396,6 +416,20 @@ class OwnJudgmentSerializer(serializers.ModelSerializer):
     )
     def get_choice(self, judgment: Judgment) -> str | None:
         return to_shown(judgment.a_on_left, judgment.choice)
+
+
+def own_judgment_data(judgment: Judgment) -> dict:
+    """``OwnJudgmentSerializer(judgment).data`` without building a serializer (see
+    ``queue_item_data``)."""
+    return {
+        "id": judgment.pk,
+        "assignment_id": judgment.assignment_id,
+        "choice": to_shown(judgment.a_on_left, judgment.choice),
+        "strength": judgment.strength,
+        "rationale": judgment.rationale,
+        "seconds": None if judgment.seconds is None else float(judgment.seconds),
+        "created_at": _DATETIME.to_representation(judgment.created_at),
+    }
 
 
 class OwnJudgmentDetailSerializer(OwnJudgmentSerializer):

@@ -2,29 +2,36 @@
 
     python bench/queue.py            # 1M comparisons, 1k annotators, 50 HTTP clients for 20 s
     python bench/queue.py --quick    # 20k comparisons, 200 annotators, 20 clients for 8 s
+    python bench/queue.py --comparisons 10000000 --annotators 10000    # the 10M check
+    python bench/queue.py --db-name prefloop_bench_me --py-spy        # own database; profile
 
 What it does, in order:
 
-1. Creates a fresh PostgreSQL database ``prefloop_bench`` (DROP/CREATE), migrates it and fills
-   one project: N comparisons written with ``COPY`` (few shared prompts/responses, distinct
-   ``pair_hash``; 0.2% gold with answers), three pools with target shares, annotators with
-   memberships and API tokens. Then ``VACUUM ANALYZE`` (what autovacuum does after a load).
-2. Query plans: ``EXPLAIN (ANALYZE, BUFFERS)`` of the candidate SELECT that ``_claim`` runs
-   (captured with ``CaptureQueriesContext`` around one ``next_assignment`` call) and of the
-   counts in ``progress``; checks that they read ``comparison_open_idx`` and never Seq Scan
-   ``annotate_comparison``, and reports the rows they read. Repeated after the HTTP load.
-3. Service layer: median and p99 of ``next_assignment`` (a real claim), ``submit_judgment`` and
-   ``progress`` over sequential calls spread across annotators.
-4. HTTP: gunicorn (``-w 4 -k gthread --threads 4``, DEBUG off) on the bench database; first the
-   peer, a plain Django page (``GET /accounts/login/``) at the same concurrency, then the
-   clients (one annotator each, keep-alive connections, token auth) looping
-   ``GET /api/projects/{id}/next/`` → ``POST /api/assignments/{id}/judgment/``. Reports
-   median/p99 latencies, judgments/s and errors (any status other than 200/201/204), then
-   checks in the database that no comparison went past the overlap.
+1. Creates a fresh PostgreSQL database (``--db-name``, default ``prefloop_bench``; DROP/CREATE),
+   migrates it and fills one project: N comparisons written with ``COPY`` (few shared
+   prompts/responses, distinct ``pair_hash``; 0.2% gold with answers), three pools with target
+   shares, annotators with memberships and API tokens. Then ``VACUUM ANALYZE`` (what
+   autovacuum does after a load).
+2. Query plans: ``EXPLAIN (ANALYZE, BUFFERS)`` of the claim statement (``WITH mine AS …``,
+   captured with ``CaptureQueriesContext`` around one ``next_assignment`` call and explained
+   from the same state, rolled back) and of ``progress``; checks that they read comparisons
+   through indexes and never Seq Scan ``annotate_comparison``, and reports the rows they read.
+   Repeated after the HTTP load and with half of the queue closed.
+3. Service layer: median and p99 of ``next_assignment`` (a real claim), ``submit_judgment``,
+   ``progress`` and ``submit_and_next`` over sequential calls spread across annotators.
+4. HTTP: gunicorn (``-w 2×cores -k gthread --threads 4``, DEBUG off) on the bench database;
+   first the peer, a plain Django page (``GET /accounts/login/``) at the same concurrency, then
+   the clients (one annotator each, keep-alive connections, token auth), one request per
+   judgment: ``GET /api/projects/{id}/next/`` for the first item, then
+   ``POST /api/assignments/{id}/judgment/`` with the ``next`` item of each answer. Reports
+   latencies, judgments/s, errors (any status other than 200/201/204) and the goals as ratios
+   to the peer, then checks in the database that no comparison went past the overlap. With
+   ``--py-spy``, samples the workers meanwhile and says where their CPU went.
 5. Browser: reads ``var/bench/browser_latency.json`` (written by tests/browser/test_annotator.py)
    and reports its submit → next-item-visible p50/p95 against the goal (< 100 ms).
 6. Prints a table and writes the "## Queue (bench/queue.py)" section of bench/RESULTS.md
-   (replacing an earlier version of that section only). Drops the database unless ``--keep``.
+   (replacing the generated part of that section only; its "### What changed between runs"
+   part, written by hand, is kept). Drops the database unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DB_NAME = "prefloop_bench"
+DB_NAME = "prefloop_bench"  # --db-name: give each concurrent user of one server their own
 PG = "postgres://postgres@127.0.0.1:5432"
 SECTION = "## Queue (bench/queue.py)"
 BROWSER_JSON = ROOT / "var" / "bench" / "browser_latency.json"
@@ -100,6 +107,7 @@ def free_port() -> int:
 def recreate_database() -> None:
     import psycopg
 
+    print(f"database {DB_NAME}")
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DB_NAME}"')
@@ -244,7 +252,8 @@ def explain(sql: str) -> dict:
     top = plan_json[0]
     scans = []
     for node in _walk(top["Plan"]):
-        if node.get("Relation Name") == "annotate_comparison":
+        # ModifyTable (the claim's UPDATE) writes the rows a scan below it found; it reads none.
+        if node.get("Relation Name") == "annotate_comparison" and node["Node Type"] != "ModifyTable":
             loops = node.get("Actual Loops", 1)
             scans.append(
                 {
@@ -269,21 +278,24 @@ def plan_check(project, annotator, label: str) -> dict:
 
     from annotate import queue
 
-    # The candidate SELECT of _claim: FROM annotate_comparison, NOT IN the annotator's seen ids,
-    # ORDER BY id LIMIT 16, without a row lock. next_assignment may return a held item without
-    # claiming; submit it first so that a claim really runs.
+    # The claim: on PostgreSQL one statement (WITH mine AS … — candidates from the open index,
+    # the pick with FOR NO KEY UPDATE SKIP LOCKED, the slot, the assignment, the texts). Capture
+    # it in a rolled-back transaction, then EXPLAIN ANALYZE it (also rolled back) from the same
+    # state. next_assignment may return a held item without claiming: submit it first.
+    from django.db import transaction
+
     held = queue.current_assignment(annotator, project)
     if held is not None:
         queue.submit_judgment(annotator, held.pk, choice="left")
-    with CaptureQueriesContext(connection) as ctx:
-        a = queue.next_assignment(annotator, project)
-    cand = [
-        q["sql"] for q in ctx.captured_queries
-        if q["sql"].lstrip().upper().startswith("SELECT") and 'FROM "annotate_comparison"' in q["sql"]
-        and "LIMIT 16" in q["sql"] and "FOR " not in q["sql"].split("LIMIT 16")[-1]
-    ]
-    assert cand, "could not find the candidate query among: " + "\n".join(q["sql"][:200] for q in ctx.captured_queries)
-    result = {"label": label, "claim_queries": len(ctx.captured_queries), "candidate": explain(cand[-1]), "candidate_sql": cand[-1]}
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as ctx:
+            queue.next_assignment(annotator, project)
+        transaction.set_rollback(True)
+    cand = [q["sql"] for q in ctx.captured_queries if q["sql"].lstrip().startswith("WITH mine AS")]
+    assert cand, "could not find the claim statement among: " + "\n".join(q["sql"][:200] for q in ctx.captured_queries)
+    statements = [q for q in ctx.captured_queries if q["sql"] not in ("BEGIN", "COMMIT", "ROLLBACK")]
+    result = {"label": label, "claim_queries": len(statements), "candidate": explain(cand[-1]), "candidate_sql": cand[-1]}
+    a = queue.next_assignment(annotator, project)
     if a is not None:
         queue.submit_judgment(annotator, a.pk, choice="right")
     with CaptureQueriesContext(connection) as ctx:
@@ -304,7 +316,7 @@ def print_plan(check: dict) -> list[str]:
     problems = []
     c = check["candidate"]
     print(f"\n--- query plans ({check['label']}) ---")
-    print(f"candidate query of _claim ({check['claim_queries']} queries in the whole next_assignment call):")
+    print(f"claim statement ({check['claim_queries']} statements in the whole next_assignment call):")
     print(c["text"])
     # Indexed and bounded: an index scan (the partial index of open comparisons, or the primary
     # key in id order where nearly everything is open: the planner's choice) that stops after a
@@ -314,7 +326,7 @@ def print_plan(check: dict) -> list[str]:
     ok = not c["seq_scan"] and all(s["index"] for s in c["scans"]) and read <= BOUNDED_ROWS
     if not ok:
         problems.append(
-            f"{check['label']}: the candidate query of _claim reads annotate_comparison by "
+            f"{check['label']}: the claim statement reads annotate_comparison by "
             f"{', '.join(sorted({str(s['index'] or s['type']) for s in c['scans']}))} "
             f"({read:,} rows read; bounded means index scans reading at most {BOUNDED_ROWS:,})"
         )
@@ -370,7 +382,8 @@ def service_bench(project, annotators, n_calls: int, seed: int) -> dict:
     from annotate import queue
 
     rng = random.Random(seed)
-    t_next, t_submit, t_progress = [], [], []
+    choices = ("left", "right", "left", "right", "tie", "both_bad")
+    t_next, t_submit, t_progress, t_both = [], [], [], []
     empty = 0
     for i in range(n_calls):
         user = annotators[(i * 7919) % len(annotators)]
@@ -380,14 +393,27 @@ def service_bench(project, annotators, n_calls: int, seed: int) -> dict:
         if a is None:
             empty += 1
             continue
-        queue.submit_judgment(user, a.pk, choice=rng.choice(("left", "right", "left", "right", "tie", "both_bad")))
+        queue.submit_judgment(user, a.pk, choice=rng.choice(choices), project=project)
         t2 = time.perf_counter()
         queue.progress(user, project)
         t3 = time.perf_counter()
         t_next.append(t1 - t0)
         t_submit.append(t2 - t1)
         t_progress.append(t3 - t2)
-    return {"next": stats_ms(t_next), "submit": stats_ms(t_submit), "progress": stats_ms(t_progress), "empty": empty}
+    # The one-request-per-judgment step: the judgment and the next claim together. The next
+    # item is judged (untimed) so that every round starts with the annotator holding nothing.
+    for i in range(n_calls // 2):
+        user = annotators[(i * 7919 + 1) % len(annotators)]
+        a = queue.next_assignment(user, project)
+        if a is None:
+            continue
+        t0 = time.perf_counter()
+        done = queue.submit_and_next(user, a.pk, choice=rng.choice(choices), project=project)
+        t_both.append(time.perf_counter() - t0)
+        if done.next is not None:
+            queue.submit_judgment(user, done.next.pk, choice="left", project=project)
+    return {"next": stats_ms(t_next), "submit": stats_ms(t_submit), "progress": stats_ms(t_progress),
+            "submit_and_next": stats_ms(t_both), "empty": empty}
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +456,72 @@ class Client:
                 if attempt:
                     raise
         raise RuntimeError("unreachable")
+
+
+def py_spy_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """Sample the gunicorn master and its workers (``--subprocesses``) for ``seconds``; the
+    collapsed stacks go to ``out``. None when py-spy is not installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("py-spy not found: no profile (pip install py-spy)")
+        return None
+    cmd = [exe, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--rate", "250",
+           "--duration", str(max(1, int(seconds))), "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+# Where a CPU sample of a worker is charged: the innermost frame's package, in these groups.
+PROFILE_GROUPS = (
+    ("psycopg", "PostgreSQL driver (psycopg: send, wait-free parse)"),
+    ("django/db/", "Django ORM (query building, compiling, model instances)"),
+    ("annotate/", "prefloop's own code (annotate: queue, API views, permissions, serializers)"),
+    ("rest_framework/", "Django REST framework (request, auth, permissions, serializers, JSON render)"),
+    ("django/", "Django core (handler, middleware, URL resolver, request/response)"),
+    ("gunicorn/", "gunicorn (HTTP parsing, worker loop)"),
+    ("json/", "json"),
+)
+
+
+def py_spy_summary(path: Path) -> dict:
+    """Samples per group (by the innermost frame), and the inclusive share of a few entry points."""
+    if not path.exists():
+        return {}
+    groups: dict[str, int] = {}
+    inclusive = {"submit_and_next": 0, "progress": 0, "IsAssignmentOwner": 0, "TokenAuthentication": 0,
+                 "QueueItemSerializer": 0, "render": 0}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        # py-spy adds the process and thread as the first frames; skip anything not a code frame.
+        code = [f for f in frames if "(" in f and ".py" in f]
+        if not code:
+            continue
+        total += n
+        leaf = code[-1]
+        group = "other (stdlib, threading, socket)"
+        for key, name in PROFILE_GROUPS:
+            if key in leaf:
+                group = name
+                break
+        groups[group] = groups.get(group, 0) + n
+        joined = ";".join(code)
+        if "submit_and_next (" in joined:
+            inclusive["submit_and_next"] += n
+        if "queue/__init__.py" in joined and "progress (" in joined:
+            inclusive["progress"] += n
+        if "has_permission (" in joined and "permissions.py" in joined:
+            inclusive["IsAssignmentOwner"] += n
+        if "authenticate (" in joined and "authentication.py" in joined:
+            inclusive["TokenAuthentication"] += n
+        if "to_representation (" in joined and "serializers" in joined:
+            inclusive["QueueItemSerializer"] += n
+        if "rendered_content (" in joined or "renderers.py" in joined:
+            inclusive["render"] += n
+    return {"total": total, "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])), "inclusive": inclusive}
 
 
 def start_gunicorn(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
@@ -498,18 +590,20 @@ def http_queue(port: int, project_id: int, tokens: list[str], seconds: float, se
         rng = random.Random(seed * 1000 + i)
         c = Client(port, tokens[i])
         out = {"next": [], "submit": [], "judgments": 0, "errors": [], "empty": 0, "t_first": None, "t_last": None}
+        item = None
         while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            status, body = c.request("GET", f"/api/projects/{project_id}/next/")
-            t1 = time.perf_counter()
-            out["next"].append(t1 - t0)
-            if status == 204:
-                out["empty"] += 1
-                break
-            if status != 200:
-                out["errors"].append(f"next {status}: {body[:200]!r}")
-                continue
-            item = json.loads(body)
+            if item is None:  # the first item (or after an error): GET …/next/
+                t0 = time.perf_counter()
+                status, body = c.request("GET", f"/api/projects/{project_id}/next/")
+                out["next"].append(time.perf_counter() - t0)
+                if status == 204:
+                    out["empty"] += 1
+                    break
+                if status != 200:
+                    out["errors"].append(f"next {status}: {body[:200]!r}")
+                    continue
+                item = json.loads(body)
+            # One request per judgment: the submit's answer carries the next item.
             t2 = time.perf_counter()
             status, body = c.request("POST", f"/api/assignments/{item['assignment_id']}/judgment/", {"choice": rng.choice(choices)})
             t3 = time.perf_counter()
@@ -517,8 +611,10 @@ def http_queue(port: int, project_id: int, tokens: list[str], seconds: float, se
             if status in (200, 201):
                 out["judgments"] += status == 201
                 out["t_last"] = t3
+                item = json.loads(body)["next"]
             else:
                 out["errors"].append(f"submit {status}: {body[:200]!r}")
+                item = None
         out["reconnects"] = c.reconnects
         return out
 
@@ -544,18 +640,18 @@ def single_client(port: int, project_id: int, token: str, n: int) -> dict:
         t0 = time.perf_counter()
         c.request("GET", "/accounts/login/")
         login.append(time.perf_counter() - t0)
-    for _ in range(n):
-        t0 = time.perf_counter()
-        status, body = c.request("GET", f"/api/projects/{project_id}/next/")
-        t1 = time.perf_counter()
-        if status != 200:
-            break
-        aid = json.loads(body)["assignment_id"]
+    t0 = time.perf_counter()
+    status, body = c.request("GET", f"/api/projects/{project_id}/next/")
+    nxt.append(time.perf_counter() - t0)
+    item = json.loads(body) if status == 200 else None
+    while item is not None and len(sub) < n:
         t2 = time.perf_counter()
-        c.request("POST", f"/api/assignments/{aid}/judgment/", {"choice": "left"})
-        t3 = time.perf_counter()
-        nxt.append(t1 - t0)
-        sub.append(t3 - t2)
+        status, body = c.request("POST", f"/api/assignments/{item['assignment_id']}/judgment/", {"choice": "left"})
+        sub.append(time.perf_counter() - t2)
+        item = json.loads(body)["next"] if status in (200, 201) else None
+        t0 = time.perf_counter()
+        c.request("GET", f"/api/projects/{project_id}/next/")  # the held item, as a page reload would ask
+        nxt.append(time.perf_counter() - t0)
     return {"login": stats_ms(login), "next": stats_ms(nxt), "submit": stats_ms(sub)}
 
 
@@ -627,13 +723,20 @@ def fmt_row(name: str, s: dict) -> str:
     return f"| {name} | {s['n']:,} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |"
 
 
+# Written by hand below the generated part of the section; kept when the section is rewritten.
+HISTORY = "### What changed between runs"
+
+
 def write_results(text: str) -> None:
     path = ROOT / "bench" / "RESULTS.md"
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     start = old.find(SECTION)
     if start >= 0:
         nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text.rstrip() + "\n" + (old[nxt:] if nxt >= 0 else "")
+        end = nxt if nxt >= 0 else len(old)
+        history = old.find(HISTORY, start, end)
+        kept = "\n" + old[history:end].rstrip() + "\n" if history >= 0 else ""
+        new = old[:start] + text.rstrip() + "\n" + kept + (old[nxt:] if nxt >= 0 else "")
     else:
         new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
     path.write_text(new)
@@ -645,6 +748,7 @@ def write_results(text: str) -> None:
 
 
 def main() -> int:
+    global DB_NAME
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--comparisons", type=int, default=1_000_000)
     ap.add_argument("--annotators", type=int, default=1000)
@@ -652,10 +756,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of the HTTP queue phase")
     ap.add_argument("--baseline-seconds", type=float, default=10.0, help="duration of the login-page phase")
     ap.add_argument("--service-calls", type=int, default=2000)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1), help="gunicorn workers (2 x cores)")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--conn-max-age", type=int, default=60, help="CONN_MAX_AGE of the gunicorn workers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--db-name", default=DB_NAME, help="the throw-away PostgreSQL database (dropped and created)")
+    ap.add_argument("--py-spy", action="store_true", help="profile the gunicorn workers during the queue phase")
     ap.add_argument("--quick", action="store_true", help="a small run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     ap.add_argument("--keep", action="store_true", help="keep the prefloop_bench database")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
@@ -666,6 +772,7 @@ def main() -> int:
     if args.clients > args.annotators:
         ap.error("--clients must not exceed --annotators")
     command = ".venv/bin/python bench/queue.py" + "".join(f" {a}" for a in sys.argv[1:])
+    DB_NAME = args.db_name
 
     load_before = uptime()
     print(f"uptime before: {load_before}")
@@ -716,9 +823,10 @@ def main() -> int:
         plans_before = plan_check(project, plan_user, "fresh database")
         problems += print_plan(plans_before)
 
-        print(f"\n--- service layer: {args.service_calls} × next_assignment → submit_judgment → progress ---")
+        print(f"\n--- service layer: {args.service_calls} × next_assignment → submit_judgment → progress, "
+              f"{args.service_calls // 2} × submit_and_next ---")
         service = service_bench(project, service_users, args.service_calls, args.seed)
-        for k in ("next", "submit", "progress"):
+        for k in ("next", "submit", "progress", "submit_and_next"):
             s = service[k]
             print(f"{k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p95 {s['p95']:.2f} ms  p99 {s['p99']:.2f} ms")
 
@@ -733,7 +841,24 @@ def main() -> int:
         base = http_baseline(port, args.clients, args.baseline_seconds)
         print(f"peer GET /accounts/login/: {base['login']['n']:,} requests, p50 {base['login']['p50']:.1f} ms, "
               f"p99 {base['login']['p99']:.1f} ms, {base['rps']:.0f} req/s, errors {base['errors']}")
+        spy_out = data_dir / "py-spy.raw"
+        spy = py_spy_start(gunicorn.pid, args.seconds, spy_out) if args.py_spy else None
         h = http_queue(port, project.pk, [tokens[u.pk] for u in http_users], args.seconds, args.seed)
+        profile = {}
+        if spy is not None:
+            try:
+                _, err = spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                err = "timed out"
+            profile = py_spy_summary(spy_out)
+            if not profile.get("total"):
+                print(f"py-spy gave no samples: {(err or '').strip()[-300:]}")
+            else:
+                print(f"py-spy: {profile['total']:,} CPU samples of the gunicorn workers during the queue phase")
+                for name, n in profile["groups"].items():
+                    print(f"   {100 * n / profile['total']:5.1f}%  {name}")
+                print("   inclusive: " + ", ".join(f"{k} {100 * n / profile['total']:.1f}%" for k, n in profile["inclusive"].items()))
         print(f"queue: next p50 {h['next']['p50']:.1f} ms p99 {h['next']['p99']:.1f} ms; submit p50 {h['submit']['p50']:.1f} ms "
               f"p99 {h['submit']['p99']:.1f} ms; {h['judgments']:,} judgments in {h['wall']:.1f} s = {h['judgments_per_s']:.1f}/s; "
               f"errors {h['errors']}; empty queues {h['empty']}")
@@ -776,16 +901,23 @@ def main() -> int:
         plans_half = plan_check(project, users[-4], "half of the queue closed")
         problems += print_plan(plans_half)
         service_half = service_bench(project, service_users, max(50, args.service_calls // 10), args.seed + 1)
-        for k in ("next", "submit", "progress"):
+        for k in ("next", "submit", "progress", "submit_and_next"):
             s = service_half[k]
             print(f"half closed {k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms")
         browser = browser_numbers()
         load_after = uptime()
         print(f"uptime after: {load_after}")
 
-        ratio_p50 = (h["next"]["p50"] + h["submit"]["p50"]) / base["login"]["p50"]
-        ratio_p99 = (h["next"]["p99"] + h["submit"]["p99"]) / base["login"]["p99"]
-        ratio_single = (single["next"]["p50"] + single["submit"]["p50"]) / single["login"]["p50"]
+        # The goals of issue 12, as ratios to the login page in the same run (one request per judgment).
+        throughput_ratio = h["judgments_per_s"] / base["rps"]
+        p95_ratio = h["submit"]["p95"] / base["login"]["p95"]
+        goals = [
+            (f"judgments/s ÷ login req/s at {args.clients} clients", f"{throughput_ratio:.2f}", throughput_ratio >= 0.30, "≥ 0.30"),
+            (f"submit-with-next p95 ÷ login p95 at {args.clients} clients", f"{p95_ratio:.1f}x", p95_ratio <= 5.0, "≤ 5x"),
+            ("errors, overlap violations", f"{h['errors']}, {0 if overlap['ok'] else 'VIOLATED'}", not h["errors"] and overlap["ok"], "0, 0"),
+            ("service claim (`next_assignment`) p50", f"{service['next']['p50']:.2f} ms", service["next"]["p50"] <= 3.0, "≤ 3 ms"),
+            ("service `submit_judgment` p50", f"{service['submit']['p50']:.2f} ms", service["submit"]["p50"] <= 2.0, "≤ 2 ms"),
+        ]
 
         # ---- table ----
         table = [
@@ -794,19 +926,25 @@ def main() -> int:
             fmt_row("service: `next_assignment` (a claim)", service["next"]),
             fmt_row("service: `submit_judgment`", service["submit"]),
             fmt_row("service: `progress`", service["progress"]),
+            fmt_row("service: `submit_and_next` (judgment + next claim)", service["submit_and_next"]),
             fmt_row("service, half the queue closed: `next_assignment`", service_half["next"]),
             fmt_row("service, half the queue closed: `submit_judgment`", service_half["submit"]),
             fmt_row("service, half the queue closed: `progress`", service_half["progress"]),
+            fmt_row("service, half the queue closed: `submit_and_next`", service_half["submit_and_next"]),
             fmt_row(f"HTTP, {args.clients} clients: peer `GET /accounts/login/`", base["login"]),
-            fmt_row(f"HTTP, {args.clients} clients: `GET …/next/`", h["next"]),
+            fmt_row(f"HTTP, {args.clients} clients: `GET …/next/` (first item only)", h["next"]),
             fmt_row(f"HTTP, {args.clients} clients: `POST …/judgment/` (+ next item)", h["submit"]),
             fmt_row("HTTP, 1 client: peer `GET /accounts/login/`", single["login"]),
-            fmt_row("HTTP, 1 client: `GET …/next/`", single["next"]),
+            fmt_row("HTTP, 1 client: `GET …/next/` (the held item)", single["next"]),
             fmt_row("HTTP, 1 client: `POST …/judgment/` (+ next item)", single["submit"]),
         ]
         print("\n" + "\n".join(table))
+        print("\ngoals (issue 12):")
+        for name, value, ok, goal in goals:
+            print(f"   {'OK  ' if ok else 'MISS'} {name}: {value} (goal {goal})")
         print(f"\njudgments/s at {args.clients} clients: {h['judgments_per_s']:.1f} (peer page: {base['rps']:.0f} req/s); "
-              f"next+submit / login p50: {ratio_p50:.1f}x (p99 {ratio_p99:.1f}x; one client {ratio_single:.1f}x)")
+              f"judgment (one request) / login: p50 {h['submit']['p50'] / base['login']['p50']:.1f}x, p95 {p95_ratio:.1f}x; "
+              f"one client p50 {single['submit']['p50'] / single['login']['p50']:.1f}x")
         if browser:
             verdict = "meets" if browser["p95"] < GOAL_MS else "misses"
             print(f"browser (measured in tests/browser/test_annotator.py, {browser['measured_at']}): submit → next visible "
@@ -851,21 +989,28 @@ def render_md(v: dict) -> str:
         f"at its end; after: `{v['load_after']}`. The clients run on the same machine as gunicorn and PostgreSQL.",
         "",
         f"Service layer: {args.service_calls:,} sequential rounds of `next_assignment` (a real claim) → "
-        f"`submit_judgment` → `progress`, spread over {len(v['service_users']):,} annotators. HTTP: gunicorn "
-        f"`-w {args.workers} -k gthread --threads {args.threads}`, DEBUG off, CONN_MAX_AGE={args.conn_max_age}, token auth; "
-        f"{args.clients} client threads (one annotator each, keep-alive `http.client`) loop `GET /api/projects/{{id}}/next/` → "
-        f"`POST /api/assignments/{{id}}/judgment/` for {args.seconds:g} s. The submit response already carries the next "
-        "item (claimed in that request), so the following `GET …/next/` returns the held item; the peer is the login page "
-        f"(`GET /accounts/login/`, a template render without queries) through the same gunicorn at the same concurrency "
-        f"for {args.baseline_seconds:g} s just before.",
+        f"`submit_judgment` → `progress`, then {args.service_calls // 2:,} of `submit_and_next`, spread over "
+        f"{len(v['service_users']):,} annotators. HTTP: gunicorn "
+        f"`-w {args.workers} -k gthread --threads {args.threads}` ({os.cpu_count()} cores), DEBUG off, "
+        f"CONN_MAX_AGE={args.conn_max_age}, token auth; {args.clients} client threads (one annotator each, keep-alive "
+        f"`http.client`) make **one request per judgment**: `GET /api/projects/{{id}}/next/` once for the first item, then "
+        f"`POST /api/assignments/{{id}}/judgment/` with the `next` item of each answer, for {args.seconds:g} s. The peer "
+        f"is the login page (`GET /accounts/login/`, a template render without queries) through the same gunicorn at "
+        f"the same concurrency for {args.baseline_seconds:g} s just before.",
         "",
         *v["table"],
+        "",
+        "| goal (issue 12) | this run | goal | |",
+        "|---|---:|---:|---|",
+        *[f"| {name} | {value} | {goal} | {'met' if ok else '**missed**'} |" for name, value, ok, goal in v["goals"]],
         "",
         f"- **{h['judgments_per_s']:.1f} judgments/s** at {args.clients} clients ({h['judgments']:,} in {h['wall']:.1f} s); "
         f"errors: **{h['errors']}** (any status but 200/201/204); empty queues: {h['empty']}. The peer page served "
         f"{base['rps']:.0f} req/s.",
-        f"- next + submit vs the plain page: **{v['ratio_p50']:.1f}x** the login page's p50 latency at {args.clients} clients "
-        f"(p99: {v['ratio_p99']:.1f}x; one client alone: {v['ratio_single']:.1f}x).",
+        f"- One judgment (submit + next item, one request) vs the plain page: **{v['p95_ratio']:.1f}x** the login page's "
+        f"p95 at {args.clients} clients, {h['submit']['p50'] / base['login']['p50']:.1f}x its p50; "
+        f"**{v['throughput_ratio']:.2f}** of its request rate. One client alone: "
+        f"{single['submit']['p50'] / single['login']['p50']:.1f}x the login page's p50.",
         f"- Overlap after the run (k = 3, {overlap['judgments']:,} judgments, {overlap['gold_judgments']:,} on gold, "
         f"{overlap['touched']:,} regular comparisons judged): comparisons over k by `slots_taken` {overlap['over_slots']}, "
         f"by `n_judgments` {overlap['over_n']}, by judgment rows {overlap['over_judged']} (max `slots_taken` "
@@ -880,9 +1025,19 @@ def render_md(v: dict) -> str:
         "comparisons runs only on a cache miss (at most once per 10 s per project).",
         "",
     ]
+    if v.get("profile", {}).get("total"):
+        prof = v["profile"]
+        lines += [
+            f"Where a worker's CPU went during the queue phase (py-spy, {prof['total']:,} samples of the gunicorn "
+            "workers while busy, charged to the package of the innermost frame):",
+            "",
+            *[f"- {100 * n / prof['total']:.1f}% {name}" for name, n in prof["groups"].items()],
+            "- inclusive: " + ", ".join(f"`{k}` {100 * n / prof['total']:.1f}%" for k, n in prof["inclusive"].items()),
+            "",
+        ]
     for chk in (pb, pa, ph):
         c = chk["candidate"]
-        lines.append(f"- {chk['label']}, `_claim` candidate query: {_scan_summary(c)}"
+        lines.append(f"- {chk['label']}, claim statement: {_scan_summary(c)}"
                      f"{'' if c['ok'] else ' — **FAIL**'}.")
         for i, e in enumerate(chk["progress"]):
             lines.append(f"- {chk['label']}, `progress` query {i + 1} ({e['kind']}): {_scan_summary(e)}"

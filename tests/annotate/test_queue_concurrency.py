@@ -162,3 +162,46 @@ def test_simultaneous_requests_serve_everyone_while_slots_remain(run_at_once):
     served = run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])
     assert_invariants(project)
     assert sum(a is not None for a in served) == N_COMPARISONS * OVERLAP
+
+
+def test_twenty_annotators_at_once_fill_five_comparisons_of_overlap_three(run_at_once):
+    """20 annotators ask at the same moment for 5 comparisons × overlap 3: exactly 15 are served,
+    3 on each comparison, and the other 5 are told there is nothing left."""
+    project, users = setup_project(n_comparisons=5, n_annotators=20, overlap=3)
+    served = run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])
+    assert_invariants(project)
+    got = [a for a in served if a is not None]
+    assert len(got) == 15
+    assert sorted(Counter(a.comparison_id for a in got).values()) == [3] * 5
+    assert len({a.annotator_id for a in got}) == 15
+
+
+def test_twenty_annotators_judging_one_request_each_fill_everything_exactly(run_at_once):
+    """The same 20 annotators then judge in lock-step rounds with ``submit_and_next`` (the one
+    request per judgment of the API and the page): each judgment and the next claim in one
+    transaction. Nothing passes the overlap at any round, and in the end every comparison has
+    exactly 3 judgments."""
+    project, users = setup_project(n_comparisons=5, n_annotators=20, overlap=3)
+    held = dict(zip([u.pk for u in users], run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])))
+    rng = random.Random(20)
+
+    def step(user):
+        a = held[user.pk]
+        if a is None:
+            held[user.pk] = queue.next_assignment(user, project)
+            return None
+        done = queue.submit_and_next(user, a.pk, choice=rng.choice(["left", "right", "both_bad"]), project=project)
+        held[user.pk] = done.next
+        return done.judgment.pk
+
+    for _ in range(6):
+        run_at_once([lambda u=u: step(u) for u in users])
+        assert_invariants(project)
+    for user in users:  # drain whatever contention left behind
+        if held[user.pk] is None:
+            held[user.pk] = queue.next_assignment(user, project)
+        while held[user.pk] is not None:
+            step(user)
+    assert_invariants(project)
+    assert sorted(Comparison.objects.filter(project=project).values_list("n_judgments", flat=True)) == [3] * 5
+    assert Judgment.objects.filter(project=project).count() == 15

@@ -1,0 +1,296 @@
+"""The queue's hot path on PostgreSQL: a claim and a submit, each a fixed number of statements.
+
+``annotate.queue`` calls these inside its transactions; the rules they follow are the ones in
+its docstring. Here only *how* they are kept in few statements:
+
+* ``claim``: one statement (a data-modifying CTE) that returns the annotator's held item, or
+  picks the best open comparison they have not seen, locks it (``FOR NO KEY UPDATE SKIP
+  LOCKED``: a row another request is claiming is passed over, not waited for), takes a slot
+  on it, inserts (or revives their expired) assignment, and returns it with the prompt and
+  both responses. The lock re-evaluates ``is_open`` and ``slots_taken < overlap`` on the
+  row's latest version (PostgreSQL's EvalPlanQual re-check), so a slot is taken only where
+  there is room. It runs after the caller locked the annotator's membership row, in its own
+  snapshot, so it sees what the previous holder of that lock committed.
+* ``lock_for_submit`` and ``write_judgment``: the annotator's membership and the assignment
+  locked in one statement (membership first: the order a claim and a member's removal use),
+  then the judgment, the assignment's status and the comparison's counts in one statement.
+* ``lock_member``: the membership read and locked in one statement.
+
+Rows come back as model instances built with ``from_db`` (unloaded fields stay deferred), so
+callers and serializers use them as they would the ORM's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+
+from ..models import Assignment, Comparison, Judgment, Membership, Prompt, Response
+
+DB = "default"
+
+LOCK_MEMBER_SQL = """
+SELECT id, role, excluded, pool_id FROM annotate_membership
+WHERE user_id = %(user)s AND project_id = %(project)s
+FOR UPDATE
+"""
+
+# Candidates: the first ``window`` open comparisons (in id order, through comparison_open_idx)
+# that the annotator has not judged, skipped or held; none while they hold an item, and none
+# while the project has assignments past their deadline (the caller expires those first and
+# then asks again with ignore_stale) so that returned slots are served before newer ones.
+# The pick ranks them (``{rank}``, then id) and locks the first that is free and has room.
+CLAIM_SQL = """
+WITH mine AS MATERIALIZED (
+    SELECT a.id, a.comparison_id, a.a_on_left, a.status, a.created_at, a.expires_at, a.pool_id
+    FROM annotate_assignment a
+    WHERE a.annotator_id = %(user)s AND a.project_id = %(project)s AND a.status = 'active'
+    ORDER BY a.created_at LIMIT 1
+),
+stale AS MATERIALIZED (
+    SELECT 1 AS x FROM annotate_assignment s
+    WHERE s.project_id = %(project)s AND s.status = 'active' AND s.expires_at < %(now)s
+    LIMIT 1
+),
+cand AS MATERIALIZED (
+    SELECT c.id FROM annotate_comparison c
+    WHERE c.project_id = %(project)s AND c.is_gold = %(gold)s AND c.is_open
+      AND NOT EXISTS (SELECT 1 FROM mine)
+      AND (%(ignore_stale)s OR NOT EXISTS (SELECT 1 FROM stale))
+      AND NOT EXISTS (
+          SELECT 1 FROM annotate_assignment s
+          WHERE s.annotator_id = %(user)s AND s.comparison_id = c.id AND s.status <> 'expired'
+      )
+    ORDER BY c.id
+    LIMIT %(window)s
+),
+pick AS (
+    SELECT c.id FROM annotate_comparison c
+    WHERE c.id IN (SELECT id FROM cand) AND c.is_open AND (c.is_gold OR c.slots_taken < %(overlap)s)
+    ORDER BY {rank}, c.id
+    LIMIT 1
+    FOR NO KEY UPDATE SKIP LOCKED
+),
+took AS (
+    UPDATE annotate_comparison c
+    SET slots_taken = c.slots_taken + 1, is_open = (c.is_gold OR c.slots_taken + 1 < %(overlap)s)
+    FROM pick WHERE c.id = pick.id
+    RETURNING c.id
+),
+revived AS (
+    UPDATE annotate_assignment a
+    SET project_id = %(project)s, pool_id = %(pool)s, a_on_left = %(a_on_left)s, status = 'active',
+        created_at = %(now)s, expires_at = %(expires)s, finished_at = NULL
+    FROM took WHERE a.annotator_id = %(user)s AND a.comparison_id = took.id
+    RETURNING a.id, a.comparison_id, a.a_on_left, a.status, a.created_at, a.expires_at, a.pool_id
+),
+inserted AS (
+    INSERT INTO annotate_assignment
+        (project_id, comparison_id, annotator_id, pool_id, a_on_left, status, created_at, expires_at, finished_at)
+    SELECT %(project)s, took.id, %(user)s, %(pool)s, %(a_on_left)s, 'active', %(now)s, %(expires)s, NULL
+    FROM took
+    WHERE NOT EXISTS (
+        SELECT 1 FROM annotate_assignment x WHERE x.annotator_id = %(user)s AND x.comparison_id = took.id
+    )
+    RETURNING id, comparison_id, a_on_left, status, created_at, expires_at, pool_id
+),
+got AS (
+    SELECT * FROM revived
+    UNION ALL SELECT * FROM inserted
+    UNION ALL SELECT * FROM mine WHERE expires_at >= %(now)s
+)
+SELECT n.candidates, n.stale, g.*
+FROM (SELECT (SELECT count(*) FROM cand) AS candidates, EXISTS (SELECT 1 FROM stale) AS stale) n
+LEFT JOIN (
+    SELECT got.id, got.comparison_id, got.a_on_left, got.status, got.created_at, got.expires_at, got.pool_id,
+           c.is_gold, c.prompt_id, p.text, p.messages, c.response_a_id, ra.text, c.response_b_id, rb.text
+    FROM got
+    JOIN annotate_comparison c ON c.id = got.comparison_id
+    JOIN annotate_prompt p ON p.id = c.prompt_id
+    JOIN annotate_response ra ON ra.id = c.response_a_id
+    JOIN annotate_response rb ON rb.id = c.response_b_id
+) g ON true
+"""
+
+# Ranks: regular items where the annotator's pool has the fewest live or finished assignments
+# first (its deficit against its target share, see annotate.queue._most_needed) when the pool
+# has a target; gold items in an order drawn from the caller's rng.
+POOL_RANK = """
+    CASE WHEN (SELECT target_share > 0 FROM annotate_pool WHERE id = %(pool)s) THEN (
+        SELECT count(*) FROM annotate_assignment x
+        WHERE x.comparison_id = c.id AND x.pool_id = %(pool)s AND x.status IN ('active', 'done')
+    ) ELSE 0 END"""
+GOLD_RANK = "md5(%(seed)s || c.id::text)"
+
+CLAIM_REGULAR = CLAIM_SQL.format(rank=POOL_RANK)
+CLAIM_GOLD = CLAIM_SQL.format(rank=GOLD_RANK)
+
+# Membership first (the sub-select locks it while the join is built), then the assignment
+# (the outer lock, on the joined row); the assignment's status is read under its lock.
+LOCK_FOR_SUBMIT_SQL = """
+SELECT a.status, a.project_id, a.comparison_id, a.pool_id, a.a_on_left, a.created_at, m.id, m.role, m.excluded,
+       m.pool_id
+FROM annotate_assignment a,
+     (SELECT id, role, excluded, pool_id FROM annotate_membership
+      WHERE user_id = %(user)s
+        AND project_id = (SELECT project_id FROM annotate_assignment WHERE id = %(assignment)s AND annotator_id = %(user)s)
+      FOR UPDATE) m
+WHERE a.id = %(assignment)s AND a.annotator_id = %(user)s
+FOR UPDATE OF a
+"""
+
+# The judgment, and only if it was written (not a second one for the same comparison), the
+# assignment done and the comparison's counts: ``retaken`` is 1 when an expired assignment's
+# slot is taken again. The right-hand sides see the old row, hence ``slots_taken + retaken``.
+WRITE_JUDGMENT_SQL = """
+WITH j AS (
+    INSERT INTO annotate_judgment
+        (project_id, comparison_id, annotator_id, assignment_id, pool_id, a_on_left, choice, strength, rationale,
+         seconds, source, created_at)
+    VALUES (%(project)s, %(comparison)s, %(user)s, %(assignment)s, %(pool)s, %(a_on_left)s, %(choice)s, %(strength)s,
+            %(rationale)s, %(seconds)s, '', %(created_at)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),
+a AS (
+    UPDATE annotate_assignment SET status = 'done', finished_at = %(now)s
+    WHERE id = %(assignment)s AND EXISTS (SELECT 1 FROM j)
+),
+c AS (
+    UPDATE annotate_comparison
+    SET slots_taken = slots_taken + %(retaken)s, n_judgments = n_judgments + 1,
+        is_open = (is_gold OR slots_taken + %(retaken)s < %(overlap)s)
+    WHERE id = %(comparison)s AND EXISTS (SELECT 1 FROM j)
+)
+SELECT id FROM j
+"""
+
+
+@dataclass
+class Claim:
+    assignment: Assignment | None
+    candidates: int  # open comparisons for this annotator in the window (0: none, or held, or gated by stale)
+    stale: bool  # the project has active assignments past their deadline
+
+
+@dataclass
+class SubmitLock:
+    status: str
+    project_id: int
+    comparison_id: int
+    pool_id: int | None
+    a_on_left: bool
+    created_at: datetime
+    membership: Membership
+
+
+def _instance(model, **values):
+    """A model instance as the ORM would load it with only these fields (the rest deferred).
+    ``from_db`` takes the values in the model's field order."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(DB, names, [values[n] for n in names])
+
+
+def lock_member(user_id: int, project_id: int) -> Membership | None:
+    with connection.cursor() as cur:
+        cur.execute(LOCK_MEMBER_SQL, {"user": user_id, "project": project_id})
+        row = cur.fetchone()
+    if row is None:
+        return None
+    m_id, role, excluded, pool_id = row
+    return _instance(
+        Membership, id=m_id, role=role, excluded=excluded, pool_id=pool_id, user_id=user_id, project_id=project_id
+    )
+
+
+def claim(
+    *,
+    user_id: int,
+    project,
+    pool_id: int | None,
+    gold: bool,
+    now: datetime,
+    expires: datetime,
+    a_on_left: bool,
+    seed: str,
+    window: int,
+    ignore_stale: bool,
+) -> Claim:
+    params = {
+        "user": user_id, "project": project.pk, "pool": pool_id, "gold": gold, "now": now, "expires": expires,
+        "a_on_left": a_on_left, "seed": seed, "window": window, "ignore_stale": ignore_stale,
+        "overlap": project.overlap,
+    }
+    with connection.cursor() as cur:
+        cur.execute(CLAIM_GOLD if gold else CLAIM_REGULAR, params)
+        row = cur.fetchone()
+    candidates, stale, aid = row[0], row[1], row[2]
+    if aid is None:
+        return Claim(None, candidates, stale)
+    (_, _, _, cid, left, status, created, expires_at, a_pool, is_gold, prompt_id, prompt_text, messages,
+     ra_id, ra_text, rb_id, rb_text) = row
+    messages_field = Prompt._meta.get_field("messages")
+    prompt = _instance(
+        Prompt, id=prompt_id, text=prompt_text, messages=messages_field.from_db_value(messages, None, connection)
+    )
+    ra = _instance(Response, id=ra_id, text=ra_text, prompt_id=prompt_id)
+    rb = _instance(Response, id=rb_id, text=rb_text, prompt_id=prompt_id)
+    comparison = _instance(
+        Comparison, id=cid, project_id=project.pk, prompt_id=prompt_id, response_a_id=ra_id, response_b_id=rb_id,
+        is_gold=is_gold,
+    )
+    comparison.prompt, comparison.response_a, comparison.response_b = prompt, ra, rb
+    assignment = _instance(
+        Assignment, id=aid, project_id=project.pk, comparison_id=cid, annotator_id=user_id, pool_id=a_pool,
+        a_on_left=left, status=status, created_at=created, expires_at=expires_at, finished_at=None,
+    )
+    assignment.comparison = comparison
+    assignment.project = project
+    return Claim(assignment, candidates, stale)
+
+
+def lock_for_submit(user_id: int, assignment_id: int) -> SubmitLock | None:
+    with connection.cursor() as cur:
+        cur.execute(LOCK_FOR_SUBMIT_SQL, {"user": user_id, "assignment": assignment_id})
+        row = cur.fetchone()
+    if row is None:
+        return None
+    status, project_id, comparison_id, pool_id, a_on_left, created_at, m_id, m_role, m_excluded, m_pool = row
+    membership = _instance(
+        Membership, id=m_id, role=m_role, excluded=m_excluded, pool_id=m_pool, user_id=user_id, project_id=project_id
+    )
+    return SubmitLock(status, project_id, comparison_id, pool_id, a_on_left, created_at, membership)
+
+
+def write_judgment(
+    *,
+    user_id: int,
+    assignment_id: int,
+    lock: SubmitLock,
+    overlap: int,
+    choice: str,
+    strength: int | None,
+    rationale: str,
+    seconds: float,
+    retaken: int,
+    now: datetime,
+    created_at: datetime,
+) -> Judgment | None:
+    """The judgment written, or None when one of this annotator's already exists for the comparison."""
+    params = {
+        "project": lock.project_id, "comparison": lock.comparison_id, "user": user_id, "assignment": assignment_id,
+        "pool": lock.pool_id, "a_on_left": lock.a_on_left, "choice": choice, "strength": strength,
+        "rationale": rationale, "seconds": seconds, "created_at": created_at, "now": now, "retaken": retaken,
+        "overlap": overlap,
+    }
+    with connection.cursor() as cur:
+        cur.execute(WRITE_JUDGMENT_SQL, params)
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return _instance(
+        Judgment, id=row[0], project_id=lock.project_id, comparison_id=lock.comparison_id, annotator_id=user_id,
+        assignment_id=assignment_id, pool_id=lock.pool_id, a_on_left=lock.a_on_left, choice=choice,
+        strength=strength, rationale=rationale, seconds=seconds, source="", created_at=created_at,
+    )
