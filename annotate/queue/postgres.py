@@ -14,7 +14,8 @@ its docstring. Here only *how* they are kept in few statements:
 * ``lock_for_submit`` and ``write_judgment``: the annotator's membership and the assignment
   locked in one statement (membership first: the order a claim and a member's removal use),
   then the judgment, the assignment's status and the comparison's counts in one statement.
-* ``lock_member``: the membership read and locked in one statement.
+* ``lock_member``: the membership read and locked in one statement; a claim on its own (not
+  with a judgment) commits asynchronously (see ``LOCK_MEMBER_SQL``).
 
 Rows come back as model instances built with ``from_db`` (unloaded fields stay deferred), so
 callers and serializers use them as they would the ORM's.
@@ -30,8 +31,13 @@ from ..models import Assignment, Comparison, Judgment, Membership, Prompt, Respo
 
 DB = "default"
 
+# ``set_config(…, true)``: this transaction (a claim, no judgment) commits without waiting for
+# its WAL to reach the disk (``synchronous_commit`` off, for this transaction only). A claim
+# lost in a database crash is an item served again, never a lost judgment; and a later
+# judgment that depends on the claim flushes the WAL up to and including it when it commits.
 LOCK_MEMBER_SQL = """
-SELECT id, role, excluded, pool_id FROM annotate_membership
+SELECT id, role, excluded, pool_id, set_config('synchronous_commit', 'off', true)
+FROM annotate_membership
 WHERE user_id = %(user)s AND project_id = %(project)s
 FOR UPDATE
 """
@@ -114,7 +120,7 @@ LEFT JOIN (
 """
 
 # Ranks: regular items where the annotator's pool has the fewest live or finished assignments
-# first (its deficit against its target share, see annotate.queue._most_needed) when the pool
+# first (its deficit against its target share, see annotate.queue.orm._most_needed) when the pool
 # has a target; gold items in an order drawn from the caller's rng.
 POOL_RANK = """
     CASE WHEN (SELECT target_share > 0 FROM annotate_pool WHERE id = %(pool)s) THEN (
@@ -198,7 +204,7 @@ def lock_member(user_id: int, project_id: int) -> Membership | None:
         row = cur.fetchone()
     if row is None:
         return None
-    m_id, role, excluded, pool_id = row
+    m_id, role, excluded, pool_id, _ = row
     return _instance(
         Membership, id=m_id, role=role, excluded=excluded, pool_id=pool_id, user_id=user_id, project_id=project_id
     )
