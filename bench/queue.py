@@ -278,7 +278,7 @@ def plan_check(project, annotator, label: str) -> dict:
 
     from annotate import queue
 
-    # The claim: on PostgreSQL one statement (WITH mine AS … — candidates from the open index,
+    # The claim: on PostgreSQL one prepared statement (WITH mine AS … — candidates from the open index,
     # the pick with FOR NO KEY UPDATE SKIP LOCKED, the slot, the assignment, the texts). Capture
     # it in a rolled-back transaction, then EXPLAIN ANALYZE it (also rolled back) from the same
     # state. next_assignment may return a held item without claiming: submit it first.
@@ -291,7 +291,9 @@ def plan_check(project, annotator, label: str) -> dict:
         with CaptureQueriesContext(connection) as ctx:
             queue.next_assignment(annotator, project)
         transaction.set_rollback(True)
-    cand = [q["sql"] for q in ctx.captured_queries if q["sql"].lstrip().startswith("WITH mine AS")]
+    # The statement is prepared on the connection (annotate.queue.postgres): EXPLAIN its EXECUTE.
+    cand = [q["sql"][q["sql"].index("EXECUTE prefloop_claim_"):] for q in ctx.captured_queries
+            if "EXECUTE prefloop_claim_" in q["sql"]]
     assert cand, "could not find the claim statement among: " + "\n".join(q["sql"][:200] for q in ctx.captured_queries)
     statements = [q for q in ctx.captured_queries if q["sql"] not in ("BEGIN", "COMMIT", "ROLLBACK")]
     result = {"label": label, "claim_queries": len(statements), "candidate": explain(cand[-1]), "candidate_sql": cand[-1]}

@@ -19,9 +19,16 @@ its docstring. Here only *how* they are kept in few statements:
 
 Rows come back as model instances built with ``from_db`` (unloaded fields stay deferred), so
 callers and serializers use them as they would the ORM's.
+
+The statements are prepared once per database connection (``PREPARE``, sent with their first
+``EXECUTE`` in one round trip): planning the claim costs PostgreSQL more than running it. So
+the web processes need their own sessions: connect directly or through a session-mode pooler
+(a transaction-mode pooler would hand the statements to other clients' sessions).
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,7 +76,7 @@ cand AS MATERIALIZED (
           WHERE s.annotator_id = %(user)s AND s.comparison_id = c.id AND s.status <> 'expired'
       )
     ORDER BY c.id
-    LIMIT %(window)s
+    LIMIT {window}
 ),
 pick AS (
     SELECT c.id FROM annotate_comparison c
@@ -129,8 +136,6 @@ POOL_RANK = """
     ) ELSE 0 END"""
 GOLD_RANK = "md5(%(seed)s || c.id::text)"
 
-CLAIM_REGULAR = CLAIM_SQL.format(rank=POOL_RANK)
-CLAIM_GOLD = CLAIM_SQL.format(rank=GOLD_RANK)
 
 # Membership first (the sub-select locks it while the join is built), then the assignment
 # (the outer lock, on the joined row); the assignment's status is read under its lock.
@@ -173,6 +178,74 @@ SELECT id FROM j
 """
 
 
+TYPES = {
+    "user": "bigint", "project": "bigint", "pool": "bigint", "gold": "boolean", "now": "timestamptz",
+    "expires": "timestamptz", "a_on_left": "boolean", "seed": "text",
+    "ignore_stale": "boolean", "overlap": "integer", "assignment": "bigint", "comparison": "bigint",
+    "choice": "text", "strength": "integer", "rationale": "text", "seconds": "double precision",
+    "created_at": "timestamptz", "retaken": "integer",
+}
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+class Statement:
+    """One of the statements above, prepared on a connection the first time it runs there."""
+
+    def __init__(self, label: str, sql: str):
+        self.names: list[str] = []
+
+        def number(match) -> str:
+            if match.group(1) not in self.names:
+                self.names.append(match.group(1))
+            return f"${self.names.index(match.group(1)) + 1}"
+
+        body = _PARAM.sub(number, sql)
+        self.name = f"prefloop_{label}_{hashlib.sha1(body.encode()).hexdigest()[:10]}"
+        types = ", ".join(TYPES[n] for n in self.names)
+        self.prepare = f"PREPARE {self.name} ({types}) AS {body}"
+        self.execute = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
+
+    def run(self, cur, params: dict):
+        """Execute on the cursor (a Django cursor: the statement is logged and counted)."""
+        args = [params[n] for n in self.names]
+        raw = connection.connection
+        if getattr(connection, "_prefloop_prepared_on", None) is not raw:
+            # A new database session: nothing prepared there yet.
+            connection._prefloop_prepared_on, connection._prefloop_prepared = raw, {}
+        state = connection._prefloop_prepared.get(self.name)
+        if state == "unsure":  # a first run failed: was the PREPARE part of it done?
+            cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [self.name])
+            state = "yes" if cur.fetchone()[0] else None
+        if state == "yes":
+            cur.execute(self.execute, args)
+            return
+        try:
+            cur.execute(self.prepare + ";\n" + self.execute, args)
+        except Exception:
+            connection._prefloop_prepared[self.name] = "unsure"
+            raise
+        connection._prefloop_prepared[self.name] = "yes"
+        cur.nextset()  # the EXECUTE's rows
+
+
+LOCK_MEMBER = Statement("lock_member", LOCK_MEMBER_SQL)
+# The window is written into the statement, not a parameter: with ``LIMIT $n`` a generic plan
+# would assume a tenth of the table and could join the pick by scanning it.
+_claims: dict[tuple[bool, int], Statement] = {}
+
+
+def _claim_statement(gold: bool, window: int) -> Statement:
+    key = (gold, window)
+    if key not in _claims:
+        sql = CLAIM_SQL.format(rank=GOLD_RANK if gold else POOL_RANK, window=int(window))
+        _claims[key] = Statement(f"claim_{'gold' if gold else 'regular'}_{int(window)}", sql)
+    return _claims[key]
+
+
+LOCK_FOR_SUBMIT = Statement("lock_for_submit", LOCK_FOR_SUBMIT_SQL)
+WRITE_JUDGMENT = Statement("write_judgment", WRITE_JUDGMENT_SQL)
+
+
 @dataclass
 class Claim:
     assignment: Assignment | None
@@ -200,7 +273,7 @@ def _instance(model, **values):
 
 def lock_member(user_id: int, project_id: int) -> Membership | None:
     with connection.cursor() as cur:
-        cur.execute(LOCK_MEMBER_SQL, {"user": user_id, "project": project_id})
+        LOCK_MEMBER.run(cur, {"user": user_id, "project": project_id})
         row = cur.fetchone()
     if row is None:
         return None
@@ -225,11 +298,11 @@ def claim(
 ) -> Claim:
     params = {
         "user": user_id, "project": project.pk, "pool": pool_id, "gold": gold, "now": now, "expires": expires,
-        "a_on_left": a_on_left, "seed": seed, "window": window, "ignore_stale": ignore_stale,
+        "a_on_left": a_on_left, "seed": seed, "ignore_stale": ignore_stale,
         "overlap": project.overlap,
     }
     with connection.cursor() as cur:
-        cur.execute(CLAIM_GOLD if gold else CLAIM_REGULAR, params)
+        _claim_statement(gold, window).run(cur, params)
         row = cur.fetchone()
     candidates, stale, aid = row[0], row[1], row[2]
     if aid is None:
@@ -258,7 +331,7 @@ def claim(
 
 def lock_for_submit(user_id: int, assignment_id: int) -> SubmitLock | None:
     with connection.cursor() as cur:
-        cur.execute(LOCK_FOR_SUBMIT_SQL, {"user": user_id, "assignment": assignment_id})
+        LOCK_FOR_SUBMIT.run(cur, {"user": user_id, "assignment": assignment_id})
         row = cur.fetchone()
     if row is None:
         return None
@@ -291,7 +364,7 @@ def write_judgment(
         "overlap": overlap,
     }
     with connection.cursor() as cur:
-        cur.execute(WRITE_JUDGMENT_SQL, params)
+        WRITE_JUDGMENT.run(cur, params)
         row = cur.fetchone()
     if row is None:
         return None
