@@ -494,18 +494,32 @@ def _prompt_turns(prompt) -> list[dict]:
     return [{"role": "", "html": render_markdown(prompt.text)}]
 
 
+_CLAIM = object()
+
+
 def _item_context(
-    request, project: Project, *, membership=None, finished: bool = False, notice: str = "", notice_level: str = "info"
+    request,
+    project: Project,
+    *,
+    membership=None,
+    finished: bool = False,
+    notice: str = "",
+    notice_level: str = "info",
+    served=_CLAIM,
 ) -> dict:
     """What the annotator sees next. Only plain values go to the template: the assignment id,
     the rendered prompt and the two rendered responses in display order, and counters.
 
     ``membership``: the annotator's, when the view has read it already; ``finished``: the
-    annotator has just finished their item in this request, so they hold none."""
+    annotator has just finished their item in this request, so they hold none; ``served``: the
+    next item when the request already has it (``queue.submit_and_next``; None: nothing left)."""
     user = request.user
     ctx = {"project": project, "notice": notice, "notice_level": notice_level, "item": None, "blocked": ""}
     try:
-        assignment = queue.next_assignment(user, project, membership=membership, held_checked=finished)
+        if served is _CLAIM:
+            assignment = queue.next_assignment(user, project, membership=membership, held_checked=finished)
+        else:
+            assignment = served
     except queue.NotAnAnnotator as exc:
         ctx["blocked"] = str(exc)
         return ctx
@@ -563,39 +577,46 @@ def annotate(request, pk: int):
         return render(request, "annotate/annotate.html", ctx)
 
     started = time.perf_counter()
-    notice, level = _submit(request)
+    notice, level, served = _submit(request, project)
     if request.htmx:
-        rendered = _render_item(request, project, membership=membership, finished=not notice, notice=notice, notice_level=level)
+        rendered = _render_item(
+            request, project, membership=membership, finished=not notice, notice=notice, notice_level=level,
+            served=served,
+        )
         return _timed(rendered, started)
     if notice:
         getattr(messages, level if level in ("info", "success", "warning", "error") else "info")(request, notice)
     return redirect("annotate", pk=project.pk)
 
 
-def _submit(request) -> tuple[str, str]:
-    """Record the posted judgment; return a (message, level) for the annotator, or ("", "")."""
+def _submit(request, project: Project) -> tuple[str, str, object]:
+    """Record the posted judgment; return a (message, level) for the annotator, or ("", ""),
+    and the next item when the submit served it (``_CLAIM`` when the page should ask)."""
     form = JudgmentForm(request.POST)
     if not form.is_valid():
         if "choice" in form.errors:
-            return "Pick which response is better (1, 2, 3 or 0) before submitting.", "warning"
-        return "That submission was incomplete; here is your item again.", "warning"
+            return "Pick which response is better (1, 2, 3 or 0) before submitting.", "warning", _CLAIM
+        return "That submission was incomplete; here is your item again.", "warning", _CLAIM
     data = form.cleaned_data
     try:
-        queue.submit_judgment(
+        # The judgment and the next item in one service call (one transaction on PostgreSQL).
+        done = queue.submit_and_next(
             request.user,
             data["assignment"],
             choice=data["choice"],
             strength=data["strength"],
             rationale=data["rationale"],
             seconds=data["seconds"],
+            project=project,
         )
     except Assignment.DoesNotExist:
-        return "That item is not assigned to you; here is your next one.", "warning"
+        return "That item is not assigned to you; here is your next one.", "warning", _CLAIM
     except queue.AssignmentGone as exc:
-        return f"{exc} Here is your next item.", "warning"
+        return f"{exc} Here is your next item.", "warning", _CLAIM
     except queue.QueueError as exc:
-        return str(exc), "warning"
-    return "", ""
+        return str(exc), "warning", _CLAIM
+    # The next item is of the assignment's project: another project's page asks for its own.
+    return "", "", done.next if done.judgment.project_id == project.pk else _CLAIM
 
 
 @login_required

@@ -380,28 +380,57 @@ def _scan_summary(e: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class CpuMeter:
+    """CPU time spent on a call: this process (``time.process_time``) and its PostgreSQL backend
+    (``/proc/<pid>/stat``, the server runs on this machine). Wall-clock latencies on a machine
+    shared with other jobs include waiting for a CPU; these do not. The backend's clock ticks
+    are coarse (10 ms), so only their mean over many calls means anything."""
+
+    def __init__(self):
+        from django.db import connection
+
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            self.stat = Path(f"/proc/{cur.fetchone()[0]}/stat")
+        self.tick = 1.0 / os.sysconf("SC_CLK_TCK")
+
+    def now(self) -> tuple[float, float]:
+        try:
+            fields = self.stat.read_text().rsplit(")", 1)[1].split()
+            backend = (int(fields[11]) + int(fields[12])) * self.tick
+        except (OSError, IndexError, ValueError):
+            backend = float("nan")
+        return time.process_time(), backend
+
+
 def service_bench(project, annotators, n_calls: int, seed: int) -> dict:
     from annotate import queue
 
     rng = random.Random(seed)
+    meter = CpuMeter()
     choices = ("left", "right", "left", "right", "tie", "both_bad")
-    t_next, t_submit, t_progress, t_both = [], [], [], []
+    t = {k: [] for k in ("next", "submit", "progress", "submit_and_next")}
+    cpu = {k: [0.0, 0.0] for k in t}
     empty = 0
+
+    def timed(kind, fn):
+        c0, w0 = meter.now(), time.perf_counter()
+        out = fn()
+        w1, c1 = time.perf_counter(), meter.now()
+        t[kind].append(w1 - w0)
+        cpu[kind][0] += c1[0] - c0[0]
+        cpu[kind][1] += c1[1] - c0[1]
+        return out
+
     for i in range(n_calls):
         user = annotators[(i * 7919) % len(annotators)]
-        t0 = time.perf_counter()
-        a = queue.next_assignment(user, project)
-        t1 = time.perf_counter()
+        a = timed("next", lambda: queue.next_assignment(user, project))
         if a is None:
             empty += 1
+            t["next"].pop()
             continue
-        queue.submit_judgment(user, a.pk, choice=rng.choice(choices), project=project)
-        t2 = time.perf_counter()
-        queue.progress(user, project)
-        t3 = time.perf_counter()
-        t_next.append(t1 - t0)
-        t_submit.append(t2 - t1)
-        t_progress.append(t3 - t2)
+        timed("submit", lambda: queue.submit_judgment(user, a.pk, choice=rng.choice(choices), project=project))
+        timed("progress", lambda: queue.progress(user, project))
     # The one-request-per-judgment step: the judgment and the next claim together. The next
     # item is judged (untimed) so that every round starts with the annotator holding nothing.
     for i in range(n_calls // 2):
@@ -409,13 +438,16 @@ def service_bench(project, annotators, n_calls: int, seed: int) -> dict:
         a = queue.next_assignment(user, project)
         if a is None:
             continue
-        t0 = time.perf_counter()
-        done = queue.submit_and_next(user, a.pk, choice=rng.choice(choices), project=project)
-        t_both.append(time.perf_counter() - t0)
+        done = timed("submit_and_next", lambda: queue.submit_and_next(user, a.pk, choice=rng.choice(choices), project=project))
         if done.next is not None:
             queue.submit_judgment(user, done.next.pk, choice="left", project=project)
-    return {"next": stats_ms(t_next), "submit": stats_ms(t_submit), "progress": stats_ms(t_progress),
-            "submit_and_next": stats_ms(t_both), "empty": empty}
+    out = {"empty": empty}
+    for kind, values in t.items():
+        out[kind] = stats_ms(values)
+        n = max(len(values), 1)
+        out[kind]["cpu_py"] = 1000.0 * cpu[kind][0] / n
+        out[kind]["cpu_pg"] = 1000.0 * cpu[kind][1] / n
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +506,7 @@ def py_spy_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None
 
 # Where a CPU sample of a worker is charged: the innermost frame's package, in these groups.
 PROFILE_GROUPS = (
-    ("psycopg", "PostgreSQL driver (psycopg: send, wait-free parse)"),
+    ("psycopg", "PostgreSQL driver (psycopg: composing, sending, parsing; its waits are left out)"),
     ("django/db/", "Django ORM (query building, compiling, model instances)"),
     ("annotate/", "prefloop's own code (annotate: queue, API views, permissions, serializers)"),
     ("rest_framework/", "Django REST framework (request, auth, permissions, serializers, JSON render)"),
@@ -484,6 +516,10 @@ PROFILE_GROUPS = (
 )
 
 
+IDLE_FUNCTIONS = {"wait", "wait_c", "wait_select", "wait_epoll", "wait_poll", "select", "poll", "epoll", "accept",
+                  "recv_into", "recv", "readinto", "_wait_for_tstate_lock", "acquire", "sleep"}
+
+
 def py_spy_summary(path: Path) -> dict:
     """Samples per group (by the innermost frame), and the inclusive share of a few entry points."""
     if not path.exists():
@@ -491,7 +527,7 @@ def py_spy_summary(path: Path) -> dict:
     groups: dict[str, int] = {}
     inclusive = {"submit_and_next": 0, "progress": 0, "IsAssignmentOwner": 0, "TokenAuthentication": 0,
                  "QueueItemSerializer": 0, "render": 0}
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -502,8 +538,12 @@ def py_spy_summary(path: Path) -> dict:
         code = [f for f in frames if "(" in f and ".py" in f]
         if not code:
             continue
-        total += n
         leaf = code[-1]
+        # Blocked, not running: waiting for PostgreSQL's answer, for a socket or for work.
+        if leaf.split(" (")[0] in IDLE_FUNCTIONS:
+            idle += n
+            continue
+        total += n
         group = "other (stdlib, threading, socket)"
         for key, name in PROFILE_GROUPS:
             if key in leaf:
@@ -523,7 +563,35 @@ def py_spy_summary(path: Path) -> dict:
             inclusive["QueueItemSerializer"] += n
         if "rendered_content (" in joined or "renderers.py" in joined:
             inclusive["render"] += n
-    return {"total": total, "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])), "inclusive": inclusive}
+    return {"total": total, "idle": idle, "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+            "inclusive": inclusive}
+
+
+def pg_wait_sampler(seconds: float, every: float = 0.05) -> tuple[threading.Thread, dict]:
+    """Sample what the bench database's active backends wait on (``pg_stat_activity``) for
+    ``seconds``: a lock (``Lock:…``: contention on hot rows), the WAL flush of a commit
+    (``IO:WALSync``/``LWLock:WALWrite``), or nothing (running). Returns the thread and the tally."""
+    import psycopg
+
+    tally: dict = {"samples": 0}
+
+    def run():
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            stop = time.perf_counter() + seconds
+            while time.perf_counter() < stop:
+                rows = conn.execute(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity "
+                    "WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
+                    [DB_NAME],
+                ).fetchall()
+                tally["samples"] += 1
+                for (what,) in rows:
+                    tally[what] = tally.get(what, 0) + 1
+                time.sleep(every)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, tally
 
 
 def start_gunicorn(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
@@ -722,7 +790,8 @@ def browser_numbers() -> dict | None:
 
 
 def fmt_row(name: str, s: dict) -> str:
-    return f"| {name} | {s['n']:,} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |"
+    cpu = f"{s['cpu_py']:.2f} + {s['cpu_pg']:.2f}" if "cpu_py" in s else ""
+    return f"| {name} | {s['n']:,} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | {cpu} |"
 
 
 # Written by hand below the generated part of the section; kept when the section is rewritten.
@@ -830,7 +899,8 @@ def main() -> int:
         service = service_bench(project, service_users, args.service_calls, args.seed)
         for k in ("next", "submit", "progress", "submit_and_next"):
             s = service[k]
-            print(f"{k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p95 {s['p95']:.2f} ms  p99 {s['p99']:.2f} ms")
+            print(f"{k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p95 {s['p95']:.2f} ms  p99 {s['p99']:.2f} ms; "
+                  f"CPU per call: Python {s['cpu_py']:.2f} ms, PostgreSQL {s['cpu_pg']:.2f} ms")
 
         port = free_port()
         genv = dict(os.environ, **env_common, CONN_MAX_AGE=str(args.conn_max_age), LOG_LEVEL="WARNING")
@@ -845,7 +915,13 @@ def main() -> int:
               f"p99 {base['login']['p99']:.1f} ms, {base['rps']:.0f} req/s, errors {base['errors']}")
         spy_out = data_dir / "py-spy.raw"
         spy = py_spy_start(gunicorn.pid, args.seconds, spy_out) if args.py_spy else None
+        sampler, waits = pg_wait_sampler(args.seconds)
         h = http_queue(port, project.pk, [tokens[u.pk] for u in http_users], args.seconds, args.seed)
+        sampler.join(timeout=10)
+        n_waits = waits.pop("samples") or 1
+        waits = dict(sorted(waits.items(), key=lambda kv: -kv[1]))
+        print(f"database backends busy on the bench, average over {n_waits} samples: "
+              + ", ".join(f"{k} {v / n_waits:.2f}" for k, v in waits.items()))
         profile = {}
         if spy is not None:
             try:
@@ -857,7 +933,8 @@ def main() -> int:
             if not profile.get("total"):
                 print(f"py-spy gave no samples: {(err or '').strip()[-300:]}")
             else:
-                print(f"py-spy: {profile['total']:,} CPU samples of the gunicorn workers during the queue phase")
+                print(f"py-spy: {profile['total']:,} CPU samples of the gunicorn workers during the queue phase "
+                      f"({profile['idle']:,} more blocked: waiting for PostgreSQL, a socket or work)")
                 for name, n in profile["groups"].items():
                     print(f"   {100 * n / profile['total']:5.1f}%  {name}")
                 print("   inclusive: " + ", ".join(f"{k} {100 * n / profile['total']:.1f}%" for k, n in profile["inclusive"].items()))
@@ -923,8 +1000,8 @@ def main() -> int:
 
         # ---- table ----
         table = [
-            "| measurement | n | p50 (ms) | p95 (ms) | p99 (ms) |",
-            "|---|---:|---:|---:|---:|",
+            "| measurement | n | p50 (ms) | p95 (ms) | p99 (ms) | CPU per call: Python + PostgreSQL (ms) |",
+            "|---|---:|---:|---:|---:|---:|",
             fmt_row("service: `next_assignment` (a claim)", service["next"]),
             fmt_row("service: `submit_judgment`", service["submit"]),
             fmt_row("service: `progress`", service["progress"]),
@@ -1013,6 +1090,10 @@ def render_md(v: dict) -> str:
         f"p95 at {args.clients} clients, {h['submit']['p50'] / base['login']['p50']:.1f}x its p50; "
         f"**{v['throughput_ratio']:.2f}** of its request rate. One client alone: "
         f"{single['submit']['p50'] / single['login']['p50']:.1f}x the login page's p50.",
+        "- What the database's busy backends were doing during the queue phase (`pg_stat_activity`, "
+        f"average number of backends, {v['n_waits']} samples): "
+        + ", ".join(f"{k} {n / v['n_waits']:.2f}" for k, n in v["waits"].items())
+        + " (`Lock:…` would be contention on the same rows; `running` is CPU).",
         f"- Overlap after the run (k = 3, {overlap['judgments']:,} judgments, {overlap['gold_judgments']:,} on gold, "
         f"{overlap['touched']:,} regular comparisons judged): comparisons over k by `slots_taken` {overlap['over_slots']}, "
         f"by `n_judgments` {overlap['over_n']}, by judgment rows {overlap['over_judged']} (max `slots_taken` "
@@ -1031,7 +1112,8 @@ def render_md(v: dict) -> str:
         prof = v["profile"]
         lines += [
             f"Where a worker's CPU went during the queue phase (py-spy, {prof['total']:,} samples of the gunicorn "
-            "workers while busy, charged to the package of the innermost frame):",
+            f"workers while running, charged to the package of the innermost frame; {prof['idle']:,} samples "
+            "blocked in a wait for PostgreSQL, a socket or work are left out):",
             "",
             *[f"- {100 * n / prof['total']:.1f}% {name}" for name, n in prof["groups"].items()],
             "- inclusive: " + ", ".join(f"`{k}` {100 * n / prof['total']:.1f}%" for k, n in prof["inclusive"].items()),
