@@ -55,7 +55,7 @@ def build(args, work: Path) -> tuple[Path, Path]:
 
     from training.data import tokenize_pair
     from training.tiny_model import llama_config, train_tokenizer
-    from training.trainer import load_pairs_jsonl
+    from training.trainer.cli import load_pairs_jsonl
 
     rows = load_pairs_jsonl(args.data)
     tok = train_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], vocab_size=args.vocab)
@@ -94,7 +94,9 @@ def peak_memory(device: str) -> float:
 
 
 def run_ours(args, model_dir: Path, pairs_path: Path) -> dict:
-    from training.trainer import TrainConfig, load_pairs_jsonl, train
+    from training.config import TrainConfig
+    from training.trainer.cli import load_pairs_jsonl
+    from training.trainer.loop import train
 
     pairs = load_pairs_jsonl(pairs_path)
     steps, ref_time, cpu = [], [], []

@@ -26,7 +26,6 @@ from annotate.models import Membership, Role
 from annotate.permissions import IsProjectAdmin, IsProjectReader, ReaderOrAdminWrites
 from evaluation.models import Export
 
-from . import services
 from .models import (
     GenerationSample,
     JobStatus,
@@ -37,6 +36,10 @@ from .models import (
     TrainingMetric,
     TrainingRun,
 )
+from .services.errors import TrainingError
+from .services.registry import register_model_for
+from .services.runs import cancel_run, launch_run
+from .services.sampling import queue_sample_round, request_sample
 
 RUN_PARAM = OpenApiParameter(
     "run_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Training run id."
@@ -210,7 +213,7 @@ class SamplingJobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _raise(exc: services.TrainingError):
+def _raise(exc: TrainingError):
     raise ValidationError({exc.field or "detail": [exc.message]})
 
 
@@ -269,7 +272,7 @@ class RunListCreate(ApiView, generics.ListAPIView):
             if export is None:
                 raise ValidationError({"export": [f"no export {values['export']} in this project"]})
         try:
-            run = services.launch_run(
+            run = launch_run(
                 self.project,
                 base_model=base,
                 recipe=values["recipe"],
@@ -277,7 +280,7 @@ class RunListCreate(ApiView, generics.ListAPIView):
                 hyperparameters=values.get("hyperparameters") or {},
                 created_by=request.user,
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             _raise(exc)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
@@ -345,8 +348,8 @@ class RunCancel(ApiView):
 
     def post(self, request, project_pk: int, run_pk: int):
         try:
-            run = services.cancel_run(_run(self, run_pk), request.user)
-        except services.TrainingError as exc:
+            run = cancel_run(_run(self, run_pk), request.user)
+        except TrainingError as exc:
             _raise(exc)
         return Response(TrainingRunSerializer(run).data)
 
@@ -369,14 +372,14 @@ class RunSample(ApiView):
         data = SampleRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            sample = services.request_sample(
+            sample = request_sample(
                 run.output_model,
                 data.validated_data["prompt"],
                 run=run,
                 user=request.user,
                 max_new_tokens=data.validated_data["max_new_tokens"],
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             _raise(exc)
         return Response(GenerationSampleSerializer(sample).data, status=status.HTTP_202_ACCEPTED)
 
@@ -416,7 +419,7 @@ class RunSampleRound(ApiView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         try:
-            job = services.queue_sample_round(
+            job = queue_sample_round(
                 self.project,
                 run.output_model,
                 n_prompts=v["n_prompts"],
@@ -426,7 +429,7 @@ class RunSampleRound(ApiView):
                 max_new_tokens=v["max_new_tokens"],
                 temperature=v["temperature"],
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             _raise(exc)
         return Response(SamplingJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -499,13 +502,13 @@ class ModelListCreate(ApiView, generics.ListAPIView):
             if parent is None:
                 raise ValidationError({"parent": [f"no registered model named {v['parent']!r}"]})
         try:
-            version = services.register_model_for(
+            version = register_model_for(
                 request.user,
                 v["name"],
                 v["path"],
                 parent=parent,
                 description=v.get("description", ""),
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             _raise(exc)
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)

@@ -2,8 +2,8 @@
 
 The web process validates hyperparameters against this class (``training.services``) and must
 never load torch or transformers, so this module imports the standard library only.
-``training.trainer`` re-exports ``TrainConfig``; ``training.losses`` takes ``DPO_LOSS_TYPES``
-from here.
+The trainer (``training.trainer``) takes ``TrainConfig`` and ``RECIPE_PHASES`` from here;
+``training.losses`` takes ``DPO_LOSS_TYPES``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import json
 from dataclasses import dataclass
 
 RECIPES = ("sft", "dpo", "sft+dpo", "rm", "ppo", "sft+rm+ppo", "sft+dpo+ppo")
+#: The phases each of the trainer's own recipes runs, in order (``training.trainer.phases.PHASES``
+#: says what each does); a phase's saved model is where the next one starts. The RLHF recipes
+#: (``training.rlhf``) chain these with a reward model and PPO.
+RECIPE_PHASES = {"sft": ("sft",), "dpo": ("dpo",), "sft+dpo": ("sft", "dpo")}
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "cdpo", "robust")
 PPO_VALUE_MODELS = ("reward", "policy", "shared")
 RM_MARGINS = ("none", "strength", "p_chosen")

@@ -12,7 +12,7 @@ from evaluation.models import JobStatus as ExportStatus
 
 from .config import DPO_LOSS_TYPES
 from .models import ModelVersion, Recipe
-from .services import train_config_defaults
+from .services.hyperparameters import train_config_defaults
 
 #: TrainConfig fields offered as form inputs (the rest through "Other hyperparameters").
 COMMON_FIELDS = (
@@ -128,7 +128,7 @@ class RegisterModelForm(forms.Form):
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
     def __init__(self, *args, roots=None, **kwargs):
-        """``roots``: the folders the path must lie in (``services.model_roots()``), shown in the
+        """``roots``: the folders the path must lie in (``services.registry.model_roots()``), shown in the
         path's help; None for a superuser, who may register any folder."""
         super().__init__(*args, **kwargs)
         if roots is not None:

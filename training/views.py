@@ -23,9 +23,13 @@ from annotate.models import Membership, Project, Role
 from annotate.roles import READ_ROLES, project_for, role_of
 from annotate.views import login_required
 
-from . import services
 from .forms import LaunchRunForm, RegisterModelForm, SampleForm, SampleRoundForm
 from .models import GenerationSample, ModelVersion, SamplingJob, TrainingMetric, TrainingRun
+from .services.errors import TrainingError
+from .services.hyperparameters import effective_config, train_config_defaults
+from .services.registry import model_roots, register_model_for
+from .services.runs import cancel_run, launch_run
+from .services.sampling import queue_sample_round, request_sample
 
 LOG_TAIL_LINES = 40
 MAX_PLOT_POINTS = 300
@@ -252,7 +256,7 @@ def run_new(request, pk: int):
     form = LaunchRunForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         try:
-            run = services.launch_run(
+            run = launch_run(
                 project,
                 base_model=form.cleaned_data["base_model"],
                 recipe=form.cleaned_data["recipe"],
@@ -260,7 +264,7 @@ def run_new(request, pk: int):
                 hyperparameters=form.hyperparameters(),
                 created_by=request.user,
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             field = exc.field if exc.field in form.fields else None
             form.add_error(field if field != "hyperparameters" else None, exc.message)
         else:
@@ -272,7 +276,7 @@ def run_new(request, pk: int):
         project,
         Role.ADMIN,
         "training/run_new.html",
-        {"form": form, "defaults": services.train_config_defaults()},
+        {"form": form, "defaults": train_config_defaults()},
         status=status,
     )
 
@@ -285,7 +289,7 @@ def run_detail(request, pk: int, run_id: int):
     run = _get_run(project, run_id)
     context = run_live_context(run)
     context.update(_done_context(run))
-    context["config"] = services.effective_config(run)
+    context["config"] = effective_config(run)
     context["run_title"] = f"Run #{run.pk}"
     return _training_page(request, project, role, "training/run_detail.html", context)
 
@@ -319,8 +323,8 @@ def run_cancel(request, pk: int, run_id: int):
     project = project_for(request.user, pk, Role.ADMIN)
     run = _get_run(project, run_id)
     try:
-        services.cancel_run(run, request.user)
-    except services.TrainingError as exc:
+        cancel_run(run, request.user)
+    except TrainingError as exc:
         messages.error(request, exc.message)
     else:
         messages.info(
@@ -348,14 +352,14 @@ def run_sample(request, pk: int, run_id: int):
     if not form.is_valid():
         return render(request, "training/_sample_form_errors.html", {"form": form}, status=400)
     try:
-        sample = services.request_sample(
+        sample = request_sample(
             run.output_model,
             form.cleaned_data["prompt"],
             run=run,
             user=request.user,
             max_new_tokens=form.cleaned_data["max_new_tokens"],
         )
-    except services.TrainingError as exc:
+    except TrainingError as exc:
         return HttpResponse(f'<p class="error">{escape(exc.message)}</p>', status=400)
     if getattr(request, "htmx", False):
         return render(request, "training/_sample.html", {"project": project, "sample": sample})
@@ -382,7 +386,7 @@ def run_sample_round(request, pk: int, run_id: int):
     if form.is_valid():
         data = form.cleaned_data
         try:
-            job = services.queue_sample_round(
+            job = queue_sample_round(
                 project,
                 run.output_model,
                 n_prompts=data["n_prompts"],
@@ -392,7 +396,7 @@ def run_sample_round(request, pk: int, run_id: int):
                 max_new_tokens=data["max_new_tokens"],
                 temperature=data["temperature"],
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             messages.error(request, exc.message)
         else:
             messages.success(
@@ -423,7 +427,7 @@ def model_registry(request):
     can_register = _can_register_models(user)
     if not (can_register or Membership.objects.filter(user=user, role=Role.RESEARCHER).exists()):
         raise PermissionDenied("Only admins and researchers see the model registry.")
-    roots = None if user.is_superuser else services.model_roots()
+    roots = None if user.is_superuser else model_roots()
     form = RegisterModelForm(request.POST or None, roots=roots)
     status = 200
     if request.method == "POST":
@@ -431,14 +435,14 @@ def model_registry(request):
             raise PermissionDenied("Only admins may register models.")
         if form.is_valid():
             try:
-                version = services.register_model_for(
+                version = register_model_for(
                     user,
                     form.cleaned_data["name"],
                     form.cleaned_data["path"],
                     parent=form.cleaned_data.get("parent"),
                     description=form.cleaned_data.get("description", ""),
                 )
-            except services.TrainingError as exc:
+            except TrainingError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
             else:
                 messages.success(request, f"Registered {version.name}.")

@@ -36,8 +36,8 @@ from django.urls import reverse
 
 from annotate.imports import import_comparisons
 from annotate.models import Comparison, Judgment, Membership, Project, Role
-from training import services
 from training.models import GenerationSample, RunStatus, SamplingJob, TrainingMetric, TrainingRun
+from training.services.registry import register_model
 
 pytestmark = pytest.mark.slow
 User = get_user_model()
@@ -243,7 +243,7 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
             layers=2,
             max_positions=256,
         )
-        base = services.register_model("tiny-e2e", model_dir)
+        base = register_model("tiny-e2e", model_dir)
 
         client.force_login(admin)
         response = client.post(

@@ -21,8 +21,9 @@ from django.core.management import call_command
 from annotate.imports import import_comparisons
 from annotate.models import Comparison, Judgment, Membership, Project, Role
 from evaluation.export.services import build_export, create_export
-from training import services
 from training.models import ModelVersion, RunStatus, TrainingMetric
+from training.services.rows import export_rows
+from training.services.runs import launch_run
 
 pytestmark = pytest.mark.slow
 User = get_user_model()
@@ -77,7 +78,7 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
 
     export = create_export(project, admin, {"formats": ["jsonl"], "test_fraction": 0.1}, enqueue=False)
     export = build_export(export)
-    train_rows, test_rows = services.export_rows(export)
+    train_rows, test_rows = export_rows(export)
     assert len(train_rows) + len(test_rows) <= N_JUDGED and len(train_rows) >= 48
     assert all(0 < r["weight"] <= 1 for r in train_rows)
 
@@ -96,7 +97,7 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
     base = ModelVersion.objects.get(name="tiny-default")
 
     t0 = time.monotonic()
-    run = services.launch_run(
+    run = launch_run(
         project,
         base_model=base,
         recipe="sft+dpo",

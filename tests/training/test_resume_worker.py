@@ -3,7 +3,7 @@
 Start a real worker, launch a 30-step DPO run that checkpoints every 3 steps, SIGKILL the worker
 as soon as the run is past its first checkpoint, start a new worker. The embedded file-system broker does
 not redeliver the message a dead worker had taken, so the recovery path is
-``training.services.resume_stale_runs`` (run at ``worker_ready``): the run, left 'running' by a
+``training.services.runs.resume_stale_runs`` (run at ``worker_ready``): the run, left 'running' by a
 dead pid on this host, is re-queued; the new worker claims it, the trainer resumes from the
 last checkpoint with the same data order, and the run finishes with the planned step count.
 
@@ -23,8 +23,9 @@ import pytest
 
 from annotate.models import Project
 from evaluation.models import Export, JobStatus
-from training import services
 from training.models import RunStatus, TrainingMetric, TrainingRun
+from training.services.registry import register_model
+from training.services.runs import launch_run, owner_is_dead
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +81,8 @@ def test_kill_worker_mid_run_and_resume(tmp_path):
             layers=1,
             max_positions=128,
         )
-        base = services.register_model("tiny-resume", model_dir)
-        run = services.launch_run(
+        base = register_model("tiny-resume", model_dir)
+        run = launch_run(
             project,
             base_model=base,
             recipe="dpo",
@@ -114,7 +115,7 @@ def test_kill_worker_mid_run_and_resume(tmp_path):
         first.wait()  # reaped: its pid is gone, as it is when a supervisor restarts a worker
         killed = TrainingRun.objects.get(pk=run.pk)
         assert killed.status == RunStatus.RUNNING and 4 <= killed.step < 30, (killed.status, killed.step)
-        assert services.owner_is_dead(killed)
+        assert owner_is_dead(killed)
 
         second = e2e.start_worker(log_path, env)
         e2e.wait_for(lambda: TrainingRun.objects.get(pk=run.pk).is_finished, 240, "the resumed run", log_path)

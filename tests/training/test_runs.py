@@ -13,8 +13,14 @@ from django.urls import reverse
 
 from annotate.models import Membership, Project, Role
 from evaluation.models import Export, JobStatus
-from training import services
 from training.models import ModelVersion, RunStatus, TrainingMetric, TrainingRun
+from training.services import runs
+from training.services.errors import ModelFolderError, TrainingError
+from training.services.hyperparameters import validate_hyperparameters
+from training.services.registry import register_model
+from training.services.rows import export_rows
+from training.services.runs import cancel_run, launch_run
+from training.services.sampling import queue_sample_round, sample_next_round
 
 User = get_user_model()
 
@@ -76,7 +82,7 @@ def scene(db, tmp_path, tiny_model_dir):
         user = User.objects.create_user(f"{role}-user")  # no password: no slow hashing
         Membership.objects.create(project=project, user=user, role=role)
         users[role] = user
-    base = services.register_model("tiny-test", tiny_model_dir)
+    base = register_model("tiny-test", tiny_model_dir)
     export = make_export(project, synthetic_rows(24, test_every=6), tmp_path / "export")
     return {"project": project, "users": users, "base": base, "export": export, "tmp": tmp_path}
 
@@ -85,7 +91,7 @@ def scene(db, tmp_path, tiny_model_dir):
 def no_send(monkeypatch):
     """Launching queues nothing (no broker in these tests); the sent run ids are recorded."""
     sent = []
-    monkeypatch.setattr(services, "send_run", sent.append)
+    monkeypatch.setattr(runs, "send_run", sent.append)
     return sent
 
 
@@ -99,7 +105,7 @@ def _client(client, user):
 
 def test_launch_creates_a_queued_run_with_its_out_dir(scene, no_send, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        run = services.launch_run(
+        run = launch_run(
             scene["project"],
             base_model=scene["base"],
             recipe="dpo",
@@ -114,8 +120,8 @@ def test_launch_creates_a_queued_run_with_its_out_dir(scene, no_send, django_cap
 
 def test_too_small_export_is_refused_before_anything_is_created(scene, no_send):
     small = make_export(scene["project"], synthetic_rows(5), scene["tmp"] / "small")
-    with pytest.raises(services.TrainingError, match="at least 8 are needed"):
-        services.launch_run(scene["project"], base_model=scene["base"], export=small)
+    with pytest.raises(TrainingError, match="at least 8 are needed"):
+        launch_run(scene["project"], base_model=scene["base"], export=small)
     assert not TrainingRun.objects.exists() and no_send == []
 
 
@@ -123,14 +129,14 @@ def test_export_rows_follow_the_export_split_and_drop_ties(scene):
     rows = synthetic_rows(10, test_every=5)
     rows[1]["label"] = "tie"
     export = make_export(scene["project"], rows, scene["tmp"] / "ties")
-    train, test = services.export_rows(export)
+    train, test = export_rows(export)
     assert len(test) == 2 and len(train) == 7
-    assert len(services.export_rows(export, include_ties=True)[0]) == 8
+    assert len(export_rows(export, include_ties=True)[0]) == 8
 
 
 def test_fresh_export_with_no_judgments_is_a_clear_error(scene, no_send):
-    with pytest.raises(services.TrainingError, match="could not build a fresh export: .*no comparisons"):
-        services.launch_run(scene["project"], base_model=scene["base"], export=None)
+    with pytest.raises(TrainingError, match="could not build a fresh export: .*no comparisons"):
+        launch_run(scene["project"], base_model=scene["base"], export=None)
     assert not TrainingRun.objects.exists()
 
 
@@ -146,8 +152,8 @@ def test_fresh_export_with_no_judgments_is_a_clear_error(scene, no_send):
     ],
 )
 def test_bad_hyperparameters_are_refused(scene, no_send, hp, message):
-    with pytest.raises(services.TrainingError, match=message):
-        services.launch_run(
+    with pytest.raises(TrainingError, match=message):
+        launch_run(
             scene["project"], base_model=scene["base"], export=scene["export"], hyperparameters=hp
         )
     assert not TrainingRun.objects.exists()
@@ -157,12 +163,12 @@ def test_prompts_far_longer_than_max_length_are_refused(scene, no_send):
     rows = synthetic_rows(12)
     rows[3]["prompt"] = "word " * 400
     export = make_export(scene["project"], rows, scene["tmp"] / "long")
-    with pytest.raises(services.TrainingError, match="pair 3 has a prompt of 2000 characters"):
-        services.launch_run(
+    with pytest.raises(TrainingError, match="pair 3 has a prompt of 2000 characters"):
+        launch_run(
             scene["project"], base_model=scene["base"], export=export, hyperparameters={"max_length": 32}
         )
     # with max_prompt_length the prompt is truncated from the left instead: accepted
-    services.launch_run(
+    launch_run(
         scene["project"],
         base_model=scene["base"],
         export=export,
@@ -174,11 +180,11 @@ def test_a_base_model_whose_folder_is_gone_is_refused(scene, no_send, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     broken = ModelVersion.objects.create(name="broken", path=str(empty))
-    with pytest.raises(services.ModelFolderError, match="no config.json"):
-        services.launch_run(scene["project"], base_model=broken, export=scene["export"])
+    with pytest.raises(ModelFolderError, match="no config.json"):
+        launch_run(scene["project"], base_model=broken, export=scene["export"])
     gone = ModelVersion.objects.create(name="gone", path=str(tmp_path / "nowhere"))
-    with pytest.raises(services.ModelFolderError, match="does not exist"):
-        services.launch_run(scene["project"], base_model=gone, export=scene["export"])
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        launch_run(scene["project"], base_model=gone, export=scene["export"])
 
 
 def test_the_web_side_never_imports_torch():
@@ -191,10 +197,12 @@ def test_the_web_side_never_imports_torch():
         "import sys; from training import config; "
         "assert 'torch' not in sys.modules and 'django' not in sys.modules, 'config imports too much'; "
         "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'prefloop.settings'); "
-        "django.setup(); from training import services, views, api, forms, tasks; "
-        "services.validate_hyperparameters({'lr': 1e-4}); "
-        "assert services.train_config_defaults() == config.TrainConfig().to_dict(); "
-        "assert services.train_config_defaults()['loss_type'] == 'sigmoid'; "
+        "django.setup(); from training import views, api, forms, tasks, worker; "
+        "from training.services import hyperparameters as hp, registry, rows, runs, sampling; "
+        "from training.worker import execute, generation, launcher, reporting; "
+        "hp.validate_hyperparameters({'lr': 1e-4}); "
+        "assert hp.train_config_defaults() == config.TrainConfig().to_dict(); "
+        "assert hp.train_config_defaults()['loss_type'] == 'sigmoid'; "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run(
@@ -354,7 +362,7 @@ def test_run_page_shows_progress_plots_and_polls_while_running(scene, client):
 
 def test_finished_run_stops_polling_and_offers_samples(scene, client):
     run = _running_run(scene, status=RunStatus.SUCCEEDED, step=40, progress=1.0)
-    run.output_model = services.register_model("tiny-test.out", scene["base"].path, parent=scene["base"])
+    run.output_model = register_model("tiny-test.out", scene["base"].path, parent=scene["base"])
     run.save()
     c = _client(client, scene["users"][Role.ADMIN])
     page = c.get(reverse("training_run", args=[scene["project"].pk, run.pk])).content.decode()
@@ -402,7 +410,7 @@ def test_cancel_view_sets_the_flag(scene, client):
 
 
 def test_cancelling_a_queued_run_cancels_it_at_once(scene, no_send, client):
-    run = services.launch_run(scene["project"], base_model=scene["base"], export=scene["export"])
+    run = launch_run(scene["project"], base_model=scene["base"], export=scene["export"])
     response = _client(client, scene["users"][Role.ADMIN]).post(
         reverse("training-api:run-cancel", args=[scene["project"].pk, run.pk])
     )
@@ -415,8 +423,9 @@ def test_cancelling_a_queued_run_cancels_it_at_once(scene, no_send, client):
 @pytest.mark.django_db(transaction=True)
 def test_cancel_stops_the_task_at_the_next_step_and_keeps_the_checkpoint(scene, no_send, monkeypatch):
     from training import tasks
+    from training.worker.reporting import RunReporter
 
-    run = services.launch_run(
+    run = launch_run(
         scene["project"],
         base_model=scene["base"],
         recipe="dpo",
@@ -430,14 +439,14 @@ def test_cancel_stops_the_task_at_the_next_step_and_keeps_the_checkpoint(scene, 
             "eval_fraction": 0.0,
         },
     )
-    original = tasks.RunReporter.on_step
+    original = RunReporter.on_step
 
     def on_step(self, metrics):
         original(self, metrics)
         if metrics["step"] == 3:  # the admin clicks "Cancel" while step 3 is reported
-            services.cancel_run(TrainingRun.objects.get(pk=self.run_id))
+            cancel_run(TrainingRun.objects.get(pk=self.run_id))
 
-    monkeypatch.setattr(tasks.RunReporter, "on_step", on_step)
+    monkeypatch.setattr(RunReporter, "on_step", on_step)
     assert tasks.run_training.apply(args=(run.pk,)).get() == RunStatus.CANCELLED
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED and run.step == 3 and run.output_model is None
@@ -455,7 +464,7 @@ def test_a_run_asking_for_a_gpu_on_a_cpu_worker_fails_with_the_reason(scene, no_
         pytest.skip("this machine has a GPU")
     from training.tasks import run_training
 
-    run = services.launch_run(
+    run = launch_run(
         scene["project"],
         base_model=scene["base"],
         recipe="dpo",
@@ -472,43 +481,45 @@ def test_a_run_asking_for_a_gpu_on_a_cpu_worker_fails_with_the_reason(scene, no_
 
 
 def test_register_model_validates_the_folder(db, tmp_path, tiny_model_dir):
-    with pytest.raises(services.ModelFolderError, match="does not exist"):
-        services.register_model("x", tmp_path / "missing")
-    with pytest.raises(services.ModelFolderError, match="not an absolute path"):
-        services.register_model("x", "relative/folder")
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        register_model("x", tmp_path / "missing")
+    with pytest.raises(ModelFolderError, match="not an absolute path"):
+        register_model("x", "relative/folder")
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(services.ModelFolderError, match="is not valid JSON"):
-        services.register_model("x", folder)
+    with pytest.raises(ModelFolderError, match="is not valid JSON"):
+        register_model("x", folder)
     (folder / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(services.ModelFolderError, match="has no weights"):
-        services.register_model("x", folder)
+    with pytest.raises(ModelFolderError, match="has no weights"):
+        register_model("x", folder)
     (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(services.ModelFolderError, match="has no tokenizer"):
-        services.register_model("x", folder)
+    with pytest.raises(ModelFolderError, match="has no tokenizer"):
+        register_model("x", folder)
     (folder / "tokenizer.json").write_text("{}")
-    with pytest.raises(services.ModelFolderError, match="tokenizer .* does not load"):
-        services.register_model("x", folder)
-    with pytest.raises(services.TrainingError, match="a model name is"):
-        services.register_model("bad name!", tiny_model_dir)
-    version = services.register_model("good", tiny_model_dir)
+    with pytest.raises(ModelFolderError, match="tokenizer .* does not load"):
+        register_model("x", folder)
+    with pytest.raises(TrainingError, match="a model name is"):
+        register_model("bad name!", tiny_model_dir)
+    version = register_model("good", tiny_model_dir)
     assert version.metrics["model_type"] == "llama" and not version.is_adapter
-    with pytest.raises(services.TrainingError, match="already registered"):
-        services.register_model("good", tiny_model_dir)
+    with pytest.raises(TrainingError, match="already registered"):
+        register_model("good", tiny_model_dir)
     assert ModelVersion.objects.count() == 1
 
 
 def test_the_trainer_and_the_web_side_share_one_train_config():
-    from training import config, losses, trainer
+    from training import config, losses
+    from training.trainer import loop, phases
 
-    assert trainer.TrainConfig is config.TrainConfig and losses.DPO_LOSS_TYPES is config.DPO_LOSS_TYPES
+    assert loop.TrainConfig is config.TrainConfig and losses.DPO_LOSS_TYPES is config.DPO_LOSS_TYPES
+    assert {p for recipe in config.RECIPE_PHASES.values() for p in recipe} <= set(phases.PHASES)
     cfg = config.TrainConfig(recipe="sft+dpo", lora_target_modules=("q_proj",), adam_betas=(0.8, 0.9))
     assert config.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match=r"loss_type must be one of \('sigmoid', 'ipo'"):
         config.TrainConfig(loss_type="nope").validate()
-    with pytest.raises(services.TrainingError, match="soft labels are not defined for loss_type 'robust'"):
-        services.validate_hyperparameters({"loss_type": "robust", "use_soft_labels": "true"})
+    with pytest.raises(TrainingError, match="soft labels are not defined for loss_type 'robust'"):
+        validate_hyperparameters({"loss_type": "robust", "use_soft_labels": "true"})
 
 
 def test_registry_page_registers_for_admins_only(scene, client, tmp_path, settings):
@@ -596,7 +607,7 @@ def test_an_adapter_in_the_root_on_a_base_outside_it_is_refused(scene, client, s
     api_url = reverse("training-api:model-list")
     refused = admin.post(api_url, {"name": "lora", "path": str(adapter)}, content_type="application/json")
     assert refused.status_code == 400 and "neither registered nor inside" in refused.json()["path"][0]
-    services.register_model("outside-base", paths["outside"])  # e.g. by manage.py register_model
+    register_model("outside-base", paths["outside"])  # e.g. by manage.py register_model
     ok = admin.post(api_url, {"name": "lora", "path": str(adapter)}, content_type="application/json")
     assert ok.status_code == 201, ok.content
     assert ModelVersion.objects.get(name="lora").parent.name == "outside-base"
@@ -650,7 +661,7 @@ def test_the_trainer_can_run_under_a_launcher_subprocess(scene, no_send, setting
     from training.tasks import run_training
 
     settings.PREFLOOP_TRAINING_LAUNCHER = [sys.executable]
-    run = services.launch_run(
+    run = launch_run(
         scene["project"],
         base_model=scene["base"],
         recipe="sft",
@@ -681,14 +692,14 @@ def test_sample_next_round_creates_the_next_rounds_comparisons(scene):
     import shutil
 
     new_dir = shutil.copytree(scene["base"].path, scene["tmp"] / "new-model")
-    new = services.register_model("tiny-test.new", new_dir, parent=scene["base"])
+    new = register_model("tiny-test.new", new_dir, parent=scene["base"])
 
     def fake_generate(path, prompts, n, max_new_tokens, temperature, seed):
         tag = "new" if path == new.path else "old"
         assert path in (new.path, scene["base"].path)
         return [[f"{tag} answer to {p}" if "3" not in p else "same"] * n for p in prompts]
 
-    job = services.sample_next_round(
+    job = sample_next_round(
         new, project, n_prompts=4, compare_to=scene["base"], generate=fake_generate, seed=7
     )
     project.refresh_from_db()
@@ -701,5 +712,5 @@ def test_sample_next_round_creates_the_next_rounds_comparisons(scene):
     for c in comparisons:
         assert {c.response_a.model_name, c.response_b.model_name} == {"tiny-test.new", "tiny-test"}
         assert c.response_a.round == c.response_b.round == 1
-    with pytest.raises(services.TrainingError, match="n_prompts"):
-        services.queue_sample_round(project, new, n_prompts=0)
+    with pytest.raises(TrainingError, match="n_prompts"):
+        queue_sample_round(project, new, n_prompts=0)

@@ -12,7 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from training.data import attention_mask_4d, collate, pack_units, tokenize_pairs, tokenize_sft
 from training.losses import dpo_loss
 from training.tiny_model import ModelLoadError, build_default_model, llama_config
-from training.trainer import TrainConfig, chunked_token_logps, plan_steps, sequence_logps, train
+from training.config import TrainConfig
+from training.trainer.logps import chunked_token_logps, sequence_logps
+from training.trainer.loop import train
+from training.trainer.plan import plan_steps
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -408,7 +411,7 @@ def test_sft_then_dpo_with_lora(tiny, tmp_path):
 
 def test_command_line(tiny, tmp_path, capsys):
     """``python -m training.trainer`` (what ``accelerate launch`` runs) prints JSON events."""
-    from training.trainer import main
+    from training.trainer.cli import main
 
     path, _ = tiny
     pairs_file = tmp_path / "pairs.jsonl"
@@ -434,7 +437,7 @@ def test_plan_covers_every_pair_once_per_epoch():
 def test_real_text_sft_then_dpo(shared_data, tmp_path):
     """HH-RLHF harmless pairs, the tiny default model with its tokenizer trained on that text,
     sft+dpo on CPU: the training DPO reward accuracy rises above its starting value."""
-    from training.trainer import load_pairs_jsonl
+    from training.trainer.cli import load_pairs_jsonl
 
     hh = shared_data / "hh_harmless_dev.jsonl"
     if not hh.exists():

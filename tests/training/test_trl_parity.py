@@ -21,7 +21,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from training.data import collate, tokenize_pairs  # noqa: E402
 from training.losses import dpo_loss  # noqa: E402
 from training.tiny_model import llama_config, train_tokenizer  # noqa: E402
-from training.trainer import sequence_logps  # noqa: E402
+from training.trainer.logps import sequence_logps  # noqa: E402
 
 PAIRS = [
     {"prompt": "Human: What is the capital of France?\n\nAssistant:",

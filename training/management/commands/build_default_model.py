@@ -16,7 +16,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.models import Prompt, Response
-from training import services
+from training.services.errors import ModelFolderError, TrainingError
+from training.services.registry import register_model, validate_model_folder
 from training.models import ModelVersion
 
 #: At most this many texts train the tokenizer (prompts first, then responses).
@@ -52,8 +53,8 @@ class Command(BaseCommand):
         existing = ModelVersion.objects.filter(name=name).first()
         if options["if_missing"] and existing is not None:
             try:
-                services.validate_model_folder(existing.path)
-            except services.ModelFolderError as exc:
+                validate_model_folder(existing.path)
+            except ModelFolderError as exc:
                 self.stdout.write(f"{name} is registered but its folder is unusable ({exc}); rebuilding.")
             else:
                 self.stdout.write(f"{name} already exists at {existing.path}; nothing to do.")
@@ -79,14 +80,14 @@ class Command(BaseCommand):
         except (OSError, ValueError) as exc:
             raise CommandError(f"could not build the model in {out}: {exc}") from exc
         try:
-            version = services.register_model(
+            version = register_model(
                 name,
                 out,
                 description="prefloop's tiny default model (tokenizer trained on the project's texts)",
                 replace=True,
                 metrics={"texts": len(texts)},
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
             self.style.SUCCESS(f"Built {version.name} in {out} ({time.time() - t0:.1f}s) and registered it.")

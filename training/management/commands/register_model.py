@@ -10,7 +10,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate.management.commands.import_comparisons import find_project
-from training import services
+from training.services.errors import TrainingError
+from training.services.registry import register_model
 from training.models import ModelVersion
 
 
@@ -47,7 +48,7 @@ class Command(BaseCommand):
             n = sum(p.numel() for p in model.parameters())
             self.stdout.write(f"Loaded {type(model).__name__} with {n / 1e6:.1f}M parameters.")
         try:
-            version = services.register_model(
+            version = register_model(
                 options["name"],
                 options["path"],
                 parent=parent,
@@ -55,6 +56,6 @@ class Command(BaseCommand):
                 description=options["description"],
                 replace=options["replace"],
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(f"Registered {version.name} -> {version.path}"))

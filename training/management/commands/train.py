@@ -1,7 +1,7 @@
 """``manage.py train --project P (--export ID | --fresh) --recipe sft+dpo --base tiny-default
 [--set lr=1e-4 --set max_steps=200 ...] [--wait | --inline]``.
 
-Launches a training run exactly as the UI and the API do (``training.services.launch_run``:
+Launches a training run exactly as the UI and the API do (``training.services.runs.launch_run``:
 everything is validated before any compute) and queues it on the ``gpu`` worker. ``--wait``
 follows the run until it ends, printing progress; ``--inline`` runs it in this process instead
 of a worker (handy on a GPU box without Celery). Other actions: ``--cancel RUN_ID`` and
@@ -16,7 +16,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotate.management.commands.import_comparisons import find_project
 from evaluation.models import Export
-from training import services
+from training.services.errors import TrainingError
+from training.services.hyperparameters import parse_set_options
+from training.services.runs import cancel_run, launch_run, resume_stale_runs
 from training.models import ModelVersion, Recipe, TrainingRun
 
 
@@ -51,7 +53,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["resume_stale"]:
-            ids = services.resume_stale_runs()
+            ids = resume_stale_runs()
             self.stdout.write(f"re-queued runs: {ids}" if ids else "no stale runs")
             return
         if options["cancel"]:
@@ -59,8 +61,8 @@ class Command(BaseCommand):
             if run is None:
                 raise CommandError(f"no run {options['cancel']}")
             try:
-                services.cancel_run(run)
-            except services.TrainingError as exc:
+                cancel_run(run)
+            except TrainingError as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"cancel requested for run {run.pk}")
             return
@@ -79,8 +81,8 @@ class Command(BaseCommand):
             if export is None:
                 raise CommandError(f"no export {options['export']} in project {project.name!r}")
         try:
-            hp = services.parse_set_options(options["set"])
-            run = services.launch_run(
+            hp = parse_set_options(options["set"])
+            run = launch_run(
                 project,
                 base_model=base,
                 recipe=options["recipe"],
@@ -88,7 +90,7 @@ class Command(BaseCommand):
                 hyperparameters=hp,
                 send=not options["inline"],
             )
-        except services.TrainingError as exc:
+        except TrainingError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"run {run.pk}: {run.recipe} on export {run.export_id}, output in {run.out_dir}")
         if options["inline"]:

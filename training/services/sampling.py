@@ -1,0 +1,260 @@
+"""Samples from trained models: one prompt answered on the run page, and the next annotation round
+(new responses from the new model and its parent, imported as comparisons of round N+1).
+
+Queuing happens in the web process (the task is sent by its registered name after commit);
+``answer_sample``, ``run_queued_round`` and ``run_sampling_job`` run in the worker, the only place
+models are loaded (``training.worker.generation``, imported when called).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+
+from celery import current_app
+from django.db import transaction
+from django.utils import timezone
+
+from annotate.models import Project, Prompt
+
+from ..models import GenerationSample, JobStatus, ModelVersion, SamplingJob, TrainingRun
+from .errors import TrainingError
+
+#: The Celery tasks these jobs run in (``training.tasks``), on the gpu queue.
+SAMPLE_TASK = "training.tasks.generate_sample"
+ROUND_TASK = "training.tasks.sample_round"
+
+log = logging.getLogger(__name__)
+
+
+def request_sample(
+    model_version: ModelVersion,
+    prompt: str,
+    *,
+    run: TrainingRun | None = None,
+    user=None,
+    max_new_tokens: int = 48,
+    send: bool = True,
+) -> GenerationSample:
+    """Queue a generation from ``model_version`` (answered by a worker task, polled by the page)."""
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise TrainingError("type a prompt", "prompt")
+    if len(prompt) > 4000:
+        raise TrainingError("the prompt is longer than 4000 characters", "prompt")
+    if not 1 <= int(max_new_tokens) <= 512:
+        raise TrainingError("max_new_tokens must be between 1 and 512", "max_new_tokens")
+    sample = GenerationSample.objects.create(
+        model_version=model_version,
+        run=run,
+        prompt=prompt,
+        max_new_tokens=int(max_new_tokens),
+        created_by=user,
+    )
+    if send:
+        transaction.on_commit(lambda: current_app.tasks[SAMPLE_TASK].delay(sample.pk))
+    return sample
+
+
+def answer_sample(sample_id: int) -> str:
+    """The ``generate_sample`` task, on the worker: claim the queued sample, answer its prompt
+    greedily with its model, record the text or the error. Returns "succeeded", "failed" or
+    "skipped" (already taken)."""
+    from ..worker.generation import generate_texts
+
+    claimed = GenerationSample.objects.filter(pk=sample_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING
+    )
+    if not claimed:
+        return "skipped"
+    sample = GenerationSample.objects.select_related("model_version").get(pk=sample_id)
+    try:
+        text = generate_texts(
+            sample.model_version.path, [sample.prompt], 1, sample.max_new_tokens, temperature=0.0
+        )[0][0]
+    except Exception as exc:  # noqa: BLE001
+        log.exception("sample %s failed", sample_id)
+        GenerationSample.objects.filter(pk=sample_id).update(
+            status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        )
+        return "failed"
+    GenerationSample.objects.filter(pk=sample_id).update(
+        status=JobStatus.SUCCEEDED, output=text, finished_at=timezone.now()
+    )
+    return "succeeded"
+
+
+def queue_sample_round(
+    project: Project,
+    model_version: ModelVersion,
+    *,
+    n_prompts: int = 20,
+    compare_to: ModelVersion | None | str = "parent",
+    run: TrainingRun | None = None,
+    user=None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    seed: int = 0,
+    send: bool = True,
+) -> SamplingJob:
+    """Queue ``sample_round``: new responses from ``model_version`` for ``n_prompts`` prompts of
+    ``project`` become round ``project.current_round + 1`` comparisons. ``compare_to="parent"``
+    pits the new model against the version it was trained from (two samples of the new model
+    when it has none); ``None`` always takes two samples."""
+    if not 1 <= int(n_prompts) <= 10_000:
+        raise TrainingError("n_prompts must be between 1 and 10000", "n_prompts")
+    if not Prompt.objects.filter(project=project).exists():
+        raise TrainingError("the project has no prompts to sample from", "n_prompts")
+    if compare_to == "parent":
+        compare_to = model_version.parent
+    if compare_to is not None and compare_to.pk == model_version.pk:
+        compare_to = None
+    job = SamplingJob.objects.create(
+        project=project,
+        model_version=model_version,
+        compare_to=compare_to,
+        run=run,
+        n_prompts=int(n_prompts),
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        seed=int(seed),
+        round=project.current_round + 1,
+        created_by=user,
+    )
+    if send:
+        transaction.on_commit(lambda: current_app.tasks[ROUND_TASK].delay(job.pk))
+    return job
+
+
+def _choose_prompts(project: Project, n: int, seed: int) -> list[Prompt]:
+    ids = list(Prompt.objects.filter(project=project).order_by("pk").values_list("pk", flat=True))
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    chosen = ids[:n]
+    by_id = Prompt.objects.in_bulk(chosen)
+    return [by_id[i] for i in chosen]
+
+
+def sample_next_round(
+    source: TrainingRun | ModelVersion,
+    project: Project | None = None,
+    n_prompts: int = 20,
+    *,
+    generate=None,
+    **options,
+) -> SamplingJob:
+    """Sample the next round now, in this process (a worker, a shell or a command; it loads the
+    models): new responses from ``source`` (a succeeded run's output model, or a model version)
+    for ``n_prompts`` prompts of ``project`` become round ``current_round + 1`` comparisons.
+    ``options`` are :func:`queue_sample_round`'s. Returns the finished ``SamplingJob``."""
+    run = source if isinstance(source, TrainingRun) else None
+    version = run.output_model if run is not None else source
+    if version is None:
+        raise TrainingError("the run has no output model to sample from")
+    project = project or (run.project if run is not None else version.project)
+    if project is None:
+        raise TrainingError("name the project to sample into")
+    job = queue_sample_round(project, version, n_prompts=n_prompts, run=run, send=False, **options)
+    _record_outcome(job.pk, lambda: run_sampling_job(job, generate=generate))
+    job.refresh_from_db()
+    return job
+
+
+def run_queued_round(job_id: int) -> str:
+    """The ``sample_round`` task, on the worker: claim the queued ``SamplingJob`` (a redelivered
+    message finds it taken and does nothing), run it, record the outcome in its row. Returns
+    "succeeded", "failed" or "skipped"."""
+    claimed = SamplingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(status=JobStatus.RUNNING)
+    if not claimed:
+        return "skipped"
+    job = SamplingJob.objects.select_related("project", "model_version", "compare_to").get(pk=job_id)
+
+    def progress(fraction: float) -> None:
+        SamplingJob.objects.filter(pk=job_id).update(progress=fraction)
+
+    try:
+        _record_outcome(job_id, lambda: run_sampling_job(job, progress=progress))
+    except Exception:  # noqa: BLE001 - the row says what went wrong
+        log.exception("sampling job %s failed", job_id)
+        return "failed"
+    return "succeeded"
+
+
+def _record_outcome(job_id: int, work) -> int:
+    """Run ``work()`` (returns the comparisons created) and write the outcome into the job's row:
+    failed with the error (re-raised), or succeeded with the count."""
+    try:
+        created = work()
+    except Exception as exc:
+        SamplingJob.objects.filter(pk=job_id).update(
+            status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
+        raise
+    SamplingJob.objects.filter(pk=job_id).update(
+        status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now()
+    )
+    return created
+
+
+def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
+    """Generate the job's responses and import them as the next round's comparisons.
+
+    Runs in the worker (``training.tasks.sample_round``): ``generate(model_path, prompts,
+    num_return_sequences, max_new_tokens, temperature, seed)`` returns a list (per prompt) of
+    lists of strings; by default ``training.worker.generation.generate_texts`` (torch).
+    Responses get ``model_name`` = the version's name and ``round`` = ``job.round``; comparisons are written by
+    ``annotate.imports.import_comparisons`` (validated, de-duplicated, transactional). Pairs whose
+    two responses are identical or empty are skipped. Returns the comparisons created; the
+    project's ``current_round`` moves to ``job.round``.
+    """
+    from annotate.imports import import_comparisons
+
+    if generate is None:
+        from ..worker.generation import generate_texts as generate
+
+    project = job.project
+    prompts = _choose_prompts(project, job.n_prompts, job.seed)
+    inputs = [p.messages if p.messages else p.text for p in prompts]
+    new_model = job.model_version
+    if job.compare_to is not None:
+        outs_a = generate(new_model.path, inputs, 1, job.max_new_tokens, job.temperature, job.seed)
+        if progress:
+            progress(0.5)
+        outs_b = generate(job.compare_to.path, inputs, 1, job.max_new_tokens, job.temperature, job.seed)
+        pairs = [(a[0], b[0]) for a, b in zip(outs_a, outs_b)]
+        model_b = job.compare_to.name
+    else:
+        outs = generate(new_model.path, inputs, 2, job.max_new_tokens, job.temperature, job.seed)
+        pairs = [(o[0], o[1]) for o in outs]
+        model_b = new_model.name
+    if progress:
+        progress(0.9)
+    lines = []
+    for prompt, (a, b) in zip(prompts, pairs):
+        a, b = a.strip(), b.strip()
+        if not a or not b or a == b:
+            continue
+        lines.append(
+            json.dumps(
+                {
+                    "prompt": prompt.messages if prompt.messages else prompt.text,
+                    "response_a": a,
+                    "response_b": b,
+                    "model_a": new_model.name,
+                    "model_b": model_b,
+                    "metadata": {"sampling_job": job.pk, "source": "training.sample_round"},
+                },
+                ensure_ascii=False,
+            )
+        )
+    if not lines:
+        raise TrainingError("every sampled pair was empty or identical; nothing to annotate")
+    data = io.BytesIO(("\n".join(lines) + "\n").encode("utf-8"))
+    with transaction.atomic():
+        result = import_comparisons(
+            project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round
+        )
+        Project.objects.filter(pk=project.pk, current_round__lt=job.round).update(current_round=job.round)
+    return result.created

@@ -1,0 +1,160 @@
+"""One training run on the worker, start to finish: claim the row, read and check the export's rows,
+train (in this process, or under the launcher), and record the outcome -- the registered output
+model on success, the last checkpoint on cancel, the error on failure.
+
+torch and the trainer are imported inside the functions: importing this module loads neither.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from ..models import RunStatus, TrainingRun
+from ..services import registry, rows, runs
+from ..services.hyperparameters import effective_config
+from .launcher import train_in_subprocess, training_launcher
+from .reporting import Heartbeat, RunReporter, compact_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _check_device(config: dict) -> None:
+    import torch
+
+    if config.get("device") == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "this run asks for a GPU (device='cuda') but the worker has no CUDA GPU; "
+            "run a worker on a GPU machine or set device to 'auto' or 'cpu'"
+        )
+
+
+def execute_run(run: TrainingRun) -> str:
+    """Run the trainer for a claimed run; returns the final status. Raises on failure."""
+    from ..config import TrainConfig
+    from ..trainer.loop import train
+
+    reporter = RunReporter(run)
+    if run.export is None:
+        raise ValueError("the run has no export to train on")
+    config = effective_config(run)
+    _check_device(config)
+    dropped: dict = {}
+    train_rows, test_rows = rows.run_rows(run, dropped)
+    if any(dropped.values()):
+        reporter.log(
+            f"left out of export {run.export_id}: {dropped['ties']} tie / both-bad rows, "
+            f"{dropped['empty']} rows with an empty prompt or response"
+        )
+    rows.check_rows(train_rows, test_rows, run.hyperparameters or {})
+    kwargs = {}
+    if test_rows and "eval_pairs" in inspect.signature(train).parameters:
+        kwargs["eval_pairs"] = test_rows  # the export's own held-out split
+    cfg = TrainConfig.from_dict(config)
+    import torch
+
+    device = "cuda" if (cfg.device != "cpu" and torch.cuda.is_available()) else "cpu"
+    TrainingRun.objects.filter(pk=run.pk).update(device=device)
+    reporter.log(
+        f"training {run.recipe} on {len(train_rows)} pairs from export {run.export_id} "
+        f"(device {device}), output in {run.out_dir}"
+    )
+    heartbeat = Heartbeat(reporter)
+    heartbeat.start()
+    try:
+        launcher = training_launcher()
+        if launcher:
+            reporter.log(f"launching: {' '.join(launcher)} -m training.trainer")
+            result = train_in_subprocess(
+                launcher, cfg.to_dict(), run.base_model.path, train_rows, run.out_dir, reporter
+            )
+        else:
+            result = train(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
+    finally:
+        heartbeat.stop()
+
+    summary = {
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "final": compact_metrics(result.metrics or {}),
+        "eval": compact_metrics(result.eval_metrics or {}),
+        "train_pairs": len(train_rows),
+        "test_pairs": len(test_rows) if kwargs else 0,
+    }
+    now = timezone.now()
+    if result.status == "cancelled":
+        reporter.log(
+            f"cancelled at step {result.steps}; the last checkpoint is kept in {run.out_dir}/checkpoints",
+            status=RunStatus.CANCELLED,
+            finished_at=now,
+            summary=summary,
+            eta_seconds=None,
+            step=result.steps,
+        )
+        return RunStatus.CANCELLED
+
+    run.refresh_from_db()
+    version = registry.register_model(
+        registry.output_model_name(run),
+        result.final_path,
+        parent=run.base_model,
+        project=run.project,
+        description=f"{run.get_recipe_display()} of {run.base_model.name} (export {run.export_id})",
+        created_by=run.created_by,
+        training_run=run,
+        round=_trained_round(run),
+        metrics={
+            **summary["eval"],
+            **{f"final_{k}": v for k, v in summary["final"].items() if isinstance(v, (int, float))},
+        },
+        replace=True,
+    )
+    reporter.log(
+        f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path})",
+        status=RunStatus.SUCCEEDED,
+        finished_at=now,
+        summary=summary,
+        output_model=version,
+        progress=1.0,
+        eta_seconds=0,
+        step=result.steps,
+        total_steps=result.total_steps,
+    )
+    return RunStatus.SUCCEEDED
+
+
+def _trained_round(run: TrainingRun) -> int:
+    """The latest round in the run's export (its ``rounds`` filter), else the project's round."""
+    rounds = (run.export.params or {}).get("rounds") if run.export else None
+    if isinstance(rounds, list) and rounds and all(isinstance(r, int) for r in rounds):
+        return max(rounds)
+    return run.project.current_round
+
+
+def train_run(run_id: int, task_id: str = "") -> str:
+    """The ``run_training`` task: claim run ``run_id`` and train it; returns the run's final status,
+    or "skipped" when it must not run here (finished, cancelled, held by another live worker).
+    Idempotent: a redelivered or late message is harmless."""
+    run = runs.claim_run(run_id, task_id)
+    if run is None:
+        return "skipped"
+    try:
+        status = execute_run(run)
+    except Exception as exc:  # noqa: BLE001 - the row says what went wrong; no automatic retry
+        log.exception("training run %s failed", run_id)
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+        runs.append_run_log(
+            run_id,
+            f"failed: {message[:2000]}",
+            status=RunStatus.FAILED,
+            error=message[:5000],
+            finished_at=timezone.now(),
+            eta_seconds=None,
+        )
+        return RunStatus.FAILED
+    finally:
+        close_old_connections()
+    return status

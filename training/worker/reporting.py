@@ -1,0 +1,128 @@
+"""How a training run reports from the worker: the trainer's callbacks write progress, metrics and
+log lines into the run's row, and a heartbeat thread keeps ``heartbeat_at`` fresh while the
+trainer is busy between steps (so no one mistakes the run for lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from django.db import connection
+from django.utils import timezone
+
+from ..models import TrainingMetric, TrainingRun
+from ..services import runs
+
+log = logging.getLogger(__name__)
+
+#: Metric keys kept in ``TrainingMetric.data`` (everything numeric the trainer reports but ids).
+SKIP_METRIC_KEYS = {"batch_ids"}
+
+
+def compact_metrics(metrics: dict) -> dict:
+    """Numbers rounded to 5 significant digits, lists and ids dropped; strings kept."""
+    out = {}
+    for key, value in metrics.items():
+        if key in SKIP_METRIC_KEYS or isinstance(value, (list, dict, tuple)):
+            continue
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                continue
+            out[key] = float(f"{v:.5g}") if math.isfinite(v) else None
+    return out
+
+
+class RunReporter:
+    """The trainer's callbacks for one run: every write goes to the run's row (log lines are
+    appended by the database, so a cancel logged by the web process is never overwritten)."""
+
+    def __init__(self, run: TrainingRun):
+        self.run_id = run.pk
+        self.total_steps = run.total_steps
+        self._last_heartbeat = 0.0
+        self._lock = threading.Lock()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _update(self, message: str | None = None, **fields) -> None:
+        now = timezone.now()
+        fields.setdefault("heartbeat_at", now)
+        fields["updated_at"] = now
+        if message is not None:
+            fields["logs"] = runs.log_expression(message)
+        with self._lock:
+            TrainingRun.objects.filter(pk=self.run_id).update(**fields)
+            self._last_heartbeat = time.monotonic()
+
+    def log(self, message: str, **fields) -> None:
+        self._update(message, **fields)
+
+    def heartbeat(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= runs.HEARTBEAT_INTERVAL_S:
+            self._update()
+
+    # -- the trainer's callbacks --------------------------------------------------------------
+    def on_log(self, message: str) -> None:
+        self.log(message)
+
+    def on_step(self, metrics: dict) -> None:
+        data = compact_metrics(metrics)
+        step = int(metrics.get("step", 0))
+        total = int(metrics.get("total_steps") or self.total_steps or 0)
+        self.total_steps = total
+        TrainingMetric.objects.update_or_create(run_id=self.run_id, step=step, defaults={"data": data})
+        eta = metrics.get("eta_s")
+        parts = [f"step {step}/{total}", f"{metrics.get('phase', '')}"]
+        for key in ("loss", "reward_accuracy", "reward_margin", "eval_reward_accuracy", "lr"):
+            if key in data and data[key] is not None:
+                parts.append(f"{key}={data[key]:.4g}")
+        self._update(
+            " ".join(p for p in parts if p),
+            step=step,
+            total_steps=total,
+            progress=min(1.0, step / total) if total else 0.0,
+            eta_seconds=float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None,
+        )
+
+    def on_eval(self, metrics: dict) -> None:
+        pass  # the eval_* keys also arrive through on_step
+
+    def should_stop(self) -> bool:
+        self.heartbeat()
+        return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+
+    def on_checkpoint(self, path: str) -> None:
+        pass  # on_log reports it too
+
+
+class Heartbeat(threading.Thread):
+    """Keeps ``heartbeat_at`` fresh while the trainer is busy between steps (loading a large
+    model, pre-computing reference log-probs, saving), so no one mistakes the run for lost."""
+
+    def __init__(self, reporter: RunReporter, interval: float = runs.HEARTBEAT_INTERVAL_S):
+        super().__init__(daemon=True, name=f"heartbeat-run-{reporter.run_id}")
+        self.reporter = reporter
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    self.reporter.heartbeat()
+                except Exception:  # noqa: BLE001 - a missed heartbeat is not fatal
+                    log.warning("heartbeat of run %s failed", self.reporter.run_id, exc_info=True)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
