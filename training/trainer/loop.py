@@ -47,6 +47,9 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     cfg.validate()
+    if cfg.recipe not in RECIPE_PHASES:
+        raise ValueError(f"recipe {cfg.recipe!r} is not one of this trainer's ({', '.join(RECIPE_PHASES)}); "
+                         f"the RLHF recipes run through training.rlhf.train_rlhf")
     check_device(cfg)
     if eval_pairs is not None:
         eval_pairs = list(eval_pairs)
