@@ -166,21 +166,7 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
     progress.stage("aggregate")
 
     pool_ids, worker_pool_dense = np.unique(table.worker_pool, return_inverse=True)
-    j = Judgments(
-        item=table.item,
-        worker=table.worker,
-        label=table.label,
-        a_left=table.a_left,
-        a_left_known=table.a_left_known,
-        seconds=table.seconds,
-        both_bad=table.both_bad,
-        n_items=table.n_items,
-        n_workers=table.n_workers,
-        pool=worker_pool_dense.astype(np.int64),
-        gold=table.gold,
-        len_a=table.len_a.astype(np.float64),
-        len_b=table.len_b.astype(np.float64),
-    )
+    j = table.to_judgments(worker_pool_dense.astype(np.int64))
     # Dawid–Skene accuracies stand in for gold accuracy in the weight rule where gold is scarce.
     if opts.method in ("dawid_skene", "dawid_skene_debiased"):
         result = agg.aggregate(j, opts.method, pool_balanced=opts.pool_balanced)
