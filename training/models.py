@@ -148,16 +148,10 @@ class TrainingMetric(models.Model):
         return f"Run {self.run_id} step {self.step}"
 
 
-class GenerationSample(models.Model):
-    """A prompt sent to a model version from the run page, answered by a worker task."""
+class WorkerJob(models.Model):
+    """What a job answered by a gpu worker task records: its status, the error when it failed,
+    who asked and when, when it ended. Newest first."""
 
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="samples")
-    run = models.ForeignKey(
-        TrainingRun, null=True, blank=True, on_delete=models.CASCADE, related_name="samples"
-    )
-    prompt = models.TextField()
-    max_new_tokens = models.PositiveIntegerField(default=48)
-    output = models.TextField(blank=True, default="")
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     error = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
@@ -167,13 +161,26 @@ class GenerationSample(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at", "-pk"]
+
+
+class GenerationSample(WorkerJob):
+    """A prompt sent to a model version from the run page, answered by a worker task."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="samples")
+    run = models.ForeignKey(
+        TrainingRun, null=True, blank=True, on_delete=models.CASCADE, related_name="samples"
+    )
+    prompt = models.TextField()
+    max_new_tokens = models.PositiveIntegerField(default=48)
+    output = models.TextField(blank=True, default="")
 
     def __str__(self) -> str:
         return f"Sample {self.pk} from {self.model_version}"
 
 
-class SamplingJob(models.Model):
+class SamplingJob(WorkerJob):
     """New responses from ``model_version`` (vs. ``compare_to``, or two samples of it) for
     ``n_prompts`` prompts, imported as round ``round`` comparisons of ``project``."""
 
@@ -195,18 +202,8 @@ class SamplingJob(models.Model):
     temperature = models.FloatField(default=0.8)
     seed = models.IntegerField(default=0)
     round = models.PositiveIntegerField(help_text="The round the new comparisons belong to.")
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     progress = models.FloatField(default=0.0)
     n_created = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True, default="")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
         return f"Sampling {self.pk}: {self.model_version} -> round {self.round}"

@@ -6,14 +6,8 @@ import torch
 
 from training import losses
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # One pair, worked by hand: beta = 0.5
 #   chosen log-ratio   = -1.0 - (-1.5) = 0.5

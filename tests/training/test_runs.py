@@ -387,7 +387,7 @@ def test_runs_list_and_metrics_api(scene, client):
 
 
 def test_svg_plot_escapes_and_handles_edge_cases():
-    from training.views import svg_line_plot
+    from training.plots import svg_line_plot
 
     assert "no data yet" in svg_line_plot("empty", [])
     one = svg_line_plot("<one>", [("a&b", [(3, 1.0)])])

@@ -10,14 +10,7 @@ from training.tiny_model import ModelLoadError, build_default_model, load_model_
 
 TEXTS = ["Human: What is the capital of France?\n\nAssistant: Paris.", "The cat sat on the mat."] * 10
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models run fastest on one thread (and do not fight other test processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

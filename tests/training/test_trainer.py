@@ -22,14 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = ("apple river stone cloud green music table window garden light paper dream horse silver ocean "
          "forest winter candle").split()
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models run fastest on one thread (and do not fight other test processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def synthetic_pairs(n, seed=0):

@@ -33,14 +33,7 @@ PAIRS = [
     {"prompt": "Human: Count to three.\n\nAssistant:", "chosen": " 1 2 3", "rejected": " 3 2 1 go"},
 ]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models run fastest on one thread (and do not fight other test processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

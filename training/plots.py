@@ -1,0 +1,154 @@
+"""The run page's plots: server-side SVG line plots of a run's metric rows, no JavaScript.
+
+``PLOTS`` says which metrics the page draws (SFT and DPO phases apart, held-out beside training);
+``svg_line_plot`` draws one, escaping every text, downsampled to ``MAX_PLOT_POINTS`` points.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+from django.utils.safestring import mark_safe
+
+MAX_PLOT_POINTS = 300
+
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+
+
+def _fmt(v: float) -> str:
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-3:
+        return f"{v:.1e}"
+    if a >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def _downsample(points: list[tuple[int, float]], n: int = MAX_PLOT_POINTS) -> list[tuple[int, float]]:
+    if len(points) <= n:
+        return points
+    stride = len(points) / n
+    picked = [points[int(i * stride)] for i in range(n)]
+    if picked[-1] != points[-1]:
+        picked.append(points[-1])
+    return picked
+
+
+def svg_line_plot(
+    title: str,
+    series: list[tuple[str, list[tuple[int, float]]]],
+    *,
+    width: int = 360,
+    height: int = 180,
+    y_range: tuple[float, float] | None = None,
+) -> str:
+    """An SVG line plot of ``series`` = ``[(name, [(step, value), ...]), ...]`` over the step axis.
+
+    Every text is escaped; the SVG scales with its container (``viewBox``). A series with one
+    point is drawn as a dot."""
+    series = [(name, _downsample([(s, v) for s, v in pts if math.isfinite(v)])) for name, pts in series]
+    series = [(name, pts) for name, pts in series if pts]
+    t = escape(title)
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" width="100%" '
+        f'role="img" aria-label="{t}"><title>{t}</title>'
+        f'<text x="8" y="16" class="plot-title">{t}</text>'
+    )
+    if not series:
+        return mark_safe(
+            head + f'<text x="{width / 2}" y="{height / 2 + 8}" text-anchor="middle" '
+            f'class="plot-empty">no data yet</text></svg>'
+        )
+    xs = [s for _, pts in series for s, _ in pts]
+    ys = [v for _, pts in series for _, v in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = (min(ys), max(ys)) if y_range is None else y_range
+    if y_range is not None:
+        y0, y1 = min(y0, min(ys)), max(y1, max(ys))
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 - y0 < 1e-12:
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    left, right, top, bottom = 46, 10, max(26, 8 + 12 * len(series)), 22
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(s):
+        return left + pw * (s - x0) / (x1 - x0)
+
+    def py(v):
+        return top + ph * (1 - (v - y0) / (y1 - y0))
+
+    out = [head]
+    for frac in (0.0, 0.5, 1.0):
+        v = y0 + (y1 - y0) * frac
+        y = py(v)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="plot-gridline"/>')
+        tick = escape(_fmt(v))
+        out.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" class="plot-tick">{tick}</text>')
+    out.append(f'<text x="{left}" y="{height - 6}" class="plot-tick">step {x0}</text>')
+    out.append(f'<text x="{left + pw}" y="{height - 6}" text-anchor="end" class="plot-tick">{x1}</text>')
+    legend_x = width - right
+    for i, (name, pts) in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        if len(pts) == 1:
+            s, v = pts[0]
+            out.append(f'<circle cx="{px(s):.1f}" cy="{py(v):.1f}" r="2.5" fill="{color}"/>')
+        else:
+            d = " ".join(f"{'M' if j == 0 else 'L'}{px(s):.1f},{py(v):.1f}" for j, (s, v) in enumerate(pts))
+            out.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"/>')
+        if len(series) > 1 or name:
+            label = f"{name} {_fmt(pts[-1][1])}"
+            out.append(
+                f'<text x="{legend_x}" y="{14 + i * 12}" text-anchor="end" class="plot-legend" '
+                f'fill="{color}">{escape(label)}</text>'
+            )
+    out.append("</svg>")
+    return mark_safe("".join(out))
+
+
+#: The run page's plots: (title, [(series name, metric key, phase or None)], y range or None).
+PLOTS = (
+    (
+        "Loss",
+        [
+            ("SFT", "loss", "sft"),
+            ("DPO", "loss", "dpo"),
+            ("eval SFT", "eval_loss", "sft"),
+            ("eval DPO", "eval_loss", "dpo"),
+        ],
+        None,
+    ),
+    (
+        "DPO reward accuracy",
+        [("train", "reward_accuracy", None), ("held-out", "eval_reward_accuracy", None)],
+        (0.0, 1.0),
+    ),
+    ("DPO reward margin", [("train", "reward_margin", None), ("held-out", "eval_reward_margin", None)], None),
+    ("Log-probs", [("chosen", "chosen_logps", None), ("rejected", "rejected_logps", None)], None),
+    ("KL to reference", [("", "kl_to_ref", None)], None),
+    ("Learning rate", [("", "lr", None)], None),
+    ("Tokens / s", [("", "tokens_per_s", None)], None),
+)
+
+
+def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
+    """The run page's SVG plots from its ``(step, data)`` metric rows."""
+    plots = []
+    for title, spec, y_range in PLOTS:
+        series = []
+        for name, key, phase in spec:
+            pts = [
+                (step, float(d[key]))
+                for step, d in rows
+                if isinstance(d.get(key), (int, float))
+                and not isinstance(d.get(key), bool)
+                and (phase is None or d.get("phase") == phase)
+            ]
+            if pts:
+                series.append((name, pts))
+        plots.append(svg_line_plot(title, series, y_range=y_range))
+    return plots
