@@ -20,13 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = ("apple river stone cloud green music table window garden light paper dream horse silver ocean "
          "forest winter candle").split()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def upper_pairs(n, seed=0):

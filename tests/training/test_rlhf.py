@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from training.config import TrainConfig
 from training.rlhf import plan_phase_steps, tokenizer_problem, train_rlhf
@@ -14,13 +13,7 @@ from .test_ppo import WORDS, upper_pairs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ PAIRS = [
     {"prompt": "Human: Count to three.\n\nAssistant:", "chosen": " 1 2 3", "rejected": " 3 2 1 go", "margin": 1 / 3},
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
