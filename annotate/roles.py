@@ -59,6 +59,13 @@ def project_and_membership(user, project_id: int, *roles: str) -> tuple[Project,
     return project, m
 
 
+def roles_by_project(user) -> dict[int, str]:
+    """The user's role in each project they have one in, by project id."""
+    if user.is_superuser:
+        return {pk: Role.ADMIN for pk in Project.objects.values_list("pk", flat=True)}
+    return dict(Membership.objects.filter(user=user).values_list("project_id", "role"))
+
+
 def visible_projects(user):
     """Projects the user has any role in."""
     if user.is_superuser:

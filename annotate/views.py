@@ -18,16 +18,16 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Avg, Count, Max, Q
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import queue, services
+from . import queue, selectors, services
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
-from .models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Pool, Project, Role
+from .models import Assignment, AssignmentStatus, Membership, Pool, Project, Role
 from .rendering import render_markdown
 from .roles import READ_ROLES, project_and_membership, project_for, role_of, visible_projects
 
@@ -137,14 +137,6 @@ def project_settings(request, pk: int):
     return _project_page(request, project, Role.ADMIN, "annotate/project_form.html", {"form": form, "tab": "settings"})
 
 
-def _pool_rows(project: Project):
-    pools = list(project.pools.annotate(n_members=Count("members", filter=Q(members__project=project))))
-    total = sum(p.target_share for p in pools if p.target_share > 0)
-    for p in pools:
-        p.normalized = (p.target_share / total) if total > 0 and p.target_share > 0 else 0.0
-    return pools, total
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_pools(request, pk: int):
@@ -154,7 +146,7 @@ def project_pools(request, pk: int):
         pool = form.save()
         messages.success(request, f"Pool “{pool.name}” added.")
         return redirect("project_pools", pk=project.pk)
-    pools, total = _pool_rows(project)
+    pools, total = selectors.pool_rows(project)
     return _project_page(
         request,
         project,
@@ -174,7 +166,7 @@ def project_pool_edit(request, pk: int, pool_id: int):
         form.save()
         messages.success(request, f"Pool “{pool.name}” saved.")
         return redirect("project_pools", pk=project.pk)
-    pools, total = _pool_rows(project)
+    pools, total = selectors.pool_rows(project)
     return _project_page(
         request,
         project,
@@ -400,82 +392,8 @@ def project_import_progress(request, pk: int):
 def project_progress(request, pk: int):
     project = project_for(request.user, pk, *READ_ROLES)
     role = role_of(request.user, project)
-    regular = Comparison.objects.filter(project=project, is_gold=False)
-    counts = regular.aggregate(
-        total=Count("pk"),
-        complete=Count("pk", filter=Q(n_judgments__gte=project.overlap)),
-        open=Count("pk", filter=Q(is_open=True)),
-        untouched=Count("pk", filter=Q(n_judgments=0)),
-    )
-    counts["waiting"] = counts["total"] - counts["complete"] - counts["open"]
-    counts["gold"] = Comparison.objects.filter(project=project, is_gold=True).count()
-    counts["share_complete"] = counts["complete"] / counts["total"] if counts["total"] else 0.0
-
-    judgments = Judgment.objects.filter(project=project)
-    n_judgments = judgments.count()
-    n_gold_judgments = judgments.filter(comparison__is_gold=True).count()
-    per_pool = dict(judgments.values("pool_id").annotate(n=Count("pk")).values_list("pool_id", "n"))
-    pools, share_total = _pool_rows(project)
-    pool_rows = []
-    for p in pools:
-        n = per_pool.get(p.pk, 0)
-        pool_rows.append(
-            {"name": p.name, "n": n, "share": n / n_judgments if n_judgments else 0.0, "target": p.normalized}
-        )
-    if per_pool.get(None):
-        n = per_pool[None]
-        pool_rows.append({"name": "No pool", "n": n, "share": n / n_judgments, "target": None})
-
-    annotators = (
-        Membership.objects.filter(project=project, role=Role.ANNOTATOR)
-        .select_related("user", "pool")
-        .annotate(
-            done=Count(
-                "user__assignments",
-                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.DONE),
-            ),
-            skipped=Count(
-                "user__assignments",
-                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.SKIPPED),
-            ),
-            active=Count(
-                "user__assignments",
-                filter=Q(user__assignments__project=project, user__assignments__status=AssignmentStatus.ACTIVE),
-            ),
-        )
-        .order_by("pool__name", "user__username")
-    )
-    timing = dict(
-        (row["annotator_id"], row)
-        for row in judgments.values("annotator_id").annotate(avg_seconds=Avg("seconds"), last=Max("created_at"))
-    )
-    annotator_rows = [
-        {
-            "username": m.user.username,
-            "pool": m.pool.name if m.pool else "",
-            "excluded": m.excluded,
-            "done": m.done,
-            "skipped": m.skipped,
-            "active": m.active,
-            "avg_seconds": (timing.get(m.user_id) or {}).get("avg_seconds"),
-            "last": (timing.get(m.user_id) or {}).get("last"),
-        }
-        for m in annotators
-    ]
-    return _project_page(
-        request,
-        project,
-        role,
-        "annotate/progress.html",
-        {
-            "counts": counts,
-            "n_judgments": n_judgments,
-            "n_gold_judgments": n_gold_judgments,
-            "pool_rows": pool_rows,
-            "annotator_rows": annotator_rows,
-            "tab": "progress",
-        },
-    )
+    report = selectors.progress_report(project)
+    return _project_page(request, project, role, "annotate/progress.html", {**report, "tab": "progress"})
 
 
 # --------------------------------------------------------------------------------------------

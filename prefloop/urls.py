@@ -9,7 +9,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/", include("annotate.api_urls")),
+    path("api/", include("annotate.api.urls")),
     path("api/", include("evaluation.api_urls")),
     path("api/", include("training.api_urls")),
     path("", include("annotate.urls")),

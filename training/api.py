@@ -9,6 +9,8 @@ calls one function of ``training.services`` -- the same ones the pages call.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -18,10 +20,10 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from annotate.api import DENIED, MISSING, PROJECT_PARAM, ApiView
+from annotate.api.base import DENIED, MISSING, ApiView, int_param, one_or_404, project_schema
 from annotate.models import Membership, Role
 from annotate.permissions import IsProjectAdmin, IsProjectReader, ReaderOrAdminWrites
 from evaluation.models import Export
@@ -213,8 +215,13 @@ class SamplingJobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-def _raise(exc: TrainingError):
-    raise ValidationError({exc.field or "detail": [exc.message]})
+@contextmanager
+def _as_400():
+    """A ``TrainingError`` from the service becomes a 400 naming its field (nothing was created)."""
+    try:
+        yield
+    except TrainingError as exc:
+        raise ValidationError({exc.field or "detail": [exc.message]}) from None
 
 
 def _model_by_name_or_id(value: str, project) -> ModelVersion:
@@ -232,46 +239,40 @@ def _model_by_name_or_id(value: str, project) -> ModelVersion:
 
 
 @extend_schema_view(
-    get=extend_schema(
-        tags=["training"],
-        summary="Training runs of a project",
-        parameters=[PROJECT_PARAM],
+    get=project_schema(
+        "training",
+        "Training runs of a project",
+        {200: TrainingRunSerializer(many=True), 403: DENIED, 404: MISSING},
         description="Admins and researchers.",
-        responses={200: TrainingRunSerializer(many=True), 403: DENIED, 404: MISSING},
     ),
-    post=extend_schema(
-        tags=["training"],
-        summary="Launch a training run",
-        parameters=[PROJECT_PARAM],
+    post=project_schema(
+        "training",
+        "Launch a training run",
+        {201: TrainingRunSerializer, 400: BAD, 403: DENIED},
         description="Project admins only. Validated before any compute (hyperparameters against "
         "TrainConfig, the base model folder, the export's size, prompt lengths); then "
         "queued on the gpu worker.",
         request=LaunchRunSerializer,
-        responses={201: TrainingRunSerializer, 400: BAD, 403: DENIED},
     ),
 )
 class RunListCreate(ApiView, generics.ListAPIView):
     permission_classes = [ReaderOrAdminWrites]
     serializer_class = TrainingRunSerializer
 
-    def get_queryset(self):
-        if self.fake:
-            return TrainingRun.objects.none()
+    def rows(self):
         return TrainingRun.objects.filter(project=self.project).select_related(
             "base_model", "output_model", "created_by"
         )
 
     def post(self, request, project_pk: int):
-        data = LaunchRunSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
+        values = self.valid(LaunchRunSerializer)
         base = _model_by_name_or_id(values["base_model"], self.project)
         export = None
         if values.get("export") is not None:
             export = Export.objects.filter(pk=values["export"], project=self.project).first()
             if export is None:
                 raise ValidationError({"export": [f"no export {values['export']} in this project"]})
-        try:
+        with _as_400():
             run = launch_run(
                 self.project,
                 base_model=base,
@@ -280,27 +281,27 @@ class RunListCreate(ApiView, generics.ListAPIView):
                 hyperparameters=values.get("hyperparameters") or {},
                 created_by=request.user,
             )
-        except TrainingError as exc:
-            _raise(exc)
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
-def _run(view, run_pk: int) -> TrainingRun:
-    run = (
-        TrainingRun.objects.filter(pk=run_pk, project=view.project)
-        .select_related("base_model", "output_model", "created_by")
-        .first()
+def _run(view, run_pk: int, *, trained: bool = False) -> TrainingRun:
+    """The project's run (404 otherwise); with ``trained``, 400 unless it has an output model."""
+    run = one_or_404(
+        TrainingRun.objects.select_related("base_model", "output_model", "created_by"),
+        "No such run in this project.",
+        pk=run_pk,
+        project=view.project,
     )
-    if run is None:
-        raise NotFound("No such run in this project.")
+    if trained and run.output_model is None:
+        raise ValidationError({"detail": ["this run has no output model yet"]})
     return run
 
 
-@extend_schema(
-    tags=["training"],
-    summary="A training run (status, progress, summary, log tail)",
-    parameters=[PROJECT_PARAM, RUN_PARAM],
-    responses={200: TrainingRunDetailSerializer, 403: DENIED, 404: MISSING},
+@project_schema(
+    "training",
+    "A training run (status, progress, summary, log tail)",
+    {200: TrainingRunDetailSerializer, 403: DENIED, 404: MISSING},
+    parameters=[RUN_PARAM],
 )
 class RunDetail(ApiView):
     permission_classes = [IsProjectReader]
@@ -309,116 +310,99 @@ class RunDetail(ApiView):
         return Response(TrainingRunDetailSerializer(_run(self, run_pk)).data)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="A run's metrics time series",
+@project_schema(
+    "training",
+    "A run's metrics time series",
+    {200: MetricSerializer(many=True), 403: DENIED, 404: MISSING},
     description="One row per logged step. `since` returns only steps after it (for polling).",
-    parameters=[
-        PROJECT_PARAM,
-        RUN_PARAM,
-        OpenApiParameter("since", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False),
-    ],
-    responses={200: MetricSerializer(many=True), 403: DENIED, 404: MISSING},
+    parameters=[RUN_PARAM, OpenApiParameter("since", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False)],
 )
 class RunMetrics(ApiView):
     permission_classes = [IsProjectReader]
+    pagination_class = None  # a time series, answered whole; clients poll with ``since``
 
     def get(self, request, project_pk: int, run_pk: int):
         run = _run(self, run_pk)
         qs = TrainingMetric.objects.filter(run=run).order_by("step")
-        since = request.query_params.get("since")
-        if since not in (None, ""):
-            try:
-                qs = qs.filter(step__gt=int(since))
-            except ValueError:
-                raise ValidationError({"since": ["Must be an integer."]}) from None
+        since = int_param(request, "since", ["Must be an integer."])
+        if since is not None:
+            qs = qs.filter(step__gt=since)
         return Response(MetricSerializer(qs, many=True).data)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="Cancel a run",
+@project_schema(
+    "training",
+    "Cancel a run",
+    {200: TrainingRunSerializer, 400: BAD, 403: DENIED, 404: MISSING},
     description="Project admins only. The run stops before its next step and keeps its last checkpoint.",
     request=None,
-    parameters=[PROJECT_PARAM, RUN_PARAM],
-    responses={200: TrainingRunSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+    parameters=[RUN_PARAM],
 )
 class RunCancel(ApiView):
     permission_classes = [IsProjectAdmin]
 
     def post(self, request, project_pk: int, run_pk: int):
-        try:
+        with _as_400():
             run = cancel_run(_run(self, run_pk), request.user)
-        except TrainingError as exc:
-            _raise(exc)
         return Response(TrainingRunSerializer(run).data)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="Generate a sample from a run's output model",
+@project_schema(
+    "training",
+    "Generate a sample from a run's output model",
+    {202: GenerationSampleSerializer, 400: BAD, 403: DENIED, 404: MISSING},
     description="Admins and researchers. Queued on the gpu worker; poll the returned sample.",
     request=SampleRequestSerializer,
-    parameters=[PROJECT_PARAM, RUN_PARAM],
-    responses={202: GenerationSampleSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+    parameters=[RUN_PARAM],
 )
 class RunSample(ApiView):
     permission_classes = [IsProjectReader]
 
     def post(self, request, project_pk: int, run_pk: int):
-        run = _run(self, run_pk)
-        if run.output_model is None:
-            raise ValidationError({"detail": ["this run has no output model yet"]})
-        data = SampleRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
+        run = _run(self, run_pk, trained=True)
+        data = self.valid(SampleRequestSerializer)
+        with _as_400():
             sample = request_sample(
                 run.output_model,
-                data.validated_data["prompt"],
+                data["prompt"],
                 run=run,
                 user=request.user,
-                max_new_tokens=data.validated_data["max_new_tokens"],
+                max_new_tokens=data["max_new_tokens"],
             )
-        except TrainingError as exc:
-            _raise(exc)
         return Response(GenerationSampleSerializer(sample).data, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="A generated sample",
-    parameters=[PROJECT_PARAM, OpenApiParameter("sample_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
-    responses={200: GenerationSampleSerializer, 403: DENIED, 404: MISSING},
+@project_schema(
+    "training",
+    "A generated sample",
+    {200: GenerationSampleSerializer, 403: DENIED, 404: MISSING},
+    parameters=[OpenApiParameter("sample_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
 )
 class SampleDetail(ApiView):
     permission_classes = [IsProjectReader]
 
     def get(self, request, project_pk: int, sample_pk: int):
-        sample = GenerationSample.objects.filter(pk=sample_pk, run__project=self.project).first()
-        if sample is None:
-            raise NotFound("No such sample in this project.")
+        sample = one_or_404(
+            GenerationSample.objects, "No such sample in this project.", pk=sample_pk, run__project=self.project
+        )
         return Response(GenerationSampleSerializer(sample).data)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="Sample the next annotation round from a run's output model",
+@project_schema(
+    "training",
+    "Sample the next annotation round from a run's output model",
+    {202: SamplingJobSerializer, 400: BAD, 403: DENIED, 404: MISSING},
     description="Project admins only. New responses become round `current_round + 1` comparisons.",
     request=SampleRoundRequestSerializer,
-    parameters=[PROJECT_PARAM, RUN_PARAM],
-    responses={202: SamplingJobSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+    parameters=[RUN_PARAM],
 )
 class RunSampleRound(ApiView):
     permission_classes = [IsProjectAdmin]
 
     def post(self, request, project_pk: int, run_pk: int):
-        run = _run(self, run_pk)
-        if run.output_model is None:
-            raise ValidationError({"detail": ["this run has no output model yet"]})
-        data = SampleRoundRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        try:
+        run = _run(self, run_pk, trained=True)
+        v = self.valid(SampleRoundRequestSerializer)
+        with _as_400():
             job = queue_sample_round(
                 self.project,
                 run.output_model,
@@ -429,24 +413,22 @@ class RunSampleRound(ApiView):
                 max_new_tokens=v["max_new_tokens"],
                 temperature=v["temperature"],
             )
-        except TrainingError as exc:
-            _raise(exc)
         return Response(SamplingJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema(
-    tags=["training"],
-    summary="A next-round sampling job",
-    parameters=[PROJECT_PARAM, OpenApiParameter("job_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
-    responses={200: SamplingJobSerializer, 403: DENIED, 404: MISSING},
+@project_schema(
+    "training",
+    "A next-round sampling job",
+    {200: SamplingJobSerializer, 403: DENIED, 404: MISSING},
+    parameters=[OpenApiParameter("job_pk", OpenApiTypes.INT, OpenApiParameter.PATH)],
 )
 class SamplingJobDetail(ApiView):
     permission_classes = [IsProjectReader]
 
     def get(self, request, project_pk: int, job_pk: int):
-        job = SamplingJob.objects.filter(pk=job_pk, project=self.project).first()
-        if job is None:
-            raise NotFound("No such sampling job in this project.")
+        job = one_or_404(
+            SamplingJob.objects, "No such sampling job in this project.", pk=job_pk, project=self.project
+        )
         return Response(SamplingJobSerializer(job).data)
 
 
@@ -483,9 +465,7 @@ def _is_reader_somewhere(user) -> bool:
 class ModelListCreate(ApiView, generics.ListAPIView):
     serializer_class = ModelVersionSerializer
 
-    def get_queryset(self):
-        if self.fake:
-            return ModelVersion.objects.none()
+    def rows(self):
         if not _is_reader_somewhere(self.request.user):
             raise PermissionDenied("Only admins and researchers see the model registry.")
         return ModelVersion.objects.select_related("parent")
@@ -493,15 +473,13 @@ class ModelListCreate(ApiView, generics.ListAPIView):
     def post(self, request):
         if not _is_admin_somewhere(request.user):
             raise PermissionDenied("Only admins may register models.")
-        data = RegisterModelSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = self.valid(RegisterModelSerializer)
         parent = None
         if v.get("parent"):
             parent = ModelVersion.objects.filter(name=v["parent"]).first()
             if parent is None:
                 raise ValidationError({"parent": [f"no registered model named {v['parent']!r}"]})
-        try:
+        with _as_400():
             version = register_model_for(
                 request.user,
                 v["name"],
@@ -509,6 +487,4 @@ class ModelListCreate(ApiView, generics.ListAPIView):
                 parent=parent,
                 description=v.get("description", ""),
             )
-        except TrainingError as exc:
-            _raise(exc)
         return Response(ModelVersionSerializer(version).data, status=status.HTTP_201_CREATED)

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from annotate.api import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
+from annotate.api.base import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
 from annotate.permissions import IsProjectReader
 
 from ..models import Export

@@ -14,21 +14,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from annotate import queue
-from annotate.models import (
-    Assignment,
-    AssignmentStatus,
-    Choice,
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Assignment, AssignmentStatus, Choice, Comparison, Judgment, Membership, Pool
+from annotate.models import Project, Role
+from tests.factories import TEST_PASSWORD, make_comparison, make_pool, make_project, make_team, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -40,47 +28,16 @@ def url(name, *args):
     return reverse(f"annotate-api:{name}", args=args)
 
 
-def make_comparison(project, i, *, gold=None, model_a="", model_b="", metadata=None, source_preference=""):
-    prompt = Prompt.objects.create(project=project, text=f"prompt {i}", content_hash=content_hash(f"prompt {i}"))
-    a = Response.objects.create(
-        prompt=prompt, text=f"response A{i}", model_name=model_a, content_hash=content_hash(f"response A{i}")
-    )
-    b = Response.objects.create(
-        prompt=prompt, text=f"response B{i}", model_name=model_b, content_hash=content_hash(f"response B{i}")
-    )
-    c = Comparison.objects.create(
-        project=project,
-        prompt=prompt,
-        response_a=a,
-        response_b=b,
-        pair_hash=content_hash(f"pair {i}"),
-        is_gold=gold is not None,
-        metadata=metadata or {},
-        source_preference=source_preference,
-    )
-    if gold is not None:
-        GoldAnswer.objects.create(comparison=c, answer=gold)
-    return c
-
-
 class World:
     """A project with an admin, a researcher, two annotators, an outsider and some comparisons."""
 
     def __init__(self, n=4, **project_kwargs):
-        defaults = dict(name="Helpfulness", overlap=2, gold_rate=0.0, allow_ties=True)
-        defaults.update(project_kwargs)
-        self.staff = User.objects.create_user("staff", password="pw-staff", is_staff=True)
-        self.admin = User.objects.create_user("admin", password="pw-admin")
-        self.researcher = User.objects.create_user("researcher", password="pw-researcher")
-        self.ann1 = User.objects.create_user("ann1", password="pw-ann1")
-        self.ann2 = User.objects.create_user("ann2", password="pw-ann2")
-        self.outsider = User.objects.create_user("outsider", password="pw-outsider")
-        self.project = Project.objects.create(**defaults)
-        self.pool = Pool.objects.create(project=self.project, name="EU", target_share=0.5)
-        Membership.objects.create(project=self.project, user=self.admin, role=Role.ADMIN)
-        Membership.objects.create(project=self.project, user=self.researcher, role=Role.RESEARCHER)
-        for ann in (self.ann1, self.ann2):
-            Membership.objects.create(project=self.project, user=ann, role=Role.ANNOTATOR, pool=self.pool)
+        self.staff = make_user("staff", password=TEST_PASSWORD, is_staff=True)
+        self.project = make_project(**{"name": "Helpfulness", "overlap": 2, "allow_ties": True, **project_kwargs})
+        self.pool = make_pool(self.project, "EU", target_share=0.5)
+        team = make_team(self.project, pool=self.pool, password=TEST_PASSWORD)
+        self.admin, self.researcher, self.outsider = team.admin, team.researcher, team.outsider
+        self.ann1, self.ann2 = team.annotators
         self.comparisons = [make_comparison(self.project, i, model_a="m-a", model_b="m-b") for i in range(n)]
 
     def client(self, user=None) -> APIClient:
@@ -88,11 +45,6 @@ class World:
         if user is not None:
             c.force_authenticate(user)
         return c
-
-
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -105,7 +57,7 @@ def world():
 
 def test_token_endpoint_and_token_auth(world):
     anon = APIClient()
-    r = anon.post(url("token"), {"username": "ann1", "password": "pw-ann1"}, format="json")
+    r = anon.post(url("token"), {"username": "ann1", "password": TEST_PASSWORD}, format="json")
     assert r.status_code == 200
     token = r.json()["token"]
     assert Token.objects.get(user=world.ann1).key == token
@@ -129,7 +81,7 @@ def test_anonymous_gets_401(world):
 
 def test_session_auth_works(world):
     c = APIClient()
-    assert c.login(username="researcher", password="pw-researcher")
+    assert c.login(username="researcher", password=TEST_PASSWORD)
     assert c.get(url("project-detail", world.project.pk)).status_code == 200
 
 

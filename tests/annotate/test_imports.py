@@ -331,21 +331,21 @@ def test_a_bad_last_line_leaves_the_database_unchanged(project):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failure_while_writing_rolls_everything_back(monkeypatch):
-    import annotate.imports as imports
+    from annotate.imports import bulk
 
     project = Project.objects.create(name="rollback")
-    real_insert = imports._insert
+    real_insert = bulk.insert_rows
 
     def failing_insert(model, *args, **kwargs):
         if model is GoldAnswer:  # the last table written
             raise RuntimeError("disk full")
         return real_insert(model, *args, **kwargs)
 
-    monkeypatch.setattr(imports, "_insert", failing_insert)
+    monkeypatch.setattr(bulk, "insert_rows", failing_insert)
     with pytest.raises(RuntimeError, match="disk full"):
         run(project, jsonl(*GOOD))
     assert counts() == (0, 0, 0, 0)  # prompts, responses and comparisons were written, then rolled back
-    monkeypatch.setattr(imports, "_insert", real_insert)
+    monkeypatch.setattr(bulk, "insert_rows", real_insert)
     assert run(project, jsonl(*GOOD)).created == 3
 
 

@@ -20,20 +20,10 @@ from django.urls.resolvers import RegexPattern, RoutePattern
 from rest_framework.test import APIClient
 
 from annotate import queue
-from annotate.models import (
-    Assignment,
-    AssignmentStatus,
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Assignment, AssignmentStatus, Comparison, GoldAnswer, Judgment, Membership, Pool
+from annotate.models import Project, Role
+from tests import factories
+from tests.factories import add_member, judge, make_pool, make_project, make_team
 
 pytestmark = pytest.mark.django_db
 
@@ -59,36 +49,23 @@ FORBIDDEN_TEXT = ("is_gold", "source_preference", "GoldAnswer", "a_on_left")
 SCHEMA_PATHS = ("/api/schema/", "/api/docs/")
 
 
-def make_comparison(project, tag, *, gold=None, model="", metadata=None, source_preference=""):
-    prompt = Prompt.objects.create(project=project, text=f"prompt {tag}", content_hash=content_hash(f"p {tag}"))
-    a = Response.objects.create(prompt=prompt, text=f"answer one {tag}", model_name=f"{model}-a",
-                                content_hash=content_hash(f"a {tag}"))
-    b = Response.objects.create(prompt=prompt, text=f"answer two {tag}", model_name=f"{model}-b",
-                                content_hash=content_hash(f"b {tag}"))
-    c = Comparison.objects.create(
-        project=project, prompt=prompt, response_a=a, response_b=b, pair_hash=content_hash(f"pair {tag}"),
-        is_gold=gold is not None, metadata=metadata or {}, source_preference=source_preference,
-    )
-    if gold is not None:
-        GoldAnswer.objects.create(comparison=c, answer=gold)
-    return c
+def make_comparison(project, tag, *, model="", **kwargs):
+    return factories.make_comparison(project, tag, model_a=f"{model}-a", model_b=f"{model}-b", **kwargs)
 
 
 class Scene:
     def __init__(self):
-        self.admin = User.objects.create_user("boss")
-        self.researcher = User.objects.create_user("sci")
-        self.ann1 = User.objects.create_user("ann1")
-        self.ann2 = User.objects.create_user("ann2")
-        self.outsider = User.objects.create_user("stranger")
-        self.project = Project.objects.create(name="Secret project", overlap=3, gold_rate=0.0)
-        self.other_project = Project.objects.create(name="Other project", overlap=3, gold_rate=0.0)
-        self.pool = Pool.objects.create(project=self.project, name="pool-x", target_share=1.0)
-        Membership.objects.create(project=self.project, user=self.admin, role=Role.ADMIN)
-        Membership.objects.create(project=self.project, user=self.researcher, role=Role.RESEARCHER)
-        self.m1 = Membership.objects.create(project=self.project, user=self.ann1, role=Role.ANNOTATOR, pool=self.pool)
-        self.m2 = Membership.objects.create(project=self.project, user=self.ann2, role=Role.ANNOTATOR, pool=self.pool)
-        Membership.objects.create(project=self.other_project, user=self.ann2, role=Role.ANNOTATOR)
+        self.project = make_project("Secret project")
+        self.other_project = make_project("Other project")
+        self.pool = make_pool(self.project, "pool-x", target_share=1.0)
+        team = make_team(
+            self.project, admin="boss", researcher="sci", annotators=("ann1", "ann2"), outsider="stranger",
+            pool=self.pool,
+        )
+        self.admin, self.researcher, self.outsider = team.admin, team.researcher, team.outsider
+        self.ann1, self.ann2 = team.annotators
+        self.m1, self.m2 = team.memberships["ann1"], team.memberships["ann2"]
+        add_member(self.other_project, self.ann2)
 
         self.regular = make_comparison(
             self.project, "r1", model="MODELNAME-SECRET-7Q", metadata={"note": "METADATA-SECRET-5W"},
@@ -111,13 +88,7 @@ class Scene:
         self.ann1_judgment = self._judge(self.ann1, self.regular, "my own words")
 
     def _judge(self, user, comparison, rationale):
-        assignment = Assignment.objects.create(
-            project=self.project, comparison=comparison, annotator=user, pool=self.pool, a_on_left=True,
-            status=AssignmentStatus.ACTIVE, expires_at="2999-01-01T00:00:00Z",
-        )
-        Comparison.objects.filter(pk=comparison.pk).update(slots_taken=comparison.slots_taken + 1)
-        comparison.refresh_from_db()
-        return queue.submit_judgment(user, assignment.pk, choice="left", rationale=rationale)
+        return judge(user, comparison, pool=self.pool, rationale=rationale)
 
     def ids(self) -> dict[str, list[int]]:
         comparisons = [self.gold.pk, self.regular.pk]

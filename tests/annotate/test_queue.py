@@ -15,21 +15,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotate import queue
-from annotate.models import (
-    Assignment,
-    AssignmentStatus,
-    Choice,
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Assignment, AssignmentStatus, Choice, Comparison, Judgment, Membership, Pool
+from annotate.models import Project, Role
+from tests.factories import make_annotators, make_comparisons, make_project
 
 pytestmark = pytest.mark.django_db
 
@@ -37,52 +25,6 @@ User = get_user_model()
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def make_project(**kwargs) -> Project:
-    defaults = dict(name=f"project-{random.random()}", overlap=3, gold_rate=0.0, assignment_timeout_s=600)
-    defaults.update(kwargs)
-    return Project.objects.create(**defaults)
-
-
-def make_comparisons(project: Project, n: int, *, gold: bool = False, tag: str = "") -> list[Comparison]:
-    """``n`` comparisons, created in bulk (ids ascending in creation order)."""
-    tag = f"{project.pk}-{tag}{'g' if gold else 'r'}"
-    prompts = Prompt.objects.bulk_create(
-        [Prompt(project=project, text=f"prompt {tag}{i}", content_hash=content_hash(f"{tag}{i}")) for i in range(n)]
-    )
-    responses = Response.objects.bulk_create(
-        [
-            Response(prompt=p, text=f"{side} {tag}{i}", content_hash=content_hash(f"{side}{tag}{i}"))
-            for i, p in enumerate(prompts)
-            for side in ("A", "B")
-        ]
-    )
-    comparisons = Comparison.objects.bulk_create(
-        [
-            Comparison(
-                project=project,
-                prompt=p,
-                response_a=responses[2 * i],
-                response_b=responses[2 * i + 1],
-                pair_hash=content_hash(f"pair {tag}{i}"),
-                is_gold=gold,
-            )
-            for i, p in enumerate(prompts)
-        ]
-    )
-    if gold:
-        GoldAnswer.objects.bulk_create([GoldAnswer(comparison=c, answer=Choice.A) for c in comparisons])
-    return list(Comparison.objects.filter(pk__in=[c.pk for c in comparisons]).order_by("pk"))
-
-
-def make_annotators(project: Project, n: int, pool: Pool | None = None, prefix: str = "ann") -> list:
-    users = []
-    for i in range(n):
-        user = User.objects.create(username=f"{prefix}{pool.name if pool else ''}{i}-{project.pk}")
-        Membership.objects.create(project=project, user=user, role=Role.ANNOTATOR, pool=pool)
-        users.append(user)
-    return users
 
 
 def check_invariants(project: Project) -> None:

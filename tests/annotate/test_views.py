@@ -14,21 +14,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate import queue
-from annotate.models import (
-    Assignment,
-    AssignmentStatus,
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Assignment, AssignmentStatus, Comparison, GoldAnswer, Judgment, Membership, Pool
+from annotate.models import Project, Prompt, Response, Role
 from annotate.rendering import render_markdown
+from tests import factories
+from tests.factories import TEST_PASSWORD, make_pool, make_project, make_team
 
 pytestmark = pytest.mark.django_db
 
@@ -45,46 +35,33 @@ OTHER_RATIONALE = "OTHER-RATIONALE-SECRET-7"
 # --------------------------------------------------------------------------------------------
 
 
-def make_comparison(project, i, *, gold=None, source_preference="", text_a=None, text_b=None, prompt=None):
-    ptext = prompt or f"Prompt number {i}: explain something"
-    p = Prompt.objects.create(project=project, text=ptext, content_hash=content_hash(ptext))
-    ta = text_a or f"Answer alpha {i}"
-    tb = text_b or f"Answer beta {i}"
-    a = Response.objects.create(prompt=p, text=ta, model_name=SECRET_MODEL, content_hash=content_hash(ta))
-    b = Response.objects.create(prompt=p, text=tb, model_name=SECRET_MODEL_B, content_hash=content_hash(tb))
-    c = Comparison.objects.create(
-        project=project,
-        prompt=p,
-        response_a=a,
-        response_b=b,
-        pair_hash=f"pair-{i}",
-        is_gold=gold is not None,
-        source_preference=source_preference,
+def make_comparison(project, i, *, text_a=None, text_b=None, prompt=None, **kwargs):
+    """A comparison whose model names and metadata are secrets an annotator must never see."""
+    return factories.make_comparison(
+        project,
+        i,
+        prompt=prompt or f"Prompt number {i}: explain something",
+        text_a=text_a or f"Answer alpha {i}",
+        text_b=text_b or f"Answer beta {i}",
+        model_a=SECRET_MODEL,
+        model_b=SECRET_MODEL_B,
         metadata={"note": SECRET_META},
+        **kwargs,
     )
-    if gold is not None:
-        GoldAnswer.objects.create(comparison=c, answer=gold)
-    return c
 
 
 @pytest.fixture
 def world():
     """A project with an admin, a researcher, two annotators in a pool, an outsider; three
     regular comparisons (one with a TRL source preference) and one gold comparison."""
-    project = Project.objects.create(
-        name="Views test", instructions="Be **careful**.", overlap=2, gold_rate=0.0, allow_ties=True
+    project = make_project("Views test", instructions="Be **careful**.", overlap=2, allow_ties=True)
+    pool = make_pool(project, "EU", attributes={"region": "EU"}, target_share=1.0)
+    team = make_team(
+        project, admin="boss", researcher="sci", annotators=("ann", "ann2"), pool=pool, password=TEST_PASSWORD
     )
-    pool = Pool.objects.create(project=project, name="EU", attributes={"region": "EU"}, target_share=1.0)
-    users = {}
-    for name in ("boss", "sci", "ann", "ann2", "outsider"):
-        users[name] = User.objects.create_user(name, password="pw-for-tests-123")
-    Membership.objects.create(project=project, user=users["boss"], role=Role.ADMIN)
-    Membership.objects.create(project=project, user=users["sci"], role=Role.RESEARCHER)
-    Membership.objects.create(project=project, user=users["ann"], role=Role.ANNOTATOR, pool=pool)
-    Membership.objects.create(project=project, user=users["ann2"], role=Role.ANNOTATOR, pool=pool)
     comps = [make_comparison(project, i, source_preference="a" if i == 1 else "") for i in range(3)]
     gold = make_comparison(project, 99, gold="b", text_a="Calibration left text", text_b="Calibration right text")
-    return {"project": project, "pool": pool, "users": users, "comps": comps, "gold": gold}
+    return {"project": project, "pool": pool, "users": team.users, "comps": comps, "gold": gold}
 
 
 def login(client, user):
@@ -406,7 +383,7 @@ def test_import_page_csv(client, world):
 
 
 def test_staff_creates_a_project_and_becomes_its_admin(client, world):
-    staff = User.objects.create_user("staffer", password="pw-for-tests-123", is_staff=True)
+    staff = User.objects.create_user("staffer", password=TEST_PASSWORD, is_staff=True)
     r = login(client, staff).post(
         reverse("project_create"),
         {"name": "New one", "instructions": "# Hi", "overlap": 3, "gold_rate": 0.1, "allow_ties": "on",
@@ -461,7 +438,7 @@ def test_members_add_change_exclude(client, world):
     project, pool = world["project"], world["pool"]
     login(client, world["users"]["boss"])
     url = reverse("project_members", args=[project.pk])
-    newbie = User.objects.create_user("newbie", password="pw-for-tests-123")
+    newbie = User.objects.create_user("newbie", password=TEST_PASSWORD)
     r = client.post(url, {"username": "nobody", "role": "annotator"})
     assert "There is no user" in r.content.decode()
     r = client.post(url, {"username": "newbie", "role": "annotator", "pool": pool.pk})

@@ -13,28 +13,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotate import queue, services
-from annotate.models import (
-    Assignment,
-    AssignmentStatus,
-    Comparison,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Pool, Project
+from annotate.models import Role
+from tests.factories import make_comparison, make_pool, make_project, make_team
 
 User = get_user_model()
-
-
-def make_comparison(project, i):
-    p = Prompt.objects.create(project=project, text=f"Prompt {i}", content_hash=content_hash(f"prompt {i}"))
-    a = Response.objects.create(prompt=p, text=f"alpha {i}", content_hash=content_hash(f"alpha {i}"))
-    b = Response.objects.create(prompt=p, text=f"beta {i}", content_hash=content_hash(f"beta {i}"))
-    return Comparison.objects.create(project=project, prompt=p, response_a=a, response_b=b, pair_hash=f"pair-{i}")
 
 
 class World:
@@ -42,19 +25,11 @@ class World:
     finds nothing to do until ``ann`` lets the second go."""
 
     def __init__(self):
-        self.project = Project.objects.create(name="Removal", overlap=1, gold_rate=0.0)
-        self.pool = Pool.objects.create(project=self.project, name="EU", target_share=1.0)
-        self.users = {n: User.objects.create_user(n) for n in ("boss", "sci", "ann", "ann2", "outsider")}
-        self.m = {
-            "boss": Membership.objects.create(project=self.project, user=self.users["boss"], role=Role.ADMIN),
-            "sci": Membership.objects.create(project=self.project, user=self.users["sci"], role=Role.RESEARCHER),
-            "ann": Membership.objects.create(
-                project=self.project, user=self.users["ann"], role=Role.ANNOTATOR, pool=self.pool
-            ),
-            "ann2": Membership.objects.create(
-                project=self.project, user=self.users["ann2"], role=Role.ANNOTATOR, pool=self.pool
-            ),
-        }
+        self.project = make_project("Removal", overlap=1)
+        self.pool = make_pool(self.project, "EU", target_share=1.0)
+        team = make_team(self.project, admin="boss", researcher="sci", annotators=("ann", "ann2"), pool=self.pool)
+        self.users = team.users
+        self.m = team.memberships
         self.comps = [make_comparison(self.project, i) for i in range(2)]
 
     def work(self):

@@ -1,0 +1,172 @@
+"""A project's comparisons over the REST API: the list, the gold answers, and the import.
+
+Admins and researchers list comparisons (never with their gold answers); only admins read the
+gold answers and import. The import is ``annotate.imports.import_comparisons``, all or nothing:
+a file or a JSON list of lines in, 201 with the counts, or 400 with every error by line and
+field and nothing imported.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from rest_framework import generics, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+
+from ..imports import ImportValidationError, import_comparisons
+from ..models import Comparison, GoldAnswer
+from ..permissions import IsProjectAdmin, IsProjectReader
+from ..serializers import (
+    ComparisonSerializer,
+    GoldAnswerSerializer,
+    ImportErrorsSerializer,
+    ImportLinesSerializer,
+    ImportResultSerializer,
+    ImportUploadSerializer,
+)
+from .base import DENIED, MISSING, ApiView, bool_param, int_param, project_schema
+
+
+
+@project_schema(
+    "comparisons",
+    "A project's comparisons",
+    {200: ComparisonSerializer(many=True), 403: DENIED, 404: MISSING},
+    description="Admins and researchers. Gold answers are not part of this list.",
+    parameters=[OpenApiParameter("round", OpenApiTypes.INT, description="Only this round."), OpenApiParameter("is_gold", OpenApiTypes.BOOL, description="Only gold (true) or regular (false) ones."), OpenApiParameter("is_open", OpenApiTypes.BOOL, description="Only comparisons still taking assignments.")],
+)
+class ComparisonList(ApiView, generics.ListAPIView):
+    serializer_class = ComparisonSerializer
+    permission_classes = [IsProjectReader]
+
+    def rows(self):
+        qs = (
+            Comparison.objects.filter(project=self.project)
+            .select_related("prompt", "response_a", "response_b")
+            .order_by("pk")
+        )
+        round_ = int_param(self.request, "round")
+        if round_ is not None:
+            qs = qs.filter(round=round_)
+        for name in ("is_gold", "is_open"):
+            value = bool_param(self.request, name)
+            if value is not None:
+                qs = qs.filter(**{name: value})
+        return qs
+
+
+@project_schema(
+    "comparisons",
+    "Gold answers",
+    {200: GoldAnswerSerializer(many=True), 403: DENIED, 404: MISSING},
+    description="Admins only: the known answers of the project's calibration comparisons.",
+)
+class GoldList(ApiView, generics.ListAPIView):
+    serializer_class = GoldAnswerSerializer
+    permission_classes = [IsProjectAdmin]
+
+    def rows(self):
+        return GoldAnswer.objects.filter(comparison__project=self.project).order_by("comparison_id")
+
+
+def _errors_response(errors) -> Response:
+    return Response(
+        {"errors": [{"line": e.line, "field": e.field, "message": e.message} for e in errors]},
+        status=status.HTTP_400_BAD_REQUEST,
+    )
+
+
+def _request_errors(serializer_errors) -> Response:
+    """Serializer errors of the import request itself, in the import's error shape (line 0)."""
+    flat = []
+    for name, messages in serializer_errors.items():
+        if isinstance(messages, dict):  # errors per list item
+            for index, item in messages.items():
+                flat.append({"line": int(index) + 1, "field": "", "message": " ".join(map(str, item))})
+            continue
+        for message in messages if isinstance(messages, list) else [messages]:
+            flat.append({"line": 0, "field": "" if name == api_settings.NON_FIELD_ERRORS_KEY else name,
+                         "message": str(message)})
+    return Response({"errors": flat}, status=status.HTTP_400_BAD_REQUEST)
+
+
+@project_schema(
+    "comparisons",
+    "Import comparisons",
+    {
+        201: ImportResultSerializer,
+        400: OpenApiResponse(ImportErrorsSerializer, description="Nothing was imported."),
+        403: DENIED,
+        404: MISSING,
+    },
+    description=(
+        "Admins only. Either upload a JSONL or CSV file (multipart, field `file`) or send JSON "
+        '`{"lines": [{...}, ...]}` (a bare list of line objects works too). Each line is '
+        '`{"prompt", "response_a", "response_b"}` with optional `model_a`, `model_b`, `metadata` '
+        'and `gold` ("a", "b" or "tie"), or TRL/HH style `{"prompt", "chosen", "rejected"}`. '
+        "The import is all or nothing: on any error nothing is imported and the answer lists "
+        "the errors by line and field."
+    ),
+    request={
+        "multipart/form-data": ImportUploadSerializer,
+        "application/json": ImportLinesSerializer,
+    },
+    examples=[
+        OpenApiExample(
+            "JSON lines",
+            request_only=True,
+            media_type="application/json",
+            value={
+                "lines": [
+                    {"prompt": "Say hi.", "response_a": "Hi!", "response_b": "Hello there.", "model_a": "m1",
+                     "model_b": "m2"},
+                    {"prompt": "2+2?", "response_a": "4", "response_b": "5", "gold": "a"},
+                ]
+            },
+        ),
+        OpenApiExample(
+            "Errors",
+            response_only=True,
+            status_codes=["400"],
+            value={"errors": [{"line": 2, "field": "gold", "message": "must be one of a, b, tie"}]},
+        ),
+    ],
+)
+class ComparisonImport(ApiView):
+    permission_classes = [IsProjectAdmin]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def post(self, request, project_pk: int):
+        project = self.project
+        if isinstance(request.data, list):
+            payload = {"lines": request.data}
+            serializer = ImportLinesSerializer(data=payload)
+        elif request.FILES or "file" in request.data:
+            serializer = ImportUploadSerializer(data=request.data)
+        else:
+            serializer = ImportLinesSerializer(data=request.data)
+        if not serializer.is_valid():
+            return _request_errors(serializer.errors)
+        data = serializer.validated_data
+        if "file" in data:
+            upload = data["file"]
+            fileobj, filename, fmt = upload, upload.name or "", data.get("format")
+        else:
+            text = "\n".join(json.dumps(line, ensure_ascii=False) for line in data["lines"])
+            fileobj, filename, fmt = io.BytesIO(text.encode("utf-8")), "request.jsonl", "jsonl"
+        try:
+            result = import_comparisons(
+                project,
+                fileobj,
+                filename=filename,
+                fmt=fmt,
+                round=data.get("round"),
+                allow_empty_responses=data.get("allow_empty_responses", False),
+            )
+        except ImportValidationError as exc:
+            return _errors_response(exc.errors)
+        return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)

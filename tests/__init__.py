@@ -1,0 +1,1 @@
+"""The test suite (a package, so that ``tests.factories`` imports the same way everywhere)."""
