@@ -145,6 +145,10 @@ class LaunchRunSerializer(serializers.Serializer):
     hyperparameters = serializers.DictField(
         required=False, default=dict, help_text='TrainConfig fields, e.g. {"lr": 1e-5, "max_steps": 200}.'
     )
+    reward_model = serializers.CharField(
+        required=False, allow_blank=True,
+        help_text="Recipes ppo / sft+dpo+ppo: name of a registered reward model (same tokenizer as the base).",
+    )
 
 
 class MetricSerializer(serializers.ModelSerializer):
@@ -278,7 +282,8 @@ class RunListCreate(ApiView, generics.ListAPIView):
                 base_model=base,
                 recipe=values["recipe"],
                 export=export,
-                hyperparameters=values.get("hyperparameters") or {},
+                hyperparameters={**(values.get("hyperparameters") or {}),
+                                 **({"reward_model": values["reward_model"]} if values.get("reward_model") else {})},
                 created_by=request.user,
             )
         return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)

@@ -11,7 +11,7 @@ from evaluation.models import Export
 from evaluation.models import JobStatus as ExportStatus
 
 from .config import DPO_LOSS_TYPES
-from .models import ModelVersion, Recipe
+from .models import ModelKind, ModelVersion, Recipe
 from .services.hyperparameters import train_config_defaults
 
 #: TrainConfig fields offered as form inputs (the rest through "Other hyperparameters").
@@ -28,13 +28,20 @@ COMMON_FIELDS = (
 )
 
 
-def _model_choices(project):
-    return ModelVersion.objects.filter(Q(project__isnull=True) | Q(project=project)).order_by("name")
+def _model_choices(project, kind=ModelKind.POLICY):
+    return ModelVersion.objects.filter(Q(project__isnull=True) | Q(project=project), kind=kind).order_by("name")
 
 
 class LaunchRunForm(forms.Form):
     recipe = forms.ChoiceField(choices=Recipe.choices, initial=Recipe.SFT_DPO)
     base_model = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), label="Base model")
+    reward_model = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.none(),
+        required=False,
+        label="Reward model (PPO)",
+        empty_label="none (recipe ppo needs one; sft+dpo+ppo trains its own without)",
+        help_text="A registered reward model (the output of an rm run) with the base model's tokenizer.",
+    )
     export = forms.ModelChoiceField(
         queryset=Export.objects.none(),
         required=False,
@@ -65,6 +72,7 @@ class LaunchRunForm(forms.Form):
         models = _model_choices(project)
         self.fields["base_model"].queryset = models
         self.fields["base_model"].initial = models.filter(name="tiny-default").first() or models.first()
+        self.fields["reward_model"].queryset = _model_choices(project, ModelKind.REWARD)
         self.fields["export"].queryset = Export.objects.filter(project=project, status=ExportStatus.SUCCEEDED)
         for name, field_cls, kw in COMMON_FIELDS:
             default = defaults.get(name)
@@ -79,7 +87,7 @@ class LaunchRunForm(forms.Form):
             )
         # order: what to train, then the knobs
         order = (
-            ["recipe", "base_model", "export"]
+            ["recipe", "base_model", "reward_model", "export"]
             + [n for n, _, _ in COMMON_FIELDS]
             + ["loss_type", "lora", "device", "extra"]
         )
@@ -110,6 +118,8 @@ class LaunchRunForm(forms.Form):
             hp["lora"] = True
         if data.get("device"):
             hp["device"] = data["device"]
+        if data.get("reward_model"):
+            hp["reward_model"] = data["reward_model"].name
         return hp
 
 
@@ -143,9 +153,25 @@ class SampleForm(forms.Form):
 class SampleRoundForm(forms.Form):
     n_prompts = forms.IntegerField(min_value=1, max_value=10_000, initial=20, label="Prompts")
     against = forms.ChoiceField(
-        choices=[("parent", "the base model (new vs. parent)"), ("self", "itself (two samples)")],
+        choices=[
+            ("parent", "the base model (new vs. parent)"),
+            ("self", "itself (two samples)"),
+            ("model", "another model version (head to head)"),
+        ],
         initial="parent",
         label="Compare against",
     )
+    compare_model = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(kind=ModelKind.POLICY).order_by("name"),
+        required=False,
+        label="Other model version",
+        help_text="With 'another model version': e.g. the sft+dpo model against this sft+rm+ppo one.",
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("against") == "model" and not data.get("compare_model"):
+            self.add_error("compare_model", "choose the model version to compare against")
+        return data
     max_new_tokens = forms.IntegerField(min_value=1, max_value=512, initial=64)
     temperature = forms.FloatField(min_value=0.0, max_value=2.0, initial=0.8)

@@ -2,7 +2,7 @@
 
 * ``ModelVersion`` -- a named model: a local Hugging Face folder, or a PEFT adapter folder on
   top of its ``parent``; with its lineage (parent, the run that made it, the project round).
-* ``TrainingRun`` -- one SFT / DPO / SFT+DPO job on the ``gpu`` Celery queue. Its row is the
+* ``TrainingRun`` -- one SFT / DPO / RM / PPO recipe (``Recipe``) on the ``gpu`` Celery queue. Its row is the
   source of truth for status, progress, logs and the cancel flag; the worker writes it, the run
   page polls it.
 * ``TrainingMetric`` -- one row per logging step of a run (a compact JSON of numbers), the time
@@ -22,8 +22,19 @@ from annotate.models import Project
 from evaluation.models import JobStatus  # the same four states as exports and quality reports
 
 
+class ModelKind(models.TextChoices):
+    POLICY = "policy", "Language model"
+    REWARD = "reward", "Reward model"
+
+
 class ModelVersion(models.Model):
     name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(
+        max_length=10,
+        choices=ModelKind.choices,
+        default=ModelKind.POLICY,
+        help_text="A language model (generates, trains) or a reward model (scores; PPO's reward).",
+    )
     path = models.CharField(max_length=1000, help_text="Absolute path of a local Hugging Face model folder.")
     parent = models.ForeignKey(
         "self",
@@ -64,6 +75,10 @@ class Recipe(models.TextChoices):
     SFT = "sft", "SFT"
     DPO = "dpo", "DPO"
     SFT_DPO = "sft+dpo", "SFT then DPO"
+    RM = "rm", "Reward model"
+    PPO = "ppo", "PPO (with a trained reward model)"
+    SFT_RM_PPO = "sft+rm+ppo", "SFT, reward model, then PPO"
+    SFT_DPO_PPO = "sft+dpo+ppo", "SFT, DPO, then PPO from the DPO model"
 
 
 class RunStatus(models.TextChoices):
@@ -87,7 +102,7 @@ class TrainingRun(models.Model):
         related_name="training_runs",
         help_text="The calibrated dataset trained on (a fresh one is built at launch when not given).",
     )
-    recipe = models.CharField(max_length=10, choices=Recipe.choices, default=Recipe.SFT_DPO)
+    recipe = models.CharField(max_length=12, choices=Recipe.choices, default=Recipe.SFT_DPO)
     base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="runs_as_base")
     hyperparameters = models.JSONField(default=dict, blank=True, help_text="TrainConfig fields that differ.")
     status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)

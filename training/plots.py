@@ -1,6 +1,8 @@
 """The run page's plots: server-side SVG line plots of a run's metric rows, no JavaScript.
 
-``PLOTS`` says which metrics the page draws (SFT and DPO phases apart, held-out beside training);
+``PLOTS`` says which metrics the page draws (each phase apart -- SFT, DPO, reward model, PPO --
+held-out beside training; a run shows its recipe's phases); the reward model's calibration
+diagram and PPO's sample generations come from the same rows;
 ``svg_line_plot`` draws one, escaping every text, downsampled to ``MAX_PLOT_POINTS`` points.
 """
 
@@ -110,7 +112,8 @@ def svg_line_plot(
     return mark_safe("".join(out))
 
 
-#: The run page's plots: (title, [(series name, metric key, phase or None)], y range or None).
+#: The run page's plots: (title, [(series name, metric key, phase or None)], y range or None,
+#: the phases the plot belongs to). A run shows the plots of its recipe's phases.
 PLOTS = (
     (
         "Loss",
@@ -121,24 +124,70 @@ PLOTS = (
             ("eval DPO", "eval_loss", "dpo"),
         ],
         None,
+        {"sft", "dpo"},
     ),
     (
         "DPO reward accuracy",
-        [("train", "reward_accuracy", None), ("held-out", "eval_reward_accuracy", None)],
+        [("train", "reward_accuracy", "dpo"), ("held-out", "eval_reward_accuracy", "dpo")],
         (0.0, 1.0),
+        {"dpo"},
     ),
-    ("DPO reward margin", [("train", "reward_margin", None), ("held-out", "eval_reward_margin", None)], None),
-    ("Log-probs", [("chosen", "chosen_logps", None), ("rejected", "rejected_logps", None)], None),
-    ("KL to reference", [("", "kl_to_ref", None)], None),
-    ("Learning rate", [("", "lr", None)], None),
-    ("Tokens / s", [("", "tokens_per_s", None)], None),
+    (
+        "DPO reward margin",
+        [("train", "reward_margin", "dpo"), ("held-out", "eval_reward_margin", "dpo")],
+        None,
+        {"dpo"},
+    ),
+    ("Log-probs", [("chosen", "chosen_logps", "dpo"), ("rejected", "rejected_logps", "dpo")], None, {"dpo"}),
+    ("KL to reference", [("", "kl_to_ref", "dpo")], None, {"dpo"}),
+    ("Reward model loss", [("train", "loss", "rm"), ("held-out", "eval_loss", "rm")], None, {"rm"}),
+    (
+        "Reward model pairwise accuracy",
+        [("train", "reward_accuracy", "rm"), ("held-out", "eval_reward_accuracy", "rm")],
+        (0.0, 1.0),
+        {"rm"},
+    ),
+    ("PPO reward", [("score", "reward", "ppo"), ("score - KL penalty", "rlhf_reward", "ppo")], None, {"ppo"}),
+    ("PPO KL to reference", [("", "kl", "ppo")], None, {"ppo"}),
+    (
+        "PPO clip fraction",
+        [("policy", "clip_fraction", "ppo"), ("value", "value_clip_fraction", "ppo")],
+        (0.0, 1.0),
+        {"ppo"},
+    ),
+    ("PPO approximate KL (old to new)", [("", "approx_kl", "ppo")], None, {"ppo"}),
+    ("PPO value loss", [("", "value_loss", "ppo")], None, {"ppo"}),
+    ("PPO entropy (per token)", [("", "entropy", "ppo")], None, {"ppo"}),
+    ("PPO response length", [("", "response_length", "ppo")], None, {"ppo"}),
+    (
+        "PPO time per iteration (s)",
+        [("generation", "gen_s", "ppo"), ("scoring", "score_s", "ppo"), ("optimisation", "update_s", "ppo")],
+        None,
+        {"ppo"},
+    ),
+    ("Learning rate", [("", "lr", None)], None, None),
+    ("Tokens / s", [("", "tokens_per_s", None)], None, None),
 )
 
+#: The phases of each recipe (what its run page plots).
+RECIPE_PHASES = {
+    "sft": {"sft"},
+    "dpo": {"dpo"},
+    "sft+dpo": {"sft", "dpo"},
+    "rm": {"rm"},
+    "ppo": {"ppo"},
+    "sft+rm+ppo": {"sft", "rm", "ppo"},
+    "sft+dpo+ppo": {"sft", "dpo", "rm", "ppo"},
+}
 
-def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
-    """The run page's SVG plots from its ``(step, data)`` metric rows."""
+
+def run_plots(rows: list[tuple[int, dict]], recipe: str | None = None) -> list[str]:
+    """The run page's SVG plots from its ``(step, data)`` metric rows (those of ``recipe``'s phases)."""
+    phases = RECIPE_PHASES.get(recipe or "", None)
     plots = []
-    for title, spec, y_range in PLOTS:
+    for title, spec, y_range, plot_phases in PLOTS:
+        if phases is not None and plot_phases is not None and not (phases & plot_phases):
+            continue
         series = []
         for name, key, phase in spec:
             pts = [
@@ -152,3 +201,32 @@ def run_plots(rows: list[tuple[int, dict]]) -> list[str]:
                 series.append((name, pts))
         plots.append(svg_line_plot(title, series, y_range=y_range))
     return plots
+
+
+def calibration_plot(bins: list[dict] | None) -> str | None:
+    """The reward model's reliability diagram: per bin of its ``sigma(r_chosen - r_rejected)``,
+    the mean prediction against the humans' mean P(chosen), with the diagonal."""
+    from evaluation.quality.plots import line_chart
+
+    used = [b for b in (bins or []) if isinstance(b, dict) and b.get("n")]
+    if not used:
+        return None
+    labels = [f"{b['lo']:.1f}-{b['hi']:.1f} (n={b['n']})" for b in used]
+    return mark_safe(line_chart(labels, [
+        {"name": "human P(chosen)", "values": [b["observed"] for b in used]},
+        {"name": "reward model sigma(r_c - r_r)", "values": [b["predicted"] for b in used]},
+        {"name": "perfect calibration", "values": [(b["lo"] + b["hi"]) / 2 for b in used]},
+    ], title="Reward model calibration (held out)", y_min=0.0, y_max=1.0, y_label="P(chosen)", width=720,
+        height=260))
+
+
+def recent_samples(rows: list[tuple[int, dict]], n_steps: int = 3) -> list[dict]:
+    """The sample generations of the last ``n_steps`` logged PPO iterations, newest first."""
+    out = []
+    for step, data in reversed(rows):
+        samples = data.get("samples")
+        if isinstance(samples, list) and samples:
+            out.append({"step": step, "samples": [s for s in samples if isinstance(s, dict)]})
+            if len(out) == n_steps:
+                break
+    return out

@@ -50,16 +50,12 @@ from .rollout import (
     sample,
 )
 from .tiny_model import load_model_and_tokenizer, load_tokenizer
-try:  # training.trainer as a package (its split into loop / plan / checkpoints / state ...)
-    from .trainer.checkpoints import checkpoint_dirs as _checkpoint_dirs
-    from .trainer.checkpoints import complete as _complete
-    from .trainer.checkpoints import write_json as _write_json
-    from .trainer.plan import epoch_order, lr_lambda, set_seed
-    from .trainer.cli import load_pairs_jsonl  # noqa: F401 - for bench/ppo.py and bench/reward_model.py
-    from .trainer.state import call as _call
-except ImportError:  # training/trainer.py, one module (until that split lands)
-    from .trainer import _call, _checkpoint_dirs, _complete, _write_json, epoch_order, lr_lambda, set_seed
-    from .trainer import load_pairs_jsonl  # noqa: F401
+from .trainer.checkpoints import checkpoint_dirs as _checkpoint_dirs
+from .trainer.checkpoints import complete as _complete
+from .trainer.checkpoints import write_json as _write_json
+from .trainer.cli import load_pairs_jsonl  # noqa: F401 - for bench/ppo.py and bench/reward_model.py
+from .trainer.plan import epoch_order, lr_lambda, set_seed
+from .trainer.state import call as _call
 
 PPO_METRIC_KEYS = ["reward", "reward_raw", "kl", "kl_coef", "clip_fraction", "approx_kl", "value_loss",
                    "policy_loss", "entropy", "response_length", "eos_fraction", "value_clip_fraction",

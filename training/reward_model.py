@@ -49,25 +49,12 @@ from .config import TrainConfig
 from .data import attention_mask_4d, collate, tokenize_pairs
 from .rollout import reward_scores, sample, score_head, trunk
 from .tiny_model import ModelLoadError, load_tokenizer
-try:  # training.trainer as a package (its split into loop / plan / checkpoints / state ...)
-    from .trainer.checkpoints import checkpoint_dirs as _checkpoint_dirs
-    from .trainer.checkpoints import complete as _complete
-    from .trainer.checkpoints import write_json as _write_json
-    from .trainer.device import resolve_precision
-    from .trainer.plan import lr_lambda, plan_steps, set_seed, split_eval
-    from .trainer.state import call as _call
-except ImportError:  # training/trainer.py, one module (until that split lands)
-    from .trainer import (
-        _call,
-        _checkpoint_dirs,
-        _complete,
-        _write_json,
-        lr_lambda,
-        plan_steps,
-        resolve_precision,
-        set_seed,
-        split_eval,
-    )
+from .trainer.checkpoints import checkpoint_dirs as _checkpoint_dirs
+from .trainer.checkpoints import complete as _complete
+from .trainer.checkpoints import write_json as _write_json
+from .trainer.device import resolve_precision
+from .trainer.plan import lr_lambda, plan_steps, set_seed, split_eval
+from .trainer.state import call as _call
 
 NORM_KEY = "prefloop_reward_normalization"
 NORM_FILE = "reward_normalization.json"

@@ -28,7 +28,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-RL_RECIPES = ("rm", "ppo", "sft+rm+ppo", "sft+dpo+ppo")
+RL_RECIPES = ("rm", "ppo", "sft+rm+ppo", "sft+dpo+ppo")  # the recipes of config.RECIPES not in RECIPE_PHASES
 
 
 def tokenizer_problem(policy_dir, reward_dir) -> str | None:
@@ -127,11 +127,8 @@ def train_rlhf(cfg, model_path, pairs, out_dir, callbacks=None, eval_pairs=None)
     from .reward_model import train_reward_model
     from .reward_model import _write_json, split_eval
 
-    try:  # training.trainer as a package
-        from .trainer.loop import train
-        from .trainer.state import TrainResult
-    except ImportError:  # training/trainer.py, one module
-        from .trainer import TrainResult, train
+    from .trainer.loop import train
+    from .trainer.state import TrainResult
 
     cfg.validate()
     out = Path(out_dir)

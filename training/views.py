@@ -23,7 +23,7 @@ from annotate.views import login_required
 
 from .forms import LaunchRunForm, RegisterModelForm, SampleForm, SampleRoundForm
 from .models import GenerationSample, ModelVersion, SamplingJob, TrainingMetric, TrainingRun
-from .plots import run_plots
+from .plots import calibration_plot, recent_samples, run_plots
 from .services.errors import TrainingError
 from .services.hyperparameters import effective_config, train_config_defaults
 from .services.registry import model_roots, register_model_for
@@ -31,6 +31,7 @@ from .services.runs import cancel_run, launch_run
 from .services.sampling import queue_sample_round, request_sample
 
 LOG_TAIL_LINES = 40
+
 
 # =============================================================================================
 # Helpers
@@ -67,9 +68,16 @@ def run_live_context(run: TrainingRun) -> dict:
     last = dict(rows[-1][1]) if rows else {}
     for _, data in rows:  # the latest held-out numbers, whichever step carried them
         last.update({k: v for k, v in data.items() if k.startswith("eval_")})
+    calibration = None
+    for _, data in reversed(rows):
+        if data.get("eval_calibration"):
+            calibration = calibration_plot(data["eval_calibration"])
+            break
     return {
         "run": run,
-        "plots": run_plots(rows),
+        "plots": run_plots(rows, run.recipe),
+        "calibration_plot": calibration,
+        "ppo_samples": recent_samples(rows),
         "last": last,
         "n_metrics": len(rows),
         "eta": _eta(run.eta_seconds),
@@ -243,7 +251,7 @@ def run_sample_round(request, pk: int, run_id: int):
                 project,
                 run.output_model,
                 n_prompts=data["n_prompts"],
-                compare_to="parent" if data["against"] == "parent" else None,
+                compare_to={"parent": "parent", "self": None}.get(data["against"], data.get("compare_model")),
                 run=run,
                 user=request.user,
                 max_new_tokens=data["max_new_tokens"],

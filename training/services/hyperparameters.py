@@ -146,4 +146,10 @@ def effective_config(run: TrainingRun) -> dict:
     cfg = train_config_defaults()
     cfg.update(run.hyperparameters or {})
     cfg["recipe"] = run.recipe
+    if cfg.get("reward_model"):  # a registered reward model's name -> its folder, for the worker
+        from ..models import ModelVersion
+
+        rm = ModelVersion.objects.filter(name=cfg["reward_model"]).first()
+        if rm is not None:
+            cfg["reward_model"] = rm.path
     return cfg

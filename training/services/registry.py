@@ -16,7 +16,7 @@ from django.conf import settings
 
 from annotate.models import Project
 
-from ..models import ModelVersion, TrainingRun
+from ..models import ModelKind, ModelVersion, TrainingRun
 from .errors import ModelFolderError, TrainingError
 
 
@@ -123,11 +123,14 @@ def register_model(
     round: int = 0,  # noqa: A002 - the model field's name
     metrics: dict | None = None,
     replace: bool = False,
+    kind: str | None = None,
 ) -> ModelVersion:
     """Validate a local model folder and register it as ``ModelVersion`` ``name``.
 
     ``replace`` updates an existing version of that name (used by ``build_default_model`` and
     by a training task that is re-run after a crash); otherwise a taken name is an error.
+    ``kind``: ``ModelKind``; by default a reward model when the folder's ``config.json`` names a
+    ``...ForSequenceClassification`` architecture, else a language model.
     """
     name = (name or "").strip()
     if not NAME_RE.match(name):
@@ -139,8 +142,11 @@ def register_model(
         raise TrainingError(f"a model named {name!r} is already registered", "name")
     if parent is None and info["is_adapter"]:
         parent = ModelVersion.objects.filter(path=info["base_path"]).first()
+    if kind is None:
+        kind = folder_kind(folder)
     values = dict(
         path=str(folder.resolve()),
+        kind=kind,
         parent=parent,
         is_adapter=info["is_adapter"],
         project=project,
@@ -155,6 +161,17 @@ def register_model(
         existing.save()
         return existing
     return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+
+
+def folder_kind(folder: str | os.PathLike) -> str:
+    """``ModelKind.REWARD`` for a folder whose ``config.json`` names a sequence-classification
+    architecture (a reward model), else ``ModelKind.POLICY``."""
+    cfg = Path(folder) / "config.json"
+    try:
+        archs = json.loads(cfg.read_text()).get("architectures") or [] if cfg.is_file() else []
+    except (OSError, ValueError):
+        archs = []
+    return ModelKind.REWARD if any(str(a).endswith("ForSequenceClassification") for a in archs) else ModelKind.POLICY
 
 
 def model_roots() -> list[Path]:

@@ -22,7 +22,7 @@ from annotate.models import Project
 from evaluation.models import Export
 from evaluation.models import JobStatus as ExportStatus
 
-from ..models import ModelVersion, Recipe, RunStatus, TrainingRun
+from ..models import ModelKind, ModelVersion, Recipe, RunStatus, TrainingRun
 from .errors import TrainingError
 from .hyperparameters import validate_hyperparameters
 from .registry import validate_model_folder
@@ -64,6 +64,7 @@ def launch_run(
     if base_model is None:
         raise TrainingError("choose a base model", "base_model")
     validate_model_folder(base_model.path)
+    check_reward_model(recipe, base_model, hp)
     fresh = export is None
     if export is not None:
         if export.project_id != project.pk:
@@ -100,6 +101,38 @@ def launch_run(
         if send:
             transaction.on_commit(lambda: send_run(run.pk))
     return run
+
+
+def check_reward_model(recipe: str, base_model: ModelVersion, hp: dict) -> ModelVersion | None:
+    """The RLHF checks a launch can make without torch: the base is a language model; recipe
+    ``ppo`` names a registered reward model (``hp["reward_model"]``), which must share the base's
+    tokenizer (PPO feeds the policy's token ids to it). Returns that reward model."""
+    from ..rlhf import tokenizer_problem
+
+    if base_model.kind == ModelKind.REWARD:
+        raise TrainingError(f"{base_model.name} is a reward model: it scores, it does not generate; choose a "
+                            f"language model as the base", "base_model")
+    name = hp.get("reward_model")
+    if not name:
+        if recipe == Recipe.PPO:
+            raise TrainingError("recipe ppo needs a reward model: choose a registered reward model (the output "
+                                "of an rm run), or run sft+rm+ppo to train one", "reward_model")
+        return None
+    if recipe not in (Recipe.PPO, Recipe.SFT_DPO_PPO):
+        raise TrainingError(f"a reward model is used by the recipes ppo and sft+dpo+ppo, not {recipe}",
+                            "reward_model")
+    rm = ModelVersion.objects.filter(name=name).first()
+    if rm is None:
+        raise TrainingError(f"no registered model is named {name!r}", "reward_model")
+    if rm.kind != ModelKind.REWARD:
+        raise TrainingError(f"{name} is a language model, not a reward model", "reward_model")
+    validate_model_folder(rm.path)
+    problem = tokenizer_problem(base_model.path, rm.path)
+    if problem:
+        raise TrainingError(f"the reward model {name}'s tokenizer differs from {base_model.name}'s ({problem}); "
+                            f"PPO scores the policy's tokens directly, so train the reward model from the same "
+                            f"base model", "reward_model")
+    return rm
 
 
 def send_run(run_id: int) -> None:

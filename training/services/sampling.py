@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotate.models import Project, Prompt
 
-from ..models import GenerationSample, JobStatus, ModelVersion, SamplingJob, TrainingRun
+from ..models import GenerationSample, JobStatus, ModelKind, ModelVersion, SamplingJob, TrainingRun
 from .errors import TrainingError
 
 #: The Celery tasks these jobs run in (``training.tasks``), on the gpu queue.
@@ -27,6 +27,11 @@ SAMPLE_TASK = "training.tasks.generate_sample"
 ROUND_TASK = "training.tasks.sample_round"
 
 log = logging.getLogger(__name__)
+
+
+def _must_generate(model_version: ModelVersion) -> None:
+    if model_version.kind == ModelKind.REWARD:
+        raise TrainingError(f"{model_version.name} is a reward model: it scores responses, it does not write them")
 
 
 def request_sample(
@@ -39,6 +44,7 @@ def request_sample(
     send: bool = True,
 ) -> GenerationSample:
     """Queue a generation from ``model_version`` (answered by a worker task, polled by the page)."""
+    _must_generate(model_version)
     prompt = (prompt or "").strip()
     if not prompt:
         raise TrainingError("type a prompt", "prompt")
@@ -103,12 +109,15 @@ def queue_sample_round(
     ``project`` become round ``project.current_round + 1`` comparisons. ``compare_to="parent"``
     pits the new model against the version it was trained from (two samples of the new model
     when it has none); ``None`` always takes two samples."""
+    _must_generate(model_version)
+    if compare_to == "parent":
+        compare_to = model_version.parent
+    if compare_to is not None:
+        _must_generate(compare_to)
     if not 1 <= int(n_prompts) <= 10_000:
         raise TrainingError("n_prompts must be between 1 and 10000", "n_prompts")
     if not Prompt.objects.filter(project=project).exists():
         raise TrainingError("the project has no prompts to sample from", "n_prompts")
-    if compare_to == "parent":
-        compare_to = model_version.parent
     if compare_to is not None and compare_to.pk == model_version.pk:
         compare_to = None
     job = SamplingJob.objects.create(

@@ -13,6 +13,7 @@ import logging
 from django.db import close_old_connections
 from django.utils import timezone
 
+from ..config import RECIPE_PHASES
 from ..models import RunStatus, TrainingRun
 from ..services import registry, rows, runs
 from ..services.hyperparameters import effective_config
@@ -66,11 +67,18 @@ def execute_run(run: TrainingRun) -> str:
     heartbeat.start()
     try:
         launcher = training_launcher()
+        if launcher and cfg.recipe not in RECIPE_PHASES:
+            reporter.log(f"{cfg.recipe} runs in this process on one device (the launcher is for SFT/DPO)")
+            launcher = None
         if launcher:
             reporter.log(f"launching: {' '.join(launcher)} -m training.trainer")
             result = train_in_subprocess(
                 launcher, cfg.to_dict(), run.base_model.path, train_rows, run.out_dir, reporter
             )
+        elif cfg.recipe not in RECIPE_PHASES:  # reward model / PPO: training.rlhf chains the phases
+            from ..rlhf import train_rlhf
+
+            result = train_rlhf(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
         else:
             result = train(cfg, run.base_model.path, train_rows, run.out_dir, callbacks=reporter, **kwargs)
     finally:
@@ -97,6 +105,7 @@ def execute_run(run: TrainingRun) -> str:
         return RunStatus.CANCELLED
 
     run.refresh_from_db()
+    reward_model = _register_reward_model(run, result, summary)
     version = registry.register_model(
         registry.output_model_name(run),
         result.final_path,
@@ -107,13 +116,14 @@ def execute_run(run: TrainingRun) -> str:
         training_run=run,
         round=_trained_round(run),
         metrics={
-            **summary["eval"],
+            **{k: v for k, v in summary["eval"].items() if not isinstance(v, list)},
             **{f"final_{k}": v for k, v in summary["final"].items() if isinstance(v, (int, float))},
         },
         replace=True,
     )
+    also = f"; its reward model as {reward_model.name}" if reward_model and reward_model != version else ""
     reporter.log(
-        f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path})",
+        f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path}){also}",
         status=RunStatus.SUCCEEDED,
         finished_at=now,
         summary=summary,
@@ -124,6 +134,28 @@ def execute_run(run: TrainingRun) -> str:
         total_steps=result.total_steps,
     )
     return RunStatus.SUCCEEDED
+
+
+def _register_reward_model(run: TrainingRun, result, summary: dict):
+    """The reward model an RLHF run trained (``rm/final``), registered as a reward model of its
+    own (``<output name>.rm``; for recipe ``rm`` it is the output itself, registered by the caller)."""
+    from pathlib import Path
+
+    rm_dir = Path(run.out_dir) / "rm" / "final"
+    if run.recipe in RECIPE_PHASES or run.recipe == "rm" or not (rm_dir / ".complete").exists():
+        return None
+    return registry.register_model(
+        f"{registry.output_model_name(run)}.rm",
+        rm_dir,
+        parent=run.base_model,
+        project=run.project,
+        description=f"reward model trained by run {run.pk} ({run.get_recipe_display()}, export {run.export_id})",
+        created_by=run.created_by,
+        training_run=run,
+        round=_trained_round(run),
+        metrics={k: v for k, v in summary["eval"].items() if not isinstance(v, list)},
+        replace=True,
+    )
 
 
 def _trained_round(run: TrainingRun) -> int:

@@ -20,12 +20,29 @@ log = logging.getLogger(__name__)
 
 #: Metric keys kept in ``TrainingMetric.data`` (everything numeric the trainer reports but ids).
 SKIP_METRIC_KEYS = {"batch_ids"}
+#: Structured metrics kept as they are: PPO's sample generations (texts cut to ``SAMPLE_CHARS``)
+#: and the reward model's calibration bins (the run page draws them).
+STRUCTURED_METRIC_KEYS = {"samples", "eval_calibration"}
+SAMPLE_CHARS = 600
+
+
+def _structured(key: str, value):
+    if key == "samples":
+        return [{"prompt": str(s.get("prompt", ""))[-SAMPLE_CHARS:],
+                 "response": str(s.get("response", ""))[:SAMPLE_CHARS],
+                 "reward": s.get("reward")} for s in value[:8] if isinstance(s, dict)]
+    return [{k: (float(f"{v:.5g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in b.items()}
+            for b in value if isinstance(b, dict)]
 
 
 def compact_metrics(metrics: dict) -> dict:
-    """Numbers rounded to 5 significant digits, lists and ids dropped; strings kept."""
+    """Numbers rounded to 5 significant digits, lists and ids dropped (but sample generations and
+    calibration bins); strings kept."""
     out = {}
     for key, value in metrics.items():
+        if key in STRUCTURED_METRIC_KEYS and isinstance(value, list):
+            out[key] = _structured(key, value)
+            continue
         if key in SKIP_METRIC_KEYS or isinstance(value, (list, dict, tuple)):
             continue
         if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -81,8 +98,8 @@ class RunReporter:
         TrainingMetric.objects.update_or_create(run_id=self.run_id, step=step, defaults={"data": data})
         eta = metrics.get("eta_s")
         parts = [f"step {step}/{total}", f"{metrics.get('phase', '')}"]
-        for key in ("loss", "reward_accuracy", "reward_margin", "eval_reward_accuracy", "lr"):
-            if key in data and data[key] is not None:
+        for key in ("loss", "reward_accuracy", "reward_margin", "eval_reward_accuracy", "reward", "kl", "lr"):
+            if isinstance(data.get(key), (int, float)):
                 parts.append(f"{key}={data[key]:.4g}")
         self._update(
             " ".join(p for p in parts if p),

@@ -35,6 +35,9 @@ class Command(BaseCommand):
             "--base", default="tiny-default", help="Base model version name (default tiny-default)."
         )
         parser.add_argument(
+            "--reward-model", help="Recipes ppo / sft+dpo+ppo: a registered reward model's name."
+        )
+        parser.add_argument(
             "--set",
             action="append",
             default=[],
@@ -82,6 +85,8 @@ class Command(BaseCommand):
                 raise CommandError(f"no export {options['export']} in project {project.name!r}")
         try:
             hp = parse_set_options(options["set"])
+            if options.get("reward_model"):
+                hp["reward_model"] = options["reward_model"]
             run = launch_run(
                 project,
                 base_model=base,

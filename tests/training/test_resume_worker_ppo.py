@@ -1,0 +1,137 @@
+"""A worker killed mid-PPO (SIGKILL) resumes at the iteration after its last checkpoint.
+
+Start a real worker, launch an ``sft+rm+ppo`` run (2 SFT steps, 4 reward-model steps, 10 PPO
+iterations, a PPO checkpoint after every iteration), SIGKILL the worker as soon as the PPO phase is
+past its second iteration's checkpoint, start a new worker. The embedded file-system broker does
+not redeliver the message a dead worker had taken, so the recovery path is
+``training.services.runs.resume_stale_runs`` (run at ``worker_ready``): the run, left 'running' by a
+dead pid on this host, is re-queued; the new worker claims it, the finished SFT and reward-model
+phases are skipped, PPO resumes from its last checkpoint (each iteration's prompts, samples and
+minibatches are a pure function of the seed and the iteration), and the run finishes with the
+planned step count, one metric row per step.
+
+Needs a database the worker can reach: see test_e2e_celery.py, whose worker scaffolding this
+file shares.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from annotate.models import Project
+from evaluation.models import Export, JobStatus
+from training.models import RunStatus, TrainingMetric, TrainingRun
+from training.services.registry import register_model
+from training.services.runs import launch_run, owner_is_dead
+
+pytestmark = pytest.mark.slow
+
+
+def _e2e():
+    """The worker scaffolding of test_e2e_celery.py (test folders are not packages)."""
+    spec = importlib.util.spec_from_file_location(
+        "_training_e2e_scaffolding", Path(__file__).with_name("test_e2e_celery.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+e2e = _e2e()
+
+
+@pytest.mark.skipif(
+    not e2e.needs_child_process(), reason="the database is reachable from a worker: runs directly"
+)
+def test_ppo_resume_through_worker_processes(tmp_path):
+    e2e.run_in_child_pytest(f"{__file__}::test_kill_worker_mid_ppo_and_resume", tmp_path, timeout=900)
+
+
+@pytest.mark.skipif(
+    e2e.needs_child_process(), reason="in-memory test database: run through the child pytest above"
+)
+@pytest.mark.django_db(transaction=True)
+def test_kill_worker_mid_ppo_and_resume(tmp_path):
+    from training.tiny_model import build_default_model
+
+    log_path = tmp_path / "worker.log"
+    env = e2e.worker_env()
+    first = e2e.start_worker(log_path, env)
+    second = None
+    try:
+        project = Project.objects.create(name="Resume PPO")
+        rows = [
+            {**line, "label": "preference", "weight": 1.0, "split": "train"}
+            for line in e2e.synthetic_lines(48)
+        ]
+        folder = tmp_path / "export"
+        folder.mkdir()
+        (folder / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        export = Export.objects.create(
+            project=project, status=JobStatus.SUCCEEDED, path=str(folder), n_rows=48
+        )
+        model_dir = build_default_model(
+            tmp_path / "tiny",
+            [r["prompt"] + r["chosen"] + r["rejected"] for r in rows],
+            vocab_size=320,
+            hidden=32,
+            layers=1,
+            max_positions=128,
+        )
+        base = register_model("tiny-resume-ppo", model_dir)
+        run = launch_run(
+            project,
+            base_model=base,
+            recipe="sft+rm+ppo",
+            export=export,
+            hyperparameters={
+                "sft_max_steps": 2, "rm_max_steps": 4, "rm_lr": 2e-3, "rm_norm_samples": 4,
+                "ppo_iterations": 10, "ppo_batch_size": 4, "ppo_response_length": 6, "ppo_lr": 1e-3,
+                "batch_size": 4, "lr": 1e-3, "max_length": 48, "checkpoint_every": 0, "eval_fraction": 0.0,
+            },
+        )
+
+        checkpoints = Path(run.out_dir) / "ppo" / "checkpoints" / "ppo"
+
+        def past_first_checkpoint():
+            r = TrainingRun.objects.get(pk=run.pk)
+            return (
+                r.status == RunStatus.RUNNING
+                and r.step >= 2 + 4 + 3
+                and (checkpoints / "step-000002" / ".complete").exists()
+            )
+
+        # kill as soon as the run is past its first checkpoint, so most of it is still ahead
+        e2e.wait_for(
+            past_first_checkpoint, 400, "the run to pass its first checkpoint", log_path, interval=0.05
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()  # reaped: its pid is gone, as it is when a supervisor restarts a worker
+        killed = TrainingRun.objects.get(pk=run.pk)
+        assert killed.status == RunStatus.RUNNING and 9 <= killed.step < 16, (killed.status, killed.step)
+        assert owner_is_dead(killed)
+
+        second = e2e.start_worker(log_path, env)
+        e2e.wait_for(lambda: TrainingRun.objects.get(pk=run.pk).is_finished, 400, "the resumed run", log_path)
+        run.refresh_from_db()
+        assert run.status == RunStatus.SUCCEEDED, f"{run.error}\n{run.logs[-3000:]}"
+        assert run.step == run.total_steps == 16 and run.summary["steps"] == 16 and run.attempts == 2
+        assert "was lost; re-queued" in run.logs and "ppo: resumed from" in run.logs
+        resumed_at = int(run.logs.split("ppo: resumed from ")[1].split("step-")[1][:6])  # PPO iterations done
+        assert 2 <= resumed_at <= killed.step - 6
+        assert list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True)) == list(
+            range(1, 17)
+        )
+        result = json.loads((Path(run.out_dir) / "result.json").read_text())
+        assert result["steps"] == result["total_steps"] == 16
+        assert run.output_model is not None and (Path(run.output_model.path) / "config.json").exists()
+    finally:
+        e2e.stop_worker(first)
+        if second is not None:
+            e2e.stop_worker(second)
