@@ -17,12 +17,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.views import APIView
 
-from annotate.api.base import AUTHENTICATION_CLASSES, DENIED, PROJECT_PARAM
+from annotate.api.base import DENIED, PROJECT_PARAM, ApiView
 from annotate.permissions import IsProjectReader
 
 from ..models import Export
@@ -171,8 +169,7 @@ class ExportSummarySerializer(ExportSerializer):
 # --------------------------------------------------------------------------- views
 
 
-class _Api(APIView):
-    authentication_classes = AUTHENTICATION_CLASSES
+class _ExportView(ApiView):
     permission_classes = [IsProjectReader]
 
     def _export(self, export_pk: int) -> Export:
@@ -181,9 +178,7 @@ class _Api(APIView):
         )
 
 
-class ExportListCreate(_Api):
-    pagination_class = LimitOffsetPagination
-
+class ExportListCreate(_ExportView):
     @extend_schema(
         tags=TAGS,
         summary="List the project's exports",
@@ -197,10 +192,8 @@ class ExportListCreate(_Api):
             .select_related("created_by")
             .order_by("-created_at", "-pk")
         )
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(
-            ExportSummarySerializer(page, many=True, context={"request": request}).data
+        return self.paginated(
+            qs, lambda page: ExportSummarySerializer(page, many=True, context={"request": request}).data
         )
 
     @extend_schema(
@@ -237,7 +230,7 @@ class ExportListCreate(_Api):
         return Response(out, status=status.HTTP_201_CREATED, headers={"Location": out["url"]})
 
 
-class ExportDetail(_Api):
+class ExportDetail(_ExportView):
     @extend_schema(
         tags=TAGS,
         summary="Get (poll) an export",
@@ -250,7 +243,7 @@ class ExportDetail(_Api):
         return Response(ExportSerializer(self._export(export_pk), context={"request": request}).data)
 
 
-class ExportDownload(_Api):
+class ExportDownload(_ExportView):
     @extend_schema(
         tags=TAGS,
         summary="Download an export file",

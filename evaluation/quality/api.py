@@ -12,13 +12,10 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
-from rest_framework.views import APIView
 
+from annotate.api.base import DENIED, PROJECT_PARAM, ApiView
 from annotate.models import Role
 from annotate.permissions import IsProjectMember, IsProjectReader, ReaderOrAdminWrites
 
@@ -26,17 +23,9 @@ from ..stats.aggregation import METHODS
 from . import selectors, services
 from .scheduling import schedule_recompute
 
-# Token first, so anonymous requests get 401 + WWW-Authenticate (as in annotate.api).
-AUTHENTICATION_CLASSES = sorted(
-    api_settings.DEFAULT_AUTHENTICATION_CLASSES, key=lambda cls: issubclass(cls, SessionAuthentication)
-)
-PROJECT_PARAM = OpenApiParameter(
-    "project_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Project id."
-)
 USER_PARAM = OpenApiParameter(
     "user_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="The annotator's user id."
 )
-DENIED = OpenApiResponse(description="Not signed in (401) or not allowed in this project (403).")
 MISSING = OpenApiResponse(description="No such project or annotator.")
 TAGS = ["quality"]
 
@@ -146,10 +135,6 @@ class OwnAccuracySerializer(serializers.Serializer):
 # --------------------------------------------------------------------------- helpers
 
 
-class _Api(APIView):
-    authentication_classes = AUTHENTICATION_CLASSES
-
-
 def _annotator_dict(row: selectors.AnnotatorRow) -> dict:
     q = row.quality
 
@@ -207,7 +192,7 @@ def _report_dict(report, pending) -> dict:
 # --------------------------------------------------------------------------- views
 
 
-class QualityReportView(_Api):
+class QualityReportView(ApiView):
     permission_classes = [IsProjectReader]
 
     @extend_schema(
@@ -224,7 +209,7 @@ class QualityReportView(_Api):
         return Response(_report_dict(selectors.latest_report(project), selectors.pending_report(project)))
 
 
-class QualityRecomputeView(_Api):
+class QualityRecomputeView(ApiView):
     permission_classes = [IsProjectReader]
 
     @extend_schema(
@@ -244,9 +229,8 @@ class QualityRecomputeView(_Api):
         )
 
 
-class AnnotatorQualityList(_Api):
+class AnnotatorQualityList(ApiView):
     permission_classes = [IsProjectReader]
-    pagination_class = LimitOffsetPagination
 
     @extend_schema(
         tags=TAGS,
@@ -269,15 +253,18 @@ class AnnotatorQualityList(_Api):
         table = selectors.annotator_table(
             self.project, sort=sort, descending=request.query_params.get("dir") == "desc"
         )
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(table, request, view=self)
-        rows = selectors.annotator_rows_for(self.project, None, page)
-        return paginator.get_paginated_response(
-            AnnotatorQualitySerializer([_annotator_dict(r) for r in rows], many=True).data
+        return self.paginated(
+            table,
+            lambda page: (
+                AnnotatorQualitySerializer(
+                    [_annotator_dict(r) for r in selectors.annotator_rows_for(self.project, None, page)],
+                    many=True,
+                ).data
+            ),
         )
 
 
-class AnnotatorQualityDetail(_Api):
+class AnnotatorQualityDetail(ApiView):
     permission_classes = [ReaderOrAdminWrites]
 
     def _row(self, user_pk: int) -> selectors.AnnotatorRow:
@@ -326,9 +313,8 @@ class AnnotatorQualityDetail(_Api):
         return Response(AnnotatorQualitySerializer(_annotator_dict(self._row(user_pk))).data)
 
 
-class AggregatedLabelList(_Api):
+class AggregatedLabelList(ApiView):
     permission_classes = [IsProjectReader]
-    pagination_class = LimitOffsetPagination
 
     @extend_schema(
         tags=TAGS,
@@ -381,12 +367,10 @@ class AggregatedLabelList(_Api):
             labels = [
                 {k: v for k, v in lab.items() if k != "is_gold"} for lab in labels if not lab["is_gold"]
             ]
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(labels, request, view=self)
-        return paginator.get_paginated_response(LabelSerializer(page, many=True).data)
+        return self.paginated(labels, lambda page: LabelSerializer(page, many=True).data)
 
 
-class OwnAccuracyView(_Api):
+class OwnAccuracyView(ApiView):
     permission_classes = [IsProjectMember]
 
     @extend_schema(

@@ -16,23 +16,11 @@ raw agreement is 2 agreeing pairs of 6 = 1/3; without a2, a1 and a3 agree on 5 o
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from scipy import stats
 
 from annotate import queue
-from annotate.models import (
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Judgment, Membership, Pool, Project
 from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
 from evaluation.quality.compute import recompute_quality
 from evaluation.quality.scheduling import schedule_recompute
@@ -46,58 +34,10 @@ from evaluation.quality.services import (
     set_weight_override,
 )
 from evaluation.quality.tasks import recompute_quality_task
+from tests.evaluation.hand_made import VOTES, hand_comparison, hand_judgment, hand_made_project
+from tests.factories import add_member, make_user
 
 pytestmark = pytest.mark.django_db
-
-GOLD = ["a", "a", "b", "b"]
-VOTES = {
-    "a1": ["a", "a", "b", "a", "a", "b"],
-    "a2": ["b", "b", "a", "a", "b", "a"],
-    "a3": ["a", "a", "b", "b", "a", "b"],
-}
-
-
-def make_comparison(project, i: int, *, gold: str | None = None, round_: int = 0) -> Comparison:
-    text = f"prompt {i} round {round_}"
-    prompt = Prompt.objects.create(project=project, text=text, content_hash=content_hash(text))
-    ra = Response.objects.create(
-        prompt=prompt,
-        text=f"answer A {i:03d}",
-        model_name="model-x",
-        content_hash=content_hash(f"A{i}"),
-        round=round_,
-    )
-    rb = Response.objects.create(
-        prompt=prompt,
-        text=f"answer B {i:03d}",
-        model_name="model-y",
-        content_hash=content_hash(f"B{i}"),
-        round=round_,
-    )
-    c = Comparison.objects.create(
-        project=project,
-        prompt=prompt,
-        response_a=ra,
-        response_b=rb,
-        round=round_,
-        pair_hash=content_hash(f"pair {i} {round_}"),
-        is_gold=gold is not None,
-    )
-    if gold is not None:
-        GoldAnswer.objects.create(comparison=c, answer=gold)
-    return c
-
-
-def judge(user, comparison, choice: str, *, a_on_left: bool, seconds: float = 20.0, pool=None) -> Judgment:
-    return Judgment.objects.create(
-        project=comparison.project,
-        comparison=comparison,
-        annotator=user,
-        pool=pool,
-        a_on_left=a_on_left,
-        choice=choice,
-        seconds=seconds,
-    )
 
 
 @pytest.fixture
@@ -107,21 +47,7 @@ def hand(settings):
     settings.PREFLOOP_QUALITY_BOOTSTRAP = 50
     settings.PREFLOOP_QUALITY_BOOTSTRAP_TIME = 20
     settings.PREFLOOP_QUALITY_BOOTSTRAP_BT = 5
-    User = get_user_model()
-    project = Project.objects.create(name="hand-made", overlap=3, gold_rate=0.0)
-    north = Pool.objects.create(project=project, name="north")
-    south = Pool.objects.create(project=project, name="south")
-    users = {}
-    for name, pool in (("a1", north), ("a2", south), ("a3", north)):
-        users[name] = User.objects.create(username=name)
-        Membership.objects.create(project=project, user=users[name], role=Role.ANNOTATOR, pool=pool)
-    users["admin"] = User.objects.create(username="boss")
-    Membership.objects.create(project=project, user=users["admin"], role=Role.ADMIN)
-    comparisons = [make_comparison(project, i, gold=GOLD[i] if i < 4 else None) for i in range(6)]
-    for name, votes in VOTES.items():
-        m = Membership.objects.get(project=project, user=users[name])
-        for i, (c, v) in enumerate(zip(comparisons, votes, strict=True)):
-            judge(users[name], c, v, a_on_left=i % 2 == 0, pool=m.pool)
+    project, users, comparisons = hand_made_project("hand-made")
     return project, users, comparisons
 
 
@@ -182,16 +108,15 @@ def test_position_bias_only_from_known_display_orders(hand):
     # and two unknown-order votes for A, which an "A on the left" default would count as two
     # more left picks (5/6).
     project, users, comparisons = hand
-    User = get_user_model()
     north = Pool.objects.get(project=project, name="north")
     for name in ("imp", "mix"):
-        users[name] = User.objects.create(username=name)
-        Membership.objects.create(project=project, user=users[name], role=Role.ANNOTATOR, pool=north)
+        users[name] = make_user(name)
+        add_member(project, users[name], pool=north)
     for c, v in zip(comparisons, VOTES["a3"], strict=True):
-        judge(users["imp"], c, v, a_on_left=None, pool=north)
+        hand_judgment(users["imp"], c, v, a_on_left=None, pool=north)
     mix = [(True, "a"), (False, "b"), (True, "a"), (False, "a"), (None, "a"), (None, "a")]
     for c, (a_on_left, v) in zip(comparisons, mix, strict=True):
-        judge(users["mix"], c, v, a_on_left=a_on_left, pool=north)
+        hand_judgment(users["mix"], c, v, a_on_left=a_on_left, pool=north)
 
     report = recompute_quality(project)
     extras = report.data["annotators"]
@@ -242,7 +167,7 @@ def test_exclusion_zeroes_the_weight_keeps_judgments_and_the_queue_refuses(hand)
     recompute_quality(project)
     a2 = users["a2"]
     # a2 could be served before (a fresh comparison is open).
-    make_comparison(project, 99)
+    hand_comparison(project, 99)
     assert queue.next_assignment(a2, project) is not None
 
     membership = set_excluded(project, a2.pk, True)
@@ -315,12 +240,12 @@ def test_judgments_schedule_one_debounced_report(hand, settings, sent, django_ca
     project, users, comparisons = hand
     settings.PREFLOOP_AUTO_QUALITY = True
     settings.PREFLOOP_QUALITY_DEBOUNCE_S = 45
-    extra = [make_comparison(project, 100 + i) for i in range(3)]
+    extra = [hand_comparison(project, 100 + i) for i in range(3)]
     with django_capture_on_commit_callbacks(execute=True):
         for c in extra:
-            judge(users["a1"], c, "a", a_on_left=True)
+            hand_judgment(users["a1"], c, "a", a_on_left=True)
     with django_capture_on_commit_callbacks(execute=True):
-        judge(users["a3"], extra[0], "b", a_on_left=False)
+        hand_judgment(users["a3"], extra[0], "b", a_on_left=False)
     queued = QualityReport.objects.filter(project=project, status=JobStatus.QUEUED)
     assert queued.count() == 1
     assert sent == [((queued.get().pk,), 45)]
@@ -333,16 +258,16 @@ def test_judgments_schedule_one_debounced_report(hand, settings, sent, django_ca
     # While it runs, a new judgment queues the next one (so the new judgment is covered).
     QualityReport.objects.filter(pk=again.pk).update(status=JobStatus.RUNNING)
     with django_capture_on_commit_callbacks(execute=True):
-        judge(users["a2"], extra[1], "a", a_on_left=True)
+        hand_judgment(users["a2"], extra[1], "a", a_on_left=True)
     assert QualityReport.objects.filter(project=project, status=JobStatus.QUEUED).count() == 1
     assert QualityReport.objects.filter(project=project).count() == 2
 
 
 def test_auto_quality_off_schedules_nothing(hand, sent, django_capture_on_commit_callbacks):
     project, users, _ = hand  # the fixture turns PREFLOOP_AUTO_QUALITY off
-    c = make_comparison(project, 200)
+    c = hand_comparison(project, 200)
     with django_capture_on_commit_callbacks(execute=True):
-        judge(users["a1"], c, "a", a_on_left=True)
+        hand_judgment(users["a1"], c, "a", a_on_left=True)
     assert not QualityReport.objects.filter(project=project).exists()
     assert sent == []
 

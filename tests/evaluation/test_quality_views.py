@@ -11,32 +11,17 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from annotate.models import (
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Judgment, Membership, Pool, Project, Role
 from evaluation.models import AnnotatorQuality, JobStatus, QualityReport
 from evaluation.quality.compute import recompute_quality
 from evaluation.quality.selectors import GOLD_BINS, SORT_KEYS, AnnotatorRow
 from evaluation.quality.services import effective_weights
 from evaluation.quality.views import ANNOTATORS_PER_PAGE, GOLD_CHART_MAX_POINTS
+from tests.evaluation.hand_made import hand_made_project
+from tests.factories import add_member, make_project
 
 pytestmark = pytest.mark.django_db
 
-GOLD = ["a", "a", "b", "b"]
-VOTES = {
-    "a1": ["a", "a", "b", "a", "a", "b"],
-    "a2": ["b", "b", "a", "a", "b", "a"],
-    "a3": ["a", "a", "b", "b", "a", "b"],
-}
 HX = {"HTTP_HX_REQUEST": "true"}
 
 
@@ -49,54 +34,7 @@ def site(settings):
     settings.PREFLOOP_QUALITY_BOOTSTRAP = 30
     settings.PREFLOOP_QUALITY_BOOTSTRAP_TIME = 10
     settings.PREFLOOP_QUALITY_BOOTSTRAP_BT = 5
-    User = get_user_model()
-    project = Project.objects.create(name="views", overlap=3, gold_rate=0.0)
-    pools = {
-        "north": Pool.objects.create(project=project, name="north"),
-        "south": Pool.objects.create(project=project, name="south"),
-    }
-    users = {}
-    for name, role, pool in (
-        ("a1", Role.ANNOTATOR, "north"),
-        ("a2", Role.ANNOTATOR, "south"),
-        ("a3", Role.ANNOTATOR, "north"),
-        ("admin", Role.ADMIN, None),
-        ("researcher", Role.RESEARCHER, None),
-    ):
-        users[name] = User.objects.create(username=name)
-        Membership.objects.create(project=project, user=users[name], role=role, pool=pools.get(pool))
-    users["outsider"] = User.objects.create(username="outsider")
-    comparisons = []
-    for i in range(6):
-        prompt = Prompt.objects.create(project=project, text=f"p{i}", content_hash=content_hash(f"p{i}"))
-        ra = Response.objects.create(
-            prompt=prompt, text=f"answer A {i}", model_name="model-x", content_hash=content_hash(f"a{i}")
-        )
-        rb = Response.objects.create(
-            prompt=prompt, text=f"answer B {i}", model_name="model-y", content_hash=content_hash(f"b{i}")
-        )
-        c = Comparison.objects.create(
-            project=project,
-            prompt=prompt,
-            response_a=ra,
-            response_b=rb,
-            pair_hash=content_hash(f"pair{i}"),
-            is_gold=i < 4,
-        )
-        if i < 4:
-            GoldAnswer.objects.create(comparison=c, answer=GOLD[i])
-        comparisons.append(c)
-    for name, votes in VOTES.items():
-        for i, (c, v) in enumerate(zip(comparisons, votes, strict=True)):
-            Judgment.objects.create(
-                project=project,
-                comparison=c,
-                annotator=users[name],
-                a_on_left=i % 2 == 0,
-                choice=v,
-                seconds=20.0,
-                pool=pools["north" if name != "a2" else "south"],
-            )
+    project, users, comparisons = hand_made_project("views", readers=True)
     return project, users, comparisons
 
 
@@ -373,8 +311,8 @@ def test_progress_polls_while_queued(site, client, settings):
     assert "HX-Refresh" not in response
     # The dashboard shows the running report's progress box.
     assert 'hx-trigger="every 2s"' in c.get(url("quality_dashboard", project)).content.decode()
-    other = Project.objects.create(name="other")
-    Membership.objects.create(project=other, user=users["admin"], role=Role.ADMIN)
+    other = make_project("other")
+    add_member(other, users["admin"], Role.ADMIN)
     assert c.get(reverse("quality_progress", args=[other.pk, report.pk])).status_code == 404
 
 

@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from django.contrib.auth import get_user_model
 
-from annotate.models import (
-    Comparison,
-    GoldAnswer,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Judgment, Membership, Project
 from evaluation import selectors
 from evaluation.selectors import load_judgments
+from tests.factories import add_member, make_comparison, make_judgment, make_pool, make_project, make_user
 
 pytestmark = pytest.mark.django_db
-User = get_user_model()
 
 
 @pytest.fixture(params=[selectors.LOAD_CHUNK, 2], ids=["one-batch", "batches-of-2"])
@@ -37,73 +25,33 @@ def chunk(request, monkeypatch):
     return request.param
 
 
-def comparison(project, name: str, *, a: str, b: str, round_: int = 0, gold: str | None = None):
-    prompt = Prompt.objects.create(project=project, text=name, content_hash=content_hash(name))
-    ra, rb = (
-        Response.objects.create(
-            prompt=prompt,
-            text=text,
-            model_name=f"m-{side}",
-            content_hash=content_hash(f"{name} {side}"),
-            round=round_,
-        )
-        for side, text in (("a", a), ("b", b))
-    )
-    c = Comparison.objects.create(
-        project=project,
-        prompt=prompt,
-        response_a=ra,
-        response_b=rb,
-        round=round_,
-        pair_hash=content_hash(f"pair {name}"),
-        is_gold=gold is not None,
-    )
-    if gold is not None:
-        GoldAnswer.objects.create(comparison=c, answer=gold)
-    return c
-
-
-def judge(user, c, choice, *, pool=None, a_on_left=True, seconds=None, strength=None) -> Judgment:
-    return Judgment.objects.create(
-        project=c.project,
-        comparison=c,
-        annotator=user,
-        pool=pool,
-        choice=choice,
-        a_on_left=a_on_left,
-        seconds=seconds,
-        strength=strength,
-    )
-
-
 @pytest.fixture
 def scene():
     """Two rounds, two pools, three members (one excluded), a non-member's imported votes,
     a gold comparison, an unjudged gold comparison, and another project's judgment."""
-    project = Project.objects.create(name="loader")
-    north = Pool.objects.create(project=project, name="north")
-    south = Pool.objects.create(project=project, name="south")
-    u = {name: User.objects.create(username=name) for name in ("ann", "ben", "cat", "outsider")}
-    Membership.objects.create(project=project, user=u["ann"], role=Role.ANNOTATOR, pool=north)
-    Membership.objects.create(project=project, user=u["ben"], role=Role.ANNOTATOR, pool=south)
-    Membership.objects.create(project=project, user=u["cat"], role=Role.ANNOTATOR, excluded=True)
+    project = make_project("loader")
+    north, south = make_pool(project, "north"), make_pool(project, "south")
+    u = {name: make_user(name) for name in ("ann", "ben", "cat", "outsider")}
+    add_member(project, u["ann"], pool=north)
+    add_member(project, u["ben"], pool=south)
+    add_member(project, u["cat"], excluded=True)
     c = {
-        "r0": comparison(project, "r0", a="short", b="a longer answer"),
-        "gold": comparison(project, "gold", a="gold A text", b="gold B", gold="b"),
-        "r1": comparison(project, "r1", a="x" * 30, b="y" * 7, round_=1),
-        "unjudged": comparison(project, "unjudged", a="1", b="2", gold="a"),
+        "r0": make_comparison(project, "r0", text_a="short", text_b="a longer answer"),
+        "gold": make_comparison(project, "gold", text_a="gold A text", text_b="gold B", gold="b"),
+        "r1": make_comparison(project, "r1", text_a="x" * 30, text_b="y" * 7, round=1),
+        "unjudged": make_comparison(project, "unjudged", text_a="1", text_b="2", gold="a"),
     }
     j = {
-        "ann-r0": judge(u["ann"], c["r0"], "a", pool=north, seconds=12.5, strength=2),
-        "ben-r0": judge(u["ben"], c["r0"], "b", pool=south, a_on_left=False),
-        "cat-r0": judge(u["cat"], c["r0"], "tie"),
-        "ann-gold": judge(u["ann"], c["gold"], "b", pool=north, strength=3),
-        "ben-gold": judge(u["ben"], c["gold"], "both_bad", pool=south, seconds=3.0),
-        "ann-r1": judge(u["ann"], c["r1"], "tie", pool=north),
-        "outsider-r1": judge(u["outsider"], c["r1"], "a", a_on_left=None),  # display order unknown
+        "ann-r0": make_judgment(u["ann"], c["r0"], "a", pool=north, seconds=12.5, strength=2),
+        "ben-r0": make_judgment(u["ben"], c["r0"], "b", pool=south, a_on_left=False),
+        "cat-r0": make_judgment(u["cat"], c["r0"], "tie"),
+        "ann-gold": make_judgment(u["ann"], c["gold"], "b", pool=north, strength=3),
+        "ben-gold": make_judgment(u["ben"], c["gold"], "both_bad", pool=south, seconds=3.0),
+        "ann-r1": make_judgment(u["ann"], c["r1"], "tie", pool=north),
+        "outsider-r1": make_judgment(u["outsider"], c["r1"], "a", a_on_left=None),  # display order unknown
     }
-    other = Project.objects.create(name="other")
-    judge(u["ann"], comparison(other, "elsewhere", a="p", b="q"), "a")
+    other = make_project("other")
+    make_judgment(u["ann"], make_comparison(other, "elsewhere", text_a="p", text_b="q"), "a")
     return project, {"north": north, "south": south}, u, c, j
 
 

@@ -8,28 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 
-from annotate.models import (
-    Comparison,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
 from evaluation.export.services import create_export
 from evaluation.export.tasks import build_export_task
+from tests.factories import make_annotators, make_comparison, make_judgment, make_pool, make_project
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-User = get_user_model()
 
 PAIRS = [
     ("Human: What is the capital of France?\n\nAssistant:", " Paris is the capital.", " I do not know."),
@@ -43,26 +31,15 @@ PAIRS = [
 
 def test_dpo_trainer_runs_on_the_export(settings, tmp_path):
     settings.PREFLOOP_EXPORT_BOOTSTRAP = 100
-    project = Project.objects.create(name="TRL export")
-    pool = Pool.objects.create(project=project, name="p")
-    users = [User.objects.create_user(f"trl-annotator-{i}") for i in range(3)]
-    for u in users:
-        Membership.objects.create(project=project, user=u, role=Role.ANNOTATOR, pool=pool)
-    judgments = []
+    project = make_project("TRL export")
+    pool = make_pool(project, "p")
+    users = make_annotators(project, 3, pool, prefix="trl-annotator-")
     for i, (prompt_text, good, bad) in enumerate(PAIRS):
-        prompt = Prompt.objects.create(
-            project=project, text=prompt_text, content_hash=content_hash(prompt_text)
+        c = make_comparison(
+            project, f"trl{i}", prompt=prompt_text, text_a=bad, text_b=good, model_a="m", model_b="m"
         )
-        a = Response.objects.create(prompt=prompt, text=bad, content_hash=content_hash(bad), model_name="m")
-        b = Response.objects.create(prompt=prompt, text=good, content_hash=content_hash(good), model_name="m")
-        c = Comparison.objects.create(
-            project=project, prompt=prompt, response_a=a, response_b=b, pair_hash=content_hash(f"trl{i}")
-        )
-        judgments += [
-            Judgment(project=project, comparison=c, annotator=u, pool=pool, a_on_left=k % 2 == 0, choice="b")
-            for k, u in enumerate(users)
-        ]
-    Judgment.objects.bulk_create(judgments)
+        for k, u in enumerate(users):
+            make_judgment(u, c, "b", pool=pool, a_on_left=k % 2 == 0)
     export = create_export(project, None, {"formats": ["hf"], "test_fraction": 0.34}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     export.refresh_from_db()

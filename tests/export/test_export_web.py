@@ -8,26 +8,15 @@ import json
 import zipfile
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from annotate.models import (
-    Comparison,
-    Judgment,
-    Membership,
-    Pool,
-    Project,
-    Prompt,
-    Response,
-    Role,
-    content_hash,
-)
+from annotate.models import Judgment, Project, Role
 from evaluation.export.services import create_export
 from evaluation.models import Export, JobStatus
+from tests.factories import add_member, make_comparison, make_pool, make_project, make_team
 
 pytestmark = pytest.mark.django_db
-User = get_user_model()
 
 
 @pytest.fixture(autouse=True)
@@ -48,33 +37,28 @@ def eager_celery():
 
 class Scene:
     def __init__(self):
-        self.project = Project.objects.create(name="Web export project", license="mit", gold_rate=0.0)
-        self.pool = Pool.objects.create(project=self.project, name="crowd")
-        self.admin = User.objects.create_user("web-admin")
-        self.researcher = User.objects.create_user("web-researcher")
-        self.annotators = [User.objects.create_user(f"web-annotator-{i}") for i in range(3)]
-        self.outsider = User.objects.create_user("web-outsider")
-        Membership.objects.create(project=self.project, user=self.admin, role=Role.ADMIN)
-        Membership.objects.create(project=self.project, user=self.researcher, role=Role.RESEARCHER)
-        for u in self.annotators:
-            Membership.objects.create(project=self.project, user=u, role=Role.ANNOTATOR, pool=self.pool)
+        self.project = make_project("Web export project", license="mit")
+        self.pool = make_pool(self.project, "crowd")
+        team = make_team(
+            self.project,
+            admin="web-admin",
+            researcher="web-researcher",
+            annotators=tuple(f"web-annotator-{i}" for i in range(3)),
+            outsider="web-outsider",
+            pool=self.pool,
+        )
+        self.admin, self.researcher, self.outsider = team.admin, team.researcher, team.outsider
+        self.annotators = team.annotators
         judgments = []
         for i in range(12):
-            prompt = Prompt.objects.create(
-                project=self.project, text=f"web prompt {i}", content_hash=content_hash(f"web prompt {i}")
-            )
-            a = Response.objects.create(
-                prompt=prompt, text=f"web answer a {i}", model_name="ma", content_hash=content_hash(f"wa{i}")
-            )
-            b = Response.objects.create(
-                prompt=prompt, text=f"web answer b {i}", model_name="mb", content_hash=content_hash(f"wb{i}")
-            )
-            c = Comparison.objects.create(
-                project=self.project,
-                prompt=prompt,
-                response_a=a,
-                response_b=b,
-                pair_hash=content_hash(f"wp{i}"),
+            c = make_comparison(
+                self.project,
+                f"wp{i}",
+                prompt=f"web prompt {i}",
+                text_a=f"web answer a {i}",
+                text_b=f"web answer b {i}",
+                model_a="ma",
+                model_b="mb",
                 n_judgments=3,
                 slots_taken=3,
             )
@@ -240,8 +224,8 @@ def test_api_permissions(scene):
         .json()["downloads"]
     )  # listed, but the download itself is refused
     # Another project's export is not reachable through this project.
-    other = Project.objects.create(name="Other")
-    Membership.objects.create(project=other, user=scene.researcher, role=Role.RESEARCHER)
+    other = make_project("Other")
+    add_member(other, scene.researcher, Role.RESEARCHER)
     assert (
         scene.client(scene.researcher)
         .get(reverse("export-api:export-detail", args=[other.pk, export.pk]))
