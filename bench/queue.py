@@ -540,7 +540,7 @@ def py_spy_summary(path: Path) -> dict:
             continue
         leaf = code[-1]
         # Blocked, not running: waiting for PostgreSQL's answer, for a socket or for work.
-        if leaf.split(" (")[0] in IDLE_FUNCTIONS:
+        if leaf.split(" (")[0].split(".")[-1] in IDLE_FUNCTIONS:
             idle += n
             continue
         total += n
@@ -592,6 +592,56 @@ def pg_wait_sampler(seconds: float, every: float = 0.05) -> tuple[threading.Thre
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, tally
+
+
+def cpu_per_judgment(project, token: str, n: int) -> dict:
+    """CPU of one judgment through the API, in this process (Django's test client: no HTTP
+    server, no other load's effect on the attribution): cProfile on ``time.process_time``,
+    charged by module group as in PROFILE_GROUPS, plus the PostgreSQL backend's CPU; and the
+    login page's Python CPU per request the same way, as the peer."""
+    import cProfile
+    import pstats
+
+    from rest_framework.test import APIClient
+
+    meter = CpuMeter()
+    client = APIClient(HTTP_HOST="127.0.0.1")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    item = client.get(f"/api/projects/{project.pk}/next/").json()
+    for _ in range(5):  # warm: prepared statements, caches
+        item = client.post(f"/api/assignments/{item['assignment_id']}/judgment/", {"choice": "left"}, format="json").json()["next"]
+    c0 = meter.now()
+    done = 0
+    while item is not None and done < n:  # unprofiled: the CPU per judgment
+        item = client.post(f"/api/assignments/{item['assignment_id']}/judgment/", {"choice": "left"}, format="json").json()["next"]
+        done += 1
+    c1 = meter.now()
+    prof = cProfile.Profile(time.process_time)
+    profiled = 0
+    prof.enable()
+    while item is not None and profiled < n:  # profiled: where it goes (as shares; the profiler slows it)
+        item = client.post(f"/api/assignments/{item['assignment_id']}/judgment/", {"choice": "left"}, format="json").json()["next"]
+        profiled += 1
+    prof.disable()
+    anon = APIClient(HTTP_HOST="127.0.0.1")
+    l0 = time.process_time()
+    for _ in range(n):
+        anon.get("/accounts/login/")
+    login_py = 1000.0 * (time.process_time() - l0) / n
+    groups: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
+        group = "other (stdlib, threading, socket)"
+        for key, name in PROFILE_GROUPS:
+            if key in filename:
+                group = name
+                break
+        groups[group] = groups.get(group, 0.0) + tottime
+    total = sum(groups.values()) or 1.0
+    groups = {k: 100.0 * v / total for k, v in groups.items()}
+    return {
+        "n": done, "python_ms": 1000.0 * (c1[0] - c0[0]) / max(done, 1), "pg_ms": 1000.0 * (c1[1] - c0[1]) / max(done, 1),
+        "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])), "login_python_ms": login_py,
+    }
 
 
 def start_gunicorn(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
@@ -833,6 +883,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db-name", default=DB_NAME, help="the throw-away PostgreSQL database (dropped and created)")
     ap.add_argument("--py-spy", action="store_true", help="profile the gunicorn workers during the queue phase")
+    ap.add_argument("--skip-half", action="store_true", help="skip the half-of-the-queue-closed phase (large tables)")
     ap.add_argument("--quick", action="store_true", help="a small run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     ap.add_argument("--keep", action="store_true", help="keep the prefloop_bench database")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
@@ -951,6 +1002,13 @@ def main() -> int:
         gunicorn.wait(timeout=30)
         gunicorn = None
 
+        cpu = cpu_per_judgment(project, tokens[users[-5].pk], 200 if not args.quick else 60)
+        print(f"\nCPU per judgment through the API, in-process ({cpu['n']} judgments, cProfile on process time; "
+              f"unprofiled): Python {cpu['python_ms']:.2f} ms, PostgreSQL backend {cpu['pg_ms']:.2f} ms; "
+              f"login page {cpu['login_python_ms']:.2f} ms Python")
+        for name, share in cpu["groups"].items():
+            print(f"   {share:5.1f}%  {name}")
+
         overlap = verify_overlap(project)
         print(f"\noverlap check (k={overlap['overlap']}): comparisons over k by slots {overlap['over_slots']}, by n_judgments "
               f"{overlap['over_n']}, by judgment rows {overlap['over_judged']}; max slots_taken {overlap['max_slots']}, "
@@ -964,25 +1022,27 @@ def main() -> int:
         plans_after = plan_check(project, plan_user_after, "after the HTTP load")
         problems += print_plan(plans_after)
 
-        # Later in a project's life the oldest half is done (work finishes in import order). Close
-        # the first half of the regular comparisons directly (synthetic: no judgment rows; the
-        # overlap check above is already done), VACUUM ANALYZE, and look at the plans and times again.
-        t0 = time.perf_counter()
-        with connection.cursor() as cur:
-            cur.execute(
-                "UPDATE annotate_comparison SET slots_taken = %s, n_judgments = %s, is_open = false WHERE id IN "
-                "(SELECT id FROM annotate_comparison WHERE project_id = %s AND NOT is_gold AND is_open ORDER BY id LIMIT %s)",
-                [project.overlap, project.overlap, project.pk, args.comparisons // 2],
-            )
-            closed_half = cur.rowcount
-            cur.execute("VACUUM ANALYZE annotate_comparison")
-        print(f"\nclosed {closed_half:,} comparisons (the oldest half) in {time.perf_counter() - t0:.1f} s")
-        plans_half = plan_check(project, users[-4], "half of the queue closed")
-        problems += print_plan(plans_half)
-        service_half = service_bench(project, service_users, max(50, args.service_calls // 10), args.seed + 1)
-        for k in ("next", "submit", "progress", "submit_and_next"):
-            s = service_half[k]
-            print(f"half closed {k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms")
+        closed_half, plans_half, service_half = 0, None, None
+        if not args.skip_half:
+            # Later in a project's life the oldest half is done (work finishes in import order). Close
+            # the first half of the regular comparisons directly (synthetic: no judgment rows; the
+            # overlap check above is already done), VACUUM ANALYZE, and look at the plans and times again.
+            t0 = time.perf_counter()
+            with connection.cursor() as cur:
+                cur.execute(
+                    "UPDATE annotate_comparison SET slots_taken = %s, n_judgments = %s, is_open = false WHERE id IN "
+                    "(SELECT id FROM annotate_comparison WHERE project_id = %s AND NOT is_gold AND is_open ORDER BY id LIMIT %s)",
+                    [project.overlap, project.overlap, project.pk, args.comparisons // 2],
+                )
+                closed_half = cur.rowcount
+                cur.execute("VACUUM ANALYZE annotate_comparison")
+            print(f"\nclosed {closed_half:,} comparisons (the oldest half) in {time.perf_counter() - t0:.1f} s")
+            plans_half = plan_check(project, users[-4], "half of the queue closed")
+            problems += print_plan(plans_half)
+            service_half = service_bench(project, service_users, max(50, args.service_calls // 10), args.seed + 1)
+            for k in ("next", "submit", "progress", "submit_and_next"):
+                s = service_half[k]
+                print(f"half closed {k:>9}: n={s['n']}  p50 {s['p50']:.2f} ms  p99 {s['p99']:.2f} ms")
         browser = browser_numbers()
         load_after = uptime()
         print(f"uptime after: {load_after}")
@@ -1006,10 +1066,12 @@ def main() -> int:
             fmt_row("service: `submit_judgment`", service["submit"]),
             fmt_row("service: `progress`", service["progress"]),
             fmt_row("service: `submit_and_next` (judgment + next claim)", service["submit_and_next"]),
-            fmt_row("service, half the queue closed: `next_assignment`", service_half["next"]),
-            fmt_row("service, half the queue closed: `submit_judgment`", service_half["submit"]),
-            fmt_row("service, half the queue closed: `progress`", service_half["progress"]),
-            fmt_row("service, half the queue closed: `submit_and_next`", service_half["submit_and_next"]),
+            *([] if service_half is None else [
+                fmt_row("service, half the queue closed: `next_assignment`", service_half["next"]),
+                fmt_row("service, half the queue closed: `submit_judgment`", service_half["submit"]),
+                fmt_row("service, half the queue closed: `progress`", service_half["progress"]),
+                fmt_row("service, half the queue closed: `submit_and_next`", service_half["submit_and_next"]),
+            ]),
             fmt_row(f"HTTP, {args.clients} clients: peer `GET /accounts/login/`", base["login"]),
             fmt_row(f"HTTP, {args.clients} clients: `GET …/next/` (first item only)", h["next"]),
             fmt_row(f"HTTP, {args.clients} clients: `POST …/judgment/` (+ next item)", h["submit"]),
@@ -1108,6 +1170,17 @@ def render_md(v: dict) -> str:
         "comparisons runs only on a cache miss (at most once per 10 s per project).",
         "",
     ]
+    cpu = v["cpu"]
+    lines += [
+        f"CPU of one judgment (`POST …/judgment/` with the next item), measured in-process with Django's test client "
+        f"over {cpu['n']} judgments (process CPU time, so it does not count waiting for a CPU): Python "
+        f"**{cpu['python_ms']:.2f} ms** and the PostgreSQL backend **{cpu['pg_ms']:.2f} ms** per judgment; the login "
+        f"page costs {cpu['login_python_ms']:.2f} ms of Python per request the same way, and no database work. The "
+        f"Python part by module group (cProfile on process time over {cpu['n']} more judgments, innermost frame):",
+        "",
+        *[f"- {share:.1f}% {name}" for name, share in cpu["groups"].items()],
+        "",
+    ]
     if v.get("profile", {}).get("total"):
         prof = v["profile"]
         lines += [
@@ -1119,7 +1192,7 @@ def render_md(v: dict) -> str:
             "- inclusive: " + ", ".join(f"`{k}` {100 * n / prof['total']:.1f}%" for k, n in prof["inclusive"].items()),
             "",
         ]
-    for chk in (pb, pa, ph):
+    for chk in (c for c in (pb, pa, ph) if c is not None):
         c = chk["candidate"]
         lines.append(f"- {chk['label']}, claim statement: {_scan_summary(c)}"
                      f"{'' if c['ok'] else ' — **FAIL**'}.")
