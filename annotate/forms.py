@@ -166,6 +166,20 @@ class ImportForm(forms.Form):
     token = forms.CharField(required=False, widget=forms.HiddenInput, max_length=64)
 
 
+class RevisionForm(forms.Form):
+    """A change to the annotator's previous judgment, in shown terms (left/right)."""
+
+    judgment = forms.IntegerField(min_value=1)
+    choice = forms.ChoiceField(choices=[(c, c) for c in SHOWN_CHOICES])
+    strength = forms.TypedChoiceField(
+        choices=[("", "")] + [(str(v), label) for v, label in Strength.choices],
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+    rationale = forms.CharField(required=False, max_length=5000)
+
+
 class JudgmentForm(forms.Form):
     """The annotator's submit, in the terms shown on screen (left/right)."""
 

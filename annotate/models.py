@@ -94,6 +94,9 @@ class Membership(models.Model):
     weight_override = models.FloatField(
         null=True, blank=True, help_text="Admin-set weight in [0, 1] replacing the computed one."
     )
+    # When the annotator page first showed this annotator the instructions open; later visits
+    # show them folded, one click away.
+    instructions_seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique")]
@@ -239,6 +242,9 @@ class Judgment(models.Model):
     seconds = models.FloatField(null=True, blank=True, help_text="Time spent on the item.")
     source = models.CharField(max_length=100, blank=True, default="", help_text="'' for the app; else the import.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when the annotator changed this judgment (annotate.revisions); the replaced versions
+    # are kept in JudgmentRevision. Statistics and exports read this row: the latest version.
+    revised_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -253,3 +259,23 @@ class Judgment(models.Model):
 
     def __str__(self) -> str:
         return f"Judgment {self.pk}: {self.choice}"
+
+
+class JudgmentRevision(models.Model):
+    """A judgment as it was before its annotator changed it: the original is never lost.
+
+    The ``Judgment`` row always holds the current version (one per annotator and comparison);
+    each change first copies the replaced values here (``annotate.revisions.revise``)."""
+
+    judgment = models.ForeignKey(Judgment, on_delete=models.CASCADE, related_name="revisions")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    strength = models.PositiveSmallIntegerField(choices=Strength.choices, null=True, blank=True)
+    rationale = models.TextField(blank=True, default="")
+    judged_at = models.DateTimeField(help_text="When this version was made.")
+    replaced_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["judgment", "judged_at"]
+
+    def __str__(self) -> str:
+        return f"Judgment {self.judgment_id} was {self.choice} until {self.replaced_at:%Y-%m-%d %H:%M}"

@@ -34,9 +34,16 @@ def has_role(user, project: Project, *roles: str) -> bool:
     return role_of(user, project) in roles
 
 
+def refusal(role: str | None, roles: tuple[str, ...]) -> str:
+    """Why a user with ``role`` may not do what needs one of ``roles``, in plain words."""
+    needed = " or ".join(Role(r).label.lower() for r in roles) or "another"
+    have = f"you are {'an' if role == Role.ADMIN or role == Role.ANNOTATOR else 'a'} {Role(role).label.lower()}" if role else "you are not a member"
+    return f"This needs the {needed} role in this project; {have}. Ask a project admin if you need access."
+
+
 def _require(role: str | None, roles: tuple[str, ...]) -> str:
     if role not in roles:
-        raise PermissionDenied("You do not have the required role in this project.")
+        raise PermissionDenied(refusal(role, roles))
     return role
 
 

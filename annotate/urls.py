@@ -1,7 +1,7 @@
 """The app's pages. Names are global (no namespace): settings.LOGIN_REDIRECT_URL is "home"."""
 from django.urls import path
 
-from . import views
+from . import revision_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -23,4 +23,6 @@ urlpatterns = [
     path("projects/<int:pk>/progress/", views.project_progress, name="project_progress"),
     path("projects/<int:pk>/annotate/", views.annotate, name="annotate"),
     path("projects/<int:pk>/annotate/skip/", views.annotate_skip, name="annotate_skip"),
+    path("projects/<int:pk>/annotate/back/", revision_views.annotate_back, name="annotate_back"),
+    path("projects/<int:pk>/annotate/revise/", revision_views.annotate_revise, name="annotate_revise"),
 ]

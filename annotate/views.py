@@ -1,5 +1,5 @@
 """The annotate app's pages: home, project set-up (settings, pools, members, import), progress,
-and the annotator's page.
+and the annotator's page (its "back", to change the previous judgment, is in ``revision_views``).
 
 Views parse input, check the project role (``annotate.roles``) and call one service
 (``annotate.queue``, ``annotate.imports``, ``annotate.services``); they hold no business
@@ -22,12 +22,14 @@ from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from . import queue, selectors, services
+from .exact import prompt_turns, render_exact
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
-from .models import Assignment, AssignmentStatus, Membership, Pool, Project, Role
+from .models import Assignment, AssignmentStatus, Judgment, Membership, Pool, Project, Role
 from .rendering import render_markdown
 from .roles import READ_ROLES, project_and_membership, project_for, role_of, visible_projects
 
@@ -320,6 +322,15 @@ def _import_progress_callback(key: str | None):
     return progress
 
 
+def _page_hint(hint: str) -> str:
+    """An import hint in this page's terms: the checkbox, not the API/CLI option."""
+    from .imports.validation import EMPTY_RESPONSE_HINT
+
+    if hint == EMPTY_RESPONSE_HINT:
+        return "Empty responses are refused unless allowed: tick “Allow empty responses” above and upload again if the file means them."
+    return hint
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def project_import(request, pk: int):
@@ -351,7 +362,7 @@ def project_import(request, pk: int):
         except imports.ImportValidationError as exc:
             errors = exc.errors
             truncated = exc.truncated
-            hints = exc.hints
+            hints = [_page_hint(h) for h in exc.hints]
         finally:
             if key:
                 cache.delete(key)
@@ -401,17 +412,6 @@ def project_progress(request, pk: int):
 # --------------------------------------------------------------------------------------------
 
 
-def _prompt_turns(prompt) -> list[dict]:
-    """A chat prompt as role-labelled turns; a plain prompt as one unlabelled turn."""
-    msgs = prompt.messages
-    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
-        return [
-            {"role": str(m.get("role", "")).strip()[:20], "html": render_markdown(str(m.get("content", "")))}
-            for m in msgs
-        ]
-    return [{"role": "", "html": render_markdown(prompt.text)}]
-
-
 _CLAIM = object()
 
 
@@ -444,13 +444,19 @@ def _item_context(
     ctx["progress"] = _annotator_progress(user, project, assignment)
     if assignment is not None:
         left, right = queue.shown_pair(assignment)
+        prompt = assignment.comparison.prompt
         ctx["item"] = {
             "assignment_id": assignment.pk,
-            "prompt_turns": _prompt_turns(assignment.comparison.prompt),
-            "left_html": render_markdown(left.text),
-            "right_html": render_markdown(right.text),
+            "prompt_turns": prompt_turns(prompt.text, prompt.messages),
+            "left_html": render_exact(left.text),
+            "right_html": render_exact(right.text),
         }
     return ctx
+
+
+def _done_today(user, project: Project) -> int:
+    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    return Judgment.objects.filter(annotator=user, project=project, created_at__gte=midnight).count()
 
 
 def _annotator_progress(user, project: Project, held: Assignment | None = None) -> dict:
@@ -486,24 +492,33 @@ def annotate(request, pk: int):
         if request.htmx:
             return _render_item(request, project, membership=membership)
         ctx = _item_context(request, project, membership=membership)
+        # Open the first time only; afterwards they stay one click (or the I key) away.
+        done = ctx.get("progress", {}).get("done", 0)
+        first_time = membership is not None and membership.instructions_seen_at is None and done == 0
+        if first_time and project.instructions:
+            Membership.objects.filter(pk=membership.pk).update(instructions_seen_at=timezone.now())
         ctx.update(
             role=Role.ANNOTATOR,
             tab="annotate",
             instructions_html=render_markdown(project.instructions),
-            instructions_open=ctx.get("progress", {}).get("done", 0) == 0,
+            instructions_open=first_time,
         )
         return render(request, "annotate/annotate.html", ctx)
 
     started = time.perf_counter()
     notice, level, served = _submit(request, project)
     if request.htmx:
-        rendered = _render_item(
+        ctx = _item_context(
             request, project, membership=membership, finished=not notice, notice=notice, notice_level=level,
             served=served,
         )
-        return _timed(rendered, started)
+        if not notice:
+            ctx["saved"] = {"verb": "Saved", "done_today": _done_today(request.user, project)}
+        return _timed(render(request, "annotate/_item.html", ctx), started)
     if notice:
         getattr(messages, level if level in ("info", "success", "warning", "error") else "info")(request, notice)
+    else:
+        messages.success(request, f"Saved · {_done_today(request.user, project)} done today")
     return redirect("annotate", pk=project.pk)
 
 

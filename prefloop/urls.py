@@ -16,3 +16,7 @@ urlpatterns = [
     path("", include("evaluation.urls")),
     path("", include("training.urls")),
 ]
+
+# The app's own 403 and 404 pages (prefloop/errors.py): its layout, and why.
+handler403 = "prefloop.errors.permission_denied"
+handler404 = "prefloop.errors.not_found"

@@ -38,6 +38,7 @@ from .models import (
     TrainingMetric,
     TrainingRun,
 )
+from .resume import resume_run
 from .services.errors import TrainingError
 from .services.registry import register_model_for
 from .services.runs import cancel_run, launch_run
@@ -349,6 +350,24 @@ class RunCancel(ApiView):
     def post(self, request, project_pk: int, run_pk: int):
         with _as_400():
             run = cancel_run(_run(self, run_pk), request.user)
+        return Response(TrainingRunSerializer(run).data)
+
+
+@project_schema(
+    "training",
+    "Resume a cancelled or failed run",
+    {200: TrainingRunSerializer, 400: BAD, 403: DENIED, 404: MISSING},
+    description="Project admins only. The run is queued again and continues from its last checkpoint "
+    "(from the start when it has none); 400 for a run that is not cancelled or failed.",
+    request=None,
+    parameters=[RUN_PARAM],
+)
+class RunResume(ApiView):
+    permission_classes = [IsProjectAdmin]
+
+    def post(self, request, project_pk: int, run_pk: int):
+        with _as_400():
+            run = resume_run(_run(self, run_pk), request.user)
         return Response(TrainingRunSerializer(run).data)
 
 

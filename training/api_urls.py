@@ -13,6 +13,7 @@ urlpatterns = [
         "projects/<int:project_pk>/runs/<int:run_pk>/metrics/", api.RunMetrics.as_view(), name="run-metrics"
     ),
     path("projects/<int:project_pk>/runs/<int:run_pk>/cancel/", api.RunCancel.as_view(), name="run-cancel"),
+    path("projects/<int:project_pk>/runs/<int:run_pk>/resume/", api.RunResume.as_view(), name="run-resume"),
     path("projects/<int:project_pk>/runs/<int:run_pk>/samples/", api.RunSample.as_view(), name="run-sample"),
     path(
         "projects/<int:project_pk>/runs/<int:run_pk>/sample-round/",

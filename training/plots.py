@@ -3,7 +3,8 @@
 ``PLOTS`` says which metrics the page draws (each phase apart -- SFT, DPO, reward model, PPO --
 held-out beside training; a run shows its recipe's phases); the reward model's calibration
 diagram and PPO's sample generations come from the same rows;
-``svg_line_plot`` draws one, escaping every text, downsampled to ``MAX_PLOT_POINTS`` points.
+``svg_line_plot`` draws one, escaping every text, downsampled to ``MAX_PLOT_POINTS`` points; a
+plot with one logged step says so in words; ``plot_table`` is each plot's table alternative.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ def svg_line_plot(
             head + f'<text x="{width / 2}" y="{height / 2 + 8}" text-anchor="middle" '
             f'class="plot-empty">no data yet</text></svg>'
         )
+    if all(len(pts) == 1 for _, pts in series) and len({pts[0][0] for _, pts in series}) == 1:
+        # One logged step: say what it is rather than draw a lone dot in an empty frame.
+        step = series[0][1][0][0]
+        values = ", ".join(f"{name + ' ' if name else ''}{_fmt(pts[0][1])}" for name, pts in series)
+        return mark_safe(
+            head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="plot-empty">'
+            f'{escape(f"one step logged so far (step {step})")}</text>'
+            f'<text x="{width / 2}" y="{height / 2 + 18}" text-anchor="middle" class="plot-empty">{escape(values)}</text></svg>'
+        )
     xs = [s for _, pts in series for s, _ in pts]
     ys = [v for _, pts in series for _, v in pts]
     x0, x1 = min(xs), max(xs)
@@ -75,7 +85,7 @@ def svg_line_plot(
     if y1 - y0 < 1e-12:
         pad = abs(y0) * 0.1 or 1.0
         y0, y1 = y0 - pad, y1 + pad
-    left, right, top, bottom = 46, 10, max(26, 8 + 12 * len(series)), 22
+    left, right, top, bottom = 56, 10, max(28, 10 + 14 * len(series)), 24
     pw, ph = width - left - right, height - top - bottom
 
     def px(s):
@@ -105,7 +115,7 @@ def svg_line_plot(
         if len(series) > 1 or name:
             label = f"{name} {_fmt(pts[-1][1])}"
             out.append(
-                f'<text x="{legend_x}" y="{14 + i * 12}" text-anchor="end" class="plot-legend" '
+                f'<text x="{legend_x}" y="{16 + i * 14}" text-anchor="end" class="plot-legend" '
                 f'fill="{color}">{escape(label)}</text>'
             )
     out.append("</svg>")
@@ -199,7 +209,7 @@ def run_plots(rows: list[tuple[int, dict]], recipe: str | None = None) -> list[s
             ]
             if pts:
                 series.append((name, pts))
-        plots.append(svg_line_plot(title, series, y_range=y_range))
+        plots.append(mark_safe(svg_line_plot(title, series, y_range=y_range) + plot_table(title, series)))
     return plots
 
 
@@ -230,3 +240,19 @@ def recent_samples(rows: list[tuple[int, dict]], n_steps: int = 3) -> list[dict]
             if len(out) == n_steps:
                 break
     return out
+
+
+def plot_table(title: str, series: list[tuple[str, list[tuple[int, float]]]]) -> str:
+    """The plot's numbers as a table behind a toggle (its text alternative); the same
+    downsampled steps the plot draws."""
+    if not series:
+        return ""
+    from evaluation.quality.plots import data_table
+
+    by_step: dict[int, dict[str, float]] = {}
+    for name, pts in series:
+        for step, v in _downsample(pts):
+            by_step.setdefault(step, {})[name] = v
+    names = [name for name, _ in series]
+    rows = [(step, *(by_step[step].get(n) for n in names)) for step in sorted(by_step)]
+    return data_table(title, ["Step", *[n or title for n in names]], rows)

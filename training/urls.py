@@ -10,6 +10,7 @@ urlpatterns = [
     path("projects/<int:pk>/runs/<int:run_id>/", views.run_detail, name="training_run"),
     path("projects/<int:pk>/runs/<int:run_id>/live/", views.run_live, name="training_run_live"),
     path("projects/<int:pk>/runs/<int:run_id>/cancel/", views.run_cancel, name="training_run_cancel"),
+    path("projects/<int:pk>/runs/<int:run_id>/resume/", views.run_resume, name="training_run_resume"),
     path("projects/<int:pk>/runs/<int:run_id>/sample/", views.run_sample, name="training_run_sample"),
     path(
         "projects/<int:pk>/runs/<int:run_id>/sample-round/",

@@ -23,6 +23,7 @@ from annotate.views import login_required
 
 from .forms import LaunchRunForm, RegisterModelForm, SampleForm, SampleRoundForm
 from .models import GenerationSample, ModelVersion, SamplingJob, TrainingMetric, TrainingRun
+from . import resume
 from .plots import calibration_plot, recent_samples, run_plots
 from .services.errors import TrainingError
 from .services.hyperparameters import effective_config, train_config_defaults
@@ -84,6 +85,8 @@ def run_live_context(run: TrainingRun) -> dict:
         "percent": round(100 * (run.progress or 0.0), 1),
         "log_tail": "\n".join((run.logs or "").splitlines()[-LOG_TAIL_LINES:]),
         "polling": run.is_active,
+        "resumable": not resume.resume_refusal(run),
+        "checkpoint": resume.last_checkpoint(run) if run.status in resume.RESUMABLE else None,
     }
 
 
@@ -179,10 +182,19 @@ def run_live(request, pk: int, run_id: int):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def run_cancel(request, pk: int, run_id: int):
+    """GET: ask for confirmation (what stops, what is kept). POST: cancel the run."""
     project = project_for(request.user, pk, Role.ADMIN)
     run = _get_run(project, run_id)
+    if request.method == "GET":
+        if not run.is_active or run.cancel_requested:
+            return redirect("training_run", pk=project.pk, run_id=run.pk)
+        return render(
+            request,
+            "training/run_cancel.html",
+            {"project": project, "role": Role.ADMIN, "run": run, "run_title": f"Run #{run.pk}", "tab": "training"},
+        )
     try:
         cancel_run(run, request.user)
     except TrainingError as exc:
@@ -198,6 +210,21 @@ def run_cancel(request, pk: int, run_id: int):
             "training/_run_live.html",
             {"project": project, "role": Role.ADMIN, **run_live_context(run)},
         )
+    return redirect("training_run", pk=project.pk, run_id=run.pk)
+
+
+@login_required
+@require_POST
+def run_resume(request, pk: int, run_id: int):
+    """Queue a cancelled or failed run again, from its last checkpoint (training.resume)."""
+    project = project_for(request.user, pk, Role.ADMIN)
+    run = _get_run(project, run_id)
+    try:
+        resume.resume_run(run, request.user)
+    except TrainingError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Resumed: the run is queued and continues from its last checkpoint.")
     return redirect("training_run", pk=project.pk, run_id=run.pk)
 
 

@@ -18,6 +18,10 @@ GRID = "#e3e6ea"
 AXIS = "#6b7280"
 TEXT = "#1f2937"
 MISSING = "#eef0f2"
+# Every text is at least this many units; the charts are drawn at their natural size (one unit
+# = one CSS pixel, scrolling sideways in a narrow window rather than shrinking), so axis text
+# is never under 12 px.
+MIN_TEXT = 12
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 
 
@@ -29,7 +33,7 @@ def _f(v: float) -> str:
     return f"{v:.1f}"
 
 
-def _text(x, y, s, *, anchor="middle", size=11, fill=TEXT, weight="normal", extra="") -> str:
+def _text(x, y, s, *, anchor="middle", size=MIN_TEXT, fill=TEXT, weight="normal", extra="") -> str:
     return (
         f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="{size}" fill="{fill}" '
         f'font-weight="{weight}"{extra}>{escape(str(s))}</text>'
@@ -40,7 +44,7 @@ def _open(width: int, height: int, title: str, css_class: str, desc: str = "") -
     t = escape(title)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {css_class}" viewBox="0 0 {width} {height}" '
-        f'width="100%" style="max-width: {width}px" preserveAspectRatio="xMinYMin meet" role="img" '
+        f'width="{width}" height="{height}" preserveAspectRatio="xMinYMin meet" role="img" '
         f'aria-label="{t}" '
         f'font-family="{escape(FONT)}"><title>{t}</title>' + (f"<desc>{escape(desc)}</desc>" if desc else "")
     )
@@ -51,6 +55,39 @@ def _empty(width: int, height: int, title: str, css_class: str, message: str) ->
         _open(width, height, title, css_class)
         + f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="#fafafa" stroke="{GRID}" '
         'rx="6"/>' + _text(width / 2, height / 2, message, fill=AXIS, size=13) + "</svg>"
+    )
+
+
+def _at(values, i: int):
+    return values[i] if values is not None and i < len(values) else None
+
+
+def data_table(caption: str, headers: Sequence[str], rows: Iterable[Sequence], *, numeric_from: int = 1) -> str:
+    """A chart's numbers as an HTML table behind a "Show as a table" toggle: the text
+    alternative of a chart for screen readers and for anyone who wants the exact values.
+    Cells are escaped; floats print with 3 decimals, missing values as "–"."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return escape(str(v))
+
+    num = ' class="num"'
+    head = "".join(
+        f'<th scope="col"{num if k >= numeric_from else ""}>{escape(h)}</th>' for k, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="num">{cell(v)}</td>' if k >= numeric_from else f'<th scope="row">{cell(v)}</th>'
+            for k, v in enumerate(row)
+        ) + "</tr>"
+        for row in rows
+    )
+    return (
+        f'<details class="chart-data"><summary>Show as a table</summary><div class="table-wrap">'
+        f'<table class="table"><caption class="sr-only">{escape(caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></details>"
     )
 
 
@@ -77,7 +114,7 @@ def line_chart(
     y_min: float | None = None,
     y_max: float | None = None,
     y_label: str = "",
-    width: int = 1200,
+    width: int = 1000,
     height: int = 300,
     reference: float | None = None,
     empty_message: str = "Not enough data yet",
@@ -91,6 +128,13 @@ def line_chart(
     values = [v for s in series for key in ("values", "low", "high") for v in (s.get(key) or []) if _ok(v)]
     if not labels or not values:
         return _empty(width, height, title or "line chart", css, empty_message)
+    shown = [i for i in range(len(labels)) if any(_ok(_at(s.get("values"), i)) for s in series)]
+    if len(shown) == 1:
+        # One dot in an empty frame reads as a broken chart: say what the one point is.
+        i = shown[0]
+        parts = [f"{s.get('name') or 'value'} {_at(s.get('values'), i):.2f}" for s in series if _ok(_at(s.get("values"), i))]
+        message = f"One point so far ({labels[i]}: {', '.join(parts)}); the line starts with the second."
+        return _empty(width, 120, title or "line chart", css, message)
     lo = min(values) if y_min is None else min(y_min, min(values))
     hi = max(values) if y_max is None else max(y_max, max(values))
     if hi - lo < 1e-9:
@@ -112,7 +156,7 @@ def line_chart(
     out = [_open(width, height, title or "line chart", css)]
     for t in ticks:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y(t))}" y2="{_f(y(t))}" stroke="{GRID}"/>')
-        out.append(_text(left - 6, y(t) + 4, f"{t:g}", anchor="end", size=10, fill=AXIS))
+        out.append(_text(left - 6, y(t) + 4, f"{t:g}", anchor="end", size=MIN_TEXT, fill=AXIS))
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="{AXIS}"/>')
     out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="{AXIS}"/>')
     if reference is not None and lo <= reference <= hi:
@@ -126,7 +170,7 @@ def line_chart(
                 14,
                 top + ph / 2,
                 y_label,
-                size=11,
+                size=MIN_TEXT,
                 fill=AXIS,
                 extra=f' transform="rotate(-90 14 {_f(top + ph / 2)})"',
             )
@@ -135,7 +179,7 @@ def line_chart(
     every = max(1, math.ceil(n / 10))
     for i, label in enumerate(labels):
         if i % every == 0 or i == n - 1:
-            out.append(_text(x(i), top + ph + 16, label, size=10, fill=AXIS))
+            out.append(_text(x(i), top + ph + 16, label, size=MIN_TEXT, fill=AXIS))
 
     for k, s in enumerate(series):
         color = s.get("color") or PALETTE[k % len(PALETTE)]
@@ -184,7 +228,7 @@ def line_chart(
             continue
         color = s.get("color") or PALETTE[k % len(PALETTE)]
         out.append(f'<rect x="{lx}" y="6" width="12" height="12" fill="{color}" rx="2"/>')
-        out.append(_text(lx + 17, 16, s["name"], anchor="start", size=11))
+        out.append(_text(lx + 17, 16, s["name"], anchor="start", size=MIN_TEXT))
         lx += 30 + 7 * len(str(s["name"]))
     out.append("</svg>")
     return "".join(out)
@@ -226,7 +270,7 @@ def heatmap(
     out = [_open(width, height, title or "heatmap", css)]
     for i, name in enumerate(labels):
         cy = top + i * cell + cell / 2 + 4
-        out.append(_text(left - 8, cy, name, anchor="end", size=11))
+        out.append(_text(left - 8, cy, name, anchor="end", size=MIN_TEXT))
         cx = left + i * cell + cell / 2
         out.append(
             _text(
@@ -234,7 +278,7 @@ def heatmap(
                 top - 8,
                 name,
                 anchor="start",
-                size=11,
+                size=MIN_TEXT,
                 extra=f' transform="rotate(-40 {_f(cx)} {_f(top - 8)})"',
             )
         )
@@ -259,7 +303,7 @@ def heatmap(
             dark = _ok(v) and float(v) / vmax > 0.55
             out.append(
                 _text(
-                    x0 + (cell - 2) / 2, y0 + cell / 2 + 3, label, size=11, fill="#ffffff" if dark else TEXT
+                    x0 + (cell - 2) / 2, y0 + cell / 2 + 3, label, size=MIN_TEXT, fill="#ffffff" if dark else TEXT
                 )
             )
     # Colour scale
@@ -272,8 +316,8 @@ def heatmap(
             f'fill="{_heat_color(v, vmax)}"/>'
         )
     out.append(f'<rect x="{_f(sx)}" y="{_f(sy)}" width="14" height="{_f(sh)}" fill="none" stroke="{GRID}"/>')
-    out.append(_text(sx + 18, sy + 9, value_format.format(vmax), anchor="start", size=10, fill=AXIS))
-    out.append(_text(sx + 18, sy + sh, value_format.format(0.0), anchor="start", size=10, fill=AXIS))
+    out.append(_text(sx + 18, sy + 9, value_format.format(vmax), anchor="start", size=MIN_TEXT, fill=AXIS))
+    out.append(_text(sx + 18, sy + sh, value_format.format(0.0), anchor="start", size=MIN_TEXT, fill=AXIS))
     out.append("</svg>")
     return "".join(out)
 
@@ -309,7 +353,7 @@ def interval_plot(
             f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(rows)}" '
             f'stroke="{GRID}"/>'
         )
-        out.append(_text(x(t), top + row_h * len(rows) + 16, f"{t:g}", size=10, fill=AXIS))
+        out.append(_text(x(t), top + row_h * len(rows) + 16, f"{t:g}", size=MIN_TEXT, fill=AXIS))
     if threshold is not None:
         tx = x(threshold)
         out.append(
@@ -317,12 +361,12 @@ def interval_plot(
             f'stroke="{PALETTE[1]}" stroke-dasharray="4 3"/>'
         )
         out.append(
-            _text(tx, top + row_h * len(rows) + 30, f"threshold {threshold:g}", size=10, fill=PALETTE[1])
+            _text(tx, top + row_h * len(rows) + 30, f"threshold {threshold:g}", size=MIN_TEXT, fill=PALETTE[1])
         )
     for k, r in enumerate(rows):
         cy = top + row_h * k + row_h / 2
         color = PALETTE[1] if r.get("flagged") else PALETTE[0]
-        out.append(_text(left - 8, cy + 4, r["label"], anchor="end", size=11))
+        out.append(_text(left - 8, cy + 4, r["label"], anchor="end", size=MIN_TEXT))
         lo, hi = r.get("low"), r.get("high")
         if _ok(lo) and _ok(hi):
             out.append(
@@ -372,10 +416,10 @@ def bar_chart(
             f'<line x1="{_f(x(t))}" x2="{_f(x(t))}" y1="{top}" y2="{top + row_h * len(labels)}" '
             f'stroke="{GRID}"/>'
         )
-        out.append(_text(x(t), top + row_h * len(labels) + 16, value_format.format(t), size=10, fill=AXIS))
+        out.append(_text(x(t), top + row_h * len(labels) + 16, value_format.format(t), size=MIN_TEXT, fill=AXIS))
     for k, (name, v) in enumerate(zip(labels, values, strict=False)):
         y0 = top + row_h * k
-        out.append(_text(left - 8, y0 + row_h / 2 + 4, name, anchor="end", size=11))
+        out.append(_text(left - 8, y0 + row_h / 2 + 4, name, anchor="end", size=MIN_TEXT))
         if not _ok(v):
             continue
         out.append(
@@ -395,7 +439,7 @@ def bar_chart(
                 y0 + row_h / 2 + 4,
                 value_format.format(v),
                 anchor="start",
-                size=10,
+                size=MIN_TEXT,
                 fill=AXIS,
             )
         )
@@ -458,9 +502,9 @@ def histogram(
     out = [_open(width, height, title or "histogram", css, desc)]
     for t in ticks:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{_f(y(t))}" y2="{_f(y(t))}" stroke="{GRID}"/>')
-        out.append(_text(left - 6, y(t) + 4, f"{t:,g}", anchor="end", size=10, fill=AXIS))
+        out.append(_text(left - 6, y(t) + 4, f"{t:,g}", anchor="end", size=MIN_TEXT, fill=AXIS))
     for t in _nice_ticks(x_min, x_max):
-        out.append(_text(x(t), top + ph + 16, f"{t:g}", size=10, fill=AXIS))
+        out.append(_text(x(t), top + ph + 16, f"{t:g}", size=MIN_TEXT, fill=AXIS))
     for b in bins:
         n, k = int(b["count"]), int(b.get("flagged") or 0)
         if not n:
@@ -488,17 +532,17 @@ def histogram(
             'stroke-dasharray="4 3"/>'
         )
         out.append(
-            _text(tx + 4, top + 10, f"threshold {threshold:g}", anchor="start", size=10, fill=PALETTE[1])
+            _text(tx + 4, top + 10, f"threshold {threshold:g}", anchor="start", size=MIN_TEXT, fill=PALETTE[1])
         )
     if x_label:
-        out.append(_text(left + pw / 2, height - 8, x_label, size=11, fill=AXIS))
+        out.append(_text(left + pw / 2, height - 8, x_label, size=MIN_TEXT, fill=AXIS))
     if y_label:
         cy = top + ph / 2
-        out.append(_text(14, cy, y_label, size=11, fill=AXIS, extra=f' transform="rotate(-90 14 {_f(cy)})"'))
+        out.append(_text(14, cy, y_label, size=MIN_TEXT, fill=AXIS, extra=f' transform="rotate(-90 14 {_f(cy)})"'))
     if flagged_total:
         for k, (label, color) in enumerate((("others", PALETTE[0]), ("below threshold", PALETTE[1]))):
             lx = left + k * 90
             out.append(f'<rect x="{lx}" y="6" width="12" height="12" fill="{color}" rx="2"/>')
-            out.append(_text(lx + 17, 16, label, anchor="start", size=11))
+            out.append(_text(lx + 17, 16, label, anchor="start", size=MIN_TEXT))
     out.append("</svg>")
     return "".join(out)

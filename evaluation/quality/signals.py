@@ -1,4 +1,4 @@
-"""Signal handlers: a new judgment schedules a (debounced) quality recomputation.
+"""Signal handlers: a new (or changed) judgment schedules a (debounced) quality recomputation.
 
 Connected in :meth:`evaluation.apps.EvaluationConfig.ready`. The Celery message goes out
 only after the judgment's transaction commits (``transaction.on_commit``), so the worker
@@ -16,8 +16,10 @@ from django.db import transaction
 from .scheduling import auto_quality_enabled, schedule_after_judgment
 
 
-def judgment_saved(sender, instance, created: bool, raw: bool = False, **kwargs) -> None:
-    if not created or raw or not auto_quality_enabled():
+def judgment_saved(sender, instance, created: bool, raw: bool = False, update_fields=None, **kwargs) -> None:
+    # A new judgment, or one its annotator changed (annotate.revisions saves "choice").
+    changed = created or (update_fields is not None and "choice" in update_fields)
+    if not changed or raw or not auto_quality_enabled():
         return
     transaction.on_commit(partial(schedule_after_judgment, instance.project_id))
 

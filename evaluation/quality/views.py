@@ -189,6 +189,16 @@ def _charts(report: QualityReport | None, summary: selectors.TableSummary) -> di
         ),
         "over_time_unit": "week of completion" if unit == "week" else "items, in order of completion",
     }
+    if over:
+        raw, alpha = series("raw_agreement", "Raw"), series("krippendorff_alpha", "α")
+        charts["over_time_table"] = plots.data_table(
+            "Agreement over time",
+            ["Period", "Raw agreement", "low", "high", "Krippendorff's α", "low", "high"],
+            [
+                (lab, raw["values"][i], raw["low"][i], raw["high"][i], alpha["values"][i], alpha["low"][i], alpha["high"][i])
+                for i, lab in enumerate(labels)
+            ],
+        )
     matrix = data.get("pool_matrix") or {}
     pool_labels = matrix.get("labels") or []
     if len(pool_labels) >= 2 and matrix.get("disagreement") is not None:
@@ -198,6 +208,10 @@ def _charts(report: QualityReport | None, summary: selectors.TableSummary) -> di
             counts=matrix.get("n_pairs"),
             title="Disagreement between pools (1 − raw agreement of vote pairs)",
         )
+        charts["heatmap_table"] = plots.data_table(
+            "Disagreement between pools", ["Pool", *pool_labels],
+            [(name, *row) for name, row in zip(pool_labels, matrix["disagreement"])],
+        )
     else:
         charts["heatmap"] = ""
     min_acc = (data.get("settings") or {}).get(
@@ -206,6 +220,10 @@ def _charts(report: QualityReport | None, summary: selectors.TableSummary) -> di
     if summary.gold_points:
         charts["gold"] = plots.interval_plot(
             summary.gold_points, title="Gold accuracy with 95% credible interval", threshold=min_acc
+        )
+        charts["gold_table"] = plots.data_table(
+            "Gold accuracy", ["Annotator", "Accuracy", "low", "high"],
+            [(p.get("label"), p.get("value"), p.get("low"), p.get("high")) for p in summary.gold_points],
         )
         charts["gold_binned"] = False
     elif summary.gold_bins:
@@ -220,6 +238,10 @@ def _charts(report: QualityReport | None, summary: selectors.TableSummary) -> di
             threshold=min_acc,
         )
         charts["gold_binned"] = True
+        charts["gold_table"] = plots.data_table(
+            "Gold accuracy per bin", ["Bin", "Annotators", "below threshold"],
+            [(f"{b['low']:g}–{b['high']:g}", b["count"], b.get("flagged") or 0) for b in summary.gold_bins],
+        )
     else:
         charts["gold"] = ""
     rounds = []

@@ -5,7 +5,10 @@
  * only adds behaviour on top; without it the form still works as a plain POST.
  *
  * Shortcuts: 1 left · 2 right · 3 tie · 0 both bad · Q/W/E strength · R rationale · S skip ·
- * Enter submit (Ctrl+Enter while typing the rationale; Esc leaves the rationale).
+ * B back to the previous item (to change its judgment) · I instructions · Enter submit
+ * (Ctrl+Enter while typing the rationale; Esc leaves the rationale, or cancels a change).
+ * The keys work wherever focus is (a collapsed <summary>, a radio, the page), except while
+ * typing in the rationale; Enter on a focused button or link keeps its own meaning.
  *
  * window.prefloop.latencies holds submit → next-item-visible times in ms, and
  * window.prefloop.serverMs the server's part of each (Server-Timing); the browser test and the
@@ -62,6 +65,18 @@
     if (b) { state.submitAt = performance.now(); b.click(); }
   }
 
+  function clickAction(name) {
+    var i = item();
+    var b = i && i.querySelector('[data-action="' + name + '"]');
+    if (b) b.click();
+    return !!b;
+  }
+
+  function toggleInstructions() {
+    var d = document.getElementById("instructions");
+    if (d) d.open = !d.open;
+  }
+
   function isTyping(el) {
     if (!el) return false;
     var tag = el.tagName;
@@ -71,7 +86,7 @@
   }
 
   document.addEventListener("keydown", function (e) {
-    if (!form() || e.defaultPrevented || e.altKey || e.metaKey || e.isComposing) return;
+    if (!item() || e.defaultPrevented || e.altKey || e.metaKey || e.isComposing) return;
     var t = e.target;
     if (isTyping(t)) {
       if (e.key === "Enter" && e.ctrlKey) { e.preventDefault(); submit(); }
@@ -79,9 +94,20 @@
       return;
     }
     if (e.ctrlKey) return;
+    if (e.key === "Escape") {
+      // Leave whatever holds focus (a summary, a button); while changing the previous
+      // judgment, Esc cancels the change.
+      if (!clickAction("cancel-revise") && document.activeElement && document.activeElement !== document.body) {
+        document.activeElement.blur();
+      }
+      e.preventDefault();
+      return;
+    }
     if (e.key === "Enter") {
       // A focused button or link keeps its own Enter (e.g. Tab to "Skip", then Enter).
-      if (t && (t.tagName === "BUTTON" || t.tagName === "A" || t.tagName === "SUMMARY")) return;
+      // A <summary> does not: Enter submits; Space, a click or I toggles it.
+      if (t && (t.tagName === "BUTTON" || t.tagName === "A")) return;
+      if (!form()) return;
       e.preventDefault();
       if (!e.repeat) submit();
       return;
@@ -96,7 +122,9 @@
       case "w": check("strength", "2"); break;
       case "e": check("strength", "3"); break;
       case "s": if (!e.repeat) skip(); break;
-      case "r": var ta = form().querySelector('textarea[name="rationale"]'); if (ta) ta.focus(); break;
+      case "b": if (!e.repeat) clickAction("back"); break;
+      case "i": toggleInstructions(); break;
+      case "r": var ta = form() && form().querySelector('textarea[name="rationale"]'); if (ta) ta.focus(); else handled = false; break;
       default: handled = false;
     }
     if (handled) e.preventDefault();
@@ -119,8 +147,12 @@
       return;
     }
     var seconds = (performance.now() - state.shownAt) / 1000;
-    f.querySelector('input[name="seconds"]').value = seconds.toFixed(3);
+    var secondsInput = f.querySelector('input[name="seconds"]');
+    if (secondsInput) secondsInput.value = seconds.toFixed(3);
     state.submitAt = performance.now();
+    // After the first judgment the instructions fold away; they stay one click (or I) away.
+    var instructions = document.getElementById("instructions");
+    if (instructions && instructions.open && !isSkip) instructions.open = false;
   }, true);
 
   // A new #annotate-item node in the document means the next item was swapped in.
@@ -134,6 +166,7 @@
     api.items += 1;
     var started = state.submitAt;
     state.submitAt = null;
+    syncStrength();
     if (started !== null) {
       // The new item is in the DOM; the next frame paints it.
       requestAnimationFrame(function () {

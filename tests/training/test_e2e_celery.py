@@ -281,7 +281,7 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
         assert last["loss"] < first["loss"] and last["reward_margin"] > first["reward_margin"]
 
         page = client.get(reverse("training_run", args=[project.pk, run.pk])).content.decode()
-        assert page.count("<svg") == 7 and "Succeeded" in page and run.output_model.name in page
+        assert page.count("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\"") == 7 and "Succeeded" in page and run.output_model.name in page
         assert (
             'hx-trigger="every 2s"' not in page.split('id="samples"')[0]
         )  # the run fragment stopped polling

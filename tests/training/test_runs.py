@@ -341,7 +341,7 @@ def test_run_page_shows_progress_plots_and_polls_while_running(scene, client):
     run = _running_run(scene)
     c = _client(client, scene["users"][Role.RESEARCHER])
     page = c.get(reverse("training_run", args=[scene["project"].pk, run.pk])).content.decode()
-    assert page.count("<svg") == 7
+    assert page.count("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\"") == 7  # the plots (the progress bar is SVG too)
     for title in (
         "Loss",
         "DPO reward accuracy",
@@ -391,7 +391,10 @@ def test_svg_plot_escapes_and_handles_edge_cases():
 
     assert "no data yet" in svg_line_plot("empty", [])
     one = svg_line_plot("<one>", [("a&b", [(3, 1.0)])])
-    assert "&lt;one&gt;" in one and "a&amp;b" in one and "<circle" in one
+    # One logged step is said in words, not drawn as a lone dot.
+    assert "&lt;one&gt;" in one and "a&amp;b" in one and "one step logged so far (step 3)" in one
+    two = svg_line_plot("two", [("a", [(3, 1.0)]), ("b", [(4, 2.0)])])
+    assert two.count("<circle") == 2  # single points at different steps are still drawn
     flat = svg_line_plot("flat", [("", [(1, 2.0), (2, 2.0), (3, float("nan"))])])
     assert "<path" in flat and "nan" not in flat
 
