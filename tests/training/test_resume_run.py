@@ -9,7 +9,8 @@ import pytest
 from django.urls import reverse
 
 from annotate.models import Role
-from training import resume, services
+from training import resume
+from training.services.runs import cancel_run, launch_run
 from training.models import RunStatus, TrainingMetric, TrainingRun
 
 from .test_runs import _client, _running_run, no_send, scene, tiny_model_dir  # noqa: F401 - fixtures
@@ -52,8 +53,9 @@ def test_only_cancelled_or_failed_runs_resume_and_only_by_admins(scene, client, 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancelled_run_resumes_from_its_checkpoint(scene, no_send, monkeypatch, client):
     from training import tasks
+    from training.worker.reporting import RunReporter
 
-    run = services.launch_run(
+    run = launch_run(
         scene["project"],
         base_model=scene["base"],
         recipe="dpo",
@@ -61,14 +63,14 @@ def test_a_cancelled_run_resumes_from_its_checkpoint(scene, no_send, monkeypatch
         hyperparameters={"max_steps": 6, "batch_size": 2, "lr": 1e-3, "max_length": 48,
                          "checkpoint_every": 0, "eval_fraction": 0.0},
     )
-    original = tasks.RunReporter.on_step
+    original = RunReporter.on_step
 
     def on_step(self, metrics):
         original(self, metrics)
         if metrics["step"] == 3 and not TrainingRun.objects.get(pk=self.run_id).logs.count("resume requested"):
-            services.cancel_run(TrainingRun.objects.get(pk=self.run_id))
+            cancel_run(TrainingRun.objects.get(pk=self.run_id))
 
-    monkeypatch.setattr(tasks.RunReporter, "on_step", on_step)
+    monkeypatch.setattr(RunReporter, "on_step", on_step)
     assert tasks.run_training.apply(args=(run.pk,)).get() == RunStatus.CANCELLED
     run.refresh_from_db()
     ckpt = resume.last_checkpoint(run)
