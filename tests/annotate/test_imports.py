@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -503,12 +502,10 @@ def synthetic(n: int, seed: int = 0) -> bytes:
 
 def test_five_thousand_lines_in_few_queries(project, django_assert_max_num_queries):
     data = synthetic(5000)
-    started = time.perf_counter()
     # Batched: about one INSERT per 76-166 rows on SQLite (its 999-variable limit), per 2000 on
     # PostgreSQL; a per-line import would need over 17,000 queries.
     with django_assert_max_num_queries(250):
         result = run(project, data)
-    elapsed = time.perf_counter() - started
     assert (result.created, result.gold, result.prompts_created, result.responses_created) == (
         5000,
         500,
@@ -516,7 +513,6 @@ def test_five_thousand_lines_in_few_queries(project, django_assert_max_num_queri
         10000,
     )
     assert Comparison.objects.count() == 5000 and GoldAnswer.objects.count() == 500
-    assert elapsed < 15, f"5k lines took {elapsed:.1f}s"
     with django_assert_max_num_queries(40):
         assert run(project, data).duplicates == 5000
 

@@ -5,14 +5,13 @@ as provenance), simulate three annotators who agree with the source 80 % of the 
 seeded sample of the comparisons, build a calibrated export (``evaluation.export``: Dawid-Skene,
 weights, by-prompt split), build the tiny default model with its tokenizer trained on that
 text (``manage.py build_default_model``), and run ``sft+dpo`` through the training task on CPU.
-The run must succeed within the time budget and its training DPO reward accuracy must rise
+The run must succeed and its training DPO reward accuracy must rise
 above where it started.
 """
 
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -30,7 +29,6 @@ User = get_user_model()
 
 N_JUDGED = 64  # comparisons the simulated annotators judge (the export's pairs)
 AGREE = 0.8  # probability that an annotator agrees with the source preference
-BUDGET_S = 240  # generous: the goal is ~90 s on an idle laptop CPU
 
 
 def simulate_judgments(project: Project, annotators: list, n: int, seed: int = 0) -> int:
@@ -96,7 +94,6 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
     )
     base = ModelVersion.objects.get(name="tiny-default")
 
-    t0 = time.monotonic()
     run = launch_run(
         project,
         base_model=base,
@@ -118,10 +115,8 @@ def test_hh_harmless_sft_dpo_on_cpu(shared_data, tmp_path):
         },
     )
     assert run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
-    elapsed = time.monotonic() - t0
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.step == run.total_steps == 20, run.error
-    assert elapsed < BUDGET_S, f"sft+dpo took {elapsed:.0f}s"
 
     rows = [m.data for m in TrainingMetric.objects.filter(run=run).order_by("step")]
     assert [m["phase"] for m in rows] == ["sft"] * 4 + ["dpo"] * 16

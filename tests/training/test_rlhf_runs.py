@@ -26,8 +26,10 @@ RLHF_HP = {
 
 
 @pytest.fixture
-def trained(scene, no_send, django_capture_on_commit_callbacks):  # noqa: F811
-    """An sft+rm+ppo run trained in this process through the Celery task."""
+def trained(transactional_db, scene, no_send):  # noqa: F811
+    """An sft+rm+ppo run trained in this process through the Celery task. Transactional: the task
+    closes its database connection when it ends, as a worker does, which on PostgreSQL would end a
+    test wrapped in one transaction."""
     from training.tasks import run_training
 
     run = launch_run(scene["project"], base_model=scene["base"], recipe="sft+rm+ppo", export=scene["export"],
