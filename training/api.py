@@ -42,7 +42,7 @@ from .resume import resume_run
 from .services.errors import TrainingError
 from .services.registry import register_model_for
 from .services.runs import cancel_run, launch_run
-from .services.sampling import queue_sample_round, request_sample
+from .services.sampling import AGAINST, queue_sample_round, request_sample
 
 RUN_PARAM = OpenApiParameter(
     "run_pk", OpenApiTypes.INT, OpenApiParameter.PATH, description="Training run id."
@@ -187,9 +187,15 @@ class GenerationSampleSerializer(serializers.ModelSerializer):
 class SampleRoundRequestSerializer(serializers.Serializer):
     n_prompts = serializers.IntegerField(min_value=1, max_value=10_000, default=20)
     against = serializers.ChoiceField(
-        choices=["parent", "self"],
+        choices=["parent", "self", "model"],
         default="parent",
-        help_text="'parent': new model vs. its base; 'self': two samples.",
+        help_text="'parent': head to head, the new model vs. the model it was trained from; 'self': two "
+        "samples of the new model; 'model': vs. the fixed reference model named in compare_model.",
+    )
+    compare_model = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="With against='model': the reference model version's name (or id).",
     )
     max_new_tokens = serializers.IntegerField(min_value=1, max_value=512, default=64)
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.8)
@@ -207,12 +213,16 @@ class SamplingJobSerializer(serializers.ModelSerializer):
             "project",
             "model_version",
             "compare_to",
+            "pairing",
             "run",
             "n_prompts",
             "round",
             "status",
             "progress",
             "n_created",
+            "n_empty",
+            "n_identical",
+            "n_existing",
             "error",
             "created_at",
             "finished_at",
@@ -229,14 +239,14 @@ def _as_400():
         raise ValidationError({exc.field or "detail": [exc.message]}) from None
 
 
-def _model_by_name_or_id(value: str, project) -> ModelVersion:
+def _model_by_name_or_id(value: str, project, field: str = "base_model") -> ModelVersion:
     """A registered model shared by all projects or belonging to ``project`` (as on the form)."""
     qs = ModelVersion.objects.filter(Q(project__isnull=True) | Q(project=project))
     found = qs.filter(name=value).first()
     if found is None and str(value).isdigit():
         found = qs.filter(pk=int(value)).first()
     if found is None:
-        raise ValidationError({"base_model": [f"no registered model named {value!r}"]})
+        raise ValidationError({field: [f"no registered model named {value!r}"]})
     return found
 
 
@@ -431,7 +441,11 @@ class RunSampleRound(ApiView):
                 self.project,
                 run.output_model,
                 n_prompts=v["n_prompts"],
-                compare_to="parent" if v["against"] == "parent" else None,
+                pairing=AGAINST[v["against"]],
+                compare_to=(
+                    _model_by_name_or_id(v["compare_model"], self.project, "compare_model")
+                    if v.get("compare_model") else None
+                ),
                 run=run,
                 user=request.user,
                 max_new_tokens=v["max_new_tokens"],

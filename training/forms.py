@@ -154,9 +154,9 @@ class SampleRoundForm(forms.Form):
     n_prompts = forms.IntegerField(min_value=1, max_value=10_000, initial=20, label="Prompts")
     against = forms.ChoiceField(
         choices=[
-            ("parent", "the base model (new vs. parent)"),
-            ("self", "itself (two samples)"),
-            ("model", "another model version (head to head)"),
+            ("parent", "the previous model (head to head: new vs. the model it was trained from)"),
+            ("self", "itself (two samples of the new model: the next DPO round's pairs)"),
+            ("model", "a fixed reference model version"),
         ],
         initial="parent",
         label="Compare against",
@@ -164,8 +164,8 @@ class SampleRoundForm(forms.Form):
     compare_model = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(kind=ModelKind.POLICY).order_by("name"),
         required=False,
-        label="Other model version",
-        help_text="With 'another model version': e.g. the sft+dpo model against this sft+rm+ppo one.",
+        label="Reference model version",
+        help_text="With 'a fixed reference model': e.g. the base model every round is measured against.",
     )
 
     def clean(self):

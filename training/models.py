@@ -195,9 +195,18 @@ class GenerationSample(WorkerJob):
         return f"Sample {self.pk} from {self.model_version}"
 
 
+class Pairing(models.TextChoices):
+    """What the new model's responses are paired with when a round is sampled."""
+
+    HEAD_TO_HEAD = "head_to_head", "New vs. previous model (head to head)"
+    TWO_SAMPLES = "two_samples", "Two samples of the new model (next DPO round's pairs)"
+    REFERENCE = "reference", "New vs. a fixed reference model"
+
+
 class SamplingJob(WorkerJob):
     """New responses from ``model_version`` (vs. ``compare_to``, or two samples of it) for
-    ``n_prompts`` prompts, imported as round ``round`` comparisons of ``project``."""
+    ``n_prompts`` prompts, imported as round ``round`` comparisons of ``project``. Pairs with an
+    empty response, or with two identical responses, are dropped and counted."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sampling_jobs")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="sampling_jobs")
@@ -216,9 +225,15 @@ class SamplingJob(WorkerJob):
     max_new_tokens = models.PositiveIntegerField(default=64)
     temperature = models.FloatField(default=0.8)
     seed = models.IntegerField(default=0)
+    pairing = models.CharField(max_length=12, choices=Pairing.choices, default=Pairing.HEAD_TO_HEAD)
     round = models.PositiveIntegerField(help_text="The round the new comparisons belong to.")
     progress = models.FloatField(default=0.0)
     n_created = models.PositiveIntegerField(default=0)
+    n_empty = models.PositiveIntegerField(default=0, help_text="Pairs dropped: a response was empty.")
+    n_identical = models.PositiveIntegerField(default=0, help_text="Pairs dropped: both responses were the same.")
+    n_existing = models.PositiveIntegerField(
+        default=0, help_text="Pairs dropped: the round already had this comparison."
+    )
 
     def __str__(self) -> str:
         return f"Sampling {self.pk}: {self.model_version} -> round {self.round}"

@@ -29,7 +29,7 @@ from .services.errors import TrainingError
 from .services.hyperparameters import effective_config, train_config_defaults
 from .services.registry import model_roots, register_model_for
 from .services.runs import cancel_run, launch_run
-from .services.sampling import queue_sample_round, request_sample
+from .services.sampling import AGAINST, queue_sample_round, request_sample
 
 LOG_TAIL_LINES = 40
 
@@ -278,7 +278,8 @@ def run_sample_round(request, pk: int, run_id: int):
                 project,
                 run.output_model,
                 n_prompts=data["n_prompts"],
-                compare_to={"parent": "parent", "self": None}.get(data["against"], data.get("compare_model")),
+                pairing=AGAINST[data["against"]],
+                compare_to=data.get("compare_model"),
                 run=run,
                 user=request.user,
                 max_new_tokens=data["max_new_tokens"],

@@ -11,11 +11,17 @@ where ``W_i`` is model i's total score and ``N_ij`` the games between i and j. T
 terms are a weak prior: ``r`` (default 1) virtual games against a reference of strength 1,
 half won, so a model that won every game still gets a finite strength and disconnected
 models stay comparable. Strengths are reported as ``log p`` centred to mean 0
-(``elo = 400 / ln 10 * strength``). Confidence intervals resample comparisons (seeded).
+(``elo = 400 / ln 10 * strength``). Confidence intervals are percentile bootstraps (seeded)
+that resample comparisons, or whole groups of them (``groups``: e.g. the prompt of each
+comparison, so that several judgments of one prompt move together and the interval reflects
+how many prompts were judged, not how many clicks).
+
+:func:`win_rates`: each model's mean score against the others, with the same bootstrap.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,8 +123,12 @@ def bradley_terry(
     n_boot: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> BradleyTerry:
-    """Strengths, percentile bootstrap intervals and the observed win-rate matrix."""
+    """Strengths, percentile bootstrap intervals and the observed win-rate matrix.
+
+    ``groups``: one label per comparison; the bootstrap then draws whole groups (all the
+    comparisons of a prompt at once) instead of single comparisons."""
     model_a = np.asarray(model_a, dtype=np.int64)
     model_b = np.asarray(model_b, dtype=np.int64)
     score = outcome_scores(outcome)
@@ -144,13 +154,82 @@ def bradley_terry(
     win_rate[games == 0] = np.nan
 
     low = high = np.full(n_models, np.nan)
-    m = score.shape[0]
-    if n_boot > 0 and m:
-        rng = np.random.default_rng(seed)
+    if n_boot > 0 and score.shape[0]:
         reps = np.empty((n_boot, n_models))
-        for b in range(n_boot):
-            draw = np.bincount(rng.integers(0, m, m), minlength=m) * weights
-            reps[b] = fit_strengths(*_tables(model_a, model_b, score, draw, n_models), prior_games)[0]
+        for b, draw in enumerate(_bootstrap_weights(score.shape[0], groups, n_boot, seed)):
+            reps[b] = fit_strengths(*_tables(model_a, model_b, score, draw * weights, n_models), prior_games)[0]
         tail = (1 - level) / 2 * 100
         low, high = np.percentile(reps, [tail, 100 - tail], axis=0)
     return BradleyTerry(strength, low, high, win_rate, games, iterations, converged)
+
+
+def _bootstrap_weights(m: int, groups: np.ndarray | None, n_boot: int, seed: int):
+    """``n_boot`` arrays of per-comparison multiplicities: comparisons drawn with replacement, or
+    whole groups drawn with replacement (each comparison counted as often as its group)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield np.bincount(rng.integers(0, m, m), minlength=m).astype(np.float64)
+        return
+    groups = np.asarray(groups)
+    if groups.shape != (m,):
+        raise ValueError("groups must have one label per comparison")
+    _, group_of = np.unique(groups, return_inverse=True)
+    k = int(group_of.max()) + 1
+    for _ in range(n_boot):
+        times = np.bincount(rng.integers(0, k, k), minlength=k).astype(np.float64)
+        yield times[group_of]
+
+
+@dataclass(eq=False)
+class WinRates:
+    """Per model: mean score against the other models (tie = ½) and its bootstrap interval."""
+
+    rate: np.ndarray  # [n_models] NaN: no games
+    low: np.ndarray
+    high: np.ndarray
+    n_games: np.ndarray  # [n_models] (weighted) games played
+
+
+def win_rates(
+    model_a: np.ndarray,
+    model_b: np.ndarray,
+    outcome: np.ndarray,
+    *,
+    n_models: int | None = None,
+    weights: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> WinRates:
+    """Each model's weighted mean score over its games, with a percentile bootstrap interval
+    over comparisons, or over ``groups`` (e.g. prompts) when given."""
+    model_a = np.asarray(model_a, dtype=np.int64)
+    model_b = np.asarray(model_b, dtype=np.int64)
+    score = outcome_scores(outcome)
+    if not (model_a.shape == model_b.shape == score.shape):
+        raise ValueError("model_a, model_b and outcome must have the same length")
+    n_models = (
+        int(max(model_a.max(initial=-1), model_b.max(initial=-1)) + 1) if n_models is None else n_models
+    )
+    weights = np.ones(score.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def rates(w):
+        won = np.bincount(model_a, weights=w * score, minlength=n_models)
+        won += np.bincount(model_b, weights=w * (1 - score), minlength=n_models)
+        played = np.bincount(model_a, weights=w, minlength=n_models) + np.bincount(
+            model_b, weights=w, minlength=n_models
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(played > 0, won / np.where(played > 0, played, 1), np.nan), played
+
+    rate, played = rates(weights)
+    low = high = np.full(n_models, np.nan)
+    if n_boot > 0 and score.shape[0]:
+        reps = np.array([rates(d * weights)[0] for d in _bootstrap_weights(score.shape[0], groups, n_boot, seed)])
+        tail = (1 - level) / 2 * 100
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a model absent from every draw: NaN
+            low, high = np.nanpercentile(reps, [tail, 100 - tail], axis=0)
+    return WinRates(rate, low, high, played)

@@ -88,3 +88,68 @@ def test_rejects_self_comparison_and_bad_scores():
         bradley_terry([0], [0], np.array([0]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         bradley_terry([0], [1], np.array([1.5]))
+
+
+# --------------------------------------------------------------------------- against choix
+
+
+def _games_from_matrix(wins: np.ndarray):
+    """(model_a, model_b, outcome) with ``wins[i, j]`` games won by i against j (A = winner)."""
+    a, b = [], []
+    for i, j in zip(*np.nonzero(wins)):
+        a += [i] * int(wins[i, j])
+        b += [j] * int(wins[i, j])
+    return np.array(a), np.array(b), np.zeros(len(a), dtype=np.int64)
+
+
+HAND_MADE = {
+    "three in a cycle with a favourite": np.array([[0, 7, 4], [3, 0, 6], [6, 4, 0]]),
+    "four, lopsided": np.array([[0, 9, 8, 10], [1, 0, 6, 7], [2, 4, 0, 5], [1, 3, 5, 0]]),
+    "five, sparse but connected both ways": np.array(
+        [[0, 3, 0, 0, 1], [1, 0, 2, 0, 0], [0, 2, 0, 4, 0], [0, 0, 1, 0, 2], [2, 0, 0, 1, 0]]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HAND_MADE))
+def test_bradley_terry_agrees_with_choix(name):
+    choix = pytest.importorskip("choix")
+    wins = HAND_MADE[name]
+    a, b, outcome = _games_from_matrix(wins)
+    ours = bradley_terry(a, b, outcome, n_models=wins.shape[0], prior_games=0.0, n_boot=0)
+    data = [(int(i), int(j)) for i, j in zip(a, b)]
+    theirs = choix.ilsr_pairwise(wins.shape[0], data, alpha=0.0, tol=1e-12, max_iter=10_000)
+    theirs = theirs - theirs.mean()
+    np.testing.assert_allclose(ours.strength, theirs, atol=1e-6)
+    # choix's MAP estimate with an L2 penalty on the log-strengths is another model: the
+    # ordering still agrees.
+    regularised = choix.opt_pairwise(wins.shape[0], data, alpha=0.5)
+    assert list(np.argsort(ours.strength)) == list(np.argsort(regularised))
+
+
+def test_bootstrap_over_prompts_is_wider_when_a_prompt_repeats_its_verdict():
+    # 10 prompts, each judged 10 times with one verdict per prompt (7 won by model 0): the
+    # evidence is 10 prompts, not 100 clicks, and resampling prompts says so.
+    a = np.zeros(100, dtype=np.int64)
+    b = np.ones(100, dtype=np.int64)
+    prompt = np.repeat(np.arange(10), 10)
+    outcome = np.where(prompt < 7, 0, 1)
+    by_click = bradley_terry(a, b, outcome, n_boot=300, seed=1)
+    by_prompt = bradley_terry(a, b, outcome, n_boot=300, seed=1, groups=prompt)
+    width = lambda bt: bt.high[0] - bt.low[0]  # noqa: E731
+    assert width(by_prompt) > 2 * width(by_click)
+    assert by_prompt.low[0] < by_prompt.strength[0] < by_prompt.high[0]
+
+
+def test_win_rates_by_hand_with_their_prompt_intervals():
+    from evaluation.stats.ranking import win_rates
+
+    # Model 0 vs 1: 3 wins, 1 loss; model 1 vs 2: one tie. Model 2 never played model 0.
+    a, b = np.array([0, 0, 0, 0, 1]), np.array([1, 1, 1, 1, 2])
+    outcome = np.array([0, 0, 0, 1, 2])
+    w = win_rates(a, b, outcome, n_models=4, groups=np.array([0, 0, 1, 2, 3]), n_boot=200)
+    np.testing.assert_allclose(w.rate[:3], [0.75, (1 + 0.5) / 5, 0.5])
+    assert np.isnan(w.rate[3]) and w.n_games.tolist() == [4, 5, 1, 0]
+    assert w.low[0] <= 0.75 <= w.high[0] and w.low[0] < w.high[0]
+    with pytest.raises(ValueError, match="one label per comparison"):
+        win_rates(a, b, outcome, groups=np.array([0, 1]))

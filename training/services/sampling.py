@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotate.models import Project, Prompt
 
-from ..models import GenerationSample, JobStatus, ModelKind, ModelVersion, SamplingJob, TrainingRun
+from ..models import GenerationSample, JobStatus, ModelKind, ModelVersion, Pairing, SamplingJob, TrainingRun
 from .errors import TrainingError
 
 #: The Celery tasks these jobs run in (``training.tasks``), on the gpu queue.
@@ -92,12 +92,54 @@ def answer_sample(sample_id: int) -> str:
     return "succeeded"
 
 
+#: The sampling form's and API's "compare against" choices, as pairings.
+AGAINST = {"parent": Pairing.HEAD_TO_HEAD, "self": Pairing.TWO_SAMPLES, "model": Pairing.REFERENCE}
+
+
+def resolve_pairing(
+    model_version: ModelVersion, pairing: str | None = None, compare_to: ModelVersion | None | str = "parent"
+) -> tuple[str, ModelVersion | None]:
+    """(pairing, the other side's model or None for two samples).
+
+    ``pairing``: ``head_to_head`` (the new model against the one it was trained from; an error
+    when it has none), ``two_samples``, or ``reference`` (against ``compare_to``, a fixed
+    model version). Without ``pairing`` the older ``compare_to`` alone decides: ``"parent"``
+    (two samples when there is no parent), ``None`` (two samples) or a model version."""
+    if pairing is not None and pairing not in Pairing.values:
+        raise TrainingError(f"unknown pairing {pairing!r}: expected one of {', '.join(Pairing.values)}", "pairing")
+    if pairing == Pairing.HEAD_TO_HEAD:
+        if model_version.parent is None:
+            raise TrainingError(
+                f"{model_version.name} has no previous model to compare with; choose two samples or a reference",
+                "pairing",
+            )
+        other = model_version.parent
+    elif pairing == Pairing.TWO_SAMPLES:
+        other = None
+    elif pairing == Pairing.REFERENCE:
+        if not isinstance(compare_to, ModelVersion):
+            raise TrainingError("choose the reference model version to compare against", "compare_model")
+        other = compare_to
+    else:
+        other = model_version.parent if compare_to == "parent" else compare_to
+    if other is not None:
+        _must_generate(other)
+        if other.pk == model_version.pk:
+            other = None
+    if other is None:
+        return Pairing.TWO_SAMPLES, None
+    if pairing is None:
+        pairing = Pairing.HEAD_TO_HEAD if other.pk == model_version.parent_id else Pairing.REFERENCE
+    return pairing, other
+
+
 def queue_sample_round(
     project: Project,
     model_version: ModelVersion,
     *,
     n_prompts: int = 20,
     compare_to: ModelVersion | None | str = "parent",
+    pairing: str | None = None,
     run: TrainingRun | None = None,
     user=None,
     max_new_tokens: int = 64,
@@ -106,24 +148,20 @@ def queue_sample_round(
     send: bool = True,
 ) -> SamplingJob:
     """Queue ``sample_round``: new responses from ``model_version`` for ``n_prompts`` prompts of
-    ``project`` become round ``project.current_round + 1`` comparisons. ``compare_to="parent"``
-    pits the new model against the version it was trained from (two samples of the new model
-    when it has none); ``None`` always takes two samples."""
+    ``project`` become round ``project.current_round + 1`` comparisons, paired as
+    :func:`resolve_pairing` says (``pairing`` head_to_head / two_samples / reference, or the
+    older ``compare_to``)."""
     _must_generate(model_version)
-    if compare_to == "parent":
-        compare_to = model_version.parent
-    if compare_to is not None:
-        _must_generate(compare_to)
+    pairing, compare_to = resolve_pairing(model_version, pairing, compare_to)
     if not 1 <= int(n_prompts) <= 10_000:
         raise TrainingError("n_prompts must be between 1 and 10000", "n_prompts")
     if not Prompt.objects.filter(project=project).exists():
         raise TrainingError("the project has no prompts to sample from", "n_prompts")
-    if compare_to is not None and compare_to.pk == model_version.pk:
-        compare_to = None
     job = SamplingJob.objects.create(
         project=project,
         model_version=model_version,
         compare_to=compare_to,
+        pairing=pairing,
         run=run,
         n_prompts=int(n_prompts),
         max_new_tokens=int(max_new_tokens),
@@ -193,7 +231,8 @@ def run_queued_round(job_id: int) -> str:
 
 def _record_outcome(job_id: int, work) -> int:
     """Run ``work()`` (returns the comparisons created) and write the outcome into the job's row:
-    failed with the error (re-raised), or succeeded with the count."""
+    failed with the error (re-raised), or succeeded with the count (the dropped pairs are
+    counted in the row by ``run_sampling_job`` itself)."""
     try:
         created = work()
     except Exception as exc:
@@ -214,8 +253,9 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
     num_return_sequences, max_new_tokens, temperature, seed)`` returns a list (per prompt) of
     lists of strings; by default ``training.worker.generation.generate_texts`` (torch).
     Responses get ``model_name`` = the version's name and ``round`` = ``job.round``; comparisons are written by
-    ``annotate.imports.import_comparisons`` (validated, de-duplicated, transactional). Pairs whose
-    two responses are identical or empty are skipped. Returns the comparisons created; the
+    ``annotate.imports.import_comparisons`` (validated, de-duplicated, transactional). Pairs with
+    an empty response or two identical ones are dropped and counted in the job's row
+    (``n_empty``, ``n_identical``), as are pairs the round already has (``n_existing``). Returns the comparisons created; the
     project's ``current_round`` moves to ``job.round``.
     """
     from annotate.imports import import_comparisons
@@ -240,10 +280,34 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
         model_b = new_model.name
     if progress:
         progress(0.9)
-    lines = []
+    lines, dropped = pair_lines(job, prompts, pairs, new_model.name, model_b)
+    SamplingJob.objects.filter(pk=job.pk).update(n_empty=dropped["empty"], n_identical=dropped["identical"])
+    if not lines:
+        raise TrainingError(
+            f"every sampled pair was dropped ({dropped['empty']} with an empty response, "
+            f"{dropped['identical']} with two identical ones); nothing to annotate"
+        )
+    data = io.BytesIO(("\n".join(lines) + "\n").encode("utf-8"))
+    with transaction.atomic():
+        result = import_comparisons(
+            project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round
+        )
+        SamplingJob.objects.filter(pk=job.pk).update(n_existing=result.duplicates)
+        Project.objects.filter(pk=project.pk, current_round__lt=job.round).update(current_round=job.round)
+    return result.created
+
+
+def pair_lines(job: SamplingJob, prompts: list[Prompt], pairs: list[tuple[str, str]], model_a: str, model_b: str):
+    """The import lines of the pairs worth annotating, and how many were dropped:
+    ``{"empty": n, "identical": n}`` (whitespace around a response does not count)."""
+    lines, dropped = [], {"empty": 0, "identical": 0}
     for prompt, (a, b) in zip(prompts, pairs):
         a, b = a.strip(), b.strip()
-        if not a or not b or a == b:
+        if not a or not b:
+            dropped["empty"] += 1
+            continue
+        if a == b:
+            dropped["identical"] += 1
             continue
         lines.append(
             json.dumps(
@@ -251,19 +315,11 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
                     "prompt": prompt.messages if prompt.messages else prompt.text,
                     "response_a": a,
                     "response_b": b,
-                    "model_a": new_model.name,
+                    "model_a": model_a,
                     "model_b": model_b,
-                    "metadata": {"sampling_job": job.pk, "source": "training.sample_round"},
+                    "metadata": {"sampling_job": job.pk, "source": "training.sample_round", "pairing": job.pairing},
                 },
                 ensure_ascii=False,
             )
         )
-    if not lines:
-        raise TrainingError("every sampled pair was empty or identical; nothing to annotate")
-    data = io.BytesIO(("\n".join(lines) + "\n").encode("utf-8"))
-    with transaction.atomic():
-        result = import_comparisons(
-            project, data, filename="sample_round.jsonl", fmt="jsonl", round=job.round
-        )
-        Project.objects.filter(pk=project.pk, current_round__lt=job.round).update(current_round=job.round)
-    return result.created
+    return lines, dropped
