@@ -163,7 +163,26 @@ class ImportForm(forms.Form):
         label="Allow empty responses",
         help_text="Import lines whose response is empty (a model that said nothing); prompts may never be empty.",
     )
+    KINDS = [
+        ("comparisons", "Comparisons (pairs to judge; TRL chosen/rejected files too)"),
+        ("judgments", "Votes already collected (one judgment per line, with annotator_id and label)"),
+    ]
+    kind = forms.ChoiceField(choices=KINDS, initial="comparisons", required=False, label="The file holds")
+    votes_source = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Import its preferences as votes of source",
+        help_text="Comparisons only: a chosen/rejected file's own preference becomes the vote of this "
+        "source (annotator “source:NAME” in its own pool), weighed and exported like any annotator.",
+    )
     token = forms.CharField(required=False, widget=forms.HiddenInput, max_length=64)
+
+    def clean(self):
+        data = super().clean()
+        data["kind"] = data.get("kind") or "comparisons"
+        if data.get("kind") == "judgments" and (data.get("votes_source") or "").strip():
+            self.add_error("votes_source", "Votes files name their annotators; leave this empty for them.")
+        return data
 
 
 class RevisionForm(forms.Form):

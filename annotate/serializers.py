@@ -291,6 +291,85 @@ class ImportResultSerializer(serializers.Serializer):
     gold = serializers.IntegerField(help_text="New gold comparisons.")
     prompts_created = serializers.IntegerField()
     responses_created = serializers.IntegerField()
+    votes_source = serializers.CharField(help_text="The source whose votes were imported ('' for none).")
+    votes_created = serializers.IntegerField(help_text="New votes of that source.")
+    votes_reoriented = serializers.IntegerField(
+        help_text="Of those, votes whose comparison was stored with the responses in the other order "
+        "(mapped to the stored order)."
+    )
+
+
+_VOTES_SOURCE_HELP = (
+    "Also import each chosen/rejected line's preference as the vote of this source: the "
+    "pseudo-annotator 'source:NAME' in its own pool NAME. Every line must then be a chosen/rejected line."
+)
+
+
+class ComparisonImportUploadSerializer(ImportUploadSerializer):
+    votes_source = serializers.CharField(required=False, allow_blank=True, max_length=100, help_text=_VOTES_SOURCE_HELP)
+
+
+class ComparisonImportLinesSerializer(ImportLinesSerializer):
+    votes_source = serializers.CharField(required=False, allow_blank=True, max_length=100, help_text=_VOTES_SOURCE_HELP)
+
+
+ON_DUPLICATE = ("error", "first", "last")
+
+
+class _JudgmentImportOptions(serializers.Serializer):
+    source = serializers.CharField(
+        required=False, allow_blank=True, max_length=100,
+        help_text="Recorded on every judgment (default: each line's `source`, else the file name).",
+    )
+    on_duplicate = serializers.ChoiceField(
+        choices=ON_DUPLICATE, required=False, default="error",
+        help_text="Two votes by one annotator on one comparison: an error, or keep the first or the last.",
+    )
+    round = serializers.IntegerField(
+        min_value=0, required=False, help_text="The round of new comparisons; default: the project's."
+    )
+    allow_empty_responses = serializers.BooleanField(
+        required=False, default=True, help_text="Accept votes on empty responses (a model that said nothing)."
+    )
+
+
+class JudgmentImportUploadSerializer(_JudgmentImportOptions):
+    file = serializers.FileField(help_text="A JSONL or CSV file of votes.")
+    format = serializers.ChoiceField(
+        choices=IMPORT_FORMATS, required=False, help_text="Detected from the file name when left out."
+    )
+
+
+class JudgmentImportLinesSerializer(_JudgmentImportOptions):
+    lines = serializers.ListField(
+        child=serializers.JSONField(),
+        allow_empty=False,
+        help_text='The vote lines as objects: {"prompt", "response_a", "response_b", "annotator_id", '
+        '"label": "a"|"b"|"tie"|"both_bad"[, "model_a", "model_b", "strength", "display", "pool", '
+        '"seconds", "rationale", "source", "item_id"]}. Line numbers in errors count from 1.',
+    )
+
+
+class JudgmentImportResultSerializer(serializers.Serializer):
+    lines = serializers.IntegerField()
+    judgments_created = serializers.IntegerField()
+    duplicates = serializers.IntegerField(help_text="Lines whose judgment already existed or was dropped.")
+    reoriented = serializers.IntegerField(
+        help_text="Judgments whose line listed the two responses in the other order than the stored "
+        "comparison: their label (a/b) and display order were mapped to the stored order."
+    )
+    comparisons_created = serializers.IntegerField()
+    comparisons_reused = serializers.IntegerField()
+    annotators_created = serializers.IntegerField()
+    memberships_created = serializers.IntegerField()
+    pools_created = serializers.IntegerField()
+    prompts_created = serializers.IntegerField()
+    responses_created = serializers.IntegerField()
+    display_unknown = serializers.IntegerField(help_text="Judgments stored without a display order.")
+    warnings = serializers.SerializerMethodField()
+
+    def get_warnings(self, result) -> list[str]:
+        return [str(w) for w in result.warnings[:100]]
 
 
 class LineErrorSerializer(serializers.Serializer):

@@ -349,16 +349,20 @@ def project_import(request, pk: int):
         key = _import_cache_key(request.user, project, token) if token else None
         if key:
             cache.set(key, {"done": 0, "total": 0, "checking": True}, timeout=600)
+        common = {
+            "filename": upload.name,
+            "fmt": form.cleaned_data.get("fmt") or None,
+            "round": form.cleaned_data.get("round"),
+            "allow_empty_responses": form.cleaned_data.get("allow_empty_responses", False),
+            "progress": _import_progress_callback(key),
+        }
         try:
-            result = imports.import_comparisons(
-                project,
-                upload,
-                filename=upload.name,
-                fmt=form.cleaned_data.get("fmt") or None,
-                round=form.cleaned_data.get("round"),
-                allow_empty_responses=form.cleaned_data.get("allow_empty_responses", False),
-                progress=_import_progress_callback(key),
-            )
+            if form.cleaned_data.get("kind") == "judgments":
+                result = imports.import_judgments(project, upload, **common)
+            else:
+                result = imports.import_comparisons(
+                    project, upload, votes_source=form.cleaned_data.get("votes_source") or "", **common
+                )
         except imports.ImportValidationError as exc:
             errors = exc.errors
             truncated = exc.truncated
@@ -376,6 +380,7 @@ def project_import(request, pk: int):
         "hints": hints,
         "filename": filename,
         "tab": "import",
+        "kind": form.cleaned_data.get("kind") if form.is_bound and form.is_valid() else "comparisons",
         "n_comparisons": project.comparisons.count(),
         "new_token": uuid.uuid4().hex,
     }

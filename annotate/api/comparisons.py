@@ -1,9 +1,10 @@
-"""A project's comparisons over the REST API: the list, the gold answers, and the import.
+"""A project's comparisons over the REST API: the list, the gold answers, and the imports.
 
 Admins and researchers list comparisons (never with their gold answers); only admins read the
-gold answers and import. The import is ``annotate.imports.import_comparisons``, all or nothing:
-a file or a JSON list of lines in, 201 with the counts, or 400 with every error by line and
-field and nothing imported.
+gold answers and import. The imports are ``annotate.imports.import_comparisons`` (optionally with
+a file's preferences as a source's votes) and ``annotate.imports.import_judgments`` (votes
+already collected), all or nothing: a file or a JSON list of lines in, 201 with the counts, or
+400 with every error by line and field and nothing imported.
 """
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from ..imports import ImportValidationError, import_comparisons
+from ..imports import ImportValidationError, import_comparisons, import_judgments
 from ..models import Comparison, GoldAnswer
 from ..permissions import IsProjectAdmin, IsProjectReader
 from ..serializers import (
+    ComparisonImportLinesSerializer,
+    ComparisonImportUploadSerializer,
     ComparisonSerializer,
     GoldAnswerSerializer,
     ImportErrorsSerializer,
-    ImportLinesSerializer,
     ImportResultSerializer,
-    ImportUploadSerializer,
+    JudgmentImportLinesSerializer,
+    JudgmentImportResultSerializer,
+    JudgmentImportUploadSerializer,
 )
 from .base import DENIED, MISSING, ApiView, bool_param, int_param, project_schema
 
@@ -112,8 +116,8 @@ def _request_errors(serializer_errors) -> Response:
         "the errors by line and field."
     ),
     request={
-        "multipart/form-data": ImportUploadSerializer,
-        "application/json": ImportLinesSerializer,
+        "multipart/form-data": ComparisonImportUploadSerializer,
+        "application/json": ComparisonImportLinesSerializer,
     },
     examples=[
         OpenApiExample(
@@ -141,32 +145,87 @@ class ComparisonImport(ApiView):
     parser_classes = [JSONParser, MultiPartParser, FormParser]
 
     def post(self, request, project_pk: int):
-        project = self.project
-        if isinstance(request.data, list):
-            payload = {"lines": request.data}
-            serializer = ImportLinesSerializer(data=payload)
-        elif request.FILES or "file" in request.data:
-            serializer = ImportUploadSerializer(data=request.data)
-        else:
-            serializer = ImportLinesSerializer(data=request.data)
-        if not serializer.is_valid():
-            return _request_errors(serializer.errors)
-        data = serializer.validated_data
-        if "file" in data:
-            upload = data["file"]
-            fileobj, filename, fmt = upload, upload.name or "", data.get("format")
-        else:
-            text = "\n".join(json.dumps(line, ensure_ascii=False) for line in data["lines"])
-            fileobj, filename, fmt = io.BytesIO(text.encode("utf-8")), "request.jsonl", "jsonl"
+        parsed = _read_import(request, ComparisonImportUploadSerializer, ComparisonImportLinesSerializer)
+        if isinstance(parsed, Response):
+            return parsed
+        data, fileobj, filename, fmt = parsed
         try:
             result = import_comparisons(
-                project,
+                self.project,
                 fileobj,
                 filename=filename,
                 fmt=fmt,
                 round=data.get("round"),
                 allow_empty_responses=data.get("allow_empty_responses", False),
+                votes_source=data.get("votes_source") or "",
             )
         except ImportValidationError as exc:
             return _errors_response(exc.errors)
         return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+def _read_import(request, upload_serializer, lines_serializer):
+    """``(validated data, file object, file name, format)`` of an import request (a multipart
+    upload, ``{"lines": [...]}`` or a bare list of lines), or the 400 response."""
+    if isinstance(request.data, list):
+        serializer = lines_serializer(data={"lines": request.data})
+    elif request.FILES or "file" in request.data:
+        serializer = upload_serializer(data=request.data)
+    else:
+        serializer = lines_serializer(data=request.data)
+    if not serializer.is_valid():
+        return _request_errors(serializer.errors)
+    data = serializer.validated_data
+    if "file" in data:
+        upload = data["file"]
+        return data, upload, upload.name or "", data.get("format")
+    text = "\n".join(json.dumps(line, ensure_ascii=False) for line in data["lines"])
+    return data, io.BytesIO(text.encode("utf-8")), "request.jsonl", "jsonl"
+
+
+@project_schema(
+    "comparisons",
+    "Import votes (judgments)",
+    {
+        201: JudgmentImportResultSerializer,
+        400: OpenApiResponse(ImportErrorsSerializer, description="Nothing was imported."),
+        403: DENIED,
+        404: MISSING,
+    },
+    description=(
+        "Admins only. Votes already collected elsewhere, one per line: upload a JSONL or CSV file "
+        '(multipart, field `file`) or send JSON `{"lines": [{...}, ...]}`. Each line is '
+        '`{"prompt", "response_a", "response_b", "annotator_id", "label"}` (label `a`, `b`, `tie` or '
+        "`both_bad`, in terms of the line's own response_a/response_b). Each annotator id becomes an "
+        "inactive annotator in a pool named after the source. A vote that lists the two responses in "
+        "the other order than the stored comparison is mapped to the stored order and counted in "
+        "`reoriented`. All or nothing, errors by line and field."
+    ),
+    request={
+        "multipart/form-data": JudgmentImportUploadSerializer,
+        "application/json": JudgmentImportLinesSerializer,
+    },
+)
+class JudgmentImport(ApiView):
+    permission_classes = [IsProjectAdmin]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def post(self, request, project_pk: int):
+        parsed = _read_import(request, JudgmentImportUploadSerializer, JudgmentImportLinesSerializer)
+        if isinstance(parsed, Response):
+            return parsed
+        data, fileobj, filename, fmt = parsed
+        try:
+            result = import_judgments(
+                self.project,
+                fileobj,
+                filename=filename,
+                fmt=fmt,
+                source=data.get("source") or "",
+                round=data.get("round"),
+                on_duplicate=data.get("on_duplicate") or "error",
+                allow_empty_responses=data.get("allow_empty_responses", True),
+            )
+        except ImportValidationError as exc:
+            return _errors_response(exc.errors)
+        return Response(JudgmentImportResultSerializer(result).data, status=status.HTTP_201_CREATED)

@@ -29,6 +29,11 @@ urlpatterns = [
         comparisons.ComparisonImport.as_view(),
         name="comparison-import",
     ),
+    path(
+        "projects/<int:project_pk>/judgments/import/",
+        comparisons.JudgmentImport.as_view(),
+        name="judgment-import",
+    ),
     path("projects/<int:project_pk>/gold/", comparisons.GoldList.as_view(), name="gold-list"),
     path("projects/<int:project_pk>/next/", judging.NextItem.as_view(), name="next"),
     path(

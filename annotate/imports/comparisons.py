@@ -165,6 +165,7 @@ def import_comparisons(
     fmt: str | None = None,
     round: int | None = None,  # noqa: A002 - the public name users know
     allow_empty_responses: bool = False,
+    votes_source: str = "",
     progress: Progress | None = None,
 ) -> ImportResult:
     """Validate a JSONL or CSV file of comparisons and import it into ``project``.
@@ -176,21 +177,33 @@ def import_comparisons(
     ``progress(done, total)`` counts rows written and ends with ``done == total`` (``(0, 0)``
     when there was nothing new). Raises :class:`ImportValidationError` (nothing written) when
     any line is bad.
+
+    ``votes_source`` (a name): also import each chosen/rejected line's preference as the vote of
+    that source's pseudo-annotator (:mod:`annotate.imports.sources`); every line must then be a
+    chosen/rejected line. ``votes_created`` / ``votes_reoriented`` in the result count them.
     """
+    from .judgments import send_imported, write_votes
+    from .sources import clean_source, source_votes
+
     round_ = project.current_round if round is None else int(round)
+    if votes_source:
+        votes_source = clean_source(project, votes_source)
     errors = Errors()
     _fmt, records = read_records(fileobj, filename or getattr(fileobj, "name", "") or "", fmt, errors)
     pairs: dict[str, Pair] = {}
+    valid: list[tuple[Pair, int]] = []
     lines = 0
     for line, record in records:
         lines += 1
         pair = comparison_line(
             record, line, errors, allow_ties=project.allow_ties, allow_empty=allow_empty_responses
         )
-        if pair is not None and pair.key not in pairs:
-            pairs[pair.key] = pair
+        if pair is not None:
+            valid.append((pair, line))
+            pairs.setdefault(pair.key, pair)
     if lines == 0 and not errors.items:
         errors.add(0, "", "the file has no comparisons")
+    votes = source_votes(votes_source, pairs, valid, errors) if votes_source else []
     errors.raise_if_any()
 
     unique = list(pairs.values())
@@ -200,8 +213,13 @@ def import_comparisons(
         tickers.append(bulk.Ticker(total, progress))
         return tickers[-1]
 
-    result = atomic_with_retry(lambda: write_pairs(project, round_, unique, tick_factory))
-    bulk.finish(tickers, progress)
+    if votes:
+        written = atomic_with_retry(lambda: write_votes(project, round_, unique, votes, progress))
+        send_imported(project, written.judgments_created)
+        result = written.pairs
+    else:
+        result = atomic_with_retry(lambda: write_pairs(project, round_, unique, tick_factory))
+        bulk.finish(tickers, progress)
     created = len(result.created)
     return ImportResult(
         lines=lines,
@@ -210,4 +228,7 @@ def import_comparisons(
         gold=result.gold_created,
         prompts_created=result.prompts_created,
         responses_created=result.responses_created,
+        votes_source=votes_source,
+        votes_created=written.judgments_created if votes else 0,
+        votes_reoriented=written.reoriented if votes else 0,
     )

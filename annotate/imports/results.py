@@ -71,6 +71,11 @@ class ImportResult:
     gold: int
     prompts_created: int
     responses_created: int
+    #: With ``votes_source``: the source, the votes created (one per new (source, comparison))
+    #: and how many of them were listed in the other order than their stored comparison.
+    votes_source: str = ""
+    votes_created: int = 0
+    votes_reoriented: int = 0
 
 
 @dataclass
@@ -80,6 +85,9 @@ class JudgmentImportResult:
     ``duplicates`` counts lines whose (annotator, comparison) judgment already existed in the
     database (skipped, so a re-import is harmless) or that ``on_duplicate`` dropped in the file.
     ``warnings`` lists values accepted with a change (empty or non-string responses).
+    ``reoriented`` counts the judgments created whose vote listed the two responses in the
+    other order than the stored comparison: their label (a/b) and display order were mapped
+    to the stored order.
     """
 
     lines: int
@@ -93,6 +101,7 @@ class JudgmentImportResult:
     prompts_created: int
     responses_created: int
     display_unknown: int
+    reoriented: int = 0
     warnings: list[LineError] = field(default_factory=list)
 
 

@@ -292,8 +292,10 @@ def test_votes_attach_to_comparisons_imported_before(project):
     assert (result.comparisons_created, result.comparisons_reused, result.judgments_created) == (0, 1, 1)
     j = Judgment.objects.get()
     assert j.comparison_id == existing.pk
-    # The vote says "a" about x (model m1); the stored comparison has x as its response_b.
-    assert j.choice == "a" and existing.response_b.text == "x"
+    # The vote prefers x (its response_a, model m1); the stored comparison has x as its
+    # response_b, so the stored label is "b" and the import says it re-oriented one vote.
+    assert j.choice == "b" and existing.response_b.text == "x"
+    assert result.reoriented == 1
     existing.refresh_from_db()
     assert (existing.n_judgments, existing.slots_taken, existing.is_open) == (1, 1, True)
 

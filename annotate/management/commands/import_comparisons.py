@@ -1,7 +1,11 @@
-"""``manage.py import_comparisons --project NAME_OR_ID FILE [--round N] [--create-project]``.
+"""``manage.py import_comparisons --project NAME_OR_ID FILE [--round N] [--create-project]
+[--votes-source NAME]``.
 
 Validates the whole file first; on errors prints them (line and field) and exits non-zero
-without writing anything. Otherwise imports in one transaction with a progress bar.
+without writing anything (a project that ``--create-project`` would have created is not left
+behind either). Otherwise imports in one transaction with a progress bar. ``--votes-source``
+also imports a chosen/rejected file's preferences as the votes of that source
+(``annotate.imports.sources``), ready for the quality statistics and a calibrated export.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from tqdm import tqdm
 
 from annotate.imports import ImportValidationError, import_comparisons
@@ -16,7 +21,8 @@ from annotate.models import Project
 
 
 def find_project(value: str, *, create: bool = False) -> Project:
-    """The project with this id or name; created by name when ``create`` and missing."""
+    """The project with this id or name; created by name when ``create`` and missing (call it
+    inside the import's ``transaction.atomic()`` so that a rejected file leaves no project)."""
     value = value.strip()
     project = None
     if value.isdigit():
@@ -90,15 +96,23 @@ class Command(BaseCommand):
             help="accept empty or whitespace-only responses (the HH-RLHF file has a few); "
             "prompts must never be empty",
         )
+        parser.add_argument(
+            "--votes-source",
+            default="",
+            metavar="NAME",
+            help="also import each chosen/rejected line's preference as a vote of the source NAME "
+            "(a pseudo-annotator 'source:NAME' in its own pool NAME), so the file can be exported and "
+            "trained on",
+        )
 
     def handle(self, *args, **options):
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"No such file: {path}")
-        project = find_project(options["project"], create=options["create_project"])
         bar = ProgressBar(self.stderr, f"import {path.name}", disable=options["verbosity"] == 0)
         try:
-            with path.open("rb") as fh:
+            with transaction.atomic(), path.open("rb") as fh:
+                project = find_project(options["project"], create=options["create_project"])
                 result = import_comparisons(
                     project,
                     fh,
@@ -106,6 +120,7 @@ class Command(BaseCommand):
                     fmt=options["format"],
                     round=options["round"],
                     allow_empty_responses=options["allow_empty_responses"],
+                    votes_source=options["votes_source"],
                     progress=bar,
                 )
         except ImportValidationError as exc:
@@ -121,3 +136,9 @@ class Command(BaseCommand):
                 f"{result.prompts_created} prompts and {result.responses_created} responses created."
             )
         )
+        if result.votes_source:
+            self.stdout.write(
+                f"Votes of source '{result.votes_source}' (annotator 'source:{result.votes_source}', "
+                f"pool '{result.votes_source}'): {result.votes_created} created, "
+                f"{result.votes_reoriented} re-oriented to their comparison's stored order."
+            )

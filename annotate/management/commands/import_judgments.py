@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from annotate.imports import ON_DUPLICATE, ImportValidationError, import_judgments
 from annotate.management.commands.import_comparisons import ProgressBar, find_project, report_errors
@@ -46,10 +47,10 @@ class Command(BaseCommand):
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"No such file: {path}")
-        project = find_project(options["project"], create=options["create_project"])
         bar = ProgressBar(self.stderr, f"import {path.name}", disable=options["verbosity"] == 0)
         try:
-            with path.open("rb") as fh:
+            with transaction.atomic(), path.open("rb") as fh:
+                project = find_project(options["project"], create=options["create_project"])
                 result = import_judgments(
                     project,
                     fh,
@@ -77,6 +78,10 @@ class Command(BaseCommand):
                 f"{result.comparisons_created} comparisons created, {result.comparisons_reused} reused; "
                 f"{result.annotators_created} annotators and {result.pools_created} pools created."
             )
+        )
+        self.stdout.write(
+            f"{result.reoriented} votes re-oriented: they listed the two responses in the other order "
+            "than the stored comparison, so their label (a/b) was mapped to the stored order."
         )
         if result.display_unknown:
             self.stdout.write(
