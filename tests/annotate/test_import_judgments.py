@@ -420,7 +420,8 @@ def test_command(tmp_path, project):
     )
     assert out.getvalue().splitlines() == [
         "Imported votes.jsonl into project 'votes': 2 lines, 2 judgments created, 0 duplicates skipped; "
-        "1 comparisons created, 0 reused; 2 annotators and 1 pools created.",
+        "1 comparisons created, 0 reused; 2 annotators and 1 pools created; 0 votes re-oriented "
+        "(listed B/A against the stored comparison: label mapped to the stored order).",
         "2 judgments have no 'display': stored with a_on_left=NULL (display order unknown).",
     ]
     assert set(Judgment.objects.values_list("source", flat=True)) == {"vendor"}

@@ -76,12 +76,10 @@ class Command(BaseCommand):
                 f"Imported {path.name} into project '{project.name}': {result.lines} lines, "
                 f"{result.judgments_created} judgments created, {result.duplicates} duplicates skipped; "
                 f"{result.comparisons_created} comparisons created, {result.comparisons_reused} reused; "
-                f"{result.annotators_created} annotators and {result.pools_created} pools created."
+                f"{result.annotators_created} annotators and {result.pools_created} pools created; "
+                f"{result.reoriented} votes re-oriented (listed B/A against the stored comparison: "
+                "label mapped to the stored order)."
             )
-        )
-        self.stdout.write(
-            f"{result.reoriented} votes re-oriented: they listed the two responses in the other order "
-            "than the stored comparison, so their label (a/b) was mapped to the stored order."
         )
         if result.display_unknown:
             self.stdout.write(
