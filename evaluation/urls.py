@@ -1,8 +1,9 @@
-"""Evaluation pages: the quality dashboard and the exports (global URL names)."""
+"""Evaluation pages: the quality dashboard, the exports and the rounds (global URL names)."""
 
 from django.urls import include, path
 
 urlpatterns = [
     path("", include("evaluation.quality.urls")),
     path("", include("evaluation.export.urls")),
+    path("", include("evaluation.rounds.urls")),
 ]
