@@ -3,7 +3,12 @@
 Input rows are the calibrated export's dicts::
 
     {"prompt": str | list[message], "chosen": str | list[message], "rejected": ...,
-     "weight": float (optional, default 1), "p_chosen": float in [0, 1] (optional)}
+     "weight": float (optional, default 1), "p_chosen": float in [0, 1] (optional),
+     "tie": bool (optional), "label": "preference" | "tie" | "both_bad" (optional)}
+
+A tie (``"tie": true``, or ``label`` "tie" / "both_bad") says neither response is better: its
+``p_chosen`` (0.5 when the row has none) is always its DPO target (``TokenizedPair.tie``), so a
+tie never trains as "chosen beats rejected"; SFT (which learns the chosen response) leaves ties out.
 
 Tokenization (the same rules as TRL 1.16's DPOTrainer, so both see the same tokens):
 
@@ -67,6 +72,7 @@ class TokenizedPair:
     weight: float = 1.0
     p_chosen: float | None = None
     truncated: bool = False
+    tie: bool = False  # neither is better: p_chosen is the target whatever use_soft_labels says
 
     @property
     def continuations(self) -> list[list[int]]:
@@ -190,6 +196,18 @@ def _p_chosen(pair, index) -> float | None:
     return p
 
 
+#: ``label`` values of export rows that are not a preference (see the module docstring).
+TIE_LABELS = ("tie", "both_bad")
+
+
+def is_tie(pair: dict) -> bool:
+    """Whether an export row says neither response is better (``tie`` true, or a tie label)."""
+    tie = pair.get("tie")
+    if tie is not None and not isinstance(tie, bool) and tie not in (0, 1):
+        raise ValueError(f"tie must be true or false, got {tie!r}")
+    return bool(tie) or pair.get("label") in TIE_LABELS
+
+
 def tokenize_pair(tokenizer, pair: dict, index: int = 0, max_length: int | None = None,
                   max_prompt_length: int | None = None) -> TokenizedPair:
     """Tokenize one preference row (see the module docstring for the rules)."""
@@ -200,8 +218,14 @@ def tokenize_pair(tokenizer, pair: dict, index: int = 0, max_length: int | None 
         raise ValueError(f"pair {index}: a response is empty after tokenization")
     prompt_ids, (chosen, rejected), truncated = _truncate(prompt_ids, [chosen, rejected], max_length,
                                                           max_prompt_length, index)
-    return TokenizedPair(index, prompt_ids, chosen, rejected, _weight(pair, index), _p_chosen(pair, index),
-                         truncated)
+    try:
+        tie = is_tie(pair)
+    except ValueError as exc:
+        raise ValueError(f"pair {index}: {exc}") from None
+    p_chosen = _p_chosen(pair, index)
+    if tie and p_chosen is None:
+        p_chosen = 0.5
+    return TokenizedPair(index, prompt_ids, chosen, rejected, _weight(pair, index), p_chosen, truncated, tie)
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int | None = None,
@@ -216,11 +240,14 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int | None = No
 def tokenize_sft(tokenizer, rows: Sequence[dict], max_length: int | None = None,
                  max_prompt_length: int | None = None, indices: Sequence[int] | None = None,
                  response_key: str = "chosen") -> list[TokenizedExample]:
-    """Tokenize SFT rows ``{"prompt", response_key}`` (by default the chosen responses of an export)."""
+    """Tokenize SFT rows ``{"prompt", response_key}`` (by default the chosen responses of an export).
+    Ties are left out: their "chosen" is only the first response, not a better one."""
     out = []
     indices = range(len(rows)) if indices is None else indices
     for i, row in zip(indices, rows):
         _check_pair(row, i, keys=("prompt", response_key))
+        if isinstance(row, dict) and response_key == "chosen" and is_tie(row):
+            continue
         prompt_ids, (resp,) = _split_prompt_responses(tokenizer, row["prompt"], [row[response_key]], i)
         if not resp:
             raise ValueError(f"row {i}: the response is empty after tokenization")
@@ -276,8 +303,8 @@ class Batch:
     ``segment_ids`` is 0 on prompt tokens, ``j+1`` on continuation ``j`` and -1 on padding;
     ``unit_ids`` numbers the units inside a row (-1 on padding). ``target_*``: one entry per scored
     token (see the module docstring). Per example (``n = num_examples``): ``weights``,
-    ``p_chosen`` (NaN where the row had none), ``lengths`` ``(n, K)`` response token counts, and
-    ``indices`` (positions in the caller's list).
+    ``p_chosen`` (NaN where the row had none), ``ties`` (bool), ``lengths`` ``(n, K)`` response
+    token counts, and ``indices`` (positions in the caller's list).
     """
 
     input_ids: torch.Tensor
@@ -294,6 +321,7 @@ class Batch:
     num_continuations: int
     num_tokens: int = 0  # real (non-pad) tokens in the batch
     extras: dict = field(default_factory=dict)
+    ties: torch.Tensor | None = None  # (n,) bool; None: no tie in the batch
 
     @property
     def num_examples(self) -> int:
@@ -306,7 +334,8 @@ class Batch:
             moved[name] = getattr(self, name).to(device, non_blocking=True)
         return Batch(**moved, indices=self.indices, num_continuations=self.num_continuations,
                      num_tokens=self.num_tokens, extras={k: v.to(device) if torch.is_tensor(v) else v
-                                                         for k, v in self.extras.items()})
+                                                         for k, v in self.extras.items()},
+                     ties=None if self.ties is None else self.ties.to(device, non_blocking=True))
 
 
 def collate(examples: Sequence[TokenizedPair | TokenizedExample], pad_token_id: int, pack: bool = True,
@@ -355,6 +384,7 @@ def collate(examples: Sequence[TokenizedPair | TokenizedExample], pad_token_id: 
             unit_ids[r, offset:offset + length] = u
             offset += length
     p_chosen = [getattr(e, "p_chosen", None) for e in examples]
+    ties = [getattr(e, "tie", False) for e in examples]
     return Batch(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -369,6 +399,7 @@ def collate(examples: Sequence[TokenizedPair | TokenizedExample], pad_token_id: 
         indices=[e.index for e in examples],
         num_continuations=k,
         num_tokens=sum(lengths),
+        ties=torch.tensor(ties, dtype=torch.bool) if any(ties) else None,
     )
 
 

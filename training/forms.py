@@ -28,6 +28,20 @@ COMMON_FIELDS = (
 )
 
 
+class ExportChoiceField(forms.ModelChoiceField):
+    """Exports labelled with what a launch checks: pairs, weight sum, effective sample size."""
+
+    def label_from_instance(self, export) -> str:
+        from .services.rows import export_weight_stats
+
+        name = f"#{export.pk} {export.name}".strip()
+        stats = export_weight_stats(export)
+        if stats is None:
+            return f"{name} ({export.n_rows} rows)"
+        return (f"{name} — {stats.pairs} training pairs, weight sum {stats.weight_sum:.3g}, "
+                f"effective size {stats.effective_size:.1f}")
+
+
 def _model_choices(project, kind=ModelKind.POLICY):
     return ModelVersion.objects.filter(Q(project__isnull=True) | Q(project=project), kind=kind).order_by("name")
 
@@ -42,12 +56,15 @@ class LaunchRunForm(forms.Form):
         empty_label="none (recipe ppo needs one; sft+dpo+ppo trains its own without)",
         help_text="A registered reward model (the output of an rm run) with the base model's tokenizer.",
     )
-    export = forms.ModelChoiceField(
+    export = ExportChoiceField(
         queryset=Export.objects.none(),
         required=False,
         label="Export",
         empty_label="Build a fresh export now (default settings)",
-        help_text="A built calibrated export of this project, or a fresh one built at launch.",
+        help_text="A built calibrated export of this project, or a fresh one built at launch. The effective "
+        "size is Kish's (Σw)²/Σw² of its training pairs' weights: how many equally weighted pairs they are "
+        "worth. A launch is refused when it is below min_pairs (e.g. when excluded or zero-weight annotators "
+        "decided most pairs); use_weights=false trains every pair at weight 1.",
     )
     loss_type = forms.ChoiceField(
         choices=[("", "default")] + [(t, t) for t in DPO_LOSS_TYPES], required=False, label="DPO loss"

@@ -49,6 +49,25 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
+def label_targets(
+    p_chosen: torch.Tensor, ties: torch.Tensor | None, use_soft_labels: bool
+) -> torch.Tensor | None:
+    """The per-pair target probability ``p`` the preference losses take (``None``: hard labels).
+
+    ``p_chosen`` holds each pair's probability that "chosen" is better (NaN where the row gave
+    none); ``ties`` marks pairs where neither is better (None: no tie). With ``use_soft_labels``
+    every pair's ``p_chosen`` is its target (NaN -> 1). Without, decided pairs keep the hard
+    label ``p = 1`` and only ties use theirs (0.5), so a tie is never trained as a preference;
+    with no tie the result is ``None`` and the losses compute exactly the textbook hard-label form.
+    """
+    if use_soft_labels:
+        return torch.where(torch.isnan(p_chosen), torch.ones_like(p_chosen), p_chosen)
+    if ties is None or not bool(ties.any()):
+        return None
+    tie_p = torch.where(torch.isnan(p_chosen), torch.full_like(p_chosen, 0.5), p_chosen)
+    return torch.where(ties, tie_p, torch.ones_like(p_chosen))
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,

@@ -199,10 +199,8 @@ def rm_batch_loss(rewards: torch.Tensor, batch, margins: torch.Tensor | None, cf
     """The configured Bradley-Terry loss of a batch's ``(n, 2)`` rewards; ``(loss, stats)``."""
     rc, rr = rewards[:, 0], rewards[:, 1]
     weights = batch.weights.to(rc.device) if cfg.use_weights else None
-    p = None
-    if cfg.use_soft_labels:
-        p = batch.p_chosen.to(rc.device)
-        p = torch.where(torch.isnan(p), torch.ones_like(p), p)
+    ties = None if batch.ties is None else batch.ties.to(rc.device)
+    p = losses.label_targets(batch.p_chosen.to(rc.device), ties, cfg.use_soft_labels)
     loss = losses.bt_reward_loss(rc, rr, weights=weights, margin=margins, p_chosen=p)
     if cfg.rm_center_coef:
         loss = loss + cfg.rm_center_coef * torch.mean((rc + rr) ** 2)

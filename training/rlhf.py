@@ -166,8 +166,7 @@ def train_rlhf(cfg, model_path, pairs, out_dir, callbacks=None, eval_pairs=None)
         elif ph == "rm":
             report = train_reward_model(cfg, sft_model, train_rows, out / "rm", cb, eval_pairs=eval_rows,
                                         policy_path=sft_model, step_offset=offset, total_steps=total)
-            evals.update({k: v for k, v in (report.get("eval_metrics") or {}).items()
-                          if k != "eval_calibration"})
+            evals["rm"] = {k: v for k, v in (report.get("eval_metrics") or {}).items() if k != "eval_calibration"}
             reward_model = report["out"]
         else:
             report = train_ppo(cfg, policy, train_rows, out / "ppo", cb, reward_model_path=reward_model,

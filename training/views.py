@@ -90,6 +90,27 @@ def run_live_context(run: TrainingRun) -> dict:
     }
 
 
+#: How the run page names a recipe's phases.
+PHASE_NAMES = {"sft": "SFT", "dpo": "DPO", "rm": "Reward model", "ppo": "PPO", "unknown": "Phase not recorded"}
+
+
+def eval_phases(summary: dict | None) -> list[dict]:
+    """``summary["eval"]`` (``{phase: {eval_*: value}}``) as rows for the page: each held-out number
+    under the phase that measured it (SFT's perplexity is not DPO's loss). Runs finished before the
+    phases were recorded keep a flat dict, shown as "phase not recorded"."""
+    evals = (summary or {}).get("eval") or {}
+    nested = {k: v for k, v in evals.items() if isinstance(v, dict)}
+    loose = {k: v for k, v in evals.items() if not isinstance(v, dict)}
+    if loose:
+        nested.setdefault("unknown", {}).update(loose)
+    return [
+        {"phase": ph, "label": PHASE_NAMES.get(ph, ph),
+         "metrics": [(k.removeprefix("eval_").replace("_", " "), v) for k, v in m.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)]}
+        for ph, m in nested.items()
+    ]
+
+
 def _can_register_models(user) -> bool:
     return (
         user.is_superuser or user.is_staff or Membership.objects.filter(user=user, role=Role.ADMIN).exists()
@@ -155,6 +176,8 @@ def run_detail(request, pk: int, run_id: int):
     context.update(_done_context(run))
     context["config"] = effective_config(run)
     context["run_title"] = f"Run #{run.pk}"
+    context["data_stats"] = (run.summary or {}).get("data")
+    context["eval_phases"] = eval_phases(run.summary)
     return _training_page(request, project, role, "training/run_detail.html", context)
 
 

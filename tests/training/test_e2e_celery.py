@@ -276,7 +276,7 @@ def test_e2e_ui_worker_dpo(client, tmp_path):
         assert run.status == RunStatus.SUCCEEDED, f"{run.status}: {run.error}\n{run.logs[-3000:]}"
         steps = list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True))
         assert steps == list(range(1, 17)) and run.step == run.total_steps == 16
-        assert run.summary["eval"]["eval_reward_accuracy"] > 0.9, run.summary
+        assert run.summary["eval"]["dpo"]["eval_reward_accuracy"] > 0.9, run.summary
         first, last = (TrainingMetric.objects.get(run=run, step=s).data for s in (1, 16))
         assert last["loss"] < first["loss"] and last["reward_margin"] > first["reward_margin"]
 

@@ -87,7 +87,7 @@ def test_e2e_sft_rm_ppo_and_sft_dpo_head_to_head(client, tmp_path):
         for key in ("reward", "kl", "clip_fraction", "approx_kl", "value_loss", "entropy", "response_length"):
             assert isinstance(last[key], (int, float)), key
         assert len(last["samples"]) == 2
-        assert ppo_run.summary["eval"]["eval_reward_accuracy"] > 0.8, ppo_run.summary
+        assert ppo_run.summary["eval"]["rm"]["eval_reward_accuracy"] > 0.8, ppo_run.summary
         page = client.get(reverse("training_run", args=[project.pk, ppo_run.pk])).content.decode()
         for title in ("PPO reward", "PPO KL to reference", "PPO clip fraction", "PPO value loss",
                       "PPO entropy", "PPO response length", "Reward model calibration", "Sample generations"):

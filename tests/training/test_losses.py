@@ -44,6 +44,33 @@ def test_soft_label_by_hand():
     assert one(p_chosen=t(0.0))[0].item() == pytest.approx(swapped.item())
 
 
+def test_label_targets_ties_are_half_whatever_use_soft_labels_says():
+    nan = float("nan")
+    p = t(0.8, nan, 0.5, nan)
+    ties = torch.tensor([False, False, True, True])
+    # hard labels: decided pairs p = 1, ties their own 0.5 (0.5 too when the row gave none)
+    assert losses.label_targets(p, ties, use_soft_labels=False).tolist() == [1.0, 1.0, 0.5, 0.5]
+    # soft labels: every pair its p_chosen (1 where missing; a tie without one is 0.5 from tokenization)
+    assert losses.label_targets(p, ties, use_soft_labels=True)[:3].tolist() == [0.8, 1.0, 0.5]
+    # no tie and hard labels: None, so the losses run exactly the textbook code path
+    assert losses.label_targets(p, None, use_soft_labels=False) is None
+    assert losses.label_targets(p, torch.zeros(4, dtype=torch.bool), use_soft_labels=False) is None
+
+
+def test_tie_in_a_batch_by_hand():
+    """A batch of the worked pair as a preference and as a tie, hard labels otherwise:
+    (0.4740769841 + (0.5 * 0.4740769841 + 0.5 * 0.9740769841)) / 2 = 0.5990769841."""
+    p = losses.label_targets(t(1.0, 0.5), torch.tensor([False, True]), use_soft_labels=False)
+    loss, _, _ = losses.dpo_loss(t(PI_C, PI_C), t(PI_R, PI_R), t(REF_C, REF_C), t(REF_R, REF_R), beta=BETA,
+                                 p_chosen=p)
+    assert loss.item() == pytest.approx((0.4740769841 + 0.7240769841) / 2, abs=1e-9)
+    # the tie alone pulls towards h = 0: its gradient in h is beta * (sigmoid(beta h) - 1/2)
+    h = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
+    tie = losses.dpo_loss(h, t(0.0), t(0.0), t(0.0), beta=BETA, p_chosen=t(0.5))[0]
+    tie.backward()
+    assert h.grad.item() == pytest.approx(0.0, abs=1e-15)
+
+
 def test_cdpo_by_hand():
     # eps = 0.1: 0.9 * 0.4740769841 + 0.1 * 0.9740769841 = 0.5240769841
     loss, _, _ = one("cdpo", label_smoothing=0.1)

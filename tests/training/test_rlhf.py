@@ -55,7 +55,8 @@ def test_sft_rm_ppo_runs_its_phases_with_one_step_count(tiny, tmp_path):
     assert info["base_model"] == sft and info["reference_model"] == sft  # PPO from the SFT model
     rm = json.loads((tmp_path / "run" / "rm" / "final" / "prefloop_training.json").read_text())
     assert rm["base_model"] == sft and rm["normalization"]["policy"] == sft  # RM from SFT, normalised on it
-    assert "eval_reward_accuracy" in res.eval_metrics
+    # each held-out number under the phase it measures (SFT perplexity, the reward model's accuracy)
+    assert "eval_reward_accuracy" in res.eval_metrics["rm"] and "eval_ppl" in res.eval_metrics["sft"]
     # a finished run called again trains nothing more
     again = Rec()
     assert train_rlhf(c, tiny, pairs, tmp_path / "run", again).status == "succeeded" and not again.steps

@@ -80,7 +80,7 @@ def test_sft_rm_ppo_run_registers_both_models_and_shows_ppo(trained, client):
     policy = run.output_model
     assert policy.kind == ModelKind.POLICY and policy.parent == trained["base"]
     rm = ModelVersion.objects.get(training_run=run, kind=ModelKind.REWARD)
-    assert rm.name == f"{policy.name}.rm" and "eval_reward_accuracy" in rm.metrics
+    assert rm.name == f"{policy.name}.rm" and "rm_eval_reward_accuracy" in rm.metrics
     client.force_login(trained["users"]["admin"])
     page = client.get(reverse("training_run", args=[project.pk, run.pk])).content.decode()
     for text in ("PPO reward", "PPO KL to reference", "PPO clip fraction", "PPO approximate KL",

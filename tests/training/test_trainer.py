@@ -14,7 +14,8 @@ from training.losses import dpo_loss
 from training.tiny_model import ModelLoadError, build_default_model, llama_config
 from training.config import TrainConfig
 from training.trainer.logps import chunked_token_logps, sequence_logps
-from training.trainer.loop import train
+from training.trainer.loop import NothingToLearn, train
+from training.trainer.phases import dpo_batch_loss
 from training.trainer.plan import plan_steps
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -246,13 +247,54 @@ def test_doubling_weights_doubles_gradient(tiny):
         assert torch.allclose(2 * a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_all_zero_weights_train_changes_nothing(tiny, tmp_path):
+@pytest.mark.parametrize("recipe,steps", [("dpo", 6), ("sft", 2)])
+def test_all_zero_weights_fail_instead_of_succeeding_unchanged(tiny, tmp_path, recipe, steps):
+    """Weights of 0 give a gradient of exactly 0: the run fails on its first steps (all of them when
+    the phase is shorter) naming the cause and the fix, and saves no model."""
     path, _ = tiny
     pairs = [dict(p, weight=0.0) for p in synthetic_pairs(8)]
-    res = train(cfg(max_steps=2), path, pairs, tmp_path / "run")
-    a = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).state_dict()
-    b = AutoModelForCausalLM.from_pretrained(res.final_path, local_files_only=True).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    rec = Recorder()
+    with pytest.raises(NothingToLearn, match=rf"{recipe}: the gradient norm was 0 for the first "
+                                             rf"{min(steps, 3)} steps.*weighs 0.*use_weights=false"):
+        train(cfg(recipe=recipe, max_steps=steps), path, pairs, tmp_path / "run", rec)
+    assert len(rec.steps) == min(steps, 3) - 1  # the failing step is not reported as done
+    assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "run" / "result.json").exists()
+    # the fix the message names: without the weights the same rows train
+    res = train(cfg(recipe=recipe, max_steps=2, use_weights=False), path, pairs, tmp_path / "unweighted")
+    assert res.status == "succeeded" and (tmp_path / "unweighted" / "final").exists()
+
+
+def test_ties_train_towards_equal_never_as_preferences(tiny, tmp_path):
+    """A tie row (label "tie", p_chosen 0.5) is a 0.5 target without use_soft_labels; SFT skips it."""
+    _, tok = tiny
+    rows = synthetic_pairs(3, seed=4)
+    rows[1] = dict(rows[1], label="tie", p_chosen=0.5, tie=True)
+    rows[2] = dict(rows[2], label="both_bad")  # an older export: the label alone, no p_chosen
+    ex = tokenize_pairs(tok, rows)
+    assert [(e.tie, e.p_chosen) for e in ex] == [(False, None), (True, 0.5), (True, 0.5)]
+    assert [e.index for e in tokenize_sft(tok, rows)] == [0]
+    batch = collate(ex, tok.pad_token_id)
+    assert batch.ties.tolist() == [False, True, True]
+    # the DPO loss of the batch from given log-probs, by hand: beta h = 0.1 * 2 = 0.2 for every pair
+    logps = torch.tensor([[-1.0, -3.0]] * 3, dtype=torch.float64)
+    ref = torch.full((3, 2), -2.0, dtype=torch.float64)
+    hard, soft = -math.log(1 / (1 + math.exp(-0.2))), -math.log(1 / (1 + math.exp(0.2)))
+    loss, _ = dpo_batch_loss(logps, ref, batch, cfg())
+    assert loss.item() == pytest.approx((hard + 2 * (0.5 * hard + 0.5 * soft)) / 3, abs=1e-12)
+    # no tie in the batch: exactly today's hard-label loss, p_chosen or not
+    plain = collate(tokenize_pairs(tok, [dict(r, p_chosen=0.9) for r in synthetic_pairs(3, seed=4)]), tok.pad_token_id)
+    assert plain.ties is None and dpo_batch_loss(logps, ref, plain, cfg())[0].item() == pytest.approx(hard, abs=1e-12)
+    with pytest.raises(ValueError, match="pair 1: tie must be true or false"):
+        tokenize_pairs(tok, [rows[0], dict(rows[0], tie="maybe")])
+
+
+def test_robust_loss_refuses_ties_before_compute(tiny, tmp_path):
+    path, _ = tiny
+    pairs = synthetic_pairs(8)
+    pairs[3] = dict(pairs[3], label="tie")
+    with pytest.raises(ValueError, match="pair 3 is a tie, and robust DPO has no soft labels"):
+        train(cfg(loss_type="robust", label_smoothing=0.1), path, pairs, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_soft_labels_reverse_the_preference(tiny, tmp_path):
@@ -298,7 +340,7 @@ def test_synthetic_task_heldout_reward_accuracy(tiny, tmp_path):
     assert res.status == "succeeded" and res.steps == 25
     # step 1: the policy is the reference (up to float rounding between batch shapes)
     assert abs(rec.steps[0]["chosen_reward"]) < 1e-4 and rec.steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert res.eval_metrics["eval_reward_accuracy"] > 0.9
+    assert res.eval_metrics["dpo"]["eval_reward_accuracy"] > 0.9
     eval_ids = set(json.loads((tmp_path / "run" / "config.json").read_text())["eval_indices"])
     assert len(eval_ids) == 40 and not eval_ids & {i for m in rec.steps for i in m["batch_ids"]}
     for key in ["loss", "reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "kl_to_ref", "lr",
@@ -363,7 +405,7 @@ def test_explicit_eval_pairs(tiny, tmp_path):
     res = train(cfg(max_steps=4, eval_fraction=0.5), path, synthetic_pairs(8, seed=8), tmp_path / "run", rec,
                 eval_pairs=synthetic_pairs(3, seed=9))
     assert sorted({i for m in rec.steps for i in m["batch_ids"]}) == list(range(8))
-    assert "eval_reward_accuracy" in res.eval_metrics
+    assert "eval_reward_accuracy" in res.eval_metrics["dpo"]
     with pytest.raises(ValueError, match="eval_pairs: pair 1: 'chosen' is missing"):
         train(cfg(), path, synthetic_pairs(8), tmp_path / "bad", eval_pairs=[synthetic_pairs(1)[0], {"prompt": "x"}])
 

@@ -1,10 +1,11 @@
 """The rows a run trains on: a calibrated export's preference pairs, read without torch, filtered
-(ties, empty texts) and checked (enough pairs, prompts that can fit ``max_length``); a fresh export
-built at launch when the run names none.
+(ties, empty texts) and checked (enough pairs, enough weight to learn from, prompts that can fit
+``max_length``); a fresh export built at launch when the run names none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from annotate.models import Project
 from evaluation.models import Export
 
 from ..models import TrainingRun
+from ..weighting import WeightStats, weight_stats
 from .errors import TrainingError
 from .hyperparameters import train_config_defaults
 
@@ -100,6 +102,25 @@ def export_rows(
     return train, test
 
 
+def export_weight_stats(export: Export) -> WeightStats | None:
+    """The weight sum and effective size of a built export's training pairs (ties left out, weights
+    used: what a default launch checks), or None when its file cannot be read. Exports are
+    immutable, so the numbers are cached by id and content hash."""
+    from django.core.cache import cache
+
+    key = f"training:export-weights:{export.pk}:{export.content_hash or export.path}"
+    cached = cache.get(key)
+    if cached is not None:
+        return WeightStats(**cached)
+    try:
+        train, _ = export_rows(export)
+        stats = weight_stats(train)
+    except (TrainingError, ValueError, OSError):
+        return None
+    cache.set(key, dataclasses.asdict(stats), None)
+    return stats
+
+
 def run_rows(run: TrainingRun, dropped: dict | None = None) -> tuple[list[dict], list[dict]]:
     """``export_rows`` with the run's settings (ties kept only with ``use_soft_labels``)."""
     soft = bool((run.hyperparameters or {}).get("use_soft_labels", False))
@@ -154,8 +175,39 @@ def _prompt_text(prompt) -> str:
     return ""
 
 
-def check_rows(train: list[dict], test: list[dict], hyperparameters: dict) -> None:
-    """The checks on the data that need no tokenizer: enough pairs, prompts that can fit."""
+#: Recipes that train on the export's pairs and their weights (``ppo`` takes only its prompts).
+WEIGHTED_RECIPES = ("sft", "dpo", "sft+dpo", "rm", "sft+rm+ppo", "sft+dpo+ppo")
+
+
+def check_weights(train: list[dict], hyperparameters: dict, recipe: str | None = None) -> WeightStats:
+    """The training rows' weight sum and effective sample size (``training.weighting``); refuses
+    (``TrainingError`` on ``export``) when the effective size is below ``min_pairs``: the run would
+    finish "succeeded" having learned (almost) nothing."""
+    cfg = train_config_defaults()
+    cfg.update(hyperparameters)
+    try:
+        stats = weight_stats(train, bool(cfg["use_weights"]))
+    except ValueError as exc:
+        raise TrainingError(f"the export's rows: {exc}", "export") from exc
+    need = min_pairs(hyperparameters)
+    if stats.weighted and stats.effective_size < need and (recipe is None or recipe in WEIGHTED_RECIPES):
+        raise TrainingError(
+            f"the export's weights leave an effective sample size of {stats.effective_size:.1f} "
+            f"(Kish (sum w)^2 / sum w^2 over {stats.pairs} training pairs, weight sum "
+            f"{stats.weight_sum:.3g}), below min_pairs={need}: the run would learn (almost) nothing. "
+            f"The weights come from the annotators' effective weights (the weight rule, docs/quality.md): "
+            f"excluded annotators and weight overrides of 0 count 0, and low gold accuracy counts little. "
+            f"Fix: include the annotators again or raise their weight overrides on the quality page and "
+            f"export again; or set use_weights=false to train every pair at weight 1",
+            "export",
+        )
+    return stats
+
+
+def check_rows(train: list[dict], test: list[dict], hyperparameters: dict, recipe: str | None = None
+               ) -> WeightStats:
+    """The checks on the data that need no tokenizer: enough pairs, enough weight on them
+    (``check_weights``, whose stats are returned), prompts that can fit."""
     cfg = train_config_defaults()
     cfg.update(hyperparameters)
     need = min_pairs(hyperparameters)
@@ -180,3 +232,4 @@ def check_rows(train: list[dict], test: list[dict], hyperparameters: dict) -> No
                     f"(longer prompts then keep their last tokens)",
                     "hyperparameters",
                 )
+    return check_weights(train, hyperparameters, recipe)

@@ -77,7 +77,7 @@ def launch_run(
         export = build_fresh_export(project, created_by, export_params)
     try:
         train, test = export_rows(export, include_ties=bool(hp.get("use_soft_labels")))
-        check_rows(train, test, hp)
+        stats = check_rows(train, test, hp, recipe)
     except TrainingError:
         if fresh:
             discard_export(export)
@@ -91,9 +91,10 @@ def launch_run(
             hyperparameters=hp,
             created_by=created_by,
             status=RunStatus.QUEUED,
+            summary={"data": {**stats.as_dict(), "test_pairs": len(test)}},
             logs=_stamp(
-                f"queued: {recipe} on export {export.pk} ({len(train)} train / {len(test)} test pairs), "
-                f"base {base_model.name}"
+                f"queued: {recipe} on export {export.pk} ({len(train)} train / {len(test)} test pairs, "
+                f"{_weights_line(stats)}), base {base_model.name}"
             ),
         )
         run.out_dir = str((runs_dir() / f"run-{run.pk:05d}").resolve())
@@ -101,6 +102,12 @@ def launch_run(
         if send:
             transaction.on_commit(lambda: send_run(run.pk))
     return run
+
+
+def _weights_line(stats) -> str:
+    if not stats.weighted:
+        return "weights not used: every pair counts 1"
+    return f"weight sum {stats.weight_sum:.3g}, effective sample size {stats.effective_size:.1f}"
 
 
 def check_reward_model(recipe: str, base_model: ModelVersion, hp: dict) -> ModelVersion | None:

@@ -121,7 +121,7 @@ def save_phase_output(run: RunState, wrapped, tokenizer, phase_out: Path, start_
             "config": cfg.to_dict(), "lora": cfg.lora,
             "lora_note": ("LoRA adapter merged into these weights; the adapter alone is in ../adapter"
                           if cfg.lora else None),
-            "eval": {k: v for k, v in run.eval_metrics.items()},
+            "eval": {ph: dict(ev) for ph, ev in run.eval_metrics.items()},
         })
         (phase_out / ".complete").touch()
         run.log(f"{phase}: saved {phase_out}")
@@ -134,9 +134,11 @@ def result_from_history(out: Path) -> TrainResult:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()] \
         if (out / "metrics.jsonl").exists() else []
     last = lines[-1] if lines else {}
-    evals = {}
+    evals: dict = {}
     for m in lines:
-        evals.update({k: v for k, v in m.items() if k.startswith("eval_")})
+        ev = {k: v for k, v in m.items() if k.startswith("eval_")}
+        if ev:
+            evals.setdefault(m.get("phase", ""), {}).update(ev)
     adapter = out / "adapter"
     result = TrainResult(status="succeeded", out_dir=str(out), final_path=str(out / "final"),
                          adapter_path=str(adapter) if adapter.exists() else None, steps=last.get("step", 0),

@@ -94,6 +94,14 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
             for ex, i in zip(ev, eval_idx):
                 ex.index = i  # numbered after the training rows
         data[phase] = (tr, ev)
+        if cfg.loss_type == "robust" and phase == "dpo":
+            tie = next((e for e in tr + ev if getattr(e, "tie", False)), None)
+            if tie is not None:
+                raise ValueError(f"pair {tie.index} is a tie, and robust DPO has no soft labels to train a tie "
+                                 f"with; leave ties out or choose another loss_type")
+        if not tr:
+            raise ValueError(f"{phase}: no training rows left (SFT leaves ties out: a tie has no better "
+                             f"response to learn)")
 
     run.accelerator = accelerator = make_accelerator(cfg)
     world = accelerator.num_processes
@@ -142,6 +150,46 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
         write_json(out / "result.json", result.to_dict())
     accelerator.wait_for_everyone()
     return result
+
+
+#: A phase whose gradient norm is exactly 0 on each of its first this-many steps learns nothing.
+ZERO_GRADIENT_STEPS = 3
+
+
+class NothingToLearn(ValueError):
+    """The gradient was 0 on every one of a phase's first steps: the run would "succeed" unchanged."""
+
+
+class ZeroGradientGuard:
+    """Fails a phase whose gradient norm is exactly 0 on each of its first ``ZERO_GRADIENT_STEPS``
+    steps (all of them when the phase is shorter), instead of letting it finish "succeeded" with
+    the model unchanged. A real gradient is never exactly 0; weights of 0 (the usual cause) or
+    nothing trainable give exactly 0. Steps restored from a checkpoint are not checked again."""
+
+    def __init__(self, phase: str, resumed_at: int, weighted: bool, steps: int = ZERO_GRADIENT_STEPS):
+        self.phase, self.weighted, self.steps = phase, weighted, steps
+        self.active = resumed_at == 0
+        self.zeros = 0
+
+    def check(self, phase_step: int, grad_norm, phase_steps: int | None = None) -> None:
+        if not self.active:
+            return
+        norm = None if grad_norm is None else float(grad_norm)
+        if norm is None or norm != 0.0:  # unknown (DeepSpeed may not report it) or a real gradient
+            self.active = False
+            return
+        self.zeros += 1
+        if self.zeros >= self.steps or (phase_steps is not None and phase_step >= phase_steps):
+            cause = ("every pair in these batches weighs 0 (the export's weight column: annotators "
+                     "excluded or with a weight override of 0 count 0 under the weight rule, "
+                     "docs/quality.md). Fix the annotators' weights (include them, or raise their "
+                     "overrides on the quality page) and export again, or set use_weights=false "
+                     "to train every pair at weight 1"
+                     if self.weighted else
+                     "nothing in the model is trained (check lora_target_modules and the model folder)")
+            raise NothingToLearn(
+                f"{self.phase}: the gradient norm was 0 for the first {self.zeros} steps, so the model "
+                f"learns nothing and no model is saved. Usual cause: {cause}.")
 
 
 def run_phase(run: RunState, spec: Phase, model, tokenizer, data, plan, step_offset, total_steps, start_path,
@@ -205,6 +253,7 @@ def run_phase(run: RunState, spec: Phase, model, tokenizer, data, plan, step_off
     run.truncate_history(step_offset + phase_step)
 
     rank, world = acc.process_index, acc.num_processes
+    zero_gradients = ZeroGradientGuard(phase, resumed_at=phase_step, weighted=cfg.use_weights)
     reference.peft_model = model if cfg.lora else None
     status = "succeeded"
     phase_start = time.time()
@@ -242,6 +291,7 @@ def run_phase(run: RunState, spec: Phase, model, tokenizer, data, plan, step_off
                 agg[key] = agg.get(key, 0.0) + v
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
         grad_norm = acc.clip_grad_norm_(params, max_norm)
+        zero_gradients.check(phase_step + 1, grad_norm, len(plan))
         cur_lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -271,7 +321,7 @@ def run_phase(run: RunState, spec: Phase, model, tokenizer, data, plan, step_off
         if do_eval:
             ev = spec.evaluate(run, acc.unwrap_model(wrapped).model, eval_ex, pad_id, reference)
             metrics.update(ev)
-            run.eval_metrics.update(ev)
+            run.eval_metrics.setdefault(phase, {}).update(ev)
             if run.main:
                 call(run.cb, "on_eval", ev)
         run.last_metrics = metrics

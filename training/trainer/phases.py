@@ -100,10 +100,7 @@ def sft_evaluate(run, policy, eval_ex, pad_id, reference) -> dict:
 def dpo_batch_loss(logps: torch.Tensor, ref: torch.Tensor, batch: Batch, cfg: TrainConfig):
     """The configured DPO loss of a collated batch; returns ``(loss, summed stats)``."""
     weights = batch.weights if cfg.use_weights else None
-    p_chosen = None
-    if cfg.use_soft_labels:
-        p = batch.p_chosen
-        p_chosen = torch.where(torch.isnan(p), torch.ones_like(p), p)
+    p_chosen = losses.label_targets(batch.p_chosen, batch.ties, cfg.use_soft_labels)
     lengths = batch.lengths.to(logps.dtype)
     loss, cr, rr = losses.dpo_loss(
         logps[:, 0], logps[:, 1], ref[:, 0].to(logps.dtype), ref[:, 1].to(logps.dtype), beta=cfg.beta,

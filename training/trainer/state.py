@@ -54,7 +54,7 @@ class TrainResult:
     steps: int
     total_steps: int
     metrics: dict = field(default_factory=dict)  # the last on_step metrics
-    eval_metrics: dict = field(default_factory=dict)  # last eval of each phase, eval_* keys
+    eval_metrics: dict = field(default_factory=dict)  # {phase: its last eval, eval_* keys}
     phases: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -81,7 +81,7 @@ class RunState:
         self.t0 = time.time()
         self.accelerator = None
         self.history_path = out_dir / "metrics.jsonl"
-        self.eval_metrics: dict = {}
+        self.eval_metrics: dict = {}  # {phase: {eval_*: value}}: which phase each number came from
         self.last_metrics: dict = {}
         self.pack, self.unpadded = True, False  # the batch layout, set per phase (see device.batch_layout)
         self.num_rows = len(pairs)  # rows addressable by example.index (pairs + eval_pairs)

@@ -50,7 +50,7 @@ def execute_run(run: TrainingRun) -> str:
             f"left out of export {run.export_id}: {dropped['ties']} tie / both-bad rows, "
             f"{dropped['empty']} rows with an empty prompt or response"
         )
-    rows.check_rows(train_rows, test_rows, run.hyperparameters or {})
+    rows.check_rows(train_rows, test_rows, run.hyperparameters or {}, run.recipe)
     kwargs = {}
     if test_rows and "eval_pairs" in inspect.signature(train).parameters:
         kwargs["eval_pairs"] = test_rows  # the export's own held-out split
@@ -84,11 +84,13 @@ def execute_run(run: TrainingRun) -> str:
     finally:
         heartbeat.stop()
 
+    run.refresh_from_db(fields=["summary"])
     summary = {
+        **(run.summary or {}),  # what launch recorded (the data's weight sum and effective size)
         "steps": result.steps,
         "total_steps": result.total_steps,
         "final": compact_metrics(result.metrics or {}),
-        "eval": compact_metrics(result.eval_metrics or {}),
+        "eval": eval_by_phase(result.eval_metrics or {}),
         "train_pairs": len(train_rows),
         "test_pairs": len(test_rows) if kwargs else 0,
     }
@@ -116,7 +118,7 @@ def execute_run(run: TrainingRun) -> str:
         training_run=run,
         round=_trained_round(run),
         metrics={
-            **{k: v for k, v in summary["eval"].items() if not isinstance(v, list)},
+            **flat_eval(summary["eval"]),
             **{f"final_{k}": v for k, v in summary["final"].items() if isinstance(v, (int, float))},
         },
         replace=True,
@@ -136,6 +138,21 @@ def execute_run(run: TrainingRun) -> str:
     return RunStatus.SUCCEEDED
 
 
+def eval_by_phase(evals: dict) -> dict:
+    """The held-out metrics as ``{phase: {eval_*: value}}`` (the trainer's shape), compacted: SFT's
+    perplexity and DPO's loss each stay under the phase they measure."""
+    nested = {ph: m for ph, m in evals.items() if isinstance(m, dict)}
+    loose = {k: v for k, v in evals.items() if not isinstance(v, dict)}
+    if loose:  # a trainer that reported flat keys: their phase is unknown
+        nested.setdefault("unknown", {}).update(loose)
+    return {ph: compact_metrics(m) for ph, m in nested.items()}
+
+
+def flat_eval(evals: dict) -> dict:
+    """``{"<phase>_eval_loss": ...}``: the nested held-out numbers as a registered model's metrics."""
+    return {f"{ph}_{k}": v for ph, m in evals.items() for k, v in m.items() if not isinstance(v, (list, dict))}
+
+
 def _register_reward_model(run: TrainingRun, result, summary: dict):
     """The reward model an RLHF run trained (``rm/final``), registered as a reward model of its
     own (``<output name>.rm``; for recipe ``rm`` it is the output itself, registered by the caller)."""
@@ -153,7 +170,7 @@ def _register_reward_model(run: TrainingRun, result, summary: dict):
         created_by=run.created_by,
         training_run=run,
         round=_trained_round(run),
-        metrics={k: v for k, v in summary["eval"].items() if not isinstance(v, list)},
+        metrics=flat_eval({"rm": summary["eval"].get("rm", {})}),
         replace=True,
     )
 
