@@ -149,6 +149,7 @@ def test_command_refuses(muted, no_send):
     assert check_weights([{"weight": 0.0}] * 10, {}, "ppo").effective_size == 0
 
 
+@pytest.mark.django_db(transaction=True)  # the worker closes its connection when done
 def test_worker_fails_a_run_that_got_past_launch(muted):
     """A run queued before this check existed (or whose export was swapped) is failed by the worker
     with the same reason, before any training compute."""
@@ -163,6 +164,7 @@ def test_worker_fails_a_run_that_got_past_launch(muted):
     assert "below min_pairs=8" in run.error and run.step == 0
 
 
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("one_cpu_thread")
 def test_a_run_reports_held_out_metrics_by_phase(muted, no_send, client):
     """sft+dpo through the worker (in process): summary.eval keeps SFT's perplexity and DPO's loss
