@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from . import models
+from . import gold, models
 
 
 class PoolInline(admin.TabularInline):
@@ -47,12 +47,32 @@ class ComparisonAdmin(admin.ModelAdmin):
     list_display = ("id", "project", "round", "is_gold", "is_open", "slots_taken", "n_judgments")
     list_filter = ("project", "round", "is_gold", "is_open")
     raw_id_fields = ("prompt", "response_a", "response_b")
+    # is_gold follows the comparison's gold answer (annotate.gold): add or delete a Gold answer
+    readonly_fields = ("is_gold", "is_open", "slots_taken", "n_judgments")
 
 
 @admin.register(models.GoldAnswer)
 class GoldAnswerAdmin(admin.ModelAdmin):
+    """Adding, changing or deleting a gold answer here flags or unflags its comparison, exactly
+    as the project's Gold page does (annotate.gold)."""
+
     list_display = ("comparison", "answer")
     raw_id_fields = ("comparison",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        gold.flag_from_answer(obj)
+
+    def delete_model(self, request, obj):
+        comparison = obj.comparison
+        super().delete_model(request, obj)
+        gold.unflag_after_delete(comparison)
+
+    def delete_queryset(self, request, queryset):
+        comparisons = [a.comparison for a in queryset.select_related("comparison__project")]
+        super().delete_queryset(request, queryset)
+        for comparison in comparisons:
+            gold.unflag_after_delete(comparison)
 
 
 @admin.register(models.Assignment)

@@ -253,6 +253,22 @@ class GoldAnswerSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class GoldSetSerializer(serializers.Serializer):
+    comparisons = serializers.ListField(
+        child=serializers.IntegerField(), allow_empty=False, max_length=10_000,
+        help_text="Ids of the project's comparisons.",
+    )
+    answer = serializers.ChoiceField(
+        choices=["a", "b", "tie", "none"],
+        help_text='The gold answer in each comparison\'s stored order; "none" makes them regular again.',
+    )
+
+
+class GoldSetResultSerializer(serializers.Serializer):
+    changed = serializers.IntegerField(help_text="Comparisons made gold, re-answered or made regular.")
+    gold = GoldAnswerSerializer(many=True, help_text="The gold answers of the comparisons sent.")
+
+
 IMPORT_FORMATS = ("jsonl", "csv")
 
 
@@ -289,6 +305,10 @@ class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField(help_text="New comparisons.")
     duplicates = serializers.IntegerField(help_text="Lines whose comparison already existed.")
     gold = serializers.IntegerField(help_text="New gold comparisons.")
+    gold_marked = serializers.IntegerField(
+        help_text="Existing comparisons that gold lines made gold (or gave a new answer): a stored pair "
+        "is flagged, never imported a second time."
+    )
     prompts_created = serializers.IntegerField()
     responses_created = serializers.IntegerField()
     votes_source = serializers.CharField(help_text="The source whose votes were imported ('' for none).")

@@ -4,3 +4,7 @@ from django.dispatch import Signal
 #: Sent after judgments were imported in bulk (``bulk_create`` sends no ``post_save``).
 #: Arguments: ``project``, ``count``.
 judgments_imported = Signal()
+
+#: Sent after a project's gold answers changed (set, re-answered or removed), once the change
+#: commits. Arguments: ``project``.
+gold_changed = Signal()

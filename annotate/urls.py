@@ -1,7 +1,7 @@
 """The app's pages. Names are global (no namespace): settings.LOGIN_REDIRECT_URL is "home"."""
 from django.urls import path
 
-from . import revision_views, views
+from . import gold_views, revision_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -19,6 +19,7 @@ urlpatterns = [
         name="project_member_remove",
     ),
     path("projects/<int:pk>/import/", views.project_import, name="project_import"),
+    path("projects/<int:pk>/gold/", gold_views.project_gold, name="project_gold"),
     path("projects/<int:pk>/import/progress/", views.project_import_progress, name="project_import_progress"),
     path("projects/<int:pk>/progress/", views.project_progress, name="project_progress"),
     path("projects/<int:pk>/annotate/", views.annotate, name="annotate"),

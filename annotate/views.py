@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import queue, selectors, services
+from . import gold, queue, selectors, services
 from .exact import prompt_turns, render_exact
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
 from .models import Assignment, AssignmentStatus, Judgment, Membership, Pool, Project, Role
@@ -136,7 +136,10 @@ def project_settings(request, pk: int):
             queue.sync_open(project)
         messages.success(request, "Settings saved.")
         return redirect("project_settings", pk=project.pk)
-    return _project_page(request, project, Role.ADMIN, "annotate/project_form.html", {"form": form, "tab": "settings"})
+    return _project_page(
+        request, project, Role.ADMIN, "annotate/project_form.html",
+        {"form": form, "tab": "settings", "gold_warning": gold.gold_warning(project)},
+    )
 
 
 @login_required

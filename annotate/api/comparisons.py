@@ -1,7 +1,7 @@
 """A project's comparisons over the REST API: the list, the gold answers, and the imports.
 
-Admins and researchers list comparisons (never with their gold answers); only admins read the
-gold answers and import. The imports are ``annotate.imports.import_comparisons`` (optionally with
+Admins and researchers list comparisons (never with their gold answers); only admins read and
+set the gold answers (``annotate.gold``: one flag on one comparison) and import. The imports are ``annotate.imports.import_comparisons`` (optionally with
 a file's preferences as a source's votes) and ``annotate.imports.import_judgments`` (votes
 already collected), all or nothing: a file or a JSON list of lines in, 201 with the counts, or
 400 with every error by line and field and nothing imported.
@@ -12,12 +12,13 @@ import io
 import json
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from .. import gold
 from ..imports import ImportValidationError, import_comparisons, import_judgments
 from ..models import Comparison, GoldAnswer
 from ..permissions import IsProjectAdmin, IsProjectReader
@@ -26,13 +27,15 @@ from ..serializers import (
     ComparisonImportUploadSerializer,
     ComparisonSerializer,
     GoldAnswerSerializer,
+    GoldSetResultSerializer,
+    GoldSetSerializer,
     ImportErrorsSerializer,
     ImportResultSerializer,
     JudgmentImportLinesSerializer,
     JudgmentImportResultSerializer,
     JudgmentImportUploadSerializer,
 )
-from .base import DENIED, MISSING, ApiView, bool_param, int_param, project_schema
+from .base import DENIED, INVALID, MISSING, ApiView, bool_param, int_param, project_schema
 
 
 
@@ -63,11 +66,23 @@ class ComparisonList(ApiView, generics.ListAPIView):
         return qs
 
 
-@project_schema(
-    "comparisons",
-    "Gold answers",
-    {200: GoldAnswerSerializer(many=True), 403: DENIED, 404: MISSING},
-    description="Admins only: the known answers of the project's calibration comparisons.",
+@extend_schema_view(
+    get=project_schema(
+        "comparisons",
+        "Gold answers",
+        {200: GoldAnswerSerializer(many=True), 403: DENIED, 404: MISSING},
+        description="Admins only: the known answers of the project's calibration comparisons.",
+    ),
+    post=project_schema(
+        "comparisons",
+        "Set or remove gold answers",
+        {200: GoldSetResultSerializer, 400: INVALID, 403: DENIED, 404: MISSING},
+        description='Admins only. `{"comparisons": [ids], "answer": "a" | "b" | "tie"}` makes existing '
+        "comparisons gold with that answer (in each comparison's stored A/B order; already-gold ones get "
+        'the new answer); `"answer": "none"` makes them regular again. Gold is one flag on one '
+        "comparison: nothing is copied. All or nothing: an id of another project changes nothing.",
+        request=GoldSetSerializer,
+    ),
 )
 class GoldList(ApiView, generics.ListAPIView):
     serializer_class = GoldAnswerSerializer
@@ -75,6 +90,19 @@ class GoldList(ApiView, generics.ListAPIView):
 
     def rows(self):
         return GoldAnswer.objects.filter(comparison__project=self.project).order_by("comparison_id")
+
+    def post(self, request, project_pk: int):
+        values = self.valid(GoldSetSerializer)
+        try:
+            if values["answer"] == "none":
+                changed = gold.unset_gold(self.project, values["comparisons"])
+            else:
+                changed = gold.set_gold(self.project, values["comparisons"], values["answer"])
+        except gold.GoldError as exc:
+            field = "answer" if "answer" in str(exc) else "comparisons"
+            return Response({field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        answers = GoldAnswer.objects.filter(comparison_id__in=values["comparisons"]).order_by("comparison_id")
+        return Response({"changed": changed, "gold": GoldAnswerSerializer(answers, many=True).data})
 
 
 def _errors_response(errors) -> Response:

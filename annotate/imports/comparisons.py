@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from django.db import IntegrityError, transaction
 
+from .. import gold
 from ..models import Comparison, GoldAnswer, Project, Prompt, Response
 from . import bulk
 from .reading import read_records
@@ -21,6 +22,7 @@ class PairWrite:
     prompts_created: int
     responses_created: int
     gold_created: int
+    gold_marked: int = 0  # existing comparisons flagged gold (or re-answered) by gold lines
 
 
 def _existing(project: Project, round_: int, pairs: list[Pair]) -> tuple[dict[str, int], dict[str, int]]:
@@ -52,6 +54,10 @@ def write_pairs(project: Project, round_: int, pairs: list[Pair], tick_factory) 
     """Create the prompts, responses, comparisons and gold answers of ``pairs`` (unique by key)
     that do not exist yet. Runs inside the caller's transaction."""
     prompt_ids, comparison_ids = _existing(project, round_, pairs)
+    # a gold line whose pair is stored (any round, model names or order) flags it: never a copy
+    gold_matches = gold.existing_pairs(project, [p for p in pairs if p.gold], prompt_ids)
+    for key, matches in gold_matches.items():
+        comparison_ids.setdefault(key, matches[0][0])
     new_pairs = [p for p in pairs if p.key not in comparison_ids]
 
     new_prompts: dict[str, tuple] = {}
@@ -136,12 +142,14 @@ def write_pairs(project: Project, round_: int, pairs: list[Pair], tick_factory) 
 
     gold_rows = [(comparison_ids[p.key], p.gold) for p in golds]
     bulk.insert_rows(GoldAnswer, ["comparison", "answer"], gold_rows, tick)
+    gold_marked = gold.mark_imported(project, pairs, gold_matches)
     return PairWrite(
         ids=comparison_ids,
         created={p.key for p in new_pairs},
         prompts_created=len(new_prompts),
         responses_created=len(response_rows),
         gold_created=len(golds),
+        gold_marked=gold_marked,
     )
 
 
@@ -200,7 +208,9 @@ def import_comparisons(
         )
         if pair is not None:
             valid.append((pair, line))
-            pairs.setdefault(pair.key, pair)
+            first = pairs.setdefault(pair.key, pair)
+            if pair.gold and not first.gold:  # a later gold line of the same pair still makes it gold
+                first.gold = pair.gold if first.hash_a == pair.hash_a else gold.FLIP.get(pair.gold, pair.gold)
     if lines == 0 and not errors.items:
         errors.add(0, "", "the file has no comparisons")
     votes = source_votes(votes_source, pairs, valid, errors) if votes_source else []
@@ -226,6 +236,7 @@ def import_comparisons(
         created=created,
         duplicates=lines - created,
         gold=result.gold_created,
+        gold_marked=result.gold_marked,
         prompts_created=result.prompts_created,
         responses_created=result.responses_created,
         votes_source=votes_source,

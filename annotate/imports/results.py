@@ -76,6 +76,9 @@ class ImportResult:
     votes_source: str = ""
     votes_created: int = 0
     votes_reoriented: int = 0
+    #: Existing comparisons that gold lines flagged as gold (or gave a new answer), instead of
+    #: importing a second, gold copy of the same pair.
+    gold_marked: int = 0
 
 
 @dataclass

@@ -27,3 +27,9 @@ def judgment_saved(sender, instance, created: bool, raw: bool = False, update_fi
 def judgments_imported(sender, project, count: int, **kwargs) -> None:
     if count and auto_quality_enabled():
         transaction.on_commit(partial(schedule_after_judgment, project.pk))
+
+
+def gold_changed(sender, project, **kwargs) -> None:
+    # sent once the change committed (annotate.gold): accuracies against the new answers
+    if auto_quality_enabled():
+        schedule_after_judgment(project.pk)

@@ -537,7 +537,11 @@ def test_command_imports_and_prints_a_summary(tmp_path):
     call_command(
         "import_comparisons", str(path), "--project", str(project.pk), "--round", "1", stdout=out, stderr=err
     )
-    assert project.comparisons.filter(round=1).count() == 3
+    # the regular pair is copied into round 1; the two gold pairs stay one comparison each, still gold
+    # (a second, gold copy of a pair would tell an annotator who met both which one is gold)
+    assert project.comparisons.filter(round=1).count() == 1
+    assert project.comparisons.filter(is_gold=True).count() == 2 and project.comparisons.count() == 4
+    assert "2 existing comparisons made gold" in out.getvalue()
 
 
 def test_command_reports_errors_and_exits_non_zero(tmp_path, project):

@@ -132,7 +132,8 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"Imported {path.name} into project '{project.name}' (round {round_}): {result.lines} lines, "
                 f"{result.created} comparisons created ({result.gold} gold), "
-                f"{result.duplicates} duplicates skipped, "
+                + (f"{result.gold_marked} existing comparisons made gold, " if result.gold_marked else "")
+                + f"{result.duplicates} duplicates skipped, "
                 f"{result.prompts_created} prompts and {result.responses_created} responses created."
             )
         )
