@@ -15,7 +15,7 @@ from ..models import Export
 from ..stats.agreement import agreement_report, agreement_summary
 from ..stats.jsonsafe import clean_json
 from ..stats.judgments import TIE, A, B
-from .folder import JUDGMENT_FIELDS, PAIR_FIELDS, WEIGHT_RULE
+from .folder import JSONL_SPLIT_FILES, JUDGMENT_FIELDS, WEIGHT_RULE, pair_fields
 from .options import ExportOptions
 from .selection import Selection
 
@@ -165,6 +165,12 @@ def _ci(stat: dict | None) -> str:
     return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _jsonl_data_files(stats: dict) -> str:
+    """The ``data_files`` argument that loads the JSONL files as their splits."""
+    splits = ["train"] + (["test"] if stats["n_test"] else [])
+    return "{" + ", ".join(f'"{s}": "{JSONL_SPLIT_FILES[s]}"' for s in splits) + "}"
+
+
 def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
     """The dataset card (README.md), generated from the export's options and statistics."""
     project = export.project
@@ -208,6 +214,13 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         f"| prompts | {stats['n_prompts']} "
         f"(train {stats['n_prompts_train']}, test {stats['n_prompts_test']}) |",
         f"| comparisons aggregated | {stats['n_comparisons_aggregated']} |",
+    ]
+    if stats["removed"].get("undecided"):
+        L.append(
+            f"| undecided (every judgment by an annotator of weight 0; no label, never a pair) | "
+            f"{stats['removed']['undecided']} |"
+        )
+    L += [
         f"| removed by min_confidence | {stats['removed'].get('min_confidence', 0)} |",
         f"| ties excluded / included | {stats['removed'].get('ties', 0)} / {stats['n_ties_included']} |",
         f"| both-bad excluded / included | {stats['removed'].get('both_bad', 0)} "
@@ -230,8 +243,10 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
     ]
     descr = {
-        "jsonl": "`preferences.jsonl`: one JSON object per pair in TRL's preference format "
-        "(all splits; see `split`).",
+        "jsonl": f"`{JSONL_SPLIT_FILES['train']}`"
+        + (f" and `{JSONL_SPLIT_FILES['test']}`" if stats["n_test"] else "")
+        + ": one JSON object per pair in TRL's preference format, one file per split "
+        "(as `load_dataset(\"json\", data_files=...)` expects).",
         "parquet": "`preferences.parquet`: the same rows and columns as Parquet (zstd).",
         "hf": "`hf/`: a Hugging Face `datasets` DatasetDict (`train`"
         + (" and `test`" if opts.test_fraction > 0 else "")
@@ -311,7 +326,14 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         f"Annotator weights come from {stats['weights_source']}. `weight` over the exported pairs: "
         f"mean {_fmt(weight_stats.get('mean'))}, median {_fmt(weight_stats.get('median'))}.",
         "Ties and both-bad have no chosen/rejected: they are excluded by default; when included they are "
-        "written with `label` `tie` or `both_bad`, response A as `chosen`, and `p_chosen` = 0.5.",
+        "written with `label` `tie` or `both_bad`, response A as `chosen`, and `p_chosen` = 0.5"
+        + (
+            f", and `tie` = true ({stats['n_ties_included']} tie and {stats['n_both_bad_included']} both-bad "
+            "rows here). A plain DPO trainer would read them as preferences of A: filter `tie` out, or "
+            "train with soft labels, which read `p_chosen` = 0.5 as no preference."
+            if opts.writes_ties
+            else "."
+        ),
         "",
         "## Agreement",
         "",
@@ -356,7 +378,7 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
             )
         L.append("")
     L += ["## Fields", "", "| field | meaning |", "|---|---|"]
-    L += [f"| `{k}` | {v} |" for k, v in PAIR_FIELDS.items()]
+    L += [f"| `{k}` | {v} |" for k, v in pair_fields(opts.writes_ties).items()]
     if opts.include_judgments:
         L += ["", "`judgments.jsonl`:", "", "| field | meaning |", "|---|---|"]
         L += [
@@ -387,13 +409,13 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
             + ", ".join(["train"] + (["test"] if opts.test_fraction > 0 else [])),
             "",
         ]
+    jsonl_files = _jsonl_data_files(stats)
     if "jsonl" in opts.formats:
         L += [
             "from datasets import load_dataset",
             "",
-            'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")',
-            'train = pairs.filter(lambda r: r["split"] == "train")',
-            'test = pairs.filter(lambda r: r["split"] == "test")',
+            f'pairs = load_dataset("json", data_files={jsonl_files})  # DatasetDict: '
+            + ", ".join(["train"] + (["test"] if stats["n_test"] else [])),
             "",
         ]
     if "parquet" in opts.formats:
@@ -411,9 +433,11 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         "",
         'ds = load_from_disk("hf")'
         if "hf" in opts.formats
-        else 'pairs = load_dataset("json", data_files="preferences.jsonl", split="train")\n'
-        'ds = {s: pairs.filter(lambda r, s=s: r["split"] == s) for s in ("train", "test")}',
-        'train = ds["train"].filter(lambda r: r["label"] == "preference")  # ties have no chosen/rejected',
+        else f'ds = load_dataset("json", data_files={jsonl_files})',
+    ]
+    keep = 'not r["tie"]' if opts.writes_ties else 'r["label"] == "preference"'
+    L += [
+        f'train = ds["train"].filter(lambda r: {keep})  # ties have no chosen/rejected',
         "trainer = DPOTrainer(",
         '    model="path/to/your/model",',
         '    args=DPOConfig(output_dir="dpo-out", per_device_train_batch_size=8),',

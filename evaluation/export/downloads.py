@@ -13,12 +13,13 @@ from pathlib import Path
 from annotate.models import Role
 
 from ..models import Export, JobStatus
-from .folder import CARD_FILE, FORMAT_FILES, METADATA_FILE, export_files, export_root
+from .folder import CARD_FILE, FORMAT_FILES, JSONL_SPLIT_FILES, LEGACY_JSONL, METADATA_FILE, export_files, export_root
 from .options import FORMATS, ExportError, ExportOptions
 
 #: Download name -> (file in the folder or an archive kind, content type).
 DOWNLOADS = {
-    "jsonl": ("preferences.jsonl", "application/x-ndjson"),
+    "jsonl": (JSONL_SPLIT_FILES["train"], "application/x-ndjson"),
+    "jsonl-test": (JSONL_SPLIT_FILES["test"], "application/x-ndjson"),
     "parquet": ("preferences.parquet", "application/vnd.apache.parquet"),
     "csv": ("preferences.csv", "text/csv"),
     "judgments": ("judgments.jsonl", "application/x-ndjson"),
@@ -43,7 +44,13 @@ def available_downloads(export: Export) -> list[str]:
     if export.status != JobStatus.SUCCEEDED:
         return []
     formats = ExportOptions.from_params(export.params).formats
-    return [f for f in FORMATS if f in formats] + ["card", "metadata", "zip", "tar.gz"]
+    out = []
+    for f in FORMATS:
+        if f in formats:
+            out.append(f)
+            if f == "jsonl" and export.path and (Path(export.path) / JSONL_SPLIT_FILES["test"]).exists():
+                out.append("jsonl-test")
+    return out + ["card", "metadata", "zip", "tar.gz"]
 
 
 def _archive_dir(export: Export) -> Path:
@@ -76,7 +83,8 @@ def _build_archive(export: Export, kind: str, target: Path) -> None:
 def download_file(export: Export, what: str) -> tuple[Path, str, str]:
     """``(path, download filename, content type)`` of one download of a built export.
 
-    ``what``: a format (jsonl, parquet, csv, judgments, hf), ``card``, ``metadata``, or an
+    ``what``: a format (jsonl: the train split's file, jsonl-test: the test split's; parquet,
+    csv, judgments, hf), ``card``, ``metadata``, or an
     archive of the whole folder (``zip``, ``tar.gz``). Archives (and the hf tarball) are made
     on first request and kept. Raises :class:`ExportError` for anything not available.
     """
@@ -98,6 +106,8 @@ def download_file(export: Export, what: str) -> tuple[Path, str, str]:
             _build_archive(export, what, target)
         return target, filename, ctype
     path = folder / name
+    if what == "jsonl" and not path.exists() and (folder / LEGACY_JSONL).exists():
+        name, path = LEGACY_JSONL, folder / LEGACY_JSONL  # built before the per-split files
     if not path.exists():
         raise ExportError(f"export {export.pk}: {name} is missing from {folder}")
     return path, f"{base}-{name}", ctype

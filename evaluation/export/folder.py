@@ -14,9 +14,16 @@ from django.conf import settings
 
 from ..models import Export
 
-#: The file (or folder) each format writes, relative to the export folder.
+#: The JSONL format writes one file per split, as ``datasets.load_dataset("json",
+#: data_files={"train": ..., "test": ...})`` expects (the test file only when the split has rows).
+JSONL_SPLIT_FILES = {"train": "preferences-train.jsonl", "test": "preferences-test.jsonl"}
+#: The one JSONL file of exports built before the per-split files (all splits; see ``split``).
+LEGACY_JSONL = "preferences.jsonl"
+
+#: The file (or folder) each format writes, relative to the export folder (JSONL: its train
+#: file; see :data:`JSONL_SPLIT_FILES` and :func:`pair_jsonl_files`).
 FORMAT_FILES = {
-    "jsonl": "preferences.jsonl",
+    "jsonl": JSONL_SPLIT_FILES["train"],
     "parquet": "preferences.parquet",
     "csv": "preferences.csv",
     "judgments": "judgments.jsonl",
@@ -64,6 +71,38 @@ PAIR_FIELDS: dict[str, str] = {
     "gold": "True for calibration comparisons with a known answer (their label is the gold answer).",
     "split": "`train` or `test` (by prompt: no prompt is on both sides).",
 }
+
+#: The column added after ``label`` when an export includes ties or both-bad (exports without
+#: them keep the columns above, byte for byte).
+TIE_FIELD: dict[str, str] = {
+    "tie": "True on a tie or both-bad row: no response is preferred, `p_chosen` = `p_rejected` = 0.5, "
+    "chosen = response A by convention (soft-label DPO reads it as no preference); false on a "
+    "preference row.",
+}
+
+
+def pair_fields(include_ties: bool) -> dict[str, str]:
+    """The pairwise files' columns: :data:`PAIR_FIELDS`, with ``tie`` after ``label`` when the
+    export includes ties or both-bad."""
+    if not include_ties:
+        return dict(PAIR_FIELDS)
+    out: dict[str, str] = {}
+    for name, text in PAIR_FIELDS.items():
+        out[name] = text
+        if name == "label":
+            out.update(TIE_FIELD)
+    return out
+
+
+def pair_jsonl_files(folder: Path) -> list[Path]:
+    """The JSONL pair files of a built export folder that exist: the per-split files (train,
+    then test), or the single file of an export built before them."""
+    folder = Path(folder)
+    files = [folder / name for name in JSONL_SPLIT_FILES.values() if (folder / name).exists()]
+    if not files and (folder / LEGACY_JSONL).exists():
+        files = [folder / LEGACY_JSONL]
+    return files
+
 
 JUDGMENT_FIELDS: dict[str, str] = {
     "annotator": "Pseudonymous annotator id, stable within this export only (unless stable_pseudonyms).",

@@ -54,6 +54,11 @@ class ExportOptions:
     formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
 
     @property
+    def writes_ties(self) -> bool:
+        """Whether the pairwise files may hold tie / both-bad rows (and so the ``tie`` column)."""
+        return self.include_ties or self.include_both_bad
+
+    @property
     def include_judgments(self) -> bool:
         return "judgments" in self.formats
 

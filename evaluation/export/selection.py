@@ -1,5 +1,7 @@
 """Selecting and weighting an export's pairs: the annotator weights ``w_j``, the aggregation,
-the filters (gold, ``min_confidence``, ties, both-bad) and the train/test split by prompt.
+the filters (undecided, gold, ``min_confidence``, ties, both-bad) and the train/test split by
+prompt. An undecided comparison (every voter has weight 0) is never exported; ``removed``
+counts it under ``"undecided"`` when there is one.
 
 :func:`select` returns a :class:`Selection`, the arrays the writers and the card read.
 """
@@ -200,6 +202,18 @@ def select(project: Project, opts: ExportOptions, progress: Progress | None = No
     keep = np.ones(n_items, dtype=bool)
     removed = {"gold": 0, "min_confidence": 0, "ties": 0, "both_bad": 0}
     filt = f" ({describe_filters(opts, pool_names)})" if (opts.rounds or opts.pools) else ""
+    # Undecided: every voter has weight 0, so there is no label to export (never a pair).
+    undecided = agg.undecided_items(j, worker_weight)
+    if undecided.any():
+        removed["undecided"] = int(undecided.sum())
+        keep &= ~undecided
+        if not keep.any():
+            raise ExportError(
+                f"no comparisons match: all {n_items} judged comparisons{filt} are undecided: every "
+                "judgment on them is by an annotator whose weight is 0 (excluded, overridden to 0, or "
+                "computed 0 by the weight rule; see the quality page). Set a weight override or include "
+                "the annotators to export them"
+            )
     if not opts.include_gold:
         is_gold = table.gold >= 0
         removed["gold"] = int(is_gold.sum())

@@ -28,11 +28,11 @@ from .folder import (
     CARD_FILE,
     JUDGMENT_FIELDS,
     METADATA_FILE,
-    PAIR_FIELDS,
     WEIGHT_RULE,
     default_folder,
     folder_hash,
     make_read_only,
+    pair_fields,
 )
 from .options import ExportError, ExportOptions, clean_options, precheck
 from .progress import DatabaseProgress, Progress
@@ -154,7 +154,7 @@ def build_export(export: Export, *, out_dir: Path | None = None, progress: Progr
                 "created_at": export.created_at.isoformat(),
                 "options": opts.to_params(),
                 "weight_rule": WEIGHT_RULE,
-                "pair_fields": PAIR_FIELDS,
+                "pair_fields": pair_fields(opts.writes_ties),
                 "judgment_fields": {
                     k: v for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales
                 }

@@ -54,7 +54,8 @@ def _status_context(export: Export, may_download: bool = True) -> dict:
     card = read_card(export) if export.status == JobStatus.SUCCEEDED else ""
     front, body = _split_card(card)
     labels = {
-        "jsonl": "JSONL (TRL)",
+        "jsonl": "JSONL (TRL), train split",
+        "jsonl-test": "JSONL (TRL), test split",
         "parquet": "Parquet",
         "csv": "CSV",
         "judgments": "Judgments JSONL",

@@ -25,7 +25,7 @@ from annotate.models import Comparison, Judgment
 
 from ..models import Export
 from ..stats.judgments import TIE, B
-from .folder import FORMAT_FILES, JUDGMENT_FIELDS, PAIR_FIELDS
+from .folder import FORMAT_FILES, JSONL_SPLIT_FILES, JUDGMENT_FIELDS, PAIR_FIELDS, pair_fields
 from .options import ExportError, ExportOptions
 from .progress import Progress
 from .selection import Selection
@@ -66,7 +66,9 @@ def _messages(value) -> list[dict[str, str]] | None:
     return out or None
 
 
-def pair_schema(conversational: bool):
+def pair_schema(conversational: bool, with_tie: bool = False):
+    """The Arrow schema of the pairwise files (with the ``tie`` column after ``label`` when the
+    export includes ties)."""
     import pyarrow as pa
 
     msgs = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -94,7 +96,8 @@ def pair_schema(conversational: bool):
         "split": pa.string(),
     }
     assert list(types) == list(PAIR_FIELDS)
-    return pa.schema([(name, t) for name, t in types.items()])
+    types["tie"] = pa.bool_()
+    return pa.schema([(name, types[name]) for name in pair_fields(with_tie)])
 
 
 def _r(x: np.ndarray, digits: int = 6) -> list:
@@ -190,6 +193,7 @@ def _pair_chunks(sel: Selection, progress: Progress) -> Iterable[PairChunk]:
             "chosen": chosen,
             "rejected": rejected,
             "label": names,
+            "tie": is_tie.tolist(),
             "weight": _r(weight),
             "confidence": _r(sel.confidence[idx]),
             "p_chosen": _r(p_chosen),
@@ -227,6 +231,29 @@ class JsonlWriter:
         self.f.close()
 
 
+class SplitJsonlWriter:
+    """One JSONL file per split (:data:`JSONL_SPLIT_FILES`), each row routed by its ``split``; a
+    split's file is created with its first row, so a split without rows has no file."""
+
+    def __init__(self, folder: Path, fields: list[str]) -> None:
+        self.folder, self.fields = folder, fields
+        self.writers: dict[str, JsonlWriter] = {}
+
+    def write(self, cols: dict[str, list]) -> None:
+        for split, name in JSONL_SPLIT_FILES.items():
+            rows = [i for i, s in enumerate(cols["split"]) if s == split]
+            if not rows:
+                continue
+            if split not in self.writers:
+                self.writers[split] = JsonlWriter(self.folder / name, self.fields)
+            part = cols if len(rows) == len(cols["split"]) else {k: [cols[k][i] for i in rows] for k in self.fields}
+            self.writers[split].write(part)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
 class CsvWriter:
     def __init__(self, path: Path, fields: list[str]) -> None:
         self.f = open(path, "w", encoding="utf-8", newline="")
@@ -260,7 +287,7 @@ class ArrowWriters:
         }
 
     def write(self, cols: dict[str, list]) -> None:
-        batch = self.pa.RecordBatch.from_pydict(cols, schema=self.schema)
+        batch = self.pa.RecordBatch.from_pydict({f.name: cols[f.name] for f in self.schema}, schema=self.schema)
         if self.parquet is not None:
             self.parquet.write_batch(batch)
         if self.streams:
@@ -283,8 +310,8 @@ def write_pairs(sel: Selection, folder: Path, progress: Progress) -> dict[str, i
     import pyarrow.compute  # noqa: F401  (pa.compute)
 
     formats = set(sel.opts.formats)
-    fields = list(PAIR_FIELDS)
-    jsonl = JsonlWriter(folder / FORMAT_FILES["jsonl"], fields) if "jsonl" in formats else None
+    fields = list(pair_fields(sel.opts.writes_ties))
+    jsonl = SplitJsonlWriter(folder, fields) if "jsonl" in formats else None
     csvw = CsvWriter(folder / FORMAT_FILES["csv"], fields) if "csv" in formats else None
     splits = ["train", "test"] if sel.opts.test_fraction > 0 else ["train"]
     stream_paths = {}
@@ -295,7 +322,7 @@ def write_pairs(sel: Selection, folder: Path, progress: Progress) -> dict[str, i
     arrow = None
     if "parquet" in formats or stream_paths:
         parquet_path = folder / FORMAT_FILES["parquet"] if "parquet" in formats else None
-        arrow = ArrowWriters(pair_schema(sel.conversational), parquet_path, stream_paths)
+        arrow = ArrowWriters(pair_schema(sel.conversational, sel.opts.writes_ties), parquet_path, stream_paths)
     counts = {"train": 0, "test": 0}
     progress.stage("pairs", sel.n_pairs)
     try:
@@ -340,6 +367,27 @@ def write_hf(sel: Selection, folder: Path, progress: Progress) -> None:
         if bars_were_on:
             datasets.enable_progress_bars()
     shutil.rmtree(tmp)
+    for split in splits:
+        _content_fingerprint(folder / FORMAT_FILES["hf"] / split)
+
+
+def _content_fingerprint(split_dir: Path) -> None:
+    """Replace the split's ``state.json`` ``_fingerprint`` with one derived from its data files.
+
+    ``datasets`` fingerprints a dataset read from a file by that file's path, here a temporary
+    build folder with a random name, so the same export built twice (a retry) would differ in
+    this one value and in its content hash. A hash of the Arrow data is as unique and stable.
+    """
+    state_path = split_dir / "state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    h = hashlib.sha256()
+    for entry in state.get("_data_files", []):
+        with open(split_dir / entry["filename"], "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    state["_fingerprint"] = h.hexdigest()[:16]
+    with open(state_path, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
 
 
 def write_judgments(sel: Selection, folder: Path, key: bytes, progress: Progress) -> int:

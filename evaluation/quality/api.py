@@ -109,11 +109,14 @@ class AnnotatorUpdateSerializer(serializers.Serializer):
 
 class LabelSerializer(serializers.Serializer):
     comparison = serializers.IntegerField()
-    p_a = serializers.FloatField()
-    p_b = serializers.FloatField()
-    p_tie = serializers.FloatField()
-    label = serializers.ChoiceField(choices=["a", "b", "tie"])
-    confidence = serializers.FloatField()
+    p_a = serializers.FloatField(allow_null=True, help_text="Null when undecided.")
+    p_b = serializers.FloatField(allow_null=True, help_text="Null when undecided.")
+    p_tie = serializers.FloatField(allow_null=True, help_text="Null when undecided.")
+    label = serializers.ChoiceField(choices=["a", "b", "tie"], allow_null=True, help_text="Null when undecided.")
+    undecided = serializers.BooleanField(
+        help_text="Every judgment on it is by an annotator whose effective weight is 0: no label."
+    )
+    confidence = serializers.FloatField(allow_null=True, help_text="Null when undecided.")
     n_judgments = serializers.IntegerField()
     is_gold = serializers.BooleanField(required=False, help_text="Admins only.")
     pool_disagreement = serializers.FloatField(

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from annotate.models import Comparison, Judgment, Membership, Project
 from ..models import AnnotatorQuality, JobStatus, QualityReport
 from ..selectors import JudgmentTable, load_judgments, pool_groups
 from ..stats import agreement, bias, ranking
-from ..stats.aggregation import aggregate, pool_disagreement
+from ..stats.aggregation import aggregate, pool_disagreement, undecided_items
 from ..stats.jsonsafe import clean_json
 from ..stats.jsonsafe import finite_or_none as _num
 from ..stats.judgments import GOLD_PRIOR, TIE, Judgments
@@ -93,7 +94,8 @@ def recompute_quality(
          "pool_matrix": {"labels", "disagreement", "tv_distance", "n_shared"},
          "over_time": {"unit": "week"|"items", "points": [{"label", "start", "end", "n_items",
                        "raw_agreement": {...}, "krippendorff_alpha": {...}}]},
-         "aggregation": {"method", "label_counts", "mean_confidence", "iterations", "converged"},
+         "aggregation": {"method", "label_counts": {"a", "b", "tie", "undecided"}, "mean_confidence",
+                         "iterations", "converged"},
          "annotators": {user_id: {"accuracy_source", "accuracy_used", "factors": {...},
                                   "position_low", "position_high", "length_low", "length_high"}},
          "rounds": [{"round", "n_comparisons", "models": [{"name", "win_rate", "low", "high",
@@ -132,11 +134,12 @@ def recompute_quality(
         j = table.to_judgments(pool_index)
         step(0.1, "Aggregating labels (Dawid–Skene)")
         consensus = aggregate(j, "dawid_skene")
-        data["aggregation"] = _aggregation_summary(consensus)
 
         step(0.25, "Estimating annotator reliability and bias")
         rows, per_annotator = _annotator_stats(table, j, consensus, excluded)
         data["annotators"] = per_annotator
+        undecided = undecided_items(j, _effective_worker_weights(project, table, rows))
+        data["aggregation"] = _aggregation_summary(consensus, undecided)
 
         step(0.4, "Computing agreement")
         included = j.subset(~excluded[j.worker]) if excluded.any() else j
@@ -147,7 +150,7 @@ def recompute_quality(
         data["over_time"] = _over_time(project, table, included)
 
         step(0.85, "Model win rates per round")
-        data["rounds"] = _rounds(table, consensus)
+        data["rounds"] = _rounds(table, consensus, undecided)
     else:
         rows = []
 
@@ -168,17 +171,37 @@ def recompute_quality(
     return report
 
 
-def _aggregation_summary(consensus) -> dict:
+def _effective_worker_weights(project: Project, table: JudgmentTable, rows: list[dict]) -> np.ndarray:
+    """Per worker of ``table``: the effective weight (exclusion, override, else the weight just
+    computed), as the export will use it."""
+    from .services import effective_weight
+
+    members = {m.user_id: m for m in Membership.objects.filter(project=project)}
+    computed = {row["annotator_id"]: row["weight"] for row in rows}
+    return np.array(
+        [
+            effective_weight(members.get(int(u)), SimpleNamespace(weight=computed.get(int(u), 1.0)))
+            for u in table.annotator_ids
+        ],
+        dtype=np.float64,
+    )
+
+
+def _aggregation_summary(consensus, undecided: np.ndarray) -> dict:
+    """Label counts of the judged comparisons; an undecided one (every voter's effective weight
+    is 0) is counted as ``undecided``, never as a, b or tie."""
     judged = consensus.n_judgments > 0
-    labels = consensus.label[judged]
+    decided = judged & ~undecided
+    labels = consensus.label[decided]
     return {
         "method": consensus.method,
         "label_counts": {
             "a": int((labels == 0).sum()),
             "b": int((labels == 1).sum()),
             "tie": int((labels == TIE).sum()),
+            "undecided": int((judged & undecided).sum()),
         },
-        "mean_confidence": float(consensus.confidence[judged].mean()) if judged.any() else None,
+        "mean_confidence": float(consensus.confidence[decided].mean()) if decided.any() else None,
         "iterations": int(consensus.iterations),
         "converged": bool(consensus.converged),
     }
@@ -392,8 +415,9 @@ def _over_time(project: Project, table: JudgmentTable, j: Judgments) -> dict:
     return {"unit": unit, "points": points}
 
 
-def _rounds(table: JudgmentTable, consensus) -> list[dict]:
-    """Per round: each model's mean score against the others (tie = ½) and Bradley–Terry strength."""
+def _rounds(table: JudgmentTable, consensus, undecided: np.ndarray) -> list[dict]:
+    """Per round: each model's mean score against the others (tie = ½) and Bradley–Terry strength,
+    over the decided comparisons."""
     if not table.n_items:
         return []
     info = {
@@ -407,7 +431,7 @@ def _rounds(table: JudgmentTable, consensus) -> list[dict]:
     ma = np.array([info[c][1] for c in ids], dtype=object)
     mb = np.array([info[c][2] for c in ids], dtype=object)
     score = np.clip(consensus.p_a + consensus.p_tie / 2, 0.0, 1.0)
-    usable = (consensus.n_judgments > 0) & (ma != "") & (mb != "") & (ma != mb)
+    usable = (consensus.n_judgments > 0) & ~undecided & (ma != "") & (mb != "") & (ma != mb)
     out = []
     for r in np.unique(rnd[usable]):
         sel = usable & (rnd == r)

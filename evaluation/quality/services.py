@@ -17,7 +17,7 @@ from annotate.models import Membership, Project, Role
 
 from ..models import AnnotatorQuality
 from ..selectors import load_judgments, pool_groups
-from ..stats.aggregation import aggregate, pool_disagreement
+from ..stats.aggregation import aggregate, pool_disagreement, undecided_items
 from ..stats.jsonsafe import finite_or_none as _num
 from .scheduling import auto_quality_enabled, schedule_quietly
 
@@ -95,7 +95,9 @@ def aggregated_labels(
     """Per judged comparison: P(A), P(B), P(tie), the label, its confidence and the pools' spread.
 
     Excluded annotators are left out; for ``majority`` each vote counts with the annotator's
-    effective weight (:func:`effective_weight`).
+    effective weight (:func:`effective_weight`). A comparison whose voters all have effective
+    weight 0 is undecided (any method): ``label``, the probabilities and ``confidence`` are None
+    and ``undecided`` is true.
     """
     table = load_judgments(project, rounds=rounds, include_excluded=False)
     if not len(table):
@@ -103,23 +105,27 @@ def aggregated_labels(
     pool_index, _ = pool_groups(project, table)
     j = table.to_judgments(pool_index)
     opts: dict[str, Any] = {"pool_balanced": pool_balanced}
+    weights = effective_weights(project)
+    worker_weights = np.array([weights.get(int(u), 1.0) for u in table.annotator_ids])
     if method == "majority":
-        weights = effective_weights(project)
-        opts["worker_weights"] = np.array([weights.get(int(u), 1.0) for u in table.annotator_ids])
+        opts["worker_weights"] = worker_weights
     agg = aggregate(j, method, **opts)
+    undecided = undecided_items(j, worker_weights)
     spread = pool_disagreement(j).per_item if j.n_pools >= 2 else np.full(j.n_items, np.nan)
     label_name = {0: "a", 1: "b", 2: "tie"}
     gold = table.gold
     out = []
     for i, cid in enumerate(table.comparison_ids.tolist()):
+        none = bool(undecided[i])
         out.append(
             {
                 "comparison": cid,
-                "p_a": float(agg.p_a[i]),
-                "p_b": float(agg.p_b[i]),
-                "p_tie": float(agg.p_tie[i]),
-                "label": label_name[int(agg.label[i])],
-                "confidence": float(agg.confidence[i]),
+                "p_a": None if none else float(agg.p_a[i]),
+                "p_b": None if none else float(agg.p_b[i]),
+                "p_tie": None if none else float(agg.p_tie[i]),
+                "label": None if none else label_name[int(agg.label[i])],
+                "undecided": none,
+                "confidence": None if none else float(agg.confidence[i]),
                 "n_judgments": int(agg.n_judgments[i]),
                 "is_gold": bool(gold[i] >= 0),
                 "pool_disagreement": _num(spread[i]),

@@ -24,6 +24,9 @@ Methods (``aggregate(j, method)``):
     with an explicit per-annotator position (left/right click) bias: see
     :mod:`evaluation.stats.dawid_skene`.
 
+An item whose voters all have weight 0 is *undecided* (:func:`undecided_items`): it has no
+label, and the export, the dashboard and the labels API report it as such.
+
 ``pool_balanced=True`` (any method; needs ``pool``) rescales each judgment's weight on an
 item so that every pool present on the item carries the same total weight (the item's total
 is kept), so a large pool cannot outvote a small one. For Dawid–Skene the rescaling applies
@@ -126,6 +129,25 @@ def gold_weighted_vote(
     if clamp_gold:
         proba = clamp_to_gold(j, proba)
     return Aggregate("gold_weighted", proba, np.bincount(j.item, minlength=j.n_items), accuracy=acc)
+
+
+# --------------------------------------------------------------------------- undecided
+
+
+def undecided_items(j: Judgments, worker_weights: np.ndarray) -> np.ndarray:
+    """Per item: True where no judgment carries weight, i.e. every voter's weight is 0 (or the
+    item has no votes), and the item is not gold (a gold item's label is its known answer).
+
+    Such an item has no label whatever the method says: a weighted vote over nothing gives
+    ``(1/3, 1/3, 1/3)``, and Dawid–Skene would still read a label off votes that carry no
+    weight. Callers report it as undecided and never export it as a pair.
+    """
+    w = np.asarray(worker_weights, dtype=np.float64)
+    carried = np.bincount(j.item, weights=np.where(np.isfinite(w), w, 0.0)[j.worker], minlength=j.n_items)
+    undecided = ~(carried > 0)
+    if j.gold is not None:
+        undecided &= j.gold < 0
+    return undecided
 
 
 # --------------------------------------------------------------------------- pools

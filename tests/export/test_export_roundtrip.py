@@ -27,6 +27,7 @@ from evaluation.export.folder import (
     WEIGHT_RULE,
     default_folder,
     folder_hash,
+    pair_jsonl_files,
     verify_folder,
 )
 from evaluation.export.options import ExportError, clean_options
@@ -194,6 +195,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def read_pairs(folder: Path) -> list[dict]:
+    """Every pair of an export's JSONL files (one per split), in comparison id order."""
+    files = pair_jsonl_files(folder)
+    assert files and all(f.name.startswith("preferences-") for f in files)
+    return sorted((r for f in files for r in read_jsonl(f)), key=lambda r: r["comparison_id"])
+
+
 def all_bytes(folder: Path) -> bytes:
     out = []
     for root, _, files in os.walk(folder):
@@ -224,7 +232,7 @@ def test_round_trip_every_format():
     assert export.status == JobStatus.SUCCEEDED and export.progress == 1.0 and export.error == ""
     folder = Path(export.path)
     assert folder == Path(default_folder(export)).resolve()
-    rows = read_jsonl(folder / "preferences.jsonl")
+    rows = read_pairs(folder)
     # 21 decided comparisons; the tie and the both-bad are excluded by default.
     assert len(rows) == export.n_rows == N_PROMPTS + 1
     assert export.stats["removed"] == {"gold": 0, "min_confidence": 0, "ties": 1, "both_bad": 1}
@@ -322,7 +330,7 @@ def test_split_is_by_prompt_and_seeded(scene):
     a = run_export(project, formats=["jsonl"], test_fraction=0.3, seed=1)
     b = run_export(project, formats=["jsonl"], test_fraction=0.3, seed=1)
     c = run_export(project, formats=["jsonl"], test_fraction=0.3, seed=2)
-    rows_a = read_jsonl(Path(a.path) / "preferences.jsonl")
+    rows_a = read_pairs(Path(a.path))
     train = {r["prompt_id"] for r in rows_a if r["split"] == "train"}
     test = {r["prompt_id"] for r in rows_a if r["split"] == "test"}
     assert train and test and not (train & test)
@@ -332,7 +340,7 @@ def test_split_is_by_prompt_and_seeded(scene):
     assert len(p0) == 2 and p0[0]["split"] == p0[1]["split"]
 
     def split_of(e):
-        return {r["comparison_id"]: r["split"] for r in read_jsonl(Path(e.path) / "preferences.jsonl")}
+        return {r["comparison_id"]: r["split"] for r in read_pairs(Path(e.path))}
 
     assert split_of(a) == split_of(b)  # same seed, same split
     assert split_of(a) != split_of(c)
@@ -393,7 +401,7 @@ def test_ties_and_both_bad_included_on_request(scene):
     export = run_export(
         project, formats=["jsonl", "hf"], include_ties=True, include_both_bad=True, test_fraction=0
     )
-    rows = read_jsonl(Path(export.path) / "preferences.jsonl")
+    rows = read_pairs(Path(export.path))
     assert len(rows) == N_PROMPTS + 3 and export.stats["removed"] == {
         "gold": 0,
         "min_confidence": 0,
@@ -411,7 +419,7 @@ def test_ties_and_both_bad_included_on_request(scene):
     ds = load_from_disk(str(Path(export.path) / "hf"))
     assert set(ds) == {"train"} and len(ds["train"]) == N_PROMPTS + 3
     only_ties = run_export(project, formats=["jsonl"], include_ties=True)
-    assert {r["label"] for r in read_jsonl(Path(only_ties.path) / "preferences.jsonl")} == {
+    assert {r["label"] for r in read_pairs(Path(only_ties.path))} == {
         "preference",
         "tie",
     }
@@ -439,7 +447,7 @@ def test_conversational_format_for_chat_prompts():
     ]
     project = make_project("Chat project", plan=plan)["project"]
     export = run_export(project, formats=["jsonl", "parquet", "hf"], test_fraction=0)
-    rows = {r["chosen"][0]["content"]: r for r in read_jsonl(Path(export.path) / "preferences.jsonl")}
+    rows = {r["chosen"][0]["content"]: r for r in read_pairs(Path(export.path))}
     chat, plain = rows["7"], rows["Plain B."]
     assert chat["prompt"] == messages
     assert chat["chosen"] == [{"role": "assistant", "content": "7"}]
@@ -463,22 +471,23 @@ def test_content_hash_recorded_stable_and_immutable(scene):
     assert "metadata.json" not in [f["path"] for f in meta["files"]]
     assert {
         "README.md",
-        "preferences.jsonl",
+        "preferences-train.jsonl",
+        "preferences-test.jsonl",
         "preferences.parquet",
         "judgments.jsonl",
         "hf/dataset_dict.json",
     } <= {f["path"] for f in meta["files"]}
     assert meta["options"] == export.params and meta["stats"]["n_pairs"] == export.n_rows
     # Read-only files; the task does nothing for a built export; a rebuild is refused.
-    assert not os.access(folder / "preferences.jsonl", os.W_OK) or os.geteuid() == 0
-    assert not (os.stat(folder / "preferences.jsonl").st_mode & 0o222)
+    assert not os.access(folder / "preferences-train.jsonl", os.W_OK) or os.geteuid() == 0
+    assert not (os.stat(folder / "preferences-train.jsonl").st_mode & 0o222)
     assert build_export_task.apply(args=(export.pk,)).get() == "skipped (already built)"
     with pytest.raises(ExportError, match="immutable"):
         build_export(export)
     export.refresh_from_db()
     assert folder_hash(folder)[0] == export.content_hash and export.status == JobStatus.SUCCEEDED
     # Tampering shows.
-    path = folder / "preferences.jsonl"
+    path = folder / "preferences-train.jsonl"
     path.chmod(0o644)
     path.write_text(path.read_text() + "\n")
     assert not verify_folder(folder)
@@ -488,6 +497,7 @@ def test_downloads_and_archives(scene):
     export = run_export(scene["project"], formats=["jsonl", "hf", "judgments"])
     assert available_downloads(export) == [
         "jsonl",
+        "jsonl-test",
         "hf",
         "judgments",
         "card",
@@ -495,9 +505,11 @@ def test_downloads_and_archives(scene):
         "zip",
         "tar.gz",
     ]
-    path, name, ctype = download_file(export, "jsonl")
-    assert path.read_bytes() == (Path(export.path) / "preferences.jsonl").read_bytes()
-    assert name == f"prefloop-export-{export.pk}-preferences.jsonl" and ctype == "application/x-ndjson"
+    for what, split in (("jsonl", "train"), ("jsonl-test", "test")):
+        path, name, ctype = download_file(export, what)
+        assert path.read_bytes() == (Path(export.path) / f"preferences-{split}.jsonl").read_bytes()
+        assert name == f"prefloop-export-{export.pk}-preferences-{split}.jsonl" and ctype == "application/x-ndjson"
+        assert {r["split"] for r in read_jsonl(path)} == {split}
     zpath, zname, _ = download_file(export, "zip")
     with zipfile.ZipFile(zpath) as z:
         names = set(z.namelist())
@@ -620,7 +632,7 @@ def test_gold_comparisons_left_out_unless_an_admin_asks(scene):
     GoldAnswer.objects.create(comparison=c, answer="b")  # the annotators said a; gold says b
     Comparison.objects.filter(pk=c.pk).update(is_gold=True)
     export = run_export(project, formats=["jsonl", "judgments"])
-    rows = read_jsonl(Path(export.path) / "preferences.jsonl")
+    rows = read_pairs(Path(export.path))
     assert c.pk not in {r["comparison_id"] for r in rows} and export.stats["removed"]["gold"] == 1
     assert c.pk not in {j["comparison_id"] for j in read_jsonl(Path(export.path) / "judgments.jsonl")}
     with pytest.raises(ExportError, match="only project admins"):
@@ -628,7 +640,7 @@ def test_gold_comparisons_left_out_unless_an_admin_asks(scene):
     admin = User.objects.create_user("project-admin")
     Membership.objects.create(project=project, user=admin, role=Role.ADMIN)
     export = run_export(project, admin, formats=["jsonl"], include_gold=True)
-    row = next(r for r in read_jsonl(Path(export.path) / "preferences.jsonl") if r["comparison_id"] == c.pk)
+    row = next(r for r in read_pairs(Path(export.path)) if r["comparison_id"] == c.pk)
     assert row["gold"] is True and row["chosen_response"] == "b" and row["p_chosen"] == 1.0
     assert not may_download(export, Role.RESEARCHER) and may_download(export, Role.ADMIN)
 
@@ -639,8 +651,8 @@ def test_weights_follow_the_annotator_weight_rule(scene):
     base = run_export(project, formats=["jsonl", "judgments"], method="majority")
     Membership.objects.filter(project=project, user=alice).update(weight_override=0.0)
     down = run_export(project, formats=["jsonl", "judgments"], method="majority")
-    w_base = {r["comparison_id"]: r for r in read_jsonl(Path(base.path) / "preferences.jsonl")}
-    w_down = {r["comparison_id"]: r for r in read_jsonl(Path(down.path) / "preferences.jsonl")}
+    w_base = {r["comparison_id"]: r for r in read_pairs(Path(base.path))}
+    w_down = {r["comparison_id"]: r for r in read_pairs(Path(down.path))}
     for cid, r in w_down.items():
         # alice's vote no longer counts: the mean annotator weight on every pair drops.
         assert r["weight"] < w_base[cid]["weight"]
@@ -665,7 +677,7 @@ def test_excluded_annotators_are_left_out_unless_asked(scene):
         per_pair[j["comparison_id"]] = per_pair.get(j["comparison_id"], 0) + 1
     assert set(per_pair.values()) == {2}  # alice and bob only
     # Without carol's dissent, every 2-1 split (i % 3 == 2) is unanimous.
-    rows = read_jsonl(Path(out.path) / "preferences.jsonl")
+    rows = read_pairs(Path(out.path))
     assert all(r["agreement"] == 1.0 for r in rows)
     facts = dict(Comparison.objects.filter(project=project).values_list("pk", "prompt_id"))
     assert all(r["prompt_id"] == facts[r["comparison_id"]] and r["round"] == 0 for r in rows)
@@ -678,7 +690,7 @@ def test_excluded_annotators_are_left_out_unless_asked(scene):
     # carol's judgments are in the file, weighing 0 (an excluded annotator's weight).
     zero = {j["annotator"] for j in judged if j["annotator_weight"] == 0.0}
     assert len(zero) == 1 and sum(j["annotator"] in zero for j in judged) == len(per_pair)
-    assert any(r["agreement"] < 1.0 for r in read_jsonl(Path(kept.path) / "preferences.jsonl"))
+    assert any(r["agreement"] < 1.0 for r in read_pairs(Path(kept.path)))
 
 
 def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):
@@ -708,7 +720,8 @@ def test_management_command_streams_to_a_folder(scene, tmp_path, capsys):
     assert f"export {export.pk}: {export.n_rows} pairs" in printed and export.content_hash in printed
     assert export.params["method"] == "majority" and export.params["min_confidence"] == 0.5
     assert {p.name for p in out.iterdir()} == {
-        "preferences.jsonl",
+        "preferences-train.jsonl",
+        "preferences-test.jsonl",
         "preferences.parquet",
         "hf",
         "judgments.jsonl",

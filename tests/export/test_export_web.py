@@ -135,11 +135,17 @@ def test_api_researcher_creates_polls_and_downloads(scene, eager_celery, django_
     assert polled["status"] == "succeeded" and polled["progress"] == 1.0 and polled["n_rows"] == 12
     assert polled["content_hash"] == export.content_hash and len(polled["content_hash"]) == 64
     assert polled["stats"]["n_pairs"] == 12 and polled["stats"]["n_annotators"] == 3
-    assert set(polled["downloads"]) == {"jsonl", "parquet", "judgments", "card", "metadata", "zip", "tar.gz"}
+    assert set(polled["downloads"]) == {
+        "jsonl", "jsonl-test", "parquet", "judgments", "card", "metadata", "zip", "tar.gz"
+    }
 
-    r = api.get(polled["downloads"]["jsonl"])
-    assert r.status_code == 200 and r["Content-Disposition"].startswith("attachment")
-    rows = [json.loads(line) for line in b"".join(r.streaming_content).decode().splitlines()]
+    rows = []
+    for what, split in (("jsonl", "train"), ("jsonl-test", "test")):  # one file per split
+        r = api.get(polled["downloads"][what])
+        assert r.status_code == 200 and r["Content-Disposition"].startswith("attachment")
+        part = [json.loads(line) for line in b"".join(r.streaming_content).decode().splitlines()]
+        assert part and {row["split"] for row in part} == {split}
+        rows += part
     assert len(rows) == 12 and {"prompt", "chosen", "rejected", "weight", "p_chosen", "split"} <= set(rows[0])
     r = api.get(polled["downloads"]["zip"])
     assert r.status_code == 200

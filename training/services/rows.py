@@ -29,27 +29,28 @@ DECIDED_LABELS = {"preference", None}
 
 
 def _read_export_file(export: Export) -> list[dict]:
-    """Rows of the export's pairwise file: ``preferences.jsonl`` (TRL format), else the Parquet
-    file (via pyarrow; neither needs torch)."""
-    from evaluation.export.folder import FORMAT_FILES
+    """Rows of the export's pairwise files: the JSONL file of each split (TRL format), else the
+    Parquet file (via pyarrow; neither needs torch)."""
+    from evaluation.export.folder import FORMAT_FILES, pair_jsonl_files
 
     folder = Path(export.path) if export.path else None
     if folder is None or not folder.is_dir():
         raise TrainingError(
             f"export {export.pk} has no folder on this machine ({export.path or 'not built'})", "export"
         )
-    jsonl = folder / FORMAT_FILES["jsonl"]
     parquet = folder / FORMAT_FILES["parquet"]
-    if jsonl.exists():
+    jsonl_files = pair_jsonl_files(folder)
+    if jsonl_files:
         rows = []
-        with open(jsonl, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise TrainingError(f"{jsonl}:{line_no}: not valid JSON ({exc})", "export") from exc
+        for jsonl in jsonl_files:
+            with open(jsonl, encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise TrainingError(f"{jsonl}:{line_no}: not valid JSON ({exc})", "export") from exc
         return rows
     if parquet.exists():
         import pyarrow.parquet as pq
