@@ -104,7 +104,9 @@ def test_page_shows_the_numbers_and_refuses(muted, no_send, client):
     client.force_login(muted["admin"])
     url = reverse("training_run_new", args=[muted["project"].pk])
     form = client.get(url).content.decode()
-    train_rows = [r for r in map(json.loads, open(f"{export.path}/preferences.jsonl")) if r["split"] == "train"]
+    from evaluation.export.folder import JSONL_SPLIT_FILES
+
+    train_rows = [json.loads(line) for line in open(f"{export.path}/{JSONL_SPLIT_FILES['train']}")]
     ess = effective_sample_size(r["weight"] for r in train_rows)
     assert ess < 8
     assert f"{len(train_rows)} training pairs, weight sum" in form and f"effective size {ess:.1f}" in form
