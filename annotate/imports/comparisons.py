@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from .. import gold
 from ..models import Comparison, GoldAnswer, Project, Prompt, Response
 from . import bulk
-from .reading import read_records
+from .reading import comparison_columns, read_records
 from .results import Errors, ImportResult, Progress
 from .validation import Pair, comparison_line
 
@@ -197,7 +197,9 @@ def import_comparisons(
     if votes_source:
         votes_source = clean_source(project, votes_source)
     errors = Errors()
-    _fmt, records = read_records(fileobj, filename or getattr(fileobj, "name", "") or "", fmt, errors)
+    _fmt, records = read_records(
+        fileobj, filename or getattr(fileobj, "name", "") or "", fmt, errors, csv_header=comparison_columns
+    )
     pairs: dict[str, Pair] = {}
     valid: list[tuple[Pair, int]] = []
     lines = 0

@@ -23,7 +23,7 @@ from ..models import Choice, Comparison, Judgment, Membership, Pool, Project, Ro
 from ..signals import judgments_imported
 from . import bulk
 from .comparisons import PairWrite, atomic_with_retry, write_pairs
-from .reading import read_records
+from .reading import judgment_columns, read_records
 from .results import Errors, JudgmentImportResult, LineError, Progress
 from .validation import SOURCE_MAX, Pair, Vote, judgment_line
 
@@ -75,7 +75,7 @@ def import_judgments(
 
     errors = Errors()
     warnings: list[LineError] = []
-    _fmt, records = read_records(fileobj, name, fmt, errors)
+    _fmt, records = read_records(fileobj, name, fmt, errors, csv_header=judgment_columns)
     votes: dict[tuple[str, str], Vote] = {}
     dropped = 0
     lines = 0

@@ -9,7 +9,7 @@ import io
 import json
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from django.conf import settings
 
@@ -146,7 +146,33 @@ def _iter_jsonl(text: str, errors: Errors) -> Iterator[tuple[int, dict]]:
         yield number, value
 
 
-def _iter_csv(text: str, errors: Errors) -> Iterator[tuple[int, dict]]:
+#: ``check(header) -> [(column, message)]``: what a CSV header lacks for the kind of import.
+HeaderCheck = Callable[[list[str]], list[tuple[str, str]]]
+
+
+def comparison_columns(header: list[str]) -> list[tuple[str, str]]:
+    """What a comparisons CSV header lacks: ``prompt`` and a whole pair of response columns."""
+    have = set(header)
+    missing = [("prompt", "the header has no column 'prompt'")] if "prompt" not in have else []
+    for pair in (("response_a", "response_b"), ("chosen", "rejected")):
+        if have & set(pair):
+            missing += [(c, f"the header has no column '{c}' (it has '{other}')")
+                        for c, other in (pair, pair[::-1]) if c not in have]
+            return missing
+    return missing + [("", "the header has no response columns: name response_a and response_b, or chosen and rejected")]
+
+
+def judgment_columns(header: list[str]) -> list[tuple[str, str]]:
+    """What a votes CSV header lacks: prompt, both responses, annotator_id and label (or choice)."""
+    have = set(header)
+    missing = [(c, f"the header has no column '{c}'") for c in ("prompt", "response_a", "response_b", "annotator_id")
+               if c not in have]
+    if not have & {"label", "choice"}:
+        missing.append(("label", "the header has no column 'label' (or 'choice')"))
+    return missing
+
+
+def _iter_csv(text: str, errors: Errors, check: HeaderCheck | None = None) -> Iterator[tuple[int, dict]]:
     limit = settings.PREFLOOP_MAX_IMPORT_LINE_BYTES
     if csv.field_size_limit() < limit + 1:
         csv.field_size_limit(limit + 1)
@@ -168,6 +194,12 @@ def _iter_csv(text: str, errors: Errors) -> Iterator[tuple[int, dict]]:
             errors.add(1, "", f"the header names the column '{name}' twice")
             return
         seen.add(name)
+    if check is not None:
+        missing = check(header)
+        for column, message in missing:  # one error per missing column, not one per row
+            errors.add(1, column, message)
+        if missing:
+            return
     while True:
         start = reader.line_num + 1
         try:
@@ -212,8 +244,11 @@ def _iter_csv(text: str, errors: Errors) -> Iterator[tuple[int, dict]]:
 
 
 def read_records(
-    fileobj, filename: str, fmt: str | None, errors: Errors
+    fileobj, filename: str, fmt: str | None, errors: Errors, csv_header: HeaderCheck | None = None
 ) -> tuple[str, Iterator[tuple[int, dict]]]:
+    """``(format, records)``: each record a ``(line, dict)``. A CSV header is checked first with
+    ``csv_header`` (:func:`comparison_columns`, :func:`judgment_columns`): a column the whole file
+    lacks is one error naming it (line 1), and no row is read."""
     text = _read_text(fileobj)
     if not text.strip():
         raise ImportValidationError([LineError(0, "", "the file is empty")])
@@ -221,4 +256,4 @@ def read_records(
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown import format {fmt!r}: expected 'jsonl' or 'csv'")
     _check_line_sizes(text, errors)
-    return fmt, (_iter_jsonl(text, errors) if fmt == "jsonl" else _iter_csv(text, errors))
+    return fmt, (_iter_jsonl(text, errors) if fmt == "jsonl" else _iter_csv(text, errors, csv_header))

@@ -297,7 +297,7 @@ def test_empty_responses_are_refused_unless_allowed(project):
             ["line 2, field 'metadata': must be a JSON object, not a list"],
         ),
         (b"prompt,response_a,response_b\np,x,y,z\n", ["line 2: has 4 fields but the header has 3"]),
-        (b"prompt,response_a\np,x\n", ["line 2, field 'response_b': is missing"]),
+        (b"prompt,response_a\np,x\n", ["line 1, field 'response_b': the header has no column 'response_b' (it has 'response_a')"]),
         (
             b'prompt,response_a,response_b\np,x,y\n"multi\nline",,y\n',
             ["line 3, field 'response_a': must be a non-empty string"],
@@ -311,6 +311,31 @@ def test_empty_responses_are_refused_unless_allowed(project):
 )
 def test_bad_csv(project, data, expected):
     assert [e for e in errors_of(project, data, filename="x.csv") if "allow_empty" not in e] == expected
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("prompt,response_a", ["line 1, field 'response_b': the header has no column 'response_b' (it has 'response_a')"]),
+        ("prompt,rejected", ["line 1, field 'chosen': the header has no column 'chosen' (it has 'rejected')"]),
+        ("response_a,response_b", ["line 1, field 'prompt': the header has no column 'prompt'"]),
+        ("prompt,answer", ["line 1: the header has no response columns: name response_a and response_b, or chosen and rejected"]),
+    ],
+)
+def test_a_csv_missing_a_whole_column_is_one_header_error(project, header, expected):
+    """Not one error per row: 500 rows lacking a column give one error, naming the column."""
+    n = header.count(",") + 1
+    data = header + "\n" + "".join(",".join(f"v{i}{k}" for k in range(n)) + "\n" for i in range(500))
+    assert errors_of(project, data.encode(), filename="x.csv") == expected
+
+
+def test_a_votes_csv_missing_a_whole_column_is_one_header_error(project):
+    from annotate.imports import import_judgments
+
+    data = "prompt,response_a,response_b,annotator_id\n" + "".join(f"p{i},x,y,ann\n" for i in range(300))
+    with pytest.raises(ImportValidationError) as info:
+        import_judgments(project, io.BytesIO(data.encode()), filename="votes.csv")
+    assert [str(e) for e in info.value.errors] == ["line 1, field 'label': the header has no column 'label' (or 'choice')"]
 
 
 # ------------------------------------------------------------------------------- transactions
