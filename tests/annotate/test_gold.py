@@ -8,6 +8,9 @@ import io
 import json
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
@@ -229,3 +232,25 @@ def test_a_comparison_made_gold_shows_no_trace_to_annotators(client, world):
     add_member(project, ann3, Role.ANNOTATOR)
     plain.force_login(ann3)
     assert set(plain.get(reverse("annotate-api:next", args=[project.pk])).json()) == set(item)
+
+
+@hyp_settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(swap=st.booleans(), round_=st.integers(0, 3), with_models=st.booleans(), better=st.sampled_from(["Apple", "Rock"]))
+def test_gold_import_property_one_comparison_right_answer(world, swap, round_, with_models, better):
+    """For any listing of an existing pair as gold -- either order, any round, with or without model
+    names -- the project keeps the same comparisons and the stored answer names the text the line
+    said was better."""
+    project, c0 = world["project"], world["comparisons"][0]
+    GoldAnswer.objects.all().delete()
+    Comparison.objects.filter(project=project).update(is_gold=False)
+    before = Comparison.objects.count()
+    first, second = ("Rock 0", "Apple 0") if swap else ("Apple 0", "Rock 0")
+    line = {"prompt": "Which fruit 0?", "response_a": first, "response_b": second,
+            "gold": "a" if better + " 0" == first else "b"}
+    if with_models:
+        line.update(model_a="x-" + first, model_b="x-" + second)
+    result = import_comparisons(project, _jsonl(line), filename="g.jsonl", round=round_)
+    assert Comparison.objects.count() == before and result.created == 0 and result.gold_marked == 1
+    is_gold, answer = _state(c0)
+    stored_better = c0.response_a.text if answer == "a" else c0.response_b.text
+    assert is_gold and stored_better == better + " 0"

@@ -287,6 +287,7 @@ def test_admin_pages_accessible_under_the_csp(live_server, new_page, log_in, hh_
         "pools": f"/projects/{pk}/pools/",
         "settings": f"/projects/{pk}/settings/",
         "import": f"/projects/{pk}/import/",
+        "gold": f"/projects/{pk}/gold/",
         "models": "/models/",
     }
     problems = {}

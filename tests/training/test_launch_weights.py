@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
@@ -38,6 +40,17 @@ def test_effective_sample_size_by_hand():
     stats = weight_stats([{"weight": 0.0}, {"weight": 0.0}, {}], use_weights=True)
     assert (stats.pairs, stats.weight_sum, stats.effective_size) == (3, 1.0, 1.0)
     assert weight_stats([{"weight": 0.0}] * 3, use_weights=False).effective_size == 3
+
+
+@given(st.lists(st.floats(0, 1), max_size=50), st.floats(1e-3, 1e3))
+def test_effective_sample_size_properties(weights, scale):
+    """Between 0 and n (n exactly for equal weights, >= 1 when any weight is positive), blind to
+    the weights' scale: (sum w)^2 / sum w^2 <= n by Cauchy-Schwarz."""
+    n_eff = effective_sample_size(weights)
+    assert 0 <= n_eff <= len(weights) * (1 + 1e-9)
+    if any(w > 1e-150 for w in weights):
+        assert n_eff >= 1 - 1e-9
+        assert effective_sample_size([w * scale for w in weights]) == pytest.approx(n_eff, rel=1e-6)
 
 
 @pytest.fixture(scope="module")
