@@ -2,7 +2,8 @@
 
 The numbers are computed by the pure modules (aggregation, agreement, bias, ranking) from
 the judgments; these rows keep the latest results so that pages, the queue, exports and
-training read them without recomputing.
+training read them without recomputing. Quality reports and exports are background jobs: their
+owner, heartbeat and recovery come from :mod:`prefloop.jobs` (``OwnedJob``).
 """
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from django.conf import settings
 from django.db import models
 
 from annotate.models import Project
+from prefloop.jobs import JobStatus, OwnedJob
+
+__all__ = ["JobStatus", "QualityReport", "AnnotatorQuality", "ExportFormat", "Export"]
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-class QualityReport(models.Model):
+class QualityReport(OwnedJob):
     """One computation of a project's annotator quality and agreement statistics."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quality_reports")
@@ -79,7 +76,7 @@ class ExportFormat(models.TextChoices):
     JUDGMENTS = "judgments", "Judgment-level JSONL"
 
 
-class Export(models.Model):
+class Export(OwnedJob):
     """A calibrated preference dataset, built once by a Celery task and immutable after."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")

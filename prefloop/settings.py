@@ -219,13 +219,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {}
+    # Redis (and SQS) hand a message whose worker never acknowledged it to another worker after
+    # this many seconds. Recovery does not wait for it (prefloop.jobs re-sends a lost job within
+    # about 2.5 minutes), so it only has to exceed the longest countdown (the 30 s statistics
+    # debounce) and not re-deliver long training runs too often: one hour (docs/jobs.md).
+    else {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))}
 )
 if CELERY_BROKER_URL.startswith("filesystem"):
     for _sub in ("queue", "processed", "control"):
         (DATA_DIR / "celery" / _sub).mkdir(parents=True, exist_ok=True)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
+# Background jobs (docs/jobs.md): acknowledged after they ran, so a message whose worker died
+# is not lost with it; a message whose pool process died goes back to the queue at once
+# (every task claims its row, so it never runs twice, and a job that kills its worker is
+# failed after prefloop.jobs' attempt limit instead of looping); one message at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -238,6 +246,12 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # Recompute annotator quality (debounced Celery task) after new judgments.
 PREFLOOP_AUTO_QUALITY = env_bool("PREFLOOP_AUTO_QUALITY", True)
 PREFLOOP_QUALITY_DEBOUNCE_S = int(os.environ.get("PREFLOOP_QUALITY_DEBOUNCE_S", "30"))
+# Background jobs (prefloop.jobs): a running job whose heartbeat is older than STALE_S has lost
+# its worker; every worker sweeps for such jobs every SWEEP_S (0: only when it starts); a queued
+# job whose message is older than RESEND_S is sent again.
+PREFLOOP_JOB_STALE_S = int(os.environ.get("PREFLOOP_JOB_STALE_S", "120"))
+PREFLOOP_JOB_SWEEP_S = float(os.environ.get("PREFLOOP_JOB_SWEEP_S", "30"))
+PREFLOOP_JOB_RESEND_S = int(os.environ.get("PREFLOOP_JOB_RESEND_S", "600"))
 PREFLOOP_MAX_IMPORT_LINE_BYTES = int(os.environ.get("PREFLOOP_MAX_IMPORT_LINE_BYTES", str(1024 * 1024)))
 PREFLOOP_MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", DATA_DIR / "models"))
 # Folders a project admin may register models from on /models/ or the API (os.pathsep-separated;

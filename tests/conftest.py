@@ -36,6 +36,19 @@ def _isolated_data_dirs(request, tmp_path):
 
 
 @pytest.fixture
+def celery_eager(settings):
+    """Tasks sent in this test run at once, in this process. Sets the Celery app's own
+    configuration too: once an earlier test has read it, the Django setting alone is not seen."""
+    from celery import current_app
+
+    before = current_app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    current_app.conf.task_always_eager = True
+    yield
+    current_app.conf.task_always_eager = before
+
+
+@pytest.fixture
 def run_at_once():
     """``run_at_once(fns)``: run the callables in threads released together (a barrier), each
     with its own database connection (closed when its thread ends); return their results in

@@ -20,6 +20,7 @@ from django.db import models
 
 from annotate.models import Project
 from evaluation.models import JobStatus  # the same four states as exports and quality reports
+from prefloop.jobs import OwnedJob
 
 
 class ModelKind(models.TextChoices):
@@ -92,7 +93,9 @@ class RunStatus(models.TextChoices):
 FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-class TrainingRun(models.Model):
+class TrainingRun(OwnedJob):
+    """``worker``, ``heartbeat_at`` and ``attempts`` come from :class:`prefloop.jobs.OwnedJob`."""
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
     export = models.ForeignKey(
         "evaluation.Export",
@@ -120,9 +123,6 @@ class TrainingRun(models.Model):
     summary = models.JSONField(default=dict, blank=True, help_text="Final and held-out metrics.")
     device = models.CharField(max_length=100, blank=True, default="")
     celery_task_id = models.CharField(max_length=255, blank=True, default="")
-    worker = models.CharField(max_length=255, blank=True, default="", help_text="host:pid of the worker.")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0, help_text="How many times a worker started it.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

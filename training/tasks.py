@@ -14,9 +14,10 @@ services send a task by its registered name, ``current_app.tasks[name]``).
 torch, transformers and the trainer are imported inside the tasks, never at module level: the
 web process may import this module and must not load them.
 
-When a worker starts (``worker_ready``), ``training.services.runs.resume_stale_runs`` re-queues
-runs whose worker died mid-run (the embedded file-system broker does not redeliver a message
-whose worker was SIGKILLed).
+When a worker starts (``worker_ready``), and every ``PREFLOOP_JOB_SWEEP_S`` seconds after,
+``training.services.runs.resume_stale_runs`` re-queues runs whose worker died mid-run (the
+embedded file-system broker does not redeliver a message whose worker was SIGKILLed); see
+:mod:`prefloop.jobs`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready
-from django.db import close_old_connections
+
+from prefloop import jobs
 
 from .services import runs, sampling
 from .worker.execute import train_run
@@ -85,22 +87,17 @@ def _preload_enabled() -> bool:
     return bool(getattr(settings, "PREFLOOP_PRELOAD_TRAINER", True))
 
 
+# Runs a dead worker left 'running' are re-queued (``services.runs.resume_stale_runs``) by the
+# recovery of every background job (prefloop.jobs): when a worker starts, and by its sweep.
+jobs.register_recoverer("training run", runs.resume_stale_runs)
+
+
 @worker_ready.connect
 def _on_worker_ready(sender=None, **kwargs) -> None:
-    """Re-queue runs a dead worker left 'running' (see ``services.runs.resume_stale_runs``), and warm
-    up the trainer's imports in the background when this worker serves the gpu queue."""
+    """Warm up the trainer's imports in the background when this worker serves the gpu queue."""
     app = getattr(sender, "app", None)
     if app is not None and _preload_enabled() and _consumes_gpu_queue(app):
         threading.Thread(target=_preload_trainer, name="preload-trainer", daemon=True).start()
-    try:
-        requeued = runs.resume_stale_runs()
-    except Exception:  # noqa: BLE001 - a worker must start even if this fails (e.g. no tables yet)
-        log.warning("resume_stale_runs failed at worker start", exc_info=True)
-        return
-    finally:
-        close_old_connections()
-    if requeued:
-        log.warning("re-queued training runs left by a lost worker: %s", requeued)
 
 
 @worker_process_init.connect

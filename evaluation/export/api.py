@@ -28,7 +28,7 @@ from ..stats.aggregation import METHODS
 from .downloads import DOWNLOADS, available_downloads, download_file, may_download
 from .forms import METHOD_LABELS
 from .options import DEFAULT_FORMATS, FORMATS, STYLES, ExportError
-from .services import create_export
+from .services import check_export, create_export
 
 TAGS = ["exports"]
 EXPORT_PARAM = OpenApiParameter(
@@ -173,9 +173,11 @@ class _ExportView(ApiView):
     permission_classes = [IsProjectReader]
 
     def _export(self, export_pk: int) -> Export:
-        return get_object_or_404(
+        export = get_object_or_404(
             Export.objects.select_related("created_by"), pk=export_pk, project=self.project
         )
+        check_export(export)  # a build whose worker died: re-queued or failed, never "running"
+        return export
 
 
 class ExportListCreate(_ExportView):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from prefloop import jobs
+
 from ..models import Export
 
 
@@ -45,11 +47,12 @@ class Progress:
 
 
 class DatabaseProgress(Progress):
-    """Writes ``progress`` and ``step`` into the export row, at most twice a second."""
+    """Writes ``progress`` and ``step`` into the export row, at most twice a second, while this
+    build's claim holds it (:func:`prefloop.jobs.fenced`)."""
 
     def __init__(self, export: Export, interval: float = 0.5) -> None:
         super().__init__()
-        self.export_id = export.pk
+        self.export = export
         self.interval = interval
         self.last = 0.0
 
@@ -59,4 +62,4 @@ class DatabaseProgress(Progress):
             return
         self.last = now
         step = self.name + (f" {self.done}/{self.total}" if self.total else "")
-        Export.objects.filter(pk=self.export_id).update(progress=round(self.fraction, 4), step=step[:200])
+        jobs.fenced(self.export).update(progress=round(self.fraction, 4), step=step[:200])

@@ -1,5 +1,9 @@
 """Export services: create an export (validated, queued), enqueue its build, build it, mark
-it failed. See :mod:`evaluation.export` for how a build goes.
+it failed, retry it. See :mod:`evaluation.export` for how a build goes.
+
+Exports are background jobs of :mod:`prefloop.jobs` (:data:`EXPORT_JOBS`): a build claims the
+row, keeps a heartbeat, and fences its writes; a build whose worker died has its partial
+folders removed and is re-run (at most :data:`MAX_ATTEMPTS` starts, then failed).
 
 The build task is looked up by its registered name (``evaluation.build_export``): the task
 module imports this one, never the other way round.
@@ -20,6 +24,7 @@ from django.utils import timezone
 
 from annotate.models import Project, Role
 from annotate.roles import role_of
+from prefloop import jobs
 
 from ..models import Export, JobStatus
 from ..stats.jsonsafe import clean_json
@@ -41,8 +46,8 @@ from .writers import pseudonym_key, write_hf, write_judgments, write_pairs
 
 #: The registered name of the Celery task that builds an export.
 BUILD_TASK = "evaluation.build_export"
-#: A temporary build folder untouched this long belongs to a killed worker and is removed.
-STALE_BUILD_S = 6 * 3600
+#: Starts of a build whose worker was lost before it is failed instead of re-run.
+MAX_ATTEMPTS = 3
 
 
 def create_export(
@@ -72,6 +77,7 @@ def create_export(
         params=opts.to_params(),
         status=JobStatus.QUEUED,
         salt=secrets.token_hex(32),
+        heartbeat_at=timezone.now(),  # when its message is sent (prefloop.jobs re-sends a lost one)
     )
     if enqueue:
         enqueue_build(export)
@@ -85,118 +91,206 @@ def enqueue_build(export: Export) -> None:
 
 
 def mark_failed(export: Export | int, reason: str) -> None:
-    """Record a failed build (never over a built export): status, reason, finish time."""
+    """Record that a queued or failed export cannot be built: status, reason, finish time.
+
+    Never touches a built export, nor one a worker is building (that build ends it itself).
+    """
     export_id = export.pk if isinstance(export, Export) else int(export)
-    Export.objects.filter(pk=export_id).exclude(status=JobStatus.SUCCEEDED).update(
-        status=JobStatus.FAILED, error=str(reason)[:4000], step="failed", finished_at=timezone.now()
+    Export.objects.filter(pk=export_id).exclude(status__in=[JobStatus.SUCCEEDED, JobStatus.RUNNING]).update(
+        status=JobStatus.FAILED, error=str(reason)[:4000], step="failed", finished_at=timezone.now(), path=""
     )
+
+
+def retry_export(export: Export) -> bool:
+    """Queue a failed export again (a person's retry): a fresh count of attempts, sent after
+    the transaction commits. A job whose worker died is first recovered (:mod:`prefloop.jobs`).
+    Returns False when the export is not failed (built, queued or being built)."""
+    jobs.recover_one(EXPORT_JOBS, export)
+    with transaction.atomic():
+        updated = Export.objects.filter(pk=export.pk, status=JobStatus.FAILED).update(
+            status=JobStatus.QUEUED,
+            progress=0.0,
+            error="",
+            step="queued again",
+            finished_at=None,
+            attempts=0,
+            worker="",
+            heartbeat_at=timezone.now(),
+            path="",
+        )
+        if updated:
+            enqueue_build(export)
+    export.refresh_from_db()
+    return bool(updated)
+
+
+def check_export(export: Export) -> str:
+    """Recover ``export`` (in place) if its worker died or its message was lost; what was done
+    (:func:`prefloop.jobs.recover_one`). Pages and the API call it on the exports they show."""
+    return jobs.recover_one(EXPORT_JOBS, export)
+
+
+def partial_folders(export: Export) -> list[Path]:
+    """What a build of ``export`` that did not finish may have left: its temporary folders, and
+    its destination when it is not built (renamed into place just before a crash)."""
+    final = Path(export.path) if export.path else default_folder(export)
+    found = sorted(final.parent.glob(f".{final.name}.building-*")) if final.parent.is_dir() else []
+    if export.status != JobStatus.SUCCEEDED and final.exists() and (export.path or final == default_folder(export)):
+        found.append(final)
+    return found
+
+
+def remove_partial(export: Export) -> None:
+    for folder in partial_folders(export):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class ExportJobs(jobs.JobKind):
+    """Exports as background jobs: a lost build's folders are removed and the build re-run (up to
+    three starts); a redelivered message rebuilds a failed export from scratch."""
+
+    def cleanup(self, export: Export) -> None:
+        remove_partial(export)
+
+    def claim_fields(self, export: Export) -> dict:
+        return {"progress": 0.0, "error": "", "step": "selecting", "started_at": timezone.now(), "path": ""}
+
+    def requeue_fields(self, export: Export) -> dict:
+        return {"progress": 0.0, "step": "queued again: its worker was lost", "path": ""}
+
+    def failed_fields(self, reason: str) -> dict:
+        return {"error": reason[:4000], "step": "failed", "path": ""}
+
+
+EXPORT_JOBS = jobs.register(
+    ExportJobs("export", Export, BUILD_TASK, max_attempts=MAX_ATTEMPTS, also_claims=(JobStatus.FAILED,))
+)
+
+
+class NotClaimed(ExportError):
+    """The export is built, or another live worker is building it: nothing to do here."""
+
+    def __init__(self, export_id: int, status: str):
+        self.status = status
+        super().__init__(f"export {export_id} is {status}: built, or being built by another worker")
 
 
 def build_export(export: Export, *, out_dir: Path | None = None, progress: Progress | None = None) -> Export:
     """Build ``export`` into its folder (``out_dir`` or ``PREFLOOP_EXPORTS_DIR/<id>``).
 
-    Marks the row running, writes every requested format into a temporary sibling folder,
-    renames it into place, records stats, content hash and path, and marks it succeeded.
-    A built export is never rebuilt (:class:`ExportError`). Raises on failure, leaving no
-    folder behind; the caller marks the row failed (:func:`mark_failed`).
+    Claims the row (:func:`prefloop.jobs.claim`: running, owned by this process, a heartbeat
+    while it builds), writes every requested format into a temporary sibling folder, renames it
+    into place, records stats, content hash and path, and marks it succeeded -- every write
+    fenced to this claim. A built export is never rebuilt (:class:`ExportError`); one that
+    another live worker is building raises :class:`NotClaimed`. On failure the row is marked
+    failed with the reason, no folder is left behind, and the exception propagates.
     """
     export.refresh_from_db()
     if export.status == JobStatus.SUCCEEDED:
         raise ExportError(f"export {export.pk} is already built and immutable")
-    progress = progress or DatabaseProgress(export)
     opts = ExportOptions.from_params(export.params)
     final = Path(out_dir) if out_dir is not None else default_folder(export)
     if final.exists() and (not final.is_dir() or any(final.iterdir())) and out_dir is not None:
         raise ExportError(f"--out {final} exists and is not empty")
+    job = jobs.claim(EXPORT_JOBS, export.pk)
+    if job is None:
+        export.refresh_from_db()
+        raise NotClaimed(export.pk, export.status)
+    remove_partial(job)  # a lost earlier attempt's folders (no live worker holds this export now)
+    jobs.fenced(job).update(path=str(final))
+    job.path = str(final)
+    progress = progress or DatabaseProgress(job)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.building-*"):  # left by a worker that was killed
-        if time.time() - stale.stat().st_mtime > STALE_BUILD_S:
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.building-{secrets.token_hex(4)}"
-    Export.objects.filter(pk=export.pk).update(
-        status=JobStatus.RUNNING, started_at=timezone.now(), progress=0.0, error="", step="selecting"
-    )
-    timings = {}
+    tmp = final.parent / f".{final.name}.building-{job.attempts}"
     try:
-        t0 = time.perf_counter()
-        sel = select(export.project, opts, progress)
-        timings["select"] = time.perf_counter() - t0
-        tmp.mkdir(parents=True)
-        t0 = time.perf_counter()
-        counts = write_pairs(sel, tmp, progress)
-        timings["pairs"] = time.perf_counter() - t0
-        if opts.include_judgments:
-            t0 = time.perf_counter()
-            counts["judgment_rows"] = write_judgments(sel, tmp, pseudonym_key(export, opts), progress)
-            timings["judgments"] = time.perf_counter() - t0
-        if "hf" in opts.formats:
-            t0 = time.perf_counter()
-            write_hf(sel, tmp, progress)
-            timings["hf"] = time.perf_counter() - t0
-        progress.stage("card")
-        t0 = time.perf_counter()
-        stats = compute_stats(sel, counts)
-        timings["card"] = time.perf_counter() - t0
-        stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        (tmp / CARD_FILE).write_text(render_card(export, opts, stats), encoding="utf-8")
-        digest, listing = folder_hash(tmp)
-        stats["files"] = listing
-        metadata = clean_json(
-            {
-                "format_version": 1,
-                "export_id": export.pk,
-                "name": export.name,
-                "project": {
-                    "id": export.project_id,
-                    "name": export.project.name,
-                    "license": export.project.license,
-                },
-                "created_at": export.created_at.isoformat(),
-                "options": opts.to_params(),
-                "weight_rule": WEIGHT_RULE,
-                "pair_fields": pair_fields(opts.writes_ties),
-                "judgment_fields": {
-                    k: v for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales
-                }
-                if opts.include_judgments
-                else {},
-                "stats": {k: v for k, v in stats.items() if k != "seconds"},
-                "files": listing,
-                "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except "
-                "metadata.json, sorted by path",
-                "content_hash": digest,
-            }
-        )
-        (tmp / METADATA_FILE).write_text(
-            json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        make_read_only(tmp)
-        with transaction.atomic():
-            row = Export.objects.select_for_update().get(pk=export.pk)
-            if row.status == JobStatus.SUCCEEDED:  # a duplicate delivery finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return row
-            if final.exists():
-                if out_dir is not None and final.is_dir() and not any(final.iterdir()):
-                    final.rmdir()
-                else:
-                    shutil.rmtree(final)
-            os.replace(tmp, final)
-            Export.objects.filter(pk=export.pk).update(
-                status=JobStatus.SUCCEEDED,
-                progress=1.0,
-                step="done",
-                error="",
-                path=str(final.resolve()),
-                content_hash=digest,
-                n_rows=stats["n_pairs"],
-                stats=stats,
-                finished_at=timezone.now(),
-            )
-    except BaseException:
+        with jobs.Heartbeat(job):
+            _build(job, opts, tmp, final, out_dir, progress)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        jobs.finish(job, status=JobStatus.FAILED, error=reason[:4000], step="failed", path="",
+                    finished_at=timezone.now())
         raise
     finally:
         progress.close()
     export.refresh_from_db()
     return export
+
+
+def _build(export: Export, opts: ExportOptions, tmp: Path, final: Path, out_dir, progress: Progress) -> None:
+    """The build itself (see :func:`build_export`), for a claimed ``export``."""
+    timings = {}
+    t0 = time.perf_counter()
+    sel = select(export.project, opts, progress)
+    timings["select"] = time.perf_counter() - t0
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    counts = write_pairs(sel, tmp, progress)
+    timings["pairs"] = time.perf_counter() - t0
+    if opts.include_judgments:
+        t0 = time.perf_counter()
+        counts["judgment_rows"] = write_judgments(sel, tmp, pseudonym_key(export, opts), progress)
+        timings["judgments"] = time.perf_counter() - t0
+    if "hf" in opts.formats:
+        t0 = time.perf_counter()
+        write_hf(sel, tmp, progress)
+        timings["hf"] = time.perf_counter() - t0
+    progress.stage("card")
+    t0 = time.perf_counter()
+    stats = compute_stats(sel, counts)
+    timings["card"] = time.perf_counter() - t0
+    stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    (tmp / CARD_FILE).write_text(render_card(export, opts, stats), encoding="utf-8")
+    digest, listing = folder_hash(tmp)
+    stats["files"] = listing
+    metadata = clean_json(
+        {
+            "format_version": 1,
+            "export_id": export.pk,
+            "name": export.name,
+            "project": {
+                "id": export.project_id,
+                "name": export.project.name,
+                "license": export.project.license,
+            },
+            "created_at": export.created_at.isoformat(),
+            "options": opts.to_params(),
+            "weight_rule": WEIGHT_RULE,
+            "pair_fields": pair_fields(opts.writes_ties),
+            "judgment_fields": {
+                k: v for k, v in JUDGMENT_FIELDS.items() if k != "rationale" or opts.include_rationales
+            }
+            if opts.include_judgments
+            else {},
+            "stats": {k: v for k, v in stats.items() if k != "seconds"},
+            "files": listing,
+            "content_hash_rule": "sha256 over '<path>\\t<bytes>\\t<sha256>\\n' per file except "
+            "metadata.json, sorted by path",
+            "content_hash": digest,
+        }
+    )
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    make_read_only(tmp)
+    with transaction.atomic():
+        row = Export.objects.select_for_update().get(pk=export.pk)
+        if not jobs.fenced(export).exists():  # no longer ours (presumed lost and taken over)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise NotClaimed(export.pk, row.status)
+        if final.exists():
+            if out_dir is not None and final.is_dir() and not any(final.iterdir()):
+                final.rmdir()
+            else:
+                shutil.rmtree(final)
+        os.replace(tmp, final)
+        jobs.finish(
+            export,
+            status=JobStatus.SUCCEEDED,
+            progress=1.0,
+            step="done",
+            error="",
+            path=str(final.resolve()),
+            content_hash=digest,
+            n_rows=stats["n_pairs"],
+            stats=stats,
+            finished_at=timezone.now(),
+        )

@@ -1,11 +1,13 @@
 """Celery task that builds a calibrated export (see :mod:`evaluation.export`).
 
-The ``Export`` row is the source of truth. The task takes its id, is safe to deliver twice
-(``acks_late``: a worker lost mid-build re-runs it): a built export is left alone (exports
-are immutable), anything else is (re)built from scratch into a temporary folder that is
-renamed into place only at the end, under a row lock, so a half-written folder is never
-visible. Any failure leaves the row *failed* with the reason in ``error``; the task itself
-is not retried (the reason is usually the data or the options, which a retry would not fix).
+The ``Export`` row is the source of truth. The task takes its id and is safe to deliver twice
+(``acks_late``; see :mod:`prefloop.jobs`): a built export is left alone (exports are
+immutable), one that another live worker is building is skipped, anything else is (re)built
+from scratch into a temporary folder that is renamed into place only at the end, so a
+half-written folder is never visible. A failure leaves the row *failed* with the reason in
+``error``; the task itself is not retried (the reason is usually the data or the options, which
+a retry would not fix). A worker lost mid-build is recovered by :mod:`prefloop.jobs`: its partial
+folder is removed and the build re-run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from celery import shared_task
 
 from ..models import Export, JobStatus
 from .options import ExportError
-from .services import BUILD_TASK, build_export, mark_failed
+from .services import BUILD_TASK, NotClaimed, build_export
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,11 @@ def build_export_task(self, export_id: int) -> str:
         return "skipped (already built)"
     try:
         build_export(export)
-    except ExportError as exc:
-        mark_failed(export_id, str(exc))
-        return "failed"
-    except Exception as exc:  # the row says what went wrong
+    except NotClaimed as exc:
+        return f"skipped ({exc.status})"
+    except ExportError:
+        return "failed"  # the row says why
+    except Exception:
         log.exception("export %s failed", export_id)
-        mark_failed(export_id, f"{type(exc).__name__}: {exc}")
         return "failed"
     return "succeeded"

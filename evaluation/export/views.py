@@ -26,7 +26,7 @@ from ..models import Export, JobStatus
 from .downloads import available_downloads, download_file, may_download, read_card
 from .forms import ExportForm
 from .options import ExportError, ExportOptions
-from .services import create_export, enqueue_build
+from .services import check_export, create_export, retry_export
 
 PAGE_SIZE = 50
 
@@ -107,6 +107,8 @@ def export_list(request, pk: int):
     except ValueError:
         page = 1
     rows = list(qs[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
+    for export in rows:
+        check_export(export)
     ctx = _context(
         request,
         project,
@@ -129,6 +131,7 @@ def _export(request, pk: int, export_id: int):
     export = get_object_or_404(
         Export.objects.select_related("project", "created_by"), pk=export_id, project=project
     )
+    check_export(export)  # a build whose worker died is shown re-queued or failed, not "running"
     return project, export
 
 
@@ -156,13 +159,7 @@ def export_status(request, pk: int, export_id: int):
 def export_retry(request, pk: int, export_id: int):
     """Queue a failed export again (a built export is immutable and is never rebuilt)."""
     project, export = _export(request, pk, export_id)
-    if export.status == JobStatus.FAILED:
-        with transaction.atomic():
-            updated = Export.objects.filter(pk=export.pk, status=JobStatus.FAILED).update(
-                status=JobStatus.QUEUED, progress=0.0, error="", step="queued again", finished_at=None
-            )
-            if updated:
-                enqueue_build(export)
+    if retry_export(export):
         messages.info(request, f"Export {export.pk} queued again.")
     url = reverse("export_detail", args=[project.pk, export.pk])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)

@@ -29,6 +29,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Comparison, Judgment, Membership, Project
+from prefloop import jobs
 
 from ..models import AnnotatorQuality, JobStatus, QualityReport
 from ..selectors import JudgmentTable, load_judgments, pool_groups
@@ -37,6 +38,7 @@ from ..stats.aggregation import aggregate, pool_disagreement, undecided_items
 from ..stats.jsonsafe import clean_json
 from ..stats.jsonsafe import finite_or_none as _num
 from ..stats.judgments import GOLD_PRIOR, TIE, Judgments
+from .scheduling import QUALITY_JOBS, ReportNotClaimed
 from .thresholds import DEFAULTS, knob
 
 Progress = Callable[[float, str], None]
@@ -53,7 +55,7 @@ class _Stepper:
 
     def __call__(self, fraction: float, message: str) -> None:
         fraction = max(0.0, min(1.0, float(fraction)))
-        QualityReport.objects.filter(pk=self.report.pk).update(progress=fraction, message=message)
+        jobs.fenced(self.report).update(progress=fraction, message=message)
         self.report.progress, self.report.message = fraction, message
         if self.callback is not None:
             self.callback(fraction, message)
@@ -105,12 +107,32 @@ def recompute_quality(
     ``{"value", "low", "high"}``). Statistics are over all judgments, excluded annotators'
     included, except agreement, which leaves excluded annotators out (their judgments do not
     reach exports either). Runs synchronously; the Celery task wraps it.
+
+    The report is a background job (:mod:`prefloop.jobs`): without ``report`` a new one is
+    created and claimed here; a given ``report`` is claimed unless this process already holds it
+    (:class:`ReportNotClaimed` when another live worker does, or it is finished). A heartbeat runs
+    while it computes, every write is fenced to the claim, and an error marks it failed (and
+    propagates).
     """
     if report is None:
-        report = QualityReport.objects.create(project=project, status=JobStatus.RUNNING)
-    elif report.status != JobStatus.RUNNING:
-        report.status = JobStatus.RUNNING
-        report.save(update_fields=["status"])
+        report = QualityReport.objects.create(project=project, status=JobStatus.QUEUED, heartbeat_at=timezone.now())
+    if not (report.status == JobStatus.RUNNING and report.worker == jobs.worker_id()):
+        claimed = jobs.claim(QUALITY_JOBS, report.pk)
+        if claimed is None:
+            report.refresh_from_db()
+            raise ReportNotClaimed(report.pk, report.status)
+        report = claimed
+    try:
+        with jobs.Heartbeat(report):
+            return _compute(project, report, progress)
+    except Exception as exc:
+        jobs.finish(report, status=JobStatus.FAILED, message=f"{type(exc).__name__}: {exc}"[:2000],
+                    finished_at=timezone.now())
+        raise
+
+
+def _compute(project: Project, report: QualityReport, progress: Progress | None) -> QualityReport:
+    """:func:`recompute_quality` for a claimed report."""
     step = _Stepper(report, progress)
     step(0.02, "Loading judgments")
     table = load_judgments(project)
@@ -158,6 +180,9 @@ def recompute_quality(
     now = timezone.now()
     data["computed_at"] = now.isoformat()
     with transaction.atomic():
+        if not jobs.fenced(report).select_for_update().exists():  # presumed lost and taken over
+            report.refresh_from_db()
+            raise ReportNotClaimed(report.pk, report.status)
         _store_rows(project, rows)
         report.data = clean_json(data)
         report.n_judgments = len(table)

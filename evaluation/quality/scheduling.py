@@ -11,6 +11,12 @@ add nothing (the queued run will see them); new judgments while one is *running*
 next one, so the last judgment is always covered. The countdown
 (``settings.PREFLOOP_QUALITY_DEBOUNCE_S``, default 30 s) lets a burst of judgments collapse
 into one computation.
+
+Reports are background jobs of :mod:`prefloop.jobs` (:data:`QUALITY_JOBS`): the task claims the
+report, a heartbeat runs while it computes, and every write is fenced to the claim. A report
+whose worker died is re-queued (at most :data:`MAX_ATTEMPTS` starts), or failed at once when a
+newer report of the project exists (that one covers every judgment it would have); a queued
+report whose message is lost is sent again after ``prefloop.jobs.resend_s()``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project
+from prefloop import jobs
 
 from ..models import JobStatus, QualityReport
 
@@ -32,8 +39,49 @@ log = logging.getLogger(__name__)
 #: The registered name of the task that computes a queued report.
 RECOMPUTE_TASK = "evaluation.recompute_quality"
 DEFAULT_DEBOUNCE_S = 30
-#: A queued report older than this is re-sent (its message may have been lost).
-STALE_QUEUED_S = 600
+#: Starts of a report whose worker was lost before it is failed instead of re-run.
+MAX_ATTEMPTS = 3
+
+
+class ReportNotClaimed(Exception):
+    """The report is finished, or another live worker is computing it: nothing to do here."""
+
+    def __init__(self, report_id: int, status: str):
+        self.status = status
+        super().__init__(f"quality report {report_id} is {status}: finished, or computed by another worker")
+
+
+class QualityJobs(jobs.JobKind):
+    """Quality reports as background jobs (see the module docstring). Nothing to clean up: a
+    report's rows are written in one transaction at the end."""
+
+    def superseded(self, report: QualityReport) -> str:
+        newer = (
+            QualityReport.objects.filter(project_id=report.project_id, created_at__gt=report.created_at)
+            .exclude(status=JobStatus.FAILED)
+            .order_by("-created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        return f"superseded by the newer report {newer}" if newer else ""
+
+    def claim_fields(self, report: QualityReport) -> dict:
+        return {"progress": 0.0, "message": ""}
+
+    def requeue_fields(self, report: QualityReport) -> dict:
+        return {"progress": 0.0, "message": "queued again: its worker was lost"}
+
+    def failed_fields(self, reason: str) -> dict:
+        return {"message": reason[:2000]}
+
+
+QUALITY_JOBS = jobs.register(QualityJobs("quality report", QualityReport, RECOMPUTE_TASK, max_attempts=MAX_ATTEMPTS))
+
+
+def check_report(report: QualityReport) -> str:
+    """Recover ``report`` (in place) if its worker died or its message was lost; what was done
+    (:func:`prefloop.jobs.recover_one`). The dashboard and the API call it on what they show."""
+    return jobs.recover_one(QUALITY_JOBS, report)
 
 
 def debounce_seconds() -> int:
@@ -66,11 +114,12 @@ def schedule_recompute(project: Project | int, *, countdown: int | None = None) 
         )
         report = queued.first()
         if report is not None:
-            resend = countdown == 0 or report.created_at < now - timedelta(seconds=STALE_QUEUED_S)
-            if resend:
+            sent = report.heartbeat_at or report.created_at
+            if countdown == 0 or sent < now - timedelta(seconds=jobs.resend_s()):
+                QualityReport.objects.filter(pk=report.pk).update(heartbeat_at=now)
                 transaction.on_commit(lambda: _send(report.pk, countdown))
             return report
-        report = QualityReport.objects.create(project_id=project_id, status=JobStatus.QUEUED)
+        report = QualityReport.objects.create(project_id=project_id, status=JobStatus.QUEUED, heartbeat_at=now)
         transaction.on_commit(lambda: _send(report.pk, countdown))
     return report
 

@@ -33,6 +33,7 @@ from django.db.models.functions import Abs, Cast, Coalesce, Floor, Greatest, Lea
 from annotate.models import GoldAnswer, Judgment, Membership, Project, Role
 
 from ..models import AnnotatorQuality, JobStatus, QualityReport
+from .scheduling import check_report
 from .services import effective_weight
 from .thresholds import BELOW_THRESHOLD_FLAGS, FLAG_HELP, FLAG_LABELS
 
@@ -429,13 +430,39 @@ def _annotator_extras(report: QualityReport | None, user_ids: list[int] | None) 
 
 
 def pending_report(project: Project) -> QualityReport | None:
-    """The newest queued or running report, if any (``data`` is loaded when first read)."""
-    return (
-        QualityReport.objects.filter(project=project, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    """The newest queued or running report created after the newest succeeded one, if any
+    (``data`` is loaded when first read). A report whose worker died is recovered first
+    (:func:`evaluation.quality.scheduling.check_report`: re-queued, or failed), so a dead report is
+    never shown as running, and one older than a succeeded report is never shown at all."""
+    done = (
+        QualityReport.objects.filter(project=project, status=JobStatus.SUCCEEDED)
+        .order_by("-created_at", "-pk")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    qs = QualityReport.objects.filter(project=project, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    if done is not None:
+        qs = qs.filter(created_at__gt=done)
+    for report in qs.order_by("-created_at", "-pk").defer("data")[:3]:
+        check_report(report)
+        if report.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return report
+    return None
+
+
+def newer_report(report: QualityReport) -> QualityReport | None:
+    """The newest report of ``report``'s project created after it and not failed (what a page
+    polling ``report`` should show instead), recovered first if its worker died."""
+    newer = (
+        QualityReport.objects.filter(project_id=report.project_id, created_at__gt=report.created_at)
+        .exclude(status=JobStatus.FAILED)
         .order_by("-created_at", "-pk")
         .defer("data")
         .first()
     )
+    if newer is not None:
+        check_report(newer)
+    return newer
 
 
 # --------------------------------------------------------------------------- own accuracy

@@ -23,7 +23,7 @@ from annotate.roles import READ_ROLES, project_for, role_of
 from ..models import JobStatus, QualityReport
 from . import plots, selectors, services, thresholds
 from .forms import WeightOverrideForm
-from .scheduling import schedule_recompute
+from .scheduling import check_report, schedule_recompute
 
 ADMIN_ONLY = (Role.ADMIN,)
 #: Annotators per page of the dashboard's table.
@@ -413,6 +413,10 @@ def quality_recompute(request, pk: int):
 def quality_progress(request, pk: int, report_id: int):
     project = project_for(request.user, pk, *READ_ROLES)
     report = get_object_or_404(QualityReport, pk=report_id, project=project)
+    check_report(report)  # a report whose worker died: re-queued or failed, never "running"
+    if report.status != JobStatus.SUCCEEDED:
+        # A newer report (queued after this one, or already done) is what the page should show.
+        report = selectors.newer_report(report) or report
     response = render(request, "evaluation/quality_progress.html", {"project": project, "pending": report})
     if report.status == JobStatus.SUCCEEDED and request.htmx:
         # Reload the dashboard so every figure shows the new computation.

@@ -17,6 +17,7 @@ from evaluation.quality.compute import recompute_quality
 from evaluation.quality.selectors import GOLD_BINS, SORT_KEYS, AnnotatorRow
 from evaluation.quality.services import effective_weights
 from evaluation.quality.views import ANNOTATORS_PER_PAGE, GOLD_CHART_MAX_POINTS
+from prefloop import jobs
 from tests.evaluation.hand_made import hand_made_project
 from tests.factories import add_member, make_project
 
@@ -279,11 +280,8 @@ def test_admin_sets_validates_and_clears_a_weight_override(site, client):
 # --------------------------------------------------------------------------- recompute
 
 
-def test_recompute_button_queues_and_runs_the_task(
-    site, client, settings, django_capture_on_commit_callbacks
-):
+def test_recompute_button_queues_and_runs_the_task(site, client, celery_eager, django_capture_on_commit_callbacks):
     project, users, _ = site
-    settings.CELERY_TASK_ALWAYS_EAGER = True
     c = client_for(client, users["researcher"])
     with django_capture_on_commit_callbacks(execute=True):
         response = c.post(url("quality_recompute", project), **HX)
@@ -302,8 +300,13 @@ def test_progress_polls_while_queued(site, client, settings):
     project, users, _ = site
     c = client_for(client, users["admin"])
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    report = QualityReport.objects.create(
-        project=project, status=JobStatus.RUNNING, progress=0.4, message="Computing agreement"
+    report = QualityReport.objects.create(  # held by a live worker (this process)
+        project=project,
+        status=JobStatus.RUNNING,
+        progress=0.4,
+        message="Computing agreement",
+        worker=jobs.worker_id(),
+        heartbeat_at=timezone.now(),
     )
     response = c.get(url("quality_progress", project, report.pk), **HX)
     body = response.content.decode()

@@ -1,6 +1,7 @@
 """The life of a training run: launch (validate everything that needs no torch, create, queue),
 cancel, the log lines, and the worker side's claim, heartbeat and recovery of runs whose worker
-died.
+died -- with the owner and staleness rules every background job shares (:mod:`prefloop.jobs`);
+a run keeps its own recovery policy (re-queued to resume from its last checkpoint).
 
 A run is sent to the gpu queue by the task's registered name once the launching transaction
 commits; ``training.tasks`` calls into this module, never the other way round.
@@ -8,9 +9,6 @@ commits; ``training.tasks`` calls into this module, never the other way round.
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 from celery import current_app
@@ -21,6 +19,7 @@ from django.utils import timezone
 from annotate.models import Project
 from evaluation.models import Export
 from evaluation.models import JobStatus as ExportStatus
+from prefloop import jobs
 
 from ..models import ModelKind, ModelVersion, Recipe, RunStatus, TrainingRun
 from .errors import TrainingError
@@ -29,9 +28,9 @@ from .registry import validate_model_folder
 from .rows import build_fresh_export, check_rows, discard_export, export_rows
 
 #: A running run whose heartbeat is older than this (seconds) is considered lost.
-DEFAULT_HEARTBEAT_STALE_S = 120
+DEFAULT_HEARTBEAT_STALE_S = jobs.DEFAULT_STALE_S
 #: Seconds between heartbeats written by the worker while a run is running.
-HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_INTERVAL_S = jobs.HEARTBEAT_INTERVAL_S
 #: Runs keep this many characters of log (the tail).
 LOG_MAX_CHARS = 100_000
 #: The Celery task that trains a run (``training.tasks.run_training``), on the gpu queue.
@@ -201,33 +200,17 @@ def append_log(logs: str, message: str) -> str:
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return jobs.worker_id()
 
 
 def owner_is_dead(run: TrainingRun, now=None) -> bool:
-    """The run's worker is gone: its heartbeat is stale, or it ran on this host under a pid that
-    no longer exists."""
-    now = now or timezone.now()
-    if run.heartbeat_at is None or run.heartbeat_at < now - timedelta(seconds=heartbeat_stale_s()):
-        return True
-    host, _, pid = (run.worker or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        return int(pid) != os.getpid() and not _pid_alive(int(pid))
-    return False
+    """The run's worker is gone (:func:`prefloop.jobs.owner_is_dead`, with the runs' own stale
+    limit): its heartbeat is stale, or it ran on this host under a pid that no longer exists."""
+    return jobs.owner_is_dead(run, now, stale=heartbeat_stale_s())
 
 
 def heartbeat_stale_s() -> int:
-    return int(getattr(settings, "PREFLOOP_RUN_HEARTBEAT_STALE_S", DEFAULT_HEARTBEAT_STALE_S))
+    return int(getattr(settings, "PREFLOOP_RUN_HEARTBEAT_STALE_S", jobs.stale_s()))
 
 
 def claim_run(run_id: int, task_id: str = "") -> TrainingRun | None:

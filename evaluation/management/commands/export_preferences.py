@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotate.models import Project
 from evaluation.export.options import FORMATS, ExportError
 from evaluation.export.progress import Progress
-from evaluation.export.services import build_export, create_export, mark_failed
+from evaluation.export.services import build_export, create_export
 from evaluation.stats.aggregation import METHODS
 
 STAGE_TEXT = {
@@ -150,13 +150,9 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         progress = TqdmProgress(enabled=not o["no_progress"])
         try:
-            export = build_export(export, out_dir=out, progress=progress)
+            export = build_export(export, out_dir=out, progress=progress)  # marks it failed on error
         except ExportError as exc:
-            mark_failed(export, str(exc))
             raise CommandError(str(exc)) from None
-        except Exception as exc:
-            mark_failed(export, f"{type(exc).__name__}: {exc}")
-            raise
         s = export.stats
         self.stdout.write(
             f"export {export.pk}: {s['n_pairs']} pairs (train {s['n_train']}, test {s['n_test']}), "
