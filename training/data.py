@@ -203,6 +203,8 @@ TIE_LABELS = ("tie", "both_bad")
 def is_tie(pair: dict) -> bool:
     """Whether an export row says neither response is better (``tie`` true, or a tie label)."""
     tie = pair.get("tie")
+    if isinstance(tie, str) and tie.strip().lower() in ("true", "false", "1", "0", ""):
+        tie = tie.strip().lower() in ("true", "1")  # a CSV's text
     if tie is not None and not isinstance(tie, bool) and tie not in (0, 1):
         raise ValueError(f"tie must be true or false, got {tie!r}")
     return bool(tie) or pair.get("label") in TIE_LABELS

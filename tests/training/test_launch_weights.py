@@ -204,3 +204,38 @@ def test_a_run_reports_held_out_metrics_by_phase(muted, no_send, client):
     held_out = page[page.index('id="held-out"'):]
     assert "<td>SFT</td><td>ppl</td>" in held_out and "<td>DPO</td><td>reward accuracy</td>" in held_out
     assert "<td>DPO</td><td>ppl</td>" not in held_out
+
+
+def test_an_exports_ties_reach_the_trainer_as_ties(muted, tiny_model_dir):
+    """A real export written with ties: its tie rows tokenize as ties with p_chosen 0.5, so the
+    DPO target of each is 0.5 even without use_soft_labels; its decided rows keep the hard label."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from training.data import collate, tokenize_pairs
+    from training.losses import label_targets
+    from training.services.rows import export_rows
+
+    project = muted["project"]
+    Membership.objects.filter(user__in=[muted["zero"], muted["faint"]]).update(weight_override=1.0)
+    from annotate.models import Judgment
+
+    tie_ids = list(Judgment.objects.filter(project=project, annotator=muted["zero"])
+                   .order_by("comparison_id").values_list("comparison_id", flat=True)[:5])
+    Judgment.objects.filter(project=project, comparison_id__in=tie_ids).update(choice="tie")
+    export = create_export(project, None, {"formats": ["jsonl"], "test_fraction": 0.0, "include_ties": True},
+                           enqueue=False)
+    build_export(export)
+    export.refresh_from_db()
+    train, _ = export_rows(export, include_ties=True)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    examples = tokenize_pairs(tok, train)
+    ties = [e for e in examples if e.tie]
+    assert len(ties) == 5 and all(e.p_chosen == 0.5 for e in ties)
+    batch = collate(examples, tok.pad_token_id)
+    targets = label_targets(batch.p_chosen, batch.ties, use_soft_labels=False)
+    assert targets[batch.ties].tolist() == [0.5] * 5 and bool((targets[~batch.ties] == 1).all())
+    assert torch.equal(batch.ties, torch.tensor([r["comparison_id"] in tie_ids for r in train]))
+    # a default launch (no soft labels) leaves the export's ties out, and says how many
+    dropped: dict = {}
+    assert len(export_rows(export, dropped=dropped)[0]) == len(train) - 5 and dropped["ties"] == 5

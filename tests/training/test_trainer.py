@@ -284,6 +284,7 @@ def test_ties_train_towards_equal_never_as_preferences(tiny, tmp_path):
     # no tie in the batch: exactly today's hard-label loss, p_chosen or not
     plain = collate(tokenize_pairs(tok, [dict(r, p_chosen=0.9) for r in synthetic_pairs(3, seed=4)]), tok.pad_token_id)
     assert plain.ties is None and dpo_batch_loss(logps, ref, plain, cfg())[0].item() == pytest.approx(hard, abs=1e-12)
+    assert [e.tie for e in tokenize_pairs(tok, [dict(rows[0], tie="True"), dict(rows[0], tie="false")])] == [True, False]
     with pytest.raises(ValueError, match="pair 1: tie must be true or false"):
         tokenize_pairs(tok, [rows[0], dict(rows[0], tie="maybe")])
 
