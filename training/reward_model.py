@@ -53,6 +53,7 @@ from .trainer.checkpoints import checkpoint_dirs as _checkpoint_dirs
 from .trainer.checkpoints import complete as _complete
 from .trainer.checkpoints import write_json as _write_json
 from .trainer.device import resolve_precision
+from .trainer.loop import ZeroGradientGuard
 from .trainer.plan import lr_lambda, plan_steps, set_seed, split_eval
 from .trainer.state import call as _call
 
@@ -364,6 +365,7 @@ def train_reward_model(cfg: TrainConfig, model_path, pairs, out_dir, callbacks=N
     last: dict = {}
     evals: dict = {}
     _call(callbacks, "on_log", f"rm: {len(train_ex)} train / {len(eval_ex)} eval pairs, {len(plan)} steps")
+    zero_gradients = ZeroGradientGuard("rm", resumed_at=step, weighted=cfg.use_weights)
     while step < len(plan):
         if _call(callbacks, "should_stop"):
             checkpoint("cancelled")
@@ -385,6 +387,7 @@ def train_reward_model(cfg: TrainConfig, model_path, pairs, out_dir, callbacks=N
             for k, v in stats.items():
                 agg[k] = agg.get(k, 0.0) + v
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        zero_gradients.check(step + 1, norm, len(plan))
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()

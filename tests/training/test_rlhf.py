@@ -86,3 +86,12 @@ def test_tokenizer_problem_without_torch(tiny, tmp_path):
     assert tokenizer_problem(tiny, tiny) is None
     other = build_default_model(tmp_path / "other", [" ".join(WORDS)] * 10, vocab_size=300, hidden=32, layers=1)
     assert "vocabulary sizes" in tokenizer_problem(tiny, other)
+
+
+def test_a_reward_model_on_zero_weights_fails_instead_of_learning_nothing(tiny, tmp_path):
+    from training.trainer.loop import NothingToLearn
+
+    pairs = [dict(p, weight=0.0) for p in upper_pairs(20, seed=5)]
+    with pytest.raises(NothingToLearn, match="rm: the gradient norm was 0 for the first 3 steps.*use_weights=false"):
+        train_rlhf(cfg("rm"), tiny, pairs, tmp_path / "run", Rec())
+    assert not (tmp_path / "run" / "rm" / "final").exists()
