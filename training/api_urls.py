@@ -3,6 +3,7 @@
 from django.urls import path
 
 from . import api
+from .loop import api as loop_api
 
 app_name = "training-api"
 
@@ -28,5 +29,7 @@ urlpatterns = [
         api.SamplingJobDetail.as_view(),
         name="sampling-job-detail",
     ),
+    path("projects/<int:project_pk>/loops/", loop_api.LoopListCreate.as_view(), name="loop-list"),
+    path("projects/<int:project_pk>/loops/<int:loop_pk>/", loop_api.LoopDetail.as_view(), name="loop-detail"),
     path("models/", api.ModelListCreate.as_view(), name="model-list"),
 ]

@@ -237,3 +237,49 @@ class SamplingJob(WorkerJob):
 
     def __str__(self) -> str:
         return f"Sampling {self.pk}: {self.model_version} -> round {self.round}"
+
+
+class LoopStage(models.TextChoices):
+    ANNOTATE = "annotate", "Annotating (simulated)"
+    ANNOTATING = "annotating", "Annotating (simulated), in progress"
+    TRAIN = "train", "Training"
+    SAMPLE = "sample", "Sampling the next round"
+    DONE = "done", "Done"
+
+
+class LoopRun(WorkerJob):
+    """An unattended loop (``training.loop``): for ``rounds`` rounds, simulated annotators judge
+    the open comparisons, quality is recomputed, a fresh export trains the latest model
+    (``recipe``) on the gpu worker, and its samples become the next round's comparisons, paired
+    as ``pairings`` says. ``report`` holds one entry per annotated round: what the calibration
+    recovered against the simulator's truth, the hidden utility of the round's samples, and the
+    annotators' verdict on the round's new model."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="loops")
+    base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    reference_model = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The fixed model of the 'reference' pairing (default: the base model).",
+    )
+    latest_model = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    recipe = models.CharField(max_length=12, choices=Recipe.choices, default=Recipe.SFT_DPO)
+    rounds = models.PositiveIntegerField(default=1)
+    pairings = models.JSONField(default=list, help_text="One pairing per round (the last one repeats).")
+    pools = models.JSONField(default=list, help_text="The simulated pools (PoolSpec fields).")
+    utility = models.JSONField(default=dict, blank=True, help_text="KeywordUtility fields that differ.")
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    n_prompts = models.PositiveIntegerField(default=20)
+    max_new_tokens = models.PositiveIntegerField(default=24)
+    temperature = models.FloatField(default=0.8)
+    seed = models.IntegerField(default=0)
+    stage = models.CharField(max_length=12, choices=LoopStage.choices, default=LoopStage.ANNOTATE)
+    round = models.PositiveIntegerField(default=0, help_text="The round being annotated or trained on.")
+    current_run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    current_job = models.ForeignKey(SamplingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    clock = models.DateTimeField(null=True, blank=True, help_text="The simulated annotators' clock.")
+    truth = models.JSONField(default=dict, blank=True, help_text="What each simulated annotator truly did, so far.")
+    report = models.JSONField(default=dict, blank=True)
+    message = models.CharField(max_length=300, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"Loop {self.pk} ({self.rounds} rounds, {self.status})"

@@ -1,4 +1,5 @@
-"""Celery tasks of the training app, all on the ``gpu`` queue (``CELERY_TASK_ROUTES``). Each task
+"""Celery tasks of the training app, on the ``gpu`` queue (``CELERY_TASK_ROUTES``) but for the
+loop's advance, which only waits and runs the simulated annotators (default queue). Each task
 is a thin shell over one function; the tasks call the services, never the other way round (the
 services send a task by its registered name, ``current_app.tasks[name]``).
 
@@ -10,6 +11,8 @@ services send a task by its registered name, ``current_app.tasks[name]``).
   resumes from the last checkpoint in its ``out_dir`` (the trainer replays the same data order).
 * ``generate_sample(sample_id)`` -- the run page's "generate" box (``services.sampling``).
 * ``sample_round(job_id)`` -- new responses become the next round's comparisons.
+* ``training.loop.advance(loop_id)`` -- one step of an unattended loop (``training.loop.service``);
+  it sends itself again while the loop waits for a run or a sampling job.
 
 torch, transformers and the trainer are imported inside the tasks, never at module level: the
 web process may import this module and must not load them.
@@ -58,6 +61,14 @@ def generate_sample(self, sample_id: int) -> str:
 def sample_round(self, job_id: int) -> str:
     """Generate the next round's pairs of a ``SamplingJob`` and import them as comparisons."""
     return sampling.run_queued_round(job_id)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, name="training.loop.advance")
+def advance_loop(self, loop_id: int) -> str:
+    """Advance an unattended loop; on the default queue (its name is outside ``training.tasks.*``)."""
+    from .loop.service import advance_and_resend
+
+    return advance_and_resend(loop_id)
 
 
 # =============================================================================================

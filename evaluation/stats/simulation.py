@@ -160,8 +160,10 @@ _WORD = re.compile(r"[a-z']+")
 
 @dataclass(frozen=True)
 class KeywordUtility:
-    """The hidden utility of a response: ``good - bad - length_penalty * max(0, words - free_words)``,
-    where ``good``/``bad`` count the words of the text (lower-cased) found in each lexicon.
+    """The hidden utility of a response: ``good - bad - length_penalty * max(0, words - free_words)
+    - unknown_penalty * unknown``, where ``good``/``bad`` count the words of the text (lower-cased)
+    found in each lexicon and, when a ``known`` vocabulary is given, ``unknown`` counts the words
+    in neither lexicon nor in it (gibberish costs).
 
     The annotators never see it; they judge by it (with their noise and biases), and the loop's
     report measures each round's samples with it.
@@ -171,12 +173,19 @@ class KeywordUtility:
     bad: frozenset = BAD_WORDS
     length_penalty: float = 0.05
     free_words: int = 12
+    known: frozenset = frozenset()
+    unknown_penalty: float = 0.0
 
     def __call__(self, text: str) -> float:
         words = _WORD.findall((text or "").lower())
         good = sum(w in self.good for w in words)
         bad = sum(w in self.bad for w in words)
-        return float(good - bad - self.length_penalty * max(0, len(words) - self.free_words))
+        value = good - bad - self.length_penalty * max(0, len(words) - self.free_words)
+        if self.known and self.unknown_penalty:
+            value -= self.unknown_penalty * sum(
+                w not in self.known and w not in self.good and w not in self.bad for w in words
+            )
+        return float(value)
 
 
 @dataclass(frozen=True)

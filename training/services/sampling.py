@@ -299,10 +299,11 @@ def run_sampling_job(job: SamplingJob, generate=None, progress=None) -> int:
 
 def pair_lines(job: SamplingJob, prompts: list[Prompt], pairs: list[tuple[str, str]], model_a: str, model_b: str):
     """The import lines of the pairs worth annotating, and how many were dropped:
-    ``{"empty": n, "identical": n}`` (whitespace around a response does not count)."""
+    ``{"empty": n, "identical": n}`` (whitespace around a response, and NUL characters, which no
+    text column stores, do not count)."""
     lines, dropped = [], {"empty": 0, "identical": 0}
     for prompt, (a, b) in zip(prompts, pairs):
-        a, b = a.strip(), b.strip()
+        a, b = a.replace("\x00", "").strip(), b.replace("\x00", "").strip()
         if not a or not b:
             dropped["empty"] += 1
             continue
