@@ -265,8 +265,9 @@ def _model_by_name_or_id(value: str, project, field: str = "base_model") -> Mode
         "Launch a training run",
         {201: TrainingRunSerializer, 400: BAD, 403: DENIED},
         description="Project admins only. Validated before any compute (hyperparameters against "
-        "TrainConfig, the base model folder, the export's size, prompt lengths); then "
-        "queued on the gpu worker.",
+        "TrainConfig, the base model folder, the export's size, the effective sample size of its "
+        "weights against min_pairs, prompt lengths); then queued on the gpu worker. The run's "
+        "`summary.data` keeps the training pairs, weight sum and effective sample size.",
         request=LaunchRunSerializer,
     ),
 )
