@@ -253,22 +253,6 @@ class GoldAnswerSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class GoldSetSerializer(serializers.Serializer):
-    comparisons = serializers.ListField(
-        child=serializers.IntegerField(), allow_empty=False, max_length=10_000,
-        help_text="Ids of the project's comparisons.",
-    )
-    answer = serializers.ChoiceField(
-        choices=["a", "b", "tie", "none"],
-        help_text='The gold answer in each comparison\'s stored order; "none" makes them regular again.',
-    )
-
-
-class GoldSetResultSerializer(serializers.Serializer):
-    changed = serializers.IntegerField(help_text="Comparisons made gold, re-answered or made regular.")
-    gold = GoldAnswerSerializer(many=True, help_text="The gold answers of the comparisons sent.")
-
-
 IMPORT_FORMATS = ("jsonl", "csv")
 
 

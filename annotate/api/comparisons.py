@@ -13,7 +13,7 @@ import json
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema_view
-from rest_framework import generics, status
+from rest_framework import generics, serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -27,8 +27,6 @@ from ..serializers import (
     ComparisonImportUploadSerializer,
     ComparisonSerializer,
     GoldAnswerSerializer,
-    GoldSetResultSerializer,
-    GoldSetSerializer,
     ImportErrorsSerializer,
     ImportResultSerializer,
     JudgmentImportLinesSerializer,
@@ -64,6 +62,22 @@ class ComparisonList(ApiView, generics.ListAPIView):
             if value is not None:
                 qs = qs.filter(**{name: value})
         return qs
+
+
+class GoldSetSerializer(serializers.Serializer):
+    comparisons = serializers.ListField(
+        child=serializers.IntegerField(), allow_empty=False, max_length=10_000,
+        help_text="Ids of the project's comparisons.",
+    )
+    answer = serializers.ChoiceField(
+        choices=["a", "b", "tie", "none"],
+        help_text='The gold answer in each comparison\'s stored order; "none" makes them regular again.',
+    )
+
+
+class GoldSetResultSerializer(serializers.Serializer):
+    changed = serializers.IntegerField(help_text="Comparisons made gold, re-answered or made regular.")
+    gold = GoldAnswerSerializer(many=True, help_text="The gold answers of the comparisons sent.")
 
 
 @extend_schema_view(
