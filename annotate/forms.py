@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib.auth import get_user_model
 
-from .models import Membership, Pool, Project, Role, Strength
+from .models import MAX_ASSIGNMENT_TIMEOUT_S, MAX_ROUND, Membership, Pool, Project, Role, Strength
 from .queue import SHOWN_CHOICES
 
 
@@ -39,7 +38,9 @@ class ProjectForm(forms.ModelForm):
             "instructions": forms.Textarea(attrs={"rows": 10, "class": "mono"}),
             "gold_rate": forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1"}),
             "overlap": forms.NumberInput(attrs={"min": "1", "max": "50"}),
-            "assignment_timeout_s": forms.NumberInput(attrs={"min": "30", "step": "30"}),
+            "assignment_timeout_s": forms.NumberInput(
+                attrs={"min": "30", "max": str(MAX_ASSIGNMENT_TIMEOUT_S), "step": "30"}
+            ),
         }
 
     def clean_overlap(self):
@@ -58,6 +59,8 @@ class ProjectForm(forms.ModelForm):
         t = self.cleaned_data["assignment_timeout_s"]
         if t < 30:
             raise forms.ValidationError("Give annotators at least 30 seconds.")
+        if t > MAX_ASSIGNMENT_TIMEOUT_S:
+            raise forms.ValidationError(f"At most {MAX_ASSIGNMENT_TIMEOUT_S} seconds (a week).")
         return t
 
 
@@ -122,14 +125,13 @@ class AddMemberForm(forms.Form):
         self.fields["pool"] = _pool_field(project)
 
     def clean_username(self):
+        from .services import Refused, user_to_add
+
         username = self.cleaned_data["username"].strip()
-        User = get_user_model()
-        user = User.objects.filter(username=username).first()
-        if user is None:
-            raise forms.ValidationError(f"There is no user called {username!r}.")
-        if Membership.objects.filter(project=self.project, user=user).exists():
-            raise forms.ValidationError(f"{username} is already a member of this project.")
-        self.cleaned_data["user"] = user
+        try:
+            self.cleaned_data["user"] = user_to_add(self.project, username)
+        except Refused as exc:
+            raise forms.ValidationError(str(exc)) from None
         return username
 
 
@@ -156,7 +158,7 @@ class ImportForm(forms.Form):
     file = forms.FileField(help_text="JSONL or CSV. The whole file is checked before anything is imported.")
     fmt = forms.ChoiceField(choices=FORMATS, required=False, label="Format")
     round = forms.IntegerField(
-        required=False, min_value=0, help_text="Model round of these responses; empty = the project's current round."
+        required=False, min_value=0, max_value=MAX_ROUND, help_text="Model round of these responses; empty = the project's current round."
     )
     allow_empty_responses = forms.BooleanField(
         required=False,

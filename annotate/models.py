@@ -41,6 +41,14 @@ class Strength(models.IntegerChoices):
     MUCH = 3, "Much better"
 
 
+#: Bounds kept on a project's numbers below their columns' own ranges (which differ between
+#: SQLite and PostgreSQL), so that arithmetic on them -- the next round, an assignment's deadline --
+#: never overflows a column or a date. The form, the API and the imports check them.
+MAX_ROUND = 1_000_000
+MAX_ASSIGNMENT_TIMEOUT_S = 7 * 24 * 3600
+MAX_OVERLAP = 50
+
+
 class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     instructions = models.TextField(blank=True, help_text="Markdown shown to annotators.")

@@ -13,6 +13,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import (
+    MAX_ASSIGNMENT_TIMEOUT_S,
+    MAX_OVERLAP,
+    MAX_ROUND,
     Assignment,
     AssignmentStatus,
     Choice,
@@ -77,6 +80,12 @@ class ProjectSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = ["id", "created_at", "role"]
+        extra_kwargs = {
+            "overlap": {"min_value": 1, "max_value": MAX_OVERLAP},
+            "assignment_timeout_s": {"min_value": 10, "max_value": MAX_ASSIGNMENT_TIMEOUT_S},
+            "current_round": {"max_value": MAX_ROUND},
+            "show_accuracy_after": {"max_value": MAX_ROUND},
+        }
 
     @extend_schema_field(
         serializers.ChoiceField(choices=Role.choices, allow_null=True, help_text="Your role in this project.")
@@ -166,12 +175,12 @@ class MembershipSerializer(serializers.ModelSerializer):
                     "The user of a membership cannot be changed; add a new membership instead."
                 )
             return value
-        user = get_user_model().objects.filter(username=value).first()
-        if user is None:
-            raise serializers.ValidationError(f"No user named {value!r}.")
-        project: Project = self.context["project"]
-        if Membership.objects.filter(project=project, user=user).exists():
-            raise serializers.ValidationError(f"{value!r} is already a member of this project.")
+        from .services import Refused, user_to_add
+
+        try:
+            user_to_add(self.context["project"], value)
+        except Refused as exc:
+            raise serializers.ValidationError(str(exc)) from None
         return value
 
     def validate_pool(self, pool: Pool | None):
@@ -262,7 +271,8 @@ class ImportUploadSerializer(serializers.Serializer):
         choices=IMPORT_FORMATS, required=False, help_text="Detected from the file name when left out."
     )
     round = serializers.IntegerField(
-        min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
+        min_value=0, max_value=MAX_ROUND, required=False,
+        help_text="The round of the new comparisons; default: the project's.",
     )
     allow_empty_responses = serializers.BooleanField(
         required=False, default=False, help_text="Import lines whose response is empty; prompts never may be."
@@ -277,7 +287,8 @@ class ImportLinesSerializer(serializers.Serializer):
         '"metadata", "gold"]} or {"prompt", "chosen", "rejected"}. Line numbers in errors count from 1.',
     )
     round = serializers.IntegerField(
-        min_value=0, required=False, help_text="The round of the new comparisons; default: the project's."
+        min_value=0, max_value=MAX_ROUND, required=False,
+        help_text="The round of the new comparisons; default: the project's.",
     )
     allow_empty_responses = serializers.BooleanField(
         required=False, default=False, help_text="Import lines whose response is empty; prompts never may be."
@@ -330,7 +341,8 @@ class _JudgmentImportOptions(serializers.Serializer):
         help_text="Two votes by one annotator on one comparison: an error, or keep the first or the last.",
     )
     round = serializers.IntegerField(
-        min_value=0, required=False, help_text="The round of new comparisons; default: the project's."
+        min_value=0, max_value=MAX_ROUND, required=False,
+        help_text="The round of new comparisons; default: the project's.",
     )
     allow_empty_responses = serializers.BooleanField(
         required=False, default=True, help_text="Accept votes on empty responses (a model that said nothing)."

@@ -1,8 +1,11 @@
-"""Project set-up services: removing a member, deleting a pool.
+"""Project set-up services: adding a member, removing a member, deleting a pool.
 
 The members and pools pages (``annotate.views``) and the REST API (``annotate.api``) check the
 admin role and call these; the rules live here once:
 
+* **Adding a member** names an active user account that is not a member yet. An unknown name, an
+  inactive account and an existing member all get the same answer, so that the form cannot be
+  used to find out which usernames exist.
 * **Removing a member** keeps their work. Their judgments stay (they are the data); the items
   they hold go back to the queue (``annotate.queue.release_assignments``); then the membership
   row is deleted, so the user no longer sees the project and gets 403 on its pages and API.
@@ -58,6 +61,25 @@ def _locked(qs):
 # --------------------------------------------------------------------------------------------
 # Members
 # --------------------------------------------------------------------------------------------
+
+
+class CannotAdd(Refused):
+    """The username names no user that can be added (unknown, inactive, or already a member)."""
+
+
+def user_to_add(project, username: str):
+    """The active user called ``username`` who is not yet a member of ``project``; otherwise
+    :class:`CannotAdd`, with one message whichever the reason (no probing of usernames)."""
+    from django.contrib.auth import get_user_model
+
+    username = (username or "").strip()
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None or Membership.objects.filter(project=project, user=user).exists():
+        raise CannotAdd(
+            f"{username!r} cannot be added: it is not the username of an active account that is "
+            f"not yet a member of this project."
+        )
+    return user
 
 
 @dataclass(frozen=True)

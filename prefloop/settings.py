@@ -4,6 +4,7 @@ SECRET_KEY, DEBUG, ALLOWED_HOSTS, DATABASE_URL, CELERY_BROKER_URL, CACHE_URL, PR
 Defaults give a laptop set-up: SQLite and a file-system Celery broker under ``var/``.
 """
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -55,7 +56,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "axes",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served by the app itself (no CDN)
     "django_htmx",
     "annotate",
     "evaluation",
@@ -73,6 +76,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: turns a sign-in refused for too many failures into a 429 page (prefloop/login_limits.py).
+    "axes.middleware.AxesMiddleware",
+]
+
+# Sign-in: django-axes first (brute-force limit), then Django's password check.
+AUTHENTICATION_BACKENDS = [
+    "prefloop.login_limits.LoginLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "prefloop.urls"
@@ -166,6 +177,12 @@ elif CACHE_URL:
     raise ImproperlyConfigured(f"CACHE_URL must be a redis:// URL, got {CACHE_URL!r}")
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# The API's throttle counters (prefloop/login_limits.py): beside the default cache, own prefix.
+CACHES["throttle"] = (
+    {**CACHES["default"], "KEY_PREFIX": CACHES["default"].get("KEY_PREFIX", "prefloop") + "-throttle"}
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -185,6 +202,21 @@ X_FRAME_OPTIONS = "DENY"
 # Content-Security-Policy (prefloop/csp.py): the app's own scripts and styles only.
 CSP_REPORT_ONLY = env_bool("CSP_REPORT_ONLY", False)
 
+# Brute-force limits (prefloop/login_limits.py). Passwords: django-axes, per username + client
+# address; the API: DRF throttling. PREFLOOP_PROXY_COUNT: reverse proxies in front of the app
+# whose X-Forwarded-For names the client (0: REMOTE_ADDR is the client).
+PREFLOOP_PROXY_COUNT = int(os.environ.get("PREFLOOP_PROXY_COUNT", "0"))
+AXES_ENABLED = env_bool("PREFLOOP_LOGIN_LIMITS", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("PREFLOOP_LOGIN_FAILURE_LIMIT", "10"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("PREFLOOP_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "prefloop.login_limits.client_ip"
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # failures are kept; successful sign-ins are not logged row by row
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
@@ -194,12 +226,28 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "prefloop.login_limits.AnonRateThrottle",
+        "prefloop.login_limits.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "login": os.environ.get("PREFLOOP_LOGIN_RATE", "30/min"),
+        "anon": os.environ.get("PREFLOOP_API_ANON_RATE", "120/min"),
+        "user": os.environ.get("PREFLOOP_API_USER_RATE", "6000/min"),
+    },
+    "NUM_PROXIES": PREFLOOP_PROXY_COUNT or None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "prefloop API",
     "DESCRIPTION": "Human-preference annotation, calibration, export and fine-tuning.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/docs/ works offline: Swagger UI's files come from drf-spectacular-sidecar's static files,
+    # and its start-up script from a separate request (SpectacularSwaggerSplitView), so the page
+    # needs no CDN and no inline script under the Content-Security-Policy.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "AssignmentStatusEnum": "annotate.models.AssignmentStatus",

@@ -35,6 +35,18 @@ def _isolated_data_dirs(request, tmp_path):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_login_limits(request):
+    """Each test starts with no API throttle counts (prefloop/login_limits.py), as the suite signs
+    in and calls the API far more often than one client would; django-axes' failure counts live in
+    the database and go with each test's rows."""
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    from django.core.cache import caches
+
+    caches["throttle"].clear()
+
+
 @pytest.fixture
 def celery_eager(settings):
     """Tasks sent in this test run at once, in this process. Sets the Celery app's own

@@ -40,7 +40,7 @@ from .models import (
 )
 from .resume import resume_run
 from .services.errors import TrainingError
-from .services.registry import register_model_for
+from .services.registry import register_model_for, visible_models
 from .services.runs import cancel_run, launch_run
 from .services.sampling import AGAINST, queue_sample_round, request_sample
 
@@ -60,7 +60,7 @@ def _status_field(choices):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
 
     class Meta:
         model = ModelVersion
@@ -93,8 +93,8 @@ class RegisterModelSerializer(serializers.Serializer):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    output_model = ModelVersionSerializer(read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    output_model = ModelVersionSerializer(read_only=True, allow_null=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     status = _status_field(RunStatus)
 
     class Meta:
@@ -203,7 +203,7 @@ class SampleRoundRequestSerializer(serializers.Serializer):
 
 class SamplingJobSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    compare_to = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    compare_to = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     status = _status_field(JobStatus)
 
     class Meta:
@@ -488,7 +488,8 @@ def _is_reader_somewhere(user) -> bool:
     get=extend_schema(
         tags=["models"],
         summary="Registered model versions",
-        description="Admins and researchers (of any project).",
+        description="Admins and researchers: the shared base models and those of the projects in "
+        "which you are an admin or a researcher (superusers: all).",
         responses={200: ModelVersionSerializer(many=True), 403: DENIED},
     ),
     post=extend_schema(
@@ -507,7 +508,7 @@ class ModelListCreate(ApiView, generics.ListAPIView):
     def rows(self):
         if not _is_reader_somewhere(self.request.user):
             raise PermissionDenied("Only admins and researchers see the model registry.")
-        return ModelVersion.objects.select_related("parent")
+        return visible_models(self.request.user).select_related("parent").order_by("pk")
 
     def post(self, request):
         if not _is_admin_somewhere(request.user):
@@ -515,7 +516,7 @@ class ModelListCreate(ApiView, generics.ListAPIView):
         v = self.valid(RegisterModelSerializer)
         parent = None
         if v.get("parent"):
-            parent = ModelVersion.objects.filter(name=v["parent"]).first()
+            parent = visible_models(request.user).filter(name=v["parent"]).first()
             if parent is None:
                 raise ValidationError({"parent": [f"no registered model named {v['parent']!r}"]})
         with _as_400():

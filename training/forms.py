@@ -154,10 +154,13 @@ class RegisterModelForm(forms.Form):
     )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
-    def __init__(self, *args, roots=None, **kwargs):
+    def __init__(self, *args, roots=None, parents=None, **kwargs):
         """``roots``: the folders the path must lie in (``services.registry.model_roots()``), shown in the
-        path's help; None for a superuser, who may register any folder."""
+        path's help; None for a superuser, who may register any folder. ``parents``: the models the
+        user may see (``services.registry.visible_models``)."""
         super().__init__(*args, **kwargs)
+        if parents is not None:
+            self.fields["parent"].queryset = parents.order_by("name")
         if roots is not None:
             self.fields["path"].help_text += f" It must lie inside {', '.join(map(str, roots)) or '(none)'}."
 
@@ -179,11 +182,16 @@ class SampleRoundForm(forms.Form):
         label="Compare against",
     )
     compare_model = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.filter(kind=ModelKind.POLICY).order_by("name"),
+        queryset=ModelVersion.objects.none(),
         required=False,
         label="Reference model version",
         help_text="With 'a fixed reference model': e.g. the base model every round is measured against.",
     )
+
+    def __init__(self, *args, project=None, **kwargs):
+        """``project``: the other versions offered are this project's and the shared ones."""
+        super().__init__(*args, **kwargs)
+        self.fields["compare_model"].queryset = _model_choices(project)
 
     def clean(self):
         data = super().clean()

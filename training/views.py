@@ -27,7 +27,7 @@ from . import resume
 from .plots import calibration_plot, recent_samples, run_plots
 from .services.errors import TrainingError
 from .services.hyperparameters import effective_config, train_config_defaults
-from .services.registry import model_roots, register_model_for
+from .services.registry import model_roots, register_model_for, visible_models
 from .services.runs import cancel_run, launch_run
 from .services.sampling import AGAINST, queue_sample_round, request_sample
 
@@ -184,7 +184,7 @@ def run_detail(request, pk: int, run_id: int):
 def _done_context(run: TrainingRun) -> dict:
     return {
         "sample_form": SampleForm(),
-        "round_form": SampleRoundForm(),
+        "round_form": SampleRoundForm(project=run.project),
         "samples": GenerationSample.objects.filter(run=run)[:5],
         "sampling_jobs": SamplingJob.objects.filter(run=run)[:5],
     }
@@ -293,7 +293,7 @@ def run_sample_round(request, pk: int, run_id: int):
     if run.output_model is None:
         messages.error(request, "This run has no output model to sample from.")
         return redirect("training_run", pk=project.pk, run_id=run.pk)
-    form = SampleRoundForm(request.POST)
+    form = SampleRoundForm(request.POST, project=project)
     if form.is_valid():
         data = form.cleaned_data
         try:
@@ -340,7 +340,8 @@ def model_registry(request):
     if not (can_register or Membership.objects.filter(user=user, role=Role.RESEARCHER).exists()):
         raise PermissionDenied("Only admins and researchers see the model registry.")
     roots = None if user.is_superuser else model_roots()
-    form = RegisterModelForm(request.POST or None, roots=roots)
+    visible = visible_models(user)
+    form = RegisterModelForm(request.POST or None, roots=roots, parents=visible)
     status = 200
     if request.method == "POST":
         if not can_register:
@@ -360,7 +361,7 @@ def model_registry(request):
                 messages.success(request, f"Registered {version.name}.")
                 return redirect("model_registry")
         status = 400
-    versions = ModelVersion.objects.select_related("parent", "project", "training_run")
+    versions = visible.select_related("parent", "project", "training_run").order_by("pk")
     return render(
         request,
         "training/models.html",

@@ -20,8 +20,8 @@ pattern is written once:
   non-numbers, zero and negatives fall back to the defaults, and numbers of any size are
   cut to the list's length before they reach the database (``?page=`` is not a parameter
   here and is ignored).
-* ``int_param`` / ``bool_param``: query parameters; an integer outside the database's
-  64-bit range is a 400, never a 500.
+* ``int_param`` / ``int_list_param`` / ``bool_param``: query parameters; an integer outside the
+  database's 64-bit range is a 400, never a 500.
 * ``one_or_404``, ``refused``: the "no such X in this project" 404 and the 409 refusal.
 * ``project_schema``, ``PROJECT_PARAM``, ``DENIED``, ``MISSING``, ``INVALID``,
   ``RefusalSerializer``: shared schema parts.
@@ -180,3 +180,21 @@ def int_param(request, name: str, message: str | list[str] = "Must be an integer
         out_of_range = "Out of range."
         raise ValidationError({name: [out_of_range] if isinstance(message, list) else out_of_range})
     return number
+
+
+def int_list_param(request, name: str) -> list[int] | None:
+    """A repeated integer query parameter (``?round=1&round=2``): None when absent; 400 naming
+    the parameter when one is not an integer or lies outside the database's integer range."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return None
+    numbers = []
+    for value in values:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValidationError({name: "integers"}) from None
+        if not INT_MIN <= number <= INT_MAX:
+            raise ValidationError({name: "Out of range."})
+        numbers.append(number)
+    return numbers

@@ -14,6 +14,7 @@ import json
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema_view
 from rest_framework import generics, serializers, status
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -208,13 +209,21 @@ class ComparisonImport(ApiView):
 
 def _read_import(request, upload_serializer, lines_serializer):
     """``(validated data, file object, file name, format)`` of an import request (a multipart
-    upload, ``{"lines": [...]}`` or a bare list of lines), or the 400 response."""
-    if isinstance(request.data, list):
-        serializer = lines_serializer(data={"lines": request.data})
-    elif request.FILES or "file" in request.data:
-        serializer = upload_serializer(data=request.data)
+    upload, ``{"lines": [...]}`` or a bare list of lines), or the 400 response -- in the import's
+    ``{"errors": [...]}`` shape, a body that is not JSON included (line 0)."""
+    try:
+        body = request.data
+    except ParseError as exc:
+        return Response(
+            {"errors": [{"line": 0, "field": "", "message": str(exc.detail)}]},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(body, list):
+        serializer = lines_serializer(data={"lines": body})
+    elif request.FILES or "file" in body:
+        serializer = upload_serializer(data=body)
     else:
-        serializer = lines_serializer(data=request.data)
+        serializer = lines_serializer(data=body)
     if not serializer.is_valid():
         return _request_errors(serializer.errors)
     data = serializer.validated_data

@@ -14,8 +14,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
+
+from prefloop.login_limits import LoginRateThrottle
 
 from .. import queue, services
 from ..models import Membership, Pool, Project, Role
@@ -51,11 +53,31 @@ from .base import (
     description="Exchange a username and password for the user's API token "
     "(send it as `Authorization: Token <key>`).",
     request=TokenRequestSerializer,
-    responses={200: TokenResultSerializer, 400: OpenApiResponse(description="Wrong username or password.")},
+    responses={
+        200: TokenResultSerializer,
+        400: OpenApiResponse(description="Wrong username or password."),
+        429: OpenApiResponse(
+            description="Too many failed sign-ins for this username from this address, or too many "
+            "requests from this address: wait (see `Retry-After` when given)."
+        ),
+    },
     auth=[],
 )
 class TokenView(ObtainAuthToken):
-    pass
+    # Brute-force limits (prefloop/login_limits.py): requests per client address, and
+    # django-axes' count of failed passwords per username and address.
+    throttle_classes = [LoginRateThrottle]
+
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except ValidationError:
+            if getattr(request, "axes_locked_out", False):
+                return Response(
+                    {"detail": "Too many failed sign-ins for this username from this address; try again later."},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                )
+            raise
 
 
 # --- projects --------------------------------------------------------------------------------

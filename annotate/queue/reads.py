@@ -88,7 +88,10 @@ _OWNED_SQL = (
 
 def owned_assignment(annotator, assignment_id: int) -> tuple[Assignment, Membership | None] | None:
     """The annotator's assignment (its ``project`` loaded) and their membership in its project
-    (None when they have none), or None when the assignment is not theirs. One query."""
+    (None when they have none), or None when the assignment is not theirs (an id beyond the
+    database's 64-bit range included: raw SQL, unlike the ORM, would fail on it). One query."""
+    if not -(2**63) <= int(assignment_id) < 2**63:
+        return None
     with connection.cursor() as cur:
         cur.execute(_OWNED_SQL, [assignment_id, annotator.pk])
         row = cur.fetchone()

@@ -250,10 +250,12 @@ class ExportDownload(_ExportView):
         tags=TAGS,
         summary="Download an export file",
         description="One file of a built export, or the whole folder as an archive. Exports that include "
-        "gold answers can be downloaded by admins only.",
+        "gold answers can be downloaded by admins only. The media type follows `what`: "
+        + ", ".join(f"`{what}` {ctype}" for what, (_, ctype) in DOWNLOADS.items())
+        + ".",
         parameters=[PROJECT_PARAM, EXPORT_PARAM, WHAT_PARAM],
         responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            **{(200, ctype): OpenApiTypes.BINARY for ctype in sorted({c for _, c in DOWNLOADS.values()})},
             403: DENIED,
             404: OpenApiResponse(description="No such export, not built yet, or no such file in it."),
         },

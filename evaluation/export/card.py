@@ -252,7 +252,9 @@ def render_card(export: Export, opts: ExportOptions, stats: dict) -> str:
         + (" and `test`" if opts.test_fraction > 0 else "")
         + ") written with `save_to_disk`.",
         "csv": "`preferences.csv`: the same rows for spreadsheets; prompt, chosen and rejected are "
-        "plain text.",
+        "plain text. A text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a "
+        "leading `'` so that a spreadsheet shows it instead of running it as a formula (OWASP's advice "
+        "against CSV injection); use JSONL or Parquet for the exact text.",
         "judgments": "`judgments.jsonl`: one row per human judgment (pseudonymized annotators) on the "
         "aggregated comparisons, for your own aggregation"
         + ("." if opts.include_gold else " (gold comparisons left out)."),

@@ -9,6 +9,7 @@ users the login page. Each view parses input and calls one service of
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import FileResponse, Http404
@@ -100,13 +101,11 @@ def export_list(request, pk: int):
                 return HttpResponseClientRedirect(url)
             messages.success(request, f"Export {export.pk} queued.")
             return redirect(url)
-    qs = Export.objects.filter(project=project).select_related("created_by")
-    total = qs.count()
-    try:
-        page = max(1, int(request.GET.get("page", "1")))
-    except ValueError:
-        page = 1
-    rows = list(qs[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
+    qs = Export.objects.filter(project=project).select_related("created_by").order_by("-created_at", "-pk")
+    # Django's get_page: a bad, negative or huge ?page= gives the first or the last page (never an
+    # OFFSET past the database's integer range).
+    pager = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(pager.object_list)
     for export in rows:
         check_export(export)
     ctx = _context(
@@ -114,10 +113,10 @@ def export_list(request, pk: int):
         project,
         form=form,
         exports=rows,
-        page=page,
-        total=total,
-        has_next=page * PAGE_SIZE < total,
-        has_prev=page > 1,
+        page=pager.number,
+        total=pager.paginator.count,
+        has_next=pager.has_next(),
+        has_prev=pager.has_previous(),
         any_running=any(e.status in (JobStatus.QUEUED, JobStatus.RUNNING) for e in rows),
     )
     status = 400 if request.method == "POST" else 200

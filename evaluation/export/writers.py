@@ -254,7 +254,24 @@ class SplitJsonlWriter:
             w.close()
 
 
+#: Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A CSV cell a spreadsheet shows as text: a string starting with ``=``, ``+``, ``-``, ``@``,
+    tab or carriage return gets a leading ``'`` (OWASP's advice against CSV injection); numbers and
+    other strings are written as they are. CSV only: JSONL, Parquet and ``hf/`` keep the exact text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 class CsvWriter:
+    """``preferences.csv``: text cells made safe to open in a spreadsheet (:func:`csv_cell`)."""
+
     def __init__(self, path: Path, fields: list[str]) -> None:
         self.f = open(path, "w", encoding="utf-8", newline="")
         self.w = csv.writer(self.f)
@@ -263,7 +280,7 @@ class CsvWriter:
 
     def write(self, cols: dict[str, list]) -> None:
         columns = [cols[name] for name in self.fields]
-        self.w.writerows(["" if v is None else v for v in values] for values in zip(*columns))
+        self.w.writerows([csv_cell(v) for v in values] for values in zip(*columns))
 
     def close(self) -> None:
         self.f.close()

@@ -15,7 +15,7 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from annotate.api.base import DENIED, PROJECT_PARAM, ApiView
+from annotate.api.base import DENIED, PROJECT_PARAM, ApiView, int_list_param
 from annotate.models import Role
 from annotate.permissions import IsProjectMember, IsProjectReader, ReaderOrAdminWrites
 
@@ -356,10 +356,7 @@ class AggregatedLabelList(ApiView):
             "yes",
             "on",
         }
-        try:
-            rounds = [int(r) for r in request.query_params.getlist("round")] or None
-        except ValueError:
-            raise ValidationError({"round": "integers"}) from None
+        rounds = int_list_param(request, "round")
         try:
             labels = services.aggregated_labels(
                 self.project, method, pool_balanced=pool_balanced, rounds=rounds

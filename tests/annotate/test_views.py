@@ -440,7 +440,7 @@ def test_members_add_change_exclude(client, world):
     url = reverse("project_members", args=[project.pk])
     newbie = User.objects.create_user("newbie", password=TEST_PASSWORD)
     r = client.post(url, {"username": "nobody", "role": "annotator"})
-    assert "There is no user" in r.content.decode()
+    assert "cannot be added" in r.content.decode()
     r = client.post(url, {"username": "newbie", "role": "annotator", "pool": pool.pk})
     assert r.status_code == 302
     m = Membership.objects.get(project=project, user=newbie)

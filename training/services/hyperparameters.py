@@ -1,5 +1,11 @@
 """Hyperparameters of a run, checked in the web process against ``training.config.TrainConfig``
-(which needs no torch): names, types, values, and the run's full config.
+(which needs no torch): which fields a request may set (an explicit allow-list), their types and
+values, and the run's full config as the worker gets it.
+
+Paths are never a request's to choose. ``SERVER_CHOSEN`` fields (folders the worker writes to or
+loads from) are set by the server under the data folder -- the run's own ``out_dir`` beneath
+``PREFLOOP_RUNS_DIR`` -- and a reward model is named by its registry name, never by a folder.
+A field added to ``TrainConfig`` is refused until it is listed in ``SETTABLE_FIELDS``.
 """
 
 from __future__ import annotations
@@ -8,12 +14,46 @@ import dataclasses
 import json
 from typing import Any
 
+from django.db.models import Q
+
 from ..config import TrainConfig
-from ..models import Recipe, TrainingRun
+from ..models import ModelKind, Recipe, TrainingRun
 from .errors import TrainingError
 
 #: Fields the run sets itself; not accepted as hyperparameters.
 RESERVED_FIELDS = {"recipe"}
+#: Path-valued fields: the server chooses them (under the run's ``out_dir``), never a request.
+SERVER_CHOSEN_FIELDS = {"ref_cache_dir"}
+#: The ``TrainConfig`` fields a run's hyperparameters may set (page, API and ``manage.py train``).
+#: ``reward_model`` is the *name* of a registered reward model (see ``runs.check_reward_model``).
+SETTABLE_FIELDS = frozenset(
+    {
+        # optimisation
+        "lr", "epochs", "max_steps", "sft_lr", "sft_epochs", "sft_max_steps", "batch_size", "grad_accum",
+        "weight_decay", "adam_betas", "max_grad_norm", "lr_schedule", "warmup_steps", "shuffle",
+        # data
+        "max_length", "max_prompt_length", "min_pairs", "eval_fraction", "eval_every", "eval_batch_size",
+        "pack", "unpadded",
+        # DPO
+        "beta", "loss_type", "label_smoothing", "use_weights", "use_soft_labels", "precompute_ref_logps",
+        # model
+        "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "gradient_checkpointing",
+        "logits_chunk_elements",
+        # runtime
+        "seed", "precision", "device", "cpu_threads", "checkpoint_every", "keep_checkpoints", "log_every",
+        # reward model
+        "rm_lr", "rm_epochs", "rm_max_steps", "rm_margin", "rm_margin_scale", "rm_center_coef",
+        "rm_norm_samples", "reward_model",
+        # PPO
+        "ppo_iterations", "ppo_lr", "ppo_batch_size", "ppo_mini_batches", "ppo_micro_batch_size",
+        "ppo_epochs", "ppo_clip", "ppo_value_clip", "ppo_vf_coef", "ppo_entropy_coef", "ppo_gamma",
+        "ppo_lam", "ppo_kl_coef", "ppo_kl_target", "ppo_kl_horizon", "ppo_kl_estimator",
+        "ppo_whiten_rewards", "ppo_response_length", "ppo_temperature", "ppo_missing_eos_penalty",
+        "ppo_value_model", "ppo_checkpoint_every", "ppo_samples_per_log",
+    }
+)
+#: Module names LoRA may target: identifiers, optionally dotted (never a path).
+_MODULE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
 
 
 def train_config_fields() -> dict[str, dataclasses.Field]:
@@ -123,16 +163,24 @@ def validate_hyperparameters(values: dict | None, recipe: str = Recipe.SFT_DPO) 
         raise TrainingError(
             f"set {', '.join(reserved)} with the run's own field, not as a hyperparameter", "hyperparameters"
         )
-    unknown = sorted(set(values) - set(fields))
+    server = sorted(set(values) & SERVER_CHOSEN_FIELDS)
+    if server:
+        raise TrainingError(
+            f"{', '.join(server)} cannot be set: the server chooses its folders (inside the run's output "
+            f"folder under the data folder)",
+            "hyperparameters",
+        )
+    unknown = sorted(set(values) - (SETTABLE_FIELDS & set(fields)))
     if unknown:
         raise TrainingError(
             f"unknown hyperparameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(sorted(set(fields) - RESERVED_FIELDS))}",
+            f"known: {', '.join(sorted(SETTABLE_FIELDS & set(fields)))}",
             "hyperparameters",
         )
     clean = {}
     for name, value in values.items():
         clean[name] = _coerce(name, fields[name].type, value)
+    _check_names(clean)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in clean.items()}
     try:
         TrainConfig(recipe=recipe, **kwargs).validate()
@@ -141,15 +189,42 @@ def validate_hyperparameters(values: dict | None, recipe: str = Recipe.SFT_DPO) 
     return clean
 
 
+def _check_names(clean: dict) -> None:
+    """Name-valued fields hold names, not paths: ``reward_model`` a registry name (resolved to its
+    folder by :func:`effective_config`), ``lora_target_modules`` module names."""
+    from .registry import NAME_RE
+
+    rm = clean.get("reward_model")
+    if rm is not None and not NAME_RE.match(rm):
+        raise TrainingError(
+            f"reward_model is the name of a registered reward model, not {rm!r}", "reward_model"
+        )
+    for module in clean.get("lora_target_modules") or ():
+        if not module or not set(module) <= _MODULE_NAME_CHARS:
+            raise TrainingError(f"lora_target_modules: {module!r} is not a module name", "hyperparameters")
+
+
 def effective_config(run: TrainingRun) -> dict:
-    """The run's full TrainConfig as a dict (defaults overlaid with its hyperparameters)."""
+    """The run's full TrainConfig as a dict (defaults overlaid with its hyperparameters), as the
+    worker gets it. Only ``SETTABLE_FIELDS`` are taken from the stored hyperparameters (a row
+    stored before the allow-list cannot smuggle a path in); ``ref_cache_dir`` stays the server's
+    default (``out_dir/cache``); ``reward_model`` becomes the registered model's folder."""
     cfg = train_config_defaults()
-    cfg.update(run.hyperparameters or {})
+    cfg.update({k: v for k, v in (run.hyperparameters or {}).items() if k in SETTABLE_FIELDS and k in cfg})
+    for name in SERVER_CHOSEN_FIELDS:
+        cfg[name] = None
     cfg["recipe"] = run.recipe
     if cfg.get("reward_model"):  # a registered reward model's name -> its folder, for the worker
         from ..models import ModelVersion
 
-        rm = ModelVersion.objects.filter(name=cfg["reward_model"]).first()
+        from .registry import NAME_RE
+
+        rm = ModelVersion.objects.filter(name=cfg["reward_model"], kind=ModelKind.REWARD).filter(
+            Q(project__isnull=True) | Q(project_id=run.project_id)
+        ).first()
         if rm is not None:
             cfg["reward_model"] = rm.path
+        elif not NAME_RE.match(str(cfg["reward_model"])):
+            # not a registry name (a folder stored before names were checked): never a path
+            cfg["reward_model"] = None
     return cfg

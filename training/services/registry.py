@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Q
 
 from annotate.models import Project
 
@@ -172,6 +173,19 @@ def folder_kind(folder: str | os.PathLike) -> str:
     except (OSError, ValueError):
         archs = []
     return ModelKind.REWARD if any(str(a).endswith("ForSequenceClassification") for a in archs) else ModelKind.POLICY
+
+
+def visible_models(user):
+    """The model versions ``user`` may see and name: shared base models (no project) and those of
+    the projects in which they are an admin or a researcher; every model for a superuser. The
+    registry page, ``/api/models/`` and every form or field that names a model read this."""
+    from annotate.models import Membership
+    from annotate.roles import READ_ROLES
+
+    if user.is_superuser:
+        return ModelVersion.objects.all()
+    projects = Membership.objects.filter(user=user, role__in=READ_ROLES).values("project_id")
+    return ModelVersion.objects.filter(Q(project__isnull=True) | Q(project_id__in=projects))
 
 
 def model_roots() -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from annotate.models import Project
@@ -63,7 +64,7 @@ def launch_run(
     if base_model is None:
         raise TrainingError("choose a base model", "base_model")
     validate_model_folder(base_model.path)
-    check_reward_model(recipe, base_model, hp)
+    check_reward_model(recipe, base_model, hp, project)
     fresh = export is None
     if export is not None:
         if export.project_id != project.pk:
@@ -109,10 +110,13 @@ def _weights_line(stats) -> str:
     return f"weight sum {stats.weight_sum:.3g}, effective sample size {stats.effective_size:.1f}"
 
 
-def check_reward_model(recipe: str, base_model: ModelVersion, hp: dict) -> ModelVersion | None:
+def check_reward_model(
+    recipe: str, base_model: ModelVersion, hp: dict, project: Project | None = None
+) -> ModelVersion | None:
     """The RLHF checks a launch can make without torch: the base is a language model; recipe
-    ``ppo`` names a registered reward model (``hp["reward_model"]``), which must share the base's
-    tokenizer (PPO feeds the policy's token ids to it). Returns that reward model."""
+    ``ppo`` names a registered reward model (``hp["reward_model"]``) shared by all projects or
+    belonging to ``project``, which must share the base's tokenizer (PPO feeds the policy's token
+    ids to it). Returns that reward model."""
     from ..rlhf import tokenizer_problem
 
     if base_model.kind == ModelKind.REWARD:
@@ -127,7 +131,10 @@ def check_reward_model(recipe: str, base_model: ModelVersion, hp: dict) -> Model
     if recipe not in (Recipe.PPO, Recipe.SFT_DPO_PPO):
         raise TrainingError(f"a reward model is used by the recipes ppo and sft+dpo+ppo, not {recipe}",
                             "reward_model")
-    rm = ModelVersion.objects.filter(name=name).first()
+    models = ModelVersion.objects.all()
+    if project is not None:
+        models = models.filter(Q(project__isnull=True) | Q(project=project))
+    rm = models.filter(name=name).first()
     if rm is None:
         raise TrainingError(f"no registered model is named {name!r}", "reward_model")
     if rm.kind != ModelKind.REWARD:
