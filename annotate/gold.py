@@ -49,7 +49,9 @@ def _project_ids(project: Project, comparison_ids: Iterable) -> list[int]:
         raise GoldError(f"comparison ids must be integers ({exc})") from None
     if not ids:
         raise GoldError("select at least one comparison")
-    found = set(Comparison.objects.filter(project=project, pk__in=ids).values_list("pk", flat=True))
+    # ids beyond the database's 64-bit range name no comparison (and would overflow the query)
+    possible = [i for i in ids if 0 < i < 2**63]
+    found = set(Comparison.objects.filter(project=project, pk__in=possible).values_list("pk", flat=True))
     missing = [i for i in ids if i not in found]
     if missing:
         raise GoldError(f"no comparison {', '.join(map(str, missing[:10]))} in this project")

@@ -67,7 +67,7 @@ class ComparisonList(ApiView, generics.ListAPIView):
 
 class GoldSetSerializer(serializers.Serializer):
     comparisons = serializers.ListField(
-        child=serializers.IntegerField(), allow_empty=False, max_length=10_000,
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), allow_empty=False, max_length=10_000,
         help_text="Ids of the project's comparisons.",
     )
     answer = serializers.ChoiceField(

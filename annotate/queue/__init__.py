@@ -268,6 +268,8 @@ def submit_and_next(
 
 def _submit(annotator, assignment_id: int, *, choice, strength, rationale, seconds, now, project):
     """Inside the caller's transaction: (judgment, created, project, membership)."""
+    if not -(2**63) <= int(assignment_id) < 2**63:  # no row has it; raw SQL would fail on it
+        raise Assignment.DoesNotExist("No such assignment of yours.")
     if _one_statement():
         return _submit_pg(
             annotator, assignment_id, choice=choice, strength=strength, rationale=rationale, seconds=seconds,

@@ -6,6 +6,7 @@ annotator's token, half of them aimed at the real objects of a small project (it
 membership, an assignment, a built export, a run) so that the handlers run past their 404s.
 Every answer must be no server error (5xx), match the documented schema of its status code and
 carry a documented media type. Failures are collected over all operations and reported together.
+The jobs that requests queue go to an in-memory broker (no worker): the answers are under test.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def world(settings):
     run = TrainingRun.objects.create(project=project, base_model=base, recipe="dpo", status=RunStatus.SUCCEEDED,
                                      output_model=out, export=export, created_by=None)
     TrainingRun.objects.create(project=project, base_model=base, recipe="sft", status=RunStatus.QUEUED)
-    eager = current_app.conf.task_always_eager
-    current_app.conf.task_always_eager = True  # exports and recomputes run inside the request
+    # Jobs the requests queue (exports, recomputes, sampling) go to an in-memory broker that no
+    # worker reads: the API's answers are under test here, not the jobs (tested on their own).
+    app = current_app
+    saved = {k: app.conf[k] for k in ("broker_url", "broker_transport_options", "task_always_eager")}
+    app.conf.update(broker_url="memory://", broker_transport_options={}, task_always_eager=False)
+    app._pool, app.amqp._producer_pool = None, None
     yield {
         "tokens": {"admin": Token.objects.create(user=admin).key,
                    "annotator": Token.objects.create(user=annotators[0]).key},
@@ -82,7 +87,10 @@ def world(settings):
         "pool": pool.pk,
         "membership": Membership.objects.filter(project=project, user=annotators[2]).get().pk,
     }
-    current_app.conf.task_always_eager = eager
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool, app.amqp._producer_pool = None, None
+    app.conf.update(**saved)
 
 
 def _real_ids(world, path: str) -> dict:

@@ -75,3 +75,45 @@ def test_the_export_list_page_clamps_its_page_number(site, client):
     for page in (HUGE, -HUGE, "x", 0):
         response = client.get(f"/projects/{project.pk}/exports/", {"page": page})
         assert response.status_code == 200, (page, response.content[:300])
+
+
+def test_an_annotator_posting_a_huge_assignment_id_gets_no_server_error(site, client):
+    """The annotator's page and the API submit and skip a huge assignment id as 'not yours'."""
+    from rest_framework.test import APIClient
+
+    from annotate import queue
+
+    project, team, _ = site
+    annotator = team.annotators[0]
+    assert queue.next_assignment(annotator, project) is not None  # holds an item
+    client.force_login(annotator)
+    for path in ("annotate/", "annotate/skip/", "annotate/revise/"):
+        response = client.post(f"/projects/{project.pk}/{path}",
+                               {"assignment": HUGE, "judgment": HUGE, "choice": "left"})
+        assert response.status_code < 500, (path, response.content[:300])
+    api = APIClient()
+    api.force_authenticate(annotator)
+    for path in (f"/api/assignments/{HUGE}/judgment/", f"/api/assignments/{HUGE}/skip/", f"/api/assignments/{2**63}/"):
+        response = api.post(path, {"choice": "left"}, format="json") if "judgment" in path or "skip" in path \
+            else api.get(path)
+        assert response.status_code in (400, 403, 404), (path, response.content[:300])
+    with pytest.raises(Exception) as err:
+        queue.submit_judgment(annotator, HUGE, choice="left")
+    assert type(err.value).__name__ == "DoesNotExist"
+
+
+def test_huge_comparison_ids_on_the_gold_page_and_api_name_no_comparison(site, client):
+    from rest_framework.test import APIClient
+
+    project, team, _ = site
+    client.force_login(team.admin)
+    response = client.post(f"/projects/{project.pk}/gold/", {"comparisons": [str(HUGE)], "answer": "a"})
+    assert response.status_code == 302
+    api = APIClient()
+    api.force_authenticate(team.admin)
+    response = api.post(f"/api/projects/{project.pk}/gold/", {"comparisons": [HUGE], "answer": "a"}, format="json")
+    assert response.status_code == 400 and "comparisons" in response.json()
+    from annotate import gold
+
+    with pytest.raises(gold.GoldError, match=f"no comparison {HUGE}"):
+        gold.set_gold(project, [HUGE], "a")
