@@ -5,12 +5,13 @@ leading ``'``; JSONL and Parquet keep the exact text; the dataset card says so."
 from __future__ import annotations
 
 import csv
-import io
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evaluation.export.folder import pair_jsonl_files
 from evaluation.export.writers import FORMULA_TRIGGERS, CsvWriter, csv_cell
 
 from .test_export_roundtrip import _plan, make_project, read_jsonl, run_export
@@ -52,29 +53,23 @@ def test_a_real_export_neutralizes_csv_only_and_the_card_says_so():
         line["response_b"] = attack + " (the other one)"
     scene = make_project(plan=plan)
     export = run_export(scene["project"], formats=["jsonl", "parquet", "csv"])
-    folder = export.path
-    exact = read_jsonl(__import__("pathlib").Path(folder) / "preferences.jsonl")
-    with open(f"{folder}/preferences.csv", encoding="utf-8", newline="") as fh:
+    folder = Path(export.path)
+    exact = [row for path in pair_jsonl_files(folder) for row in read_jsonl(path)]
+    with open(folder / "preferences.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(exact)
-    seen = 0
-    for row, pair in zip(rows, exact):
-        for column in ("prompt", "chosen", "rejected"):
-            text = pair[column] if isinstance(pair[column], str) else None
-            if text is None:
-                continue
-            if text.startswith(FORMULA_TRIGGERS):
-                seen += 1
-                assert row[column] == "'" + text
-            else:
-                assert row[column] == text
-            assert not row[column].startswith(FORMULA_TRIGGERS)
-    assert seen >= len(ATTACKS)
+    columns = ("prompt", "chosen", "rejected")
+    # every CSV row is a JSONL row with each text cell neutralized, and no cell starts a formula
+    assert sorted(tuple(r[c] for c in columns) for r in rows) == sorted(
+        tuple(csv_cell(p[c]) for c in columns) for p in exact
+    )
+    assert not any(r[c].startswith(FORMULA_TRIGGERS) for r in rows for c in columns)
+    attacked = [p for p in exact if any(p[c].startswith(FORMULA_TRIGGERS) for c in columns)]
+    assert len(attacked) >= len(ATTACKS)
     # JSONL and Parquet keep the exact text
     import pyarrow.parquet as pq
 
-    table = pq.read_table(f"{folder}/preferences.parquet").to_pylist()
-    assert [r["chosen"] for r in table] == [r["chosen"] for r in exact]
+    table = pq.read_table(folder / "preferences.parquet").to_pylist()
+    assert sorted(r["chosen"] for r in table) == sorted(r["chosen"] for r in exact)
     assert any(r["chosen"] in ATTACKS or r["rejected"] in ATTACKS for r in exact)
-    card = io.open(f"{folder}/README.md", encoding="utf-8").read()
+    card = (folder / "README.md").read_text(encoding="utf-8")
     assert "CSV injection" in card and "leading `'`" in card
