@@ -1,5 +1,5 @@
 """Background jobs: the one owner + heartbeat + stale-detection mechanism every job row shares
-(exports, quality reports, training runs).
+(exports, quality reports, training runs, generated samples and sampling jobs; docs/jobs.md).
 
 A job is a database row with a ``status`` (:class:`JobStatus`) and the fields of
 :class:`OwnedJob`: ``worker`` (``host:pid`` of the process that runs it), ``heartbeat_at`` (the
@@ -200,7 +200,7 @@ def claim(kind: JobKind, pk: int):
                 return None
             kind.cleanup(job)
             if job.attempts >= kind.max_attempts:
-                _fail_locked(kind, job, f"its worker was lost {job.attempts} times (last: {job.worker})")
+                _fail_locked(kind, job, lost_reason(job))
                 return None
         elif job.status != JobStatus.QUEUED and job.status not in kind.also_claims:
             return None
@@ -260,6 +260,11 @@ class Heartbeat(threading.Thread):
 # --------------------------------------------------------------------------- recovery
 
 
+def lost_reason(job) -> str:
+    n = job.attempts
+    return f"its worker was lost {n} time{'s' if n != 1 else ''} (last: {job.worker}); no more automatic retries"
+
+
 def _fail_locked(kind: JobKind, job, reason: str) -> None:
     fields = {"status": JobStatus.FAILED, "finished_at": timezone.now(), **kind.failed_fields(reason)}
     kind.model.objects.filter(pk=job.pk).update(**fields)
@@ -307,9 +312,7 @@ def recover_one(kind: JobKind, job, now=None) -> str:
                 _fail_locked(
                     kind,
                     fresh,
-                    f"its worker ({fresh.worker}) was lost; {reason}"
-                    if reason
-                    else f"its worker was lost {fresh.attempts} times (last: {fresh.worker})",
+                    f"its worker ({fresh.worker}) was lost; {reason}" if reason else lost_reason(fresh),
                 )
                 outcome = "failed"
             else:

@@ -180,8 +180,9 @@ class WorkerJob(models.Model):
         ordering = ["-created_at", "-pk"]
 
 
-class GenerationSample(WorkerJob):
-    """A prompt sent to a model version from the run page, answered by a worker task."""
+class GenerationSample(WorkerJob, OwnedJob):
+    """A prompt sent to a model version from the run page, answered by a worker task (a background
+    job of :mod:`prefloop.jobs`: owner, heartbeat, recovery)."""
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="samples")
     run = models.ForeignKey(
@@ -203,7 +204,7 @@ class Pairing(models.TextChoices):
     REFERENCE = "reference", "New vs. a fixed reference model"
 
 
-class SamplingJob(WorkerJob):
+class SamplingJob(WorkerJob, OwnedJob):
     """New responses from ``model_version`` (vs. ``compare_to``, or two samples of it) for
     ``n_prompts`` prompts, imported as round ``round`` comparisons of ``project``. Pairs with an
     empty response, or with two identical responses, are dropped and counted."""

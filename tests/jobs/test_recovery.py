@@ -195,3 +195,33 @@ def test_a_dead_report_with_a_newer_one_queued_polls_the_newer(scene):
     assert f'data-report="{queued.pk}"' in poll and 'hx-trigger="every 2s"' in poll
     assert QualityReport.objects.get(pk=dead.pk).status == JobStatus.FAILED
     assert QUALITY_JOBS.superseded(QualityReport.objects.get(pk=dead.pk)) == f"superseded by the newer report {queued.pk}"
+
+
+# --------------------------------------------------------------------------- training's worker jobs
+
+
+def test_sampling_jobs_share_the_mechanism(scene, django_capture_on_commit_callbacks):
+    from training.models import GenerationSample, ModelVersion, SamplingJob
+    from training.services.sampling import ROUND_JOBS, answer_sample, run_queued_round
+
+    project, _ = scene
+    version = ModelVersion.objects.create(name="tiny", path="/models/tiny")
+    job = SamplingJob.objects.create(project=project, model_version=version, round=1, heartbeat_at=timezone.now())
+    lost(job, progress=0.5)
+    with django_capture_on_commit_callbacks() as sent:
+        assert jobs.recover(ROUND_JOBS)["requeued"] == [job.pk]
+    assert len(sent) == 1  # the task is sent again once the transaction commits
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.progress == 0.0
+
+    lost(job, attempts=2)
+    assert jobs.recover_all()["sampling job"]["failed"] == [job.pk]
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "lost 2 times" in job.error
+    assert run_queued_round(job.pk) == "skipped"
+
+    sample = GenerationSample.objects.create(model_version=version, prompt="Hi", heartbeat_at=timezone.now())
+    GenerationSample.objects.filter(pk=sample.pk).update(
+        status=JobStatus.RUNNING, worker="gpu-host:77", heartbeat_at=timezone.now(), attempts=1
+    )
+    assert answer_sample(sample.pk) == "skipped"  # a live worker holds it

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project, Prompt
+from prefloop import jobs
 
 from ..models import GenerationSample, JobStatus, ModelKind, ModelVersion, Pairing, SamplingJob, TrainingRun
 from .errors import TrainingError
@@ -27,6 +28,17 @@ SAMPLE_TASK = "training.tasks.generate_sample"
 ROUND_TASK = "training.tasks.sample_round"
 
 log = logging.getLogger(__name__)
+
+#: Samples and sampling jobs are background jobs of :mod:`prefloop.jobs`: claimed, a heartbeat
+#: while the model generates, fenced writes. One whose worker died is run again once (generation
+#: is cheap, and a round's import is transactional and de-duplicated), then failed.
+class _RoundJobs(jobs.JobKind):
+    def requeue_fields(self, job: SamplingJob) -> dict:
+        return {"progress": 0.0}
+
+
+SAMPLE_JOBS = jobs.register(jobs.JobKind("generation sample", GenerationSample, SAMPLE_TASK, max_attempts=2))
+ROUND_JOBS = jobs.register(_RoundJobs("sampling job", SamplingJob, ROUND_TASK, max_attempts=2))
 
 
 def _must_generate(model_version: ModelVersion) -> None:
@@ -58,6 +70,7 @@ def request_sample(
         prompt=prompt,
         max_new_tokens=int(max_new_tokens),
         created_by=user,
+        heartbeat_at=timezone.now(),  # when its message is sent (prefloop.jobs re-sends a lost one)
     )
     if send:
         transaction.on_commit(lambda: current_app.tasks[SAMPLE_TASK].delay(sample.pk))
@@ -70,25 +83,21 @@ def answer_sample(sample_id: int) -> str:
     "skipped" (already taken)."""
     from ..worker.generation import generate_texts
 
-    claimed = GenerationSample.objects.filter(pk=sample_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING
-    )
-    if not claimed:
+    if jobs.claim(SAMPLE_JOBS, sample_id) is None:
         return "skipped"
     sample = GenerationSample.objects.select_related("model_version").get(pk=sample_id)
     try:
-        text = generate_texts(
-            sample.model_version.path, [sample.prompt], 1, sample.max_new_tokens, temperature=0.0
-        )[0][0]
+        with jobs.Heartbeat(sample):
+            text = generate_texts(
+                sample.model_version.path, [sample.prompt], 1, sample.max_new_tokens, temperature=0.0
+            )[0][0]
     except Exception as exc:  # noqa: BLE001
         log.exception("sample %s failed", sample_id)
-        GenerationSample.objects.filter(pk=sample_id).update(
-            status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+        jobs.finish(
+            sample, status=JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
         )
         return "failed"
-    GenerationSample.objects.filter(pk=sample_id).update(
-        status=JobStatus.SUCCEEDED, output=text, finished_at=timezone.now()
-    )
+    jobs.finish(sample, status=JobStatus.SUCCEEDED, output=text, finished_at=timezone.now())
     return "succeeded"
 
 
@@ -169,6 +178,7 @@ def queue_sample_round(
         seed=int(seed),
         round=project.current_round + 1,
         created_by=user,
+        heartbeat_at=timezone.now(),  # when its message is sent (prefloop.jobs re-sends a lost one)
     )
     if send:
         transaction.on_commit(lambda: current_app.tasks[ROUND_TASK].delay(job.pk))
@@ -204,7 +214,9 @@ def sample_next_round(
     if project is None:
         raise TrainingError("name the project to sample into")
     job = queue_sample_round(project, version, n_prompts=n_prompts, run=run, send=False, **options)
-    _record_outcome(job.pk, lambda: run_sampling_job(job, generate=generate))
+    job = jobs.claim(ROUND_JOBS, job.pk)  # held by this process while it generates
+    with jobs.Heartbeat(job):
+        _record_outcome(job, lambda: run_sampling_job(job, generate=generate))
     job.refresh_from_db()
     return job
 
@@ -213,36 +225,32 @@ def run_queued_round(job_id: int) -> str:
     """The ``sample_round`` task, on the worker: claim the queued ``SamplingJob`` (a redelivered
     message finds it taken and does nothing), run it, record the outcome in its row. Returns
     "succeeded", "failed" or "skipped"."""
-    claimed = SamplingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(status=JobStatus.RUNNING)
-    if not claimed:
+    if jobs.claim(ROUND_JOBS, job_id) is None:
         return "skipped"
     job = SamplingJob.objects.select_related("project", "model_version", "compare_to").get(pk=job_id)
 
     def progress(fraction: float) -> None:
-        SamplingJob.objects.filter(pk=job_id).update(progress=fraction)
+        jobs.fenced(job).update(progress=fraction)
 
     try:
-        _record_outcome(job_id, lambda: run_sampling_job(job, progress=progress))
+        with jobs.Heartbeat(job):
+            _record_outcome(job, lambda: run_sampling_job(job, progress=progress))
     except Exception:  # noqa: BLE001 - the row says what went wrong
         log.exception("sampling job %s failed", job_id)
         return "failed"
     return "succeeded"
 
 
-def _record_outcome(job_id: int, work) -> int:
-    """Run ``work()`` (returns the comparisons created) and write the outcome into the job's row:
-    failed with the error (re-raised), or succeeded with the count (the dropped pairs are
-    counted in the row by ``run_sampling_job`` itself)."""
+def _record_outcome(job: SamplingJob, work) -> int:
+    """Run ``work()`` (returns the comparisons created) and write the outcome into the claimed
+    job's row (fenced): failed with the error (re-raised), or succeeded with the count (the
+    dropped pairs are counted in the row by ``run_sampling_job`` itself)."""
     try:
         created = work()
     except Exception as exc:
-        SamplingJob.objects.filter(pk=job_id).update(
-            status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
-        )
+        jobs.finish(job, status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now())
         raise
-    SamplingJob.objects.filter(pk=job_id).update(
-        status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now()
-    )
+    jobs.finish(job, status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now())
     return created
 
 
