@@ -26,16 +26,25 @@ def generate_texts(
     max_new_tokens: int = 64,
     temperature: float = 0.8,
     seed: int = 0,
+    *,
+    batch_size: int = 32,
+    progress=None,
 ) -> list[list[str]]:
     """Responses of the model at ``model_path`` to each prompt (a string, tokenized as the
-    trainer tokenizes text prompts, or a list of chat messages, through the chat template)."""
+    trainer tokenizes text prompts, or a list of chat messages, through the chat template):
+    batched, with a KV cache (``training.worker.sampler``); greedy at temperature 0, else
+    temperature and top-p 0.95 sampling, seeded. A progress bar counts the answered rows;
+    ``progress(done, total)`` is called after each batch too."""
     import torch
+    from tqdm import tqdm
+
+    from .sampler import sample_token_ids
 
     model, tokenizer = _load(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    torch.manual_seed(seed)
-    out: list[list[str]] = []
+    max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    encoded = []
     for prompt in prompts:
         if isinstance(prompt, list):
             ids = tokenizer.apply_chat_template(
@@ -43,22 +52,22 @@ def generate_texts(
             )["input_ids"]
         else:
             ids = tokenizer(prompt)["input_ids"]
-        max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
-        ids = list(ids)[-max(1, max_positions - max_new_tokens) :]
-        input_ids = torch.tensor([ids], device=device)
-        sample = num_return_sequences > 1 or temperature > 0
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=1,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=0.95 if sample else None,
-                num_return_sequences=num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        out.append([tokenizer.decode(g[len(ids) :], skip_special_tokens=True) for g in generated])
-    return out
+        encoded.append(list(ids)[-max(1, max_positions - max_new_tokens) :])
+    bar = tqdm(total=len(encoded) * num_return_sequences, desc="sampling", unit="response", leave=False,
+               mininterval=1.0)
+
+    def step(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        ids = sample_token_ids(
+            model, encoded, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+            temperature=temperature if temperature > 0 else (1.0 if num_return_sequences > 1 else 0.0),
+            top_p=0.95, seed=seed, batch_size=batch_size, progress=step,
+        )
+    finally:
+        bar.close()
+    return [[tokenizer.decode(seq, skip_special_tokens=True) for seq in per_prompt] for per_prompt in ids]
