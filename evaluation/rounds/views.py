@@ -88,7 +88,26 @@ def rounds_context(project) -> dict:
         for group in board
     ]
     return {"chart": chart, "chart_table": table, "rounds": rounds, "leaderboards": leaderboards,
-            "n_judgments": len(games)}
+            "n_judgments": len(games), "versions": version_rows(project, games.models)}
+
+
+def version_rows(project, names: list[str]) -> list[dict]:
+    """The automatic metrics the worker recorded for the project's model versions that were judged
+    (through the project's ``model_versions``: this app does not import the training app)."""
+    rows = []
+    for v in project.model_versions.filter(name__in=names).select_related("parent").order_by("created_at", "pk"):
+        m = v.metrics or {}
+        length, change = m.get("mean_length"), m.get("length_change")
+        rows.append({
+            "name": v.name,
+            "parent": v.parent.name if v.parent else "—",
+            "accuracy": fmt_pct(m.get("preference_accuracy")),
+            "kl": fmt_signed(m.get("kl_to_parent"), 2) if m.get("kl_to_parent") is not None else "—",
+            "length": f"{length:.1f}" if length is not None else "—",
+            "change": fmt_signed(change, 1) if change is not None else "",
+            "distinct": fmt_signed(m.get("distinct_2"), 3).lstrip("+") if m.get("distinct_2") is not None else "—",
+        })
+    return rows
 
 
 @login_required

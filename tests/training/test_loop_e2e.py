@@ -90,3 +90,19 @@ def test_two_rounds_of_the_loop(tmp_path):
     calibration = rounds[2]["calibration"]
     assert len(calibration["annotators"]) == 7 and calibration["accuracy_spearman"] is not None
     assert "calibration vs truth" in text and "hidden utility" in text
+
+    # The worker measured each new version; the rounds page shows it, the verdicts and the leaderboard.
+    for v in (v1, v2):
+        v.refresh_from_db()
+        assert {"preference_accuracy", "kl_to_parent", "mean_length", "length_change", "distinct_2"} <= set(v.metrics)
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from annotate.models import Membership, Role
+
+    admin = get_user_model().objects.create_user("loop-admin")
+    Membership.objects.create(project=loop.project, user=admin, role=Role.ADMIN)
+    client = Client()
+    client.force_login(admin)
+    page = client.get(f"/projects/{loop.project.pk}/rounds/").content.decode()
+    assert "Round 2" in page and "Model versions" in page and v2.name in page and "careful" in page

@@ -123,6 +123,8 @@ def execute_run(run: TrainingRun) -> str:
         },
         replace=True,
     )
+    if version.kind != "reward":
+        _record_version_metrics(version, run, test_rows or train_rows, reporter)
     also = f"; its reward model as {reward_model.name}" if reward_model and reward_model != version else ""
     reporter.log(
         f"succeeded: {result.steps} steps; model registered as {version.name} ({version.path}){also}",
@@ -136,6 +138,24 @@ def execute_run(run: TrainingRun) -> str:
         total_steps=result.total_steps,
     )
     return RunStatus.SUCCEEDED
+
+
+def _record_version_metrics(version, run: TrainingRun, rows_: list[dict], reporter) -> None:
+    """The new version's automatic metrics (``training.worker.metrics``) into its ``metrics``; a
+    failure is logged on the run and leaves the run succeeded."""
+    from .metrics import version_metrics
+
+    try:
+        extra = version_metrics(version.path, run.base_model.path, [r["prompt"] for r in rows_],
+                                seed=int((run.hyperparameters or {}).get("seed", 0)))
+    except Exception as exc:  # noqa: BLE001 - metrics are a report, not the run
+        reporter.log(f"automatic metrics failed: {type(exc).__name__}: {exc}")
+        return
+    accuracy = version.metrics.get("dpo_eval_reward_accuracy")
+    if accuracy is not None:
+        extra["preference_accuracy"] = accuracy
+    version.metrics = {**version.metrics, **extra}
+    version.save(update_fields=["metrics"])
 
 
 def eval_by_phase(evals: dict) -> dict:

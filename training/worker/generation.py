@@ -19,6 +19,22 @@ def _load(path: str):
     return _MODEL_CACHE[path]
 
 
+def encode_prompts(model, tokenizer, prompts: list, max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt (text as the trainer tokenizes it, or chat messages through the
+    chat template), keeping the last tokens when a prompt and the answer would not fit."""
+    max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    encoded = []
+    for prompt in prompts:
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        encoded.append(list(ids)[-max(1, max_positions - max_new_tokens) :])
+    return encoded
+
+
 def generate_texts(
     model_path: str,
     prompts: list,
@@ -33,7 +49,7 @@ def generate_texts(
     """Responses of the model at ``model_path`` to each prompt (a string, tokenized as the
     trainer tokenizes text prompts, or a list of chat messages, through the chat template):
     batched, with a KV cache (``training.worker.sampler``); greedy at temperature 0, else
-    temperature and top-p 0.95 sampling, seeded. A progress bar counts the answered rows;
+    temperature, top-k 50 and top-p 0.95 sampling (``generate``'s defaults), seeded. A progress bar counts the answered rows;
     ``progress(done, total)`` is called after each batch too."""
     import torch
     from tqdm import tqdm
@@ -43,16 +59,7 @@ def generate_texts(
     model, tokenizer = _load(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
-    encoded = []
-    for prompt in prompts:
-        if isinstance(prompt, list):
-            ids = tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"]
-        else:
-            ids = tokenizer(prompt)["input_ids"]
-        encoded.append(list(ids)[-max(1, max_positions - max_new_tokens) :])
+    encoded = encode_prompts(model, tokenizer, prompts, max_new_tokens)
     bar = tqdm(total=len(encoded) * num_return_sequences, desc="sampling", unit="response", leave=False,
                mininterval=1.0)
 

@@ -7,8 +7,8 @@ padding and position ids that start at 0 on each row's first real token. One for
 the prompts fills the cache; then each step feeds only the new token of every row. A row stops
 at the end-of-sequence token (never on the first step: at least one token) or after
 ``max_new_tokens``; finished rows keep receiving the pad token until the whole batch is done.
-Sampling: greedy at temperature 0, else temperature and nucleus (top-p) sampling from one seeded
-``torch.Generator``. ``progress(done_rows, total_rows)`` is called after each batch.
+Sampling: greedy at temperature 0, else temperature, top-k (50, as ``generate`` does by default;
+0 turns it off) and nucleus (top-p) sampling from one seeded ``torch.Generator``. ``progress(done_rows, total_rows)`` is called after each batch.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ import inspect
 from collections.abc import Callable, Sequence
 
 
-def _next_token(logits, temperature: float, top_p: float, generator):
+def _next_token(logits, temperature: float, top_p: float, top_k: int, generator):
     import torch
 
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # always keeps the most likely token
@@ -42,6 +46,7 @@ def sample_token_ids(
     num_return_sequences: int = 1,
     temperature: float = 0.0,
     top_p: float = 0.95,
+    top_k: int = 50,
     seed: int = 0,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
@@ -84,7 +89,7 @@ def sample_token_ids(
                 if step == 0:  # at least one new token
                     logits = logits.clone()
                     logits[:, eos_token_id] = float("-inf")
-                token = _next_token(logits, temperature, top_p, generator)
+                token = _next_token(logits, temperature, top_p, top_k, generator)
                 token = torch.where(done, torch.full_like(token, pad_token_id), token)
                 new_tokens.append(token)
                 done = done | (token == eos_token_id)
