@@ -4,12 +4,13 @@ The one service behind the import page, the REST API and the ``import_comparison
 ``import_judgments`` management commands::
 
     import_comparisons(project, fileobj, *, filename="", fmt=None, round=None,
-                       allow_empty_responses=False, progress=None) -> ImportResult
+                       allow_empty_responses=False, votes_source="", progress=None) -> ImportResult
     import_judgments(project, fileobj, *, filename="", fmt=None, source="", round=None,
                      on_duplicate="error", allow_empty_responses=True, progress=None) -> JudgmentImportResult
 
 Guarantees (what a user notices):
 
+* **A CSV header is checked first**: a column the whole file lacks is one error naming it.
 * **Validated whole, written whole.** Every line is checked before anything is written; a file
   with errors raises :class:`ImportValidationError` carrying up to :data:`MAX_ERRORS`
   :class:`LineError` s (line, field, message — ``str()`` gives
@@ -43,7 +44,9 @@ Comparison lines (JSONL, one object per line; CSV with a header naming the same 
 * ``chosen``/``rejected`` lines become a comparison whose a/b order is drawn from an RNG seeded
   by the line's content (re-importing gives the same order); which side got the chosen
   response is kept in ``Comparison.source_preference`` ("a" or "b") and never shown. They
-  take no ``gold``, ``model_a`` or ``model_b``.
+  take no ``gold``, ``model_a`` or ``model_b``. With ``votes_source="NAME"`` the preference is
+  also imported as the vote of the source NAME (``sources``: the pseudo-annotator
+  ``source:NAME`` in its own pool), so the file can be weighed, exported and trained on.
 * An empty or whitespace-only response is refused unless ``allow_empty_responses`` (the
   HH-RLHF file has four empty "chosen" answers: saying nothing was the harmless choice). A
   prompt may never be empty.
@@ -62,8 +65,10 @@ record what humans already judged: empty responses are accepted by default (Pand
 items where a model answered nothing), a response that is a JSON boolean or number is taken
 as its JSON text (PandaLM has ``true``), and the two responses may have the same text when they
 come from different models (Tulu 1 has 40 such votes). Each is reported in
-``JudgmentImportResult.warnings``. ``label`` is the choice in terms of the underlying responses
-(a/b), whatever side they were shown on. The display order is unknown unless ``display`` says
+``JudgmentImportResult.warnings``. ``label`` is the choice in terms of the line's own response_a/response_b,
+whatever side they were shown on; a vote listing them in the other order than the stored
+comparison (an earlier line, or a comparison imported before) is re-oriented: its a/b label and
+display order are mapped to the stored order and ``JudgmentImportResult.reoriented`` counts it. The display order is unknown unless ``display`` says
 it: ``Judgment.a_on_left`` is then stored as NULL (``"a_left"`` gives True, ``"b_left"``
 False), and ``display_unknown`` counts those rows. The statistics leave unknown-order judgments
 out of the position-bias estimate and give them no position term in debiased Dawid–Skene.
@@ -72,7 +77,8 @@ stored (Judgment has no field for it).
 
 The package, in the order a file goes through it: ``reading`` (file → records), ``validation``
 (record → pair or vote, the content hashes), ``comparisons`` (writing pairs;
-``import_comparisons``), ``judgments`` (``import_judgments``), on top of ``bulk`` (fast
+``import_comparisons``), ``judgments`` (``import_judgments``, ``write_votes``), ``sources`` (a
+file's preferences as a source's votes), on top of ``bulk`` (fast
 multi-row INSERTs, progress) and ``results`` (errors and results). The names below are its API.
 """
 from .comparisons import import_comparisons

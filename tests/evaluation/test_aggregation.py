@@ -384,3 +384,22 @@ def test_simulate_gives_distinct_workers_per_item_and_known_accuracy():
     assert np.unique(pairs).size == j.n == 15000
     assert abs((j.label == truth.label[j.item]).mean() - 0.8) < 0.02
     assert abs(j.a_left.mean() - 0.5) < 0.02
+
+
+def test_undecided_items_are_those_whose_voters_carry_no_weight():
+    """Item 0: only a weight-0 voter (undecided, whatever a vote share says); item 1: one
+    voter with weight; item 2: no votes; item 3: gold, decided by its answer."""
+    from evaluation.stats.aggregation import undecided_items
+
+    j = Judgments(
+        item=np.array([0, 1, 1, 3]),
+        worker=np.array([0, 0, 1, 0]),
+        label=np.array([0, 1, 1, 0]),
+        n_items=4,
+        gold=np.array([-1, -1, -1, 0]),
+    )
+    weights = np.array([0.0, 0.4])
+    assert undecided_items(j, weights).tolist() == [True, False, True, False]
+    # The weighted vote alone would call item 0 a three-way split; it is undecided instead.
+    assert np.allclose(aggregate(j, "majority", worker_weights=weights).proba[0], 1 / 3)
+    assert undecided_items(j, np.array([np.nan, 1.0])).tolist() == [True, False, True, False]
