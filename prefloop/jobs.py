@@ -262,7 +262,8 @@ class Heartbeat(threading.Thread):
 
 def lost_reason(job) -> str:
     n = job.attempts
-    return f"its worker was lost {n} time{'s' if n != 1 else ''} (last: {job.worker}); no more automatic retries"
+    times = f"{n} time{'s' if n != 1 else ''}"
+    return f"its worker was lost {times} (last: {job.worker}); no more automatic retries"
 
 
 def _fail_locked(kind: JobKind, job, reason: str) -> None:
@@ -276,7 +277,8 @@ def _fail_locked(kind: JobKind, job, reason: str) -> None:
 def requeue(kind: JobKind, job, **fields) -> None:
     """Put ``job`` back to *queued* (attempts kept) and send it once the transaction commits."""
     now = timezone.now()
-    values = {"status": JobStatus.QUEUED, "worker": "", "heartbeat_at": now, **kind.requeue_fields(job), **fields}
+    values = {"status": JobStatus.QUEUED, "worker": "", "heartbeat_at": now}
+    values.update(kind.requeue_fields(job), **fields)
     kind.model.objects.filter(pk=job.pk).update(**values)
     for name, value in values.items():
         setattr(job, name, value)
@@ -337,9 +339,10 @@ def recover(kind: JobKind) -> dict[str, list[int]]:
     """:func:`recover_one` for every running or queued job of ``kind``; ids by outcome."""
     now = timezone.now()
     out: dict[str, list[int]] = {"requeued": [], "failed": [], "resent": []}
-    rows = kind.model.objects.filter(status__in=[JobStatus.RUNNING, JobStatus.QUEUED]).only(
-        "pk", "status", "worker", "heartbeat_at", "attempts", *(["created_at"] if _has(kind.model, "created_at") else [])
-    )
+    fields = ["pk", "status", "worker", "heartbeat_at", "attempts"]
+    if _has(kind.model, "created_at"):
+        fields.append("created_at")
+    rows = kind.model.objects.filter(status__in=[JobStatus.RUNNING, JobStatus.QUEUED]).only(*fields)
     for job in list(rows):
         outcome = recover_one(kind, job, now)
         if outcome:

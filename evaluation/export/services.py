@@ -135,7 +135,7 @@ def partial_folders(export: Export) -> list[Path]:
     its destination when it is not built (renamed into place just before a crash)."""
     final = Path(export.path) if export.path else default_folder(export)
     found = sorted(final.parent.glob(f".{final.name}.building-*")) if final.parent.is_dir() else []
-    if export.status != JobStatus.SUCCEEDED and final.exists() and (export.path or final == default_folder(export)):
+    if export.status != JobStatus.SUCCEEDED and final.exists():
         found.append(final)
     return found
 
@@ -269,7 +269,8 @@ def _build(export: Export, opts: ExportOptions, tmp: Path, final: Path, out_dir,
             "content_hash": digest,
         }
     )
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+    (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
     make_read_only(tmp)
     with transaction.atomic():
         row = Export.objects.select_for_update().get(pk=export.pk)

@@ -115,7 +115,8 @@ def recompute_quality(
     propagates).
     """
     if report is None:
-        report = QualityReport.objects.create(project=project, status=JobStatus.QUEUED, heartbeat_at=timezone.now())
+        now = timezone.now()
+        report = QualityReport.objects.create(project=project, status=JobStatus.QUEUED, heartbeat_at=now)
     if not (report.status == JobStatus.RUNNING and report.worker == jobs.worker_id()):
         claimed = jobs.claim(QUALITY_JOBS, report.pk)
         if claimed is None:

@@ -75,7 +75,9 @@ class QualityJobs(jobs.JobKind):
         return {"message": reason[:2000]}
 
 
-QUALITY_JOBS = jobs.register(QualityJobs("quality report", QualityReport, RECOMPUTE_TASK, max_attempts=MAX_ATTEMPTS))
+QUALITY_JOBS = jobs.register(
+    QualityJobs("quality report", QualityReport, RECOMPUTE_TASK, max_attempts=MAX_ATTEMPTS)
+)
 
 
 def check_report(report: QualityReport) -> str:
@@ -119,7 +121,9 @@ def schedule_recompute(project: Project | int, *, countdown: int | None = None) 
                 QualityReport.objects.filter(pk=report.pk).update(heartbeat_at=now)
                 transaction.on_commit(lambda: _send(report.pk, countdown))
             return report
-        report = QualityReport.objects.create(project_id=project_id, status=JobStatus.QUEUED, heartbeat_at=now)
+        report = QualityReport.objects.create(
+            project_id=project_id, status=JobStatus.QUEUED, heartbeat_at=now  # heartbeat_at: sent at
+        )
         transaction.on_commit(lambda: _send(report.pk, countdown))
     return report
 
