@@ -24,6 +24,12 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate ("30/min"); "off" (or "0", "none") turns that throttle off."""
+    value = os.environ.get(name, default).strip()
+    return None if value.lower() in {"off", "0", "none", ""} else value
+
+
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -136,6 +142,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -231,9 +239,9 @@ REST_FRAMEWORK = {
         "prefloop.login_limits.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
-        "login": os.environ.get("PREFLOOP_LOGIN_RATE", "30/min"),
-        "anon": os.environ.get("PREFLOOP_API_ANON_RATE", "120/min"),
-        "user": os.environ.get("PREFLOOP_API_USER_RATE", "6000/min"),
+        "login": env_rate("PREFLOOP_LOGIN_RATE", "30/min"),
+        "anon": env_rate("PREFLOOP_API_ANON_RATE", "120/min"),
+        "user": env_rate("PREFLOOP_API_USER_RATE", "6000/min"),
     },
     "NUM_PROXIES": PREFLOOP_PROXY_COUNT or None,
 }

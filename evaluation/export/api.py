@@ -255,7 +255,11 @@ class ExportDownload(_ExportView):
         + ".",
         parameters=[PROJECT_PARAM, EXPORT_PARAM, WHAT_PARAM],
         responses={
-            **{(200, ctype): OpenApiTypes.BINARY for ctype in sorted({c for _, c in DOWNLOADS.values()})},
+            # metadata.json is a JSON object; every other download is a file's bytes
+            **{
+                (200, ctype): OpenApiTypes.OBJECT if ctype == "application/json" else OpenApiTypes.BINARY
+                for ctype in sorted({c for _, c in DOWNLOADS.values()})
+            },
             403: DENIED,
             404: OpenApiResponse(description="No such export, not built yet, or no such file in it."),
         },

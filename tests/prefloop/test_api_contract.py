@@ -89,9 +89,12 @@ def test_each_download_has_a_documented_media_type(site, schema, settings):
     export = create_export(project, team.admin, {"formats": ["jsonl", "csv"]}, enqueue=False)
     assert build_export_task.apply(args=(export.pk,)).get() == "succeeded"
     path = "/api/projects/{project_pk}/exports/{export_pk}/download/{what}/"
-    documented = set(schema["paths"][path]["get"]["responses"]["200"]["content"])
+    content = schema["paths"][path]["get"]["responses"]["200"]["content"]
+    documented = set(content)
     assert {ctype for _, ctype in DOWNLOADS.values()} <= documented
-    for what in ("zip", "csv", "jsonl", "card"):
+    assert content["application/json"]["schema"]["type"] == "object"  # metadata.json
+    assert content["application/zip"]["schema"] == {"type": "string", "format": "binary"}
+    for what in ("zip", "csv", "jsonl", "card", "metadata"):
         response = api.get(reverse("export-api:export-download", args=[project.pk, export.pk, what]))
         assert response.status_code == 200
         ctype = response["Content-Type"].split(";")[0]

@@ -103,3 +103,15 @@ def test_behind_a_proxy_the_forwarded_address_counts(client, victim, settings):
     ok = client.post(TOKEN, {"username": "victim", "password": TEST_PASSWORD}, REMOTE_ADDR="10.0.0.1",
                      HTTP_X_FORWARDED_FOR=HOME)
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("password", ["password123", "1234567890123", "qwertyuiop"])
+def test_common_and_all_digit_passwords_are_refused_when_set(password):
+    """Django's full set of password validators (the security checklist), for passwords set
+    through the admin, ``changepassword`` or ``createsuperuser``."""
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        validate_password(password)
+    validate_password("a long and unusual pass phrase 7")
