@@ -88,7 +88,8 @@ def rounds_context(project) -> dict:
         for group in board
     ]
     return {"chart": chart, "chart_table": table, "rounds": rounds, "leaderboards": leaderboards,
-            "n_judgments": len(games), "versions": version_rows(project, games.models)}
+            "n_judgments": len(games), "versions": version_rows(project, games.models),
+            "loops": list(project.loops.select_related("latest_model").order_by("-created_at", "-pk")[:10])}
 
 
 def version_rows(project, names: list[str]) -> list[dict]:

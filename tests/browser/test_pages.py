@@ -279,6 +279,7 @@ def test_admin_pages_accessible_under_the_csp(live_server, new_page, log_in, hh_
     pages = {
         "progress": f"/projects/{pk}/progress/",
         "quality": f"/projects/{pk}/quality/",
+        "rounds": f"/projects/{pk}/rounds/",
         "exports": f"/projects/{pk}/exports/",
         "export": f"/projects/{pk}/exports/{export.pk}/",
         "runs": f"/projects/{pk}/runs/",

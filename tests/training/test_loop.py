@@ -109,3 +109,11 @@ def test_the_api_starts_and_shows_a_loop_for_the_right_roles(scene):
     outsider = APIClient()
     outsider.force_authenticate(team.outsider)
     assert outsider.get(f"{url}{data['id']}/").status_code in (403, 404)
+
+
+def test_the_rounds_page_lists_the_loops(scene, client):
+    project, team, base = scene
+    start_loop(project, base_model=base, rounds=2, pairings=["reference"], send=False)
+    client.force_login(team.admin)
+    html = client.get(f"/projects/{project.pk}/rounds/").content.decode()
+    assert "Unattended loops" in html and "reference" in html and "Annotating (simulated)" in html

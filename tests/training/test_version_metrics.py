@@ -1,5 +1,5 @@
 """Automatic metrics of a model version (training.worker.metrics): distinct-2 by hand; a model
-against itself has KL 0 and no length change; against another model a positive KL."""
+against itself has KL 0 and no length change; against a much more peaked model a large KL."""
 
 from __future__ import annotations
 
@@ -21,10 +21,19 @@ def two_models(tmp_path_factory):
     from training.tiny_model import build_default_model
 
     texts = [f"Question {i}: tell me about the river and the stone." for i in range(30)]
+    import torch
+
+    from training.tiny_model import load_model_and_tokenizer
+
     root = tmp_path_factory.mktemp("metrics")
-    kw = dict(vocab_size=320, hidden=32, layers=1, max_positions=128)
-    return (str(build_default_model(root / "a", texts, seed=0, **kw)),
-            str(build_default_model(root / "b", texts, seed=1, **kw)))
+    a = build_default_model(root / "a", texts, seed=0, vocab_size=320, hidden=32, layers=1, max_positions=128)
+    # The other model: the same one with its output layer scaled, far from uniform (a clear KL).
+    model, tok = load_model_and_tokenizer(a)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(root / "b")
+    tok.save_pretrained(root / "b")
+    return str(a), str(root / "b")
 
 
 def test_a_model_against_itself_and_against_another(two_models):
@@ -34,6 +43,6 @@ def test_a_model_against_itself_and_against_another(two_models):
     assert same["eval_prompts"] == 9 and same["kl_to_parent"] == pytest.approx(0.0, abs=1e-4)
     assert same["length_change"] == 0 and 1 <= same["mean_length"] <= 12 and 0 < same["distinct_2"] <= 1
     other = version_metrics(a, b, prompts, max_new_tokens=12)
-    assert other["kl_to_parent"] > 0.01  # two random models are both near uniform: a small KL
+    assert other["kl_to_parent"] > 1.0
     assert version_metrics(a, None, prompts, max_new_tokens=12).keys() == {"eval_prompts", "mean_length", "distinct_2"}
     assert version_metrics(a, b, []) == {}

@@ -24,16 +24,14 @@ def _next_token(logits, temperature: float, top_p: float, top_k: int, generator)
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+        values, index = logits.topk(top_k, dim=-1)  # sorted, largest first: top-p needs no full sort
+    else:
+        values, index = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(values, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p  # always keeps the most likely token
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs, 1, generator=generator).squeeze(-1)
-        return order.gather(-1, choice[:, None]).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs * (probs.cumsum(dim=-1) - probs < top_p)  # always keeps the most likely token
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return index.gather(-1, choice).squeeze(-1)
 
 
 def sample_token_ids(
