@@ -32,14 +32,11 @@ FORMAT_FILES = {
 CARD_FILE = "README.md"
 METADATA_FILE = "metadata.json"
 
-#: Written verbatim into every dataset card and metadata.json, so it keeps the module names
-#: it was first written with (evaluation.services, evaluation.bias): changing the text would
-#: change the bytes of every export. Today they are evaluation.quality.services and
-#: evaluation.stats.bias.
+#: Written verbatim into every dataset card and metadata.json.
 WEIGHT_RULE = """\
-w_j      = annotator j's effective weight (docs/quality.md; evaluation.services.effective_weight):
+w_j      = annotator j's effective weight (docs/quality.md; evaluation.quality.services.effective_weight):
            0 if an admin excluded them, else the admin's override, else the computed weight
-           clip(2*accuracy - 1, 0, 1) * position * length * speed  (evaluation.bias.annotator_weights)
+           clip(2*accuracy - 1, 0, 1) * position * length * speed  (evaluation.stats.bias.annotator_weights)
 p_chosen = P(chosen better) from the aggregation method (majority: votes weighted by w_j)
 support  = mean of w_j over the pair's judgments (in [0, 1])
 weight   = p_chosen * support          (tie / both-bad rows: p_tie * support)"""

@@ -47,21 +47,20 @@ def annotator_weight_vector(
     quality = {
         q.annotator_id: q for q in AnnotatorQuality.objects.filter(project=project, annotator_id__in=ids)
     }
-    # ``source`` goes into the card and metadata.json: its wording (and the module name
-    # evaluation.bias, today evaluation.stats.bias) stays as it was, like WEIGHT_RULE's.
+    # ``source`` goes into the card and metadata.json.
     if quality:
         when = max(q.computed_at for q in quality.values())
         rows = [quality.get(u) for u in ids]
         source = (
             f"the quality dashboard's stored annotator weights (computed {when:%Y-%m-%d %H:%M} UTC; "
-            "evaluation.bias.annotator_weights), with admin exclusions and overrides"
+            "evaluation.stats.bias.annotator_weights), with admin exclusions and overrides"
         )
     else:
         computed = np.nan_to_num(annotator_weights(j, ds_accuracy=ds_accuracy).weight, nan=0.0)
         rows = [_Computed(float(w)) for w in computed]
         source = (
-            "evaluation.bias.annotator_weights computed on this export's judgments (Dawid–Skene accuracy "
-            "where gold is scarce), with admin exclusions and overrides"
+            "evaluation.stats.bias.annotator_weights computed on this export's judgments "
+            "(Dawid–Skene accuracy where gold is scarce), with admin exclusions and overrides"
         )
     w = np.array(
         [_safe_weight(effective_weight(members.get(u), row)) for u, row in zip(ids, rows)], dtype=np.float64
