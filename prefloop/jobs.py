@@ -230,11 +230,14 @@ def finish(job, **fields) -> bool:
 
 
 class Heartbeat(threading.Thread):
-    """``with Heartbeat(job):`` keeps the claimed job's ``heartbeat_at`` fresh while the body runs."""
+    """``with Heartbeat(job):`` keeps the claimed job's ``heartbeat_at`` fresh while the body runs.
 
-    def __init__(self, job, interval: float = HEARTBEAT_INTERVAL_S):
-        super().__init__(daemon=True, name=f"heartbeat-{type(job).__name__}-{job.pk}")
-        self.job = job
+    ``beat`` replaces the plain fenced update (a training run's reporter also refreshes its
+    progress row); ``name`` names the thread."""
+
+    def __init__(self, job=None, interval: float = HEARTBEAT_INTERVAL_S, beat=None, name: str | None = None):
+        super().__init__(daemon=True, name=name or f"heartbeat-{type(job).__name__}-{job.pk}")
+        self.beat = beat or (lambda: fenced(job).update(heartbeat_at=timezone.now()))
         self.interval = interval
         self.stopped = threading.Event()
 
@@ -242,19 +245,22 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stopped.wait(self.interval):
                 try:
-                    fenced(self.job).update(heartbeat_at=timezone.now())
+                    self.beat()
                 except Exception:  # noqa: BLE001 - a missed heartbeat is not fatal
-                    log.warning("heartbeat of %s failed", self.name, exc_info=True)
+                    log.warning("%s failed", self.name, exc_info=True)
         finally:
             connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
 
     def __enter__(self) -> Heartbeat:
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.join(timeout=10)
+        self.stop()
 
 
 # --------------------------------------------------------------------------- recovery

@@ -10,8 +10,9 @@ import math
 import threading
 import time
 
-from django.db import connection
 from django.utils import timezone
+
+from prefloop import jobs
 
 from ..models import TrainingMetric, TrainingRun
 from ..services import runs
@@ -120,26 +121,9 @@ class RunReporter:
         pass  # on_log reports it too
 
 
-class Heartbeat(threading.Thread):
+def Heartbeat(reporter: RunReporter, interval: float = runs.HEARTBEAT_INTERVAL_S) -> jobs.Heartbeat:  # noqa: N802
     """Keeps ``heartbeat_at`` fresh while the trainer is busy between steps (loading a large
-    model, pre-computing reference log-probs, saving), so no one mistakes the run for lost."""
-
-    def __init__(self, reporter: RunReporter, interval: float = runs.HEARTBEAT_INTERVAL_S):
-        super().__init__(daemon=True, name=f"heartbeat-run-{reporter.run_id}")
-        self.reporter = reporter
-        self.interval = interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(self.interval):
-                try:
-                    self.reporter.heartbeat()
-                except Exception:  # noqa: BLE001 - a missed heartbeat is not fatal
-                    log.warning("heartbeat of run %s failed", self.reporter.run_id, exc_info=True)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
+    model, pre-computing reference log-probs, saving), so no one mistakes the run for lost: the
+    shared job heartbeat (``prefloop.jobs``) beating through the run's reporter."""
+    name = f"heartbeat-run-{reporter.run_id}"
+    return jobs.Heartbeat(interval=interval, beat=reporter.heartbeat, name=name)
