@@ -12,7 +12,9 @@ How an export is built (:func:`build_export`)
        annotators) are loaded as numpy arrays (:func:`evaluation.selectors.load_judgments`,
        the streaming loader the quality statistics use too) and aggregated per comparison
        with the chosen method (:mod:`evaluation.stats.aggregation`).
-       Comparisons below ``min_confidence`` and (unless asked for) ties / both-bad are dropped.
+       Undecided comparisons (every voter has weight 0: no label) are never exported;
+       comparisons below ``min_confidence`` and (unless asked for) ties / both-bad are dropped.
+       An included tie / both-bad row has ``p_chosen`` = 0.5 and the ``tie`` column true.
        A filter that leaves nothing raises :class:`ExportError` naming that filter, before any
        file is written.
     2. **Split by prompt.** Every prompt gets a seeded 64-bit hash; the ``test_fraction`` of the
@@ -20,8 +22,10 @@ How an export is built (:func:`build_export`)
        when there are two or more). A prompt's comparisons are therefore all on one side.
     3. **Stream.** The texts are never held in memory: selected comparison ids are read back in
        chunks of :data:`CHUNK` rows (a ``pk`` range scan, :func:`rows_by_id`) and each chunk is written to
-       every requested format at once (JSONL line by line, Parquet with ``ParquetWriter``, CSV,
-       and two Arrow IPC streams that become the ``datasets`` folder). Memory is the judgment
+       every requested format at once (JSONL line by line, one file per split, Parquet with
+       ``ParquetWriter``, CSV, and two Arrow IPC streams that become the ``datasets`` folder,
+       whose ``state.json`` fingerprints are then derived from the data so a retried build
+       has the same bytes). Memory is the judgment
        arrays (a few numbers per judgment) plus one chunk of texts.
     4. **Card, hash, metadata.** ``README.md`` (the dataset card) is generated from the data;
        the content hash is SHA-256 over every file except ``metadata.json``, in sorted path
