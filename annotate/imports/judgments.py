@@ -244,7 +244,13 @@ def write_votes(
             continue
         existing.add((uid, cid))
         choice, a_on_left = v.choice, v.a_on_left
-        if (v.pair.hash_a, v.pair.model_a) != side_a[v.pair.key]:
+        stored_hash, stored_model = side_a[v.pair.key]
+        # By text; by model name only when both responses have the same text.
+        if v.pair.hash_a != v.pair.hash_b:
+            swapped = v.pair.hash_a != stored_hash
+        else:
+            swapped = v.pair.model_a != stored_model
+        if swapped:
             # The vote's response_a is the comparison's response_b.
             reoriented += 1
             choice = _FLIPPED.get(choice, choice)

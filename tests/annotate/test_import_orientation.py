@@ -177,3 +177,20 @@ def test_import_page_says_how_many_votes_were_reoriented(client):
     text = r.content.decode()
     assert "Re-oriented votes" in text and ">1<" in text.split("Re-oriented votes", 1)[1][:40]
     assert sorted(Judgment.objects.filter(project=project).values_list("choice", flat=True)) == ["a", "a"]
+
+
+def test_same_text_from_two_models_is_oriented_by_model():
+    """Tulu 1 has votes on two models that wrote the same text: the model names tell the sides."""
+    project = Project.objects.create(name="twins")
+    base = {"prompt": "p", "response_a": "same", "response_b": "same", "label": "a"}
+    rows = [
+        {**base, "model_a": "m1", "model_b": "m2", "annotator_id": "ann1"},  # prefers m1
+        {**base, "model_a": "m2", "model_b": "m1", "label": "b", "annotator_id": "ann2"},  # prefers m1 too
+    ]
+    result = import_judgments(project, io.BytesIO(jsonl(rows)), filename="v.jsonl")
+    assert result.reoriented == 1
+    preferred = {
+        j.comparison.response_a.model_name if j.choice == "a" else j.comparison.response_b.model_name
+        for j in Judgment.objects.filter(project=project).select_related("comparison__response_a", "comparison__response_b")
+    }
+    assert preferred == {"m1"}
