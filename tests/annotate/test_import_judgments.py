@@ -75,6 +75,7 @@ def test_pandalm_votes(project, shared_data):
     assert (result.lines, result.judgments_created, result.duplicates) == (2997, 2997, 0)
     assert (result.comparisons_created, result.annotators_created, result.pools_created) == (999, 3, 1)
     assert result.display_unknown == 2997
+    assert result.reoriented == 0  # the file lists every item's responses in one order
     # PandaLM did not record the display order: every judgment stores it as unknown (NULL).
     assert Judgment.objects.filter(project=project, a_on_left__isnull=True).count() == 2997
     # 54 items have an empty response; 6 have the JSON value true as a response (3 votes each).
@@ -129,7 +130,7 @@ def test_tulu1_votes(project, shared_data):
         result = import_judgments(project, fh, filename=path.name, on_duplicate="last")
     assert (result.lines, result.judgments_created, result.duplicates) == (1150, 1141, 9)
     assert (result.comparisons_created, result.annotators_created) == (996, 16)
-    assert result.warnings == []
+    assert result.warnings == [] and result.reoriented == 0  # one order per item in the file
     assert Judgment.objects.count() == 1141
     # The kept vote of a repeated pair is the file's last one; strengths map slight->1, clear->2.
     last = {}
