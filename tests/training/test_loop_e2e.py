@@ -31,7 +31,7 @@ from .test_e2e_celery import needs_child_process, run_in_child_pytest, start_wor
 pytestmark = pytest.mark.slow
 
 SETTINGS = [
-    "sft_max_steps=150", "max_steps=40", "sft_lr=5e-3", "lr=5e-4", "batch_size=8", "max_length=64",
+    "sft_max_steps=300", "max_steps=60", "sft_lr=5e-3", "lr=5e-4", "batch_size=8", "max_length=64",
     "cpu_threads=1", "checkpoint_every=0",
 ]
 
@@ -106,3 +106,58 @@ def test_two_rounds_of_the_loop(tmp_path):
     client.force_login(admin)
     page = client.get(f"/projects/{loop.project.pk}/rounds/").content.decode()
     assert "Round 2" in page and "Model versions" in page and v2.name in page and "careful" in page
+
+
+@pytest.mark.skipif(not needs_child_process(), reason="the database is reachable from a worker: runs directly")
+def test_loop_from_the_api_through_a_worker_process(tmp_path):
+    run_in_child_pytest(f"{__file__}::test_one_round_started_from_the_api", tmp_path, timeout=600)
+
+
+@pytest.mark.skipif(needs_child_process(), reason="in-memory test database: run through the child pytest above")
+@pytest.mark.django_db(transaction=True)
+def test_one_round_started_from_the_api(tmp_path):
+    """POST /api/projects/{id}/loops/: the worker's ``training.loop.advance`` task runs the simulated
+    annotators, follows the run and the sampling job, and ends the loop with both rounds reported."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    from annotate.models import Membership, Role
+    from training.loop.seed import seed_project, synthetic_utility
+    from training.services.registry import register_model
+    from training.tiny_model import build_default_model
+
+    from .test_e2e_celery import wait_for
+
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(log_path, worker_env())
+    try:
+        project = seed_project("Loop API", 30, seed=1)
+        texts = [c.response_a.text + " " + c.response_b.text + " " + c.prompt.text
+                 for c in project.comparisons.select_related("prompt", "response_a", "response_b")]
+        base = register_model("loop-api-base", build_default_model(tmp_path / "base", texts, vocab_size=384,
+                                                                   hidden=32, layers=1, max_positions=128))
+        admin = get_user_model().objects.create_user("loop-api-admin")
+        Membership.objects.create(project=project, user=admin, role=Role.ADMIN)
+        api = APIClient()
+        api.force_authenticate(admin)
+        u = synthetic_utility()
+        r = api.post(f"/api/projects/{project.pk}/loops/", {
+            "rounds": 1, "base_model": base.name, "pairings": ["two_samples"], "n_prompts": 10, "max_new_tokens": 12,
+            "utility": {"known": sorted(u.known), "unknown_penalty": u.unknown_penalty},
+            "pools": [{"name": "only", "n_annotators": 3, "accuracy": [0.9, 0.9]}],
+            "hyperparameters": {"sft_max_steps": 10, "max_steps": 5, "batch_size": 4, "max_length": 64,
+                                "cpu_threads": 1, "checkpoint_every": 0, "min_pairs": 4},
+        }, format="json")
+        assert r.status_code == 202, r.content
+        url = f"/api/projects/{project.pk}/loops/{r.json()['id']}/"
+        data = wait_for(lambda: (d := api.get(url).json())["status"] in ("succeeded", "failed") and d, 400,
+                        "the loop to end", log_path)
+    finally:
+        stop_worker(worker)
+    assert data["status"] == "succeeded", data["error"]
+    assert [e["round"] for e in data["report"]["rounds"]] == [0, 1]
+    job = SamplingJob.objects.get(project=project)
+    assert job.pairing == Pairing.TWO_SAMPLES and job.compare_to is None
+    for c in Comparison.objects.filter(project=project, round=1).select_related("response_a", "response_b"):
+        assert c.response_a.model_name == c.response_b.model_name == data["latest_model"]
+    assert data["report"]["rounds"][1]["judgments"] > 0
