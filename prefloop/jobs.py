@@ -1,5 +1,6 @@
 """Background jobs: the one owner + heartbeat + stale-detection mechanism every job row shares
-(exports, quality reports, training runs, generated samples and sampling jobs; docs/jobs.md).
+(exports, quality reports, training runs, generated samples, sampling jobs and unattended
+loops; docs/jobs.md).
 
 A job is a database row with a ``status`` (:class:`JobStatus`) and the fields of
 :class:`OwnedJob`: ``worker`` (``host:pid`` of the process that runs it), ``heartbeat_at`` (the

@@ -248,13 +248,15 @@ class LoopStage(models.TextChoices):
     DONE = "done", "Done"
 
 
-class LoopRun(WorkerJob):
+class LoopRun(WorkerJob, OwnedJob):
     """An unattended loop (``training.loop``): for ``rounds`` rounds, simulated annotators judge
     the open comparisons, quality is recomputed, a fresh export trains the latest model
     (``recipe``) on the gpu worker, and its samples become the next round's comparisons, paired
     as ``pairings`` says. ``report`` holds one entry per annotated round: what the calibration
     recovered against the simulator's truth, the hidden utility of the round's samples, and the
-    annotators' verdict on the round's new model."""
+    annotators' verdict on the round's new model. A background job of :mod:`prefloop.jobs`: the
+    process doing a stage owns it (``worker``, ``heartbeat_at``); while it waits for a run or a
+    sampling job it is *queued* (``heartbeat_at``: its last poll)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="loops")
     base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")

@@ -33,6 +33,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from prefloop import jobs
 
+from .loop import service as loop_service  # noqa: F401 - registers the loop's job kind
 from .services import runs, sampling
 from .worker.execute import train_run
 

@@ -89,7 +89,17 @@ def rounds_context(project) -> dict:
     ]
     return {"chart": chart, "chart_table": table, "rounds": rounds, "leaderboards": leaderboards,
             "n_judgments": len(games), "versions": version_rows(project, games.models),
-            "loops": list(project.loops.select_related("latest_model").order_by("-created_at", "-pk")[:10])}
+            "loops": _loops(project)}
+
+
+def _loops(project) -> list:
+    """The project's newest loops; one whose process died is resumed or failed first (docs/jobs.md)."""
+    from training.loop.service import check
+
+    loops = list(project.loops.select_related("latest_model").order_by("-created_at", "-pk")[:10])
+    for loop in loops:
+        check(loop)
+    return loops
 
 
 def version_rows(project, names: list[str]) -> list[dict]:

@@ -1,6 +1,7 @@
 """REST endpoints of the unattended loop: ``POST /api/projects/{id}/loops/`` starts one (project
 admins; validated by ``training.loop.service.start_loop``, then advanced by a worker task),
-``GET`` lists them, ``GET /api/projects/{id}/loops/{loop_id}/`` follows one and its report."""
+``GET`` lists them, ``GET /api/projects/{id}/loops/{loop_id}/`` follows one and its report (a loop
+whose process died is recovered first, as every background job shown: docs/jobs.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from annotate.permissions import IsProjectReader, ReaderOrAdminWrites
 
 from ..api import BAD, _as_400, _model_by_name_or_id
 from ..models import LoopRun, Pairing, Recipe
-from .service import LOOP_RECIPES, start_loop
+from .service import LOOP_RECIPES, check, start_loop
 
 
 class StartLoopSerializer(serializers.Serializer):
@@ -73,6 +74,11 @@ class LoopListCreate(ApiView, generics.ListAPIView):
         return LoopRun.objects.filter(project=self.project).select_related("base_model", "latest_model",
                                                                           "reference_model")
 
+    def list(self, request, *args, **kwargs):
+        for loop in self.rows().filter(status__in=["queued", "running"]):
+            check(loop)  # a loop whose process died is resumed or failed before it is shown
+        return super().list(request, *args, **kwargs)
+
     def post(self, request, project_pk: int):
         v = self.valid(StartLoopSerializer)
         base = _model_by_name_or_id(v["base_model"], self.project)
@@ -97,4 +103,5 @@ class LoopDetail(ApiView):
 
     def get(self, request, project_pk: int, loop_pk: int):
         loop = one_or_404(LoopRun.objects, "No such loop in this project.", pk=loop_pk, project=self.project)
+        check(loop)  # a loop whose process died is resumed or failed before it is shown
         return Response(LoopRunSerializer(loop).data)

@@ -15,14 +15,26 @@ returns at once when it waits for the worker:
 
 ``manage.py loop`` calls :func:`advance` in a loop in its own process (the simulated annotators
 work there; training and sampling on the worker); the API sends ``training.loop.advance``, a
-task on the default queue that advances and sends itself again while the loop waits. A stage is
-claimed by an update of its row, so two callers never do the same stage twice.
+task on the default queue that advances and sends itself again while the loop waits.
+
+A loop is a background job of :mod:`prefloop.jobs` (docs/jobs.md). Each :func:`advance` claims
+the row (owner, one more attempt), beats while the stage runs and writes only while it still
+owns the row (fenced), then releases it: *queued* again, ``heartbeat_at`` = this poll, attempts
+back to 0 (they count the starts in a row whose process died). So two callers never do a stage
+at the same time, and a loop whose process died is taken up by the next claim -- the sweep's
+re-queue and re-send, or the 600 s re-send of a queued loop whose poller died -- from its current
+stage: ``train`` and ``sample`` only poll (the sampling job is queued in the same transaction as
+the move to ``sample``); ``annotating`` resumes after the judging when it had ended (the
+round's truth is saved with ``report["annotated"]``), and otherwise fails the loop (the judgments
+of the killed session are in the database but the simulator's record of them is lost, so the
+round's report would be wrong). A loop lost :data:`MAX_ATTEMPTS` times in a row is failed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from types import SimpleNamespace
 
 from celery import current_app
 from django.db import transaction
@@ -32,6 +44,8 @@ from annotate.models import Project
 from evaluation.quality.compute import recompute_quality
 from evaluation.simulated import annotate, enroll
 from evaluation.stats.simulation import DEFAULT_POOLS, KeywordUtility, PoolSpec, draw_annotators
+
+from prefloop import jobs
 
 from ..models import JobStatus, LoopRun, LoopStage, ModelVersion, Pairing, Recipe, RunStatus, TrainingRun
 from ..services.errors import TrainingError
@@ -48,6 +62,36 @@ ADVANCE_TASK = "training.loop.advance"
 POLL_S = 2.0
 #: Recipes a loop can run: they turn preferences into a language model that samples.
 LOOP_RECIPES = (Recipe.SFT_DPO, Recipe.DPO, Recipe.SFT, Recipe.SFT_DPO_PPO)
+#: Starts in a row whose process died after which a loop is failed instead of resumed.
+MAX_ATTEMPTS = 3
+
+
+def lost_judging(loop: LoopRun) -> str:
+    """Why a loop whose process died cannot resume ("" = it can): killed while the simulated
+    annotators were judging."""
+    if loop.stage == LoopStage.ANNOTATING and (loop.report or {}).get("annotated", {}).get("round") != loop.round:
+        return (f"it was stopped while the simulated annotators were judging round {loop.round}; their judgments "
+                "so far are kept but the simulator's record of them is lost, so the round cannot be resumed; "
+                "start a new loop")
+    return ""
+
+
+class _LoopJobs(jobs.JobKind):
+    def superseded(self, job: LoopRun) -> str:
+        return lost_judging(job) if job.status == JobStatus.RUNNING else ""
+
+    def failed_fields(self, reason: str) -> dict:
+        return {"error": reason[:2000], "message": "failed"}
+
+    def requeue_fields(self, job: LoopRun) -> dict:
+        return {"message": f"{job.message} (resumed: its process was lost)"[:300]}
+
+
+LOOP_JOBS = jobs.register(_LoopJobs("unattended loop", LoopRun, ADVANCE_TASK, max_attempts=MAX_ATTEMPTS))
+
+
+class _NotOurs(Exception):
+    """The row no longer names this claim (the loop was presumed dead and taken over)."""
 
 
 def _pools(pools) -> list[PoolSpec]:
@@ -132,6 +176,7 @@ def start_loop(
         seed=int(seed),
         round=project.current_round,
         status=JobStatus.QUEUED,
+        heartbeat_at=timezone.now(),  # when its first advance is sent (prefloop.jobs re-sends a lost one)
         created_by=user,
         report={"rounds": [], "start_round": project.current_round},
     )
@@ -146,32 +191,49 @@ def pairing_for(loop: LoopRun, index: int) -> str:
 
 
 def _fail(loop: LoopRun, message: str) -> None:
-    LoopRun.objects.filter(pk=loop.pk).update(
-        status=JobStatus.FAILED, error=message[:2000], message="failed", finished_at=timezone.now()
-    )
+    jobs.finish(loop, status=JobStatus.FAILED, error=message[:2000], message="failed", finished_at=timezone.now())
 
 
 def _set(loop: LoopRun, **fields) -> None:
+    """Write ``fields`` while this claim still owns the loop (fenced), else stop the stage."""
+    if not jobs.fenced(loop).update(**fields):
+        raise _NotOurs()
     for k, v in fields.items():
         setattr(loop, k, v)
-    LoopRun.objects.filter(pk=loop.pk).update(**fields)
+
+
+def check(loop: LoopRun) -> str:
+    """Recover ``loop`` if its process died (:func:`prefloop.jobs.recover_one`); the API calls it
+    on the loops it shows."""
+    return jobs.recover_one(LOOP_JOBS, loop)
+
+
+def polled(loop_id: int) -> None:
+    """A follower (``manage.py loop``) still polls this waiting loop: its heartbeat is fresh, so
+    the sweep does not send it to a worker."""
+    LoopRun.objects.filter(pk=loop_id, status=JobStatus.QUEUED).update(heartbeat_at=timezone.now())
 
 
 def advance(loop_id: int, *, on_judgment=None) -> bool:
-    """Do the current stage's work if it is ready; True when the loop moved on (or ended), False
-    when it waits for the worker. A failed run or sampling job fails the loop with its error."""
-    loop = LoopRun.objects.select_related("project", "latest_model", "reference_model").get(pk=loop_id)
-    if loop.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+    """Claim the loop and do the current stage's work if it is ready; True when the loop moved on
+    (or ended), False when it waits for the worker or another process holds it. A failed run or
+    sampling job fails the loop with its error."""
+    if jobs.claim(LOOP_JOBS, loop_id) is None:
         return False
-    if loop.status == JobStatus.QUEUED:
-        _set(loop, status=JobStatus.RUNNING)
+    loop = LoopRun.objects.select_related("project", "latest_model", "reference_model").get(pk=loop_id)
+    moved = False
     try:
-        if loop.stage == LoopStage.ANNOTATE:
-            return _annotate_stage(loop, on_judgment)
-        if loop.stage == LoopStage.TRAIN:
-            return _train_stage(loop)
-        if loop.stage == LoopStage.SAMPLE:
-            return _sample_stage(loop)
+        with jobs.Heartbeat(loop):
+            if reason := lost_judging(loop):
+                raise TrainingError(f"its process was lost: {reason}")
+            if loop.stage in (LoopStage.ANNOTATE, LoopStage.ANNOTATING):
+                moved = _annotate_stage(loop, on_judgment)
+            elif loop.stage == LoopStage.TRAIN:
+                moved = _train_stage(loop)
+            elif loop.stage == LoopStage.SAMPLE:
+                moved = _sample_stage(loop)
+    except _NotOurs:
+        return False
     except TrainingError as exc:
         _fail(loop, exc.message)
         return True
@@ -179,19 +241,47 @@ def advance(loop_id: int, *, on_judgment=None) -> bool:
         log.exception("loop %s failed", loop_id)
         _fail(loop, f"{type(exc).__name__}: {exc}")
         return True
-    return False
+    if loop.status == JobStatus.RUNNING:  # release it: queued until the next poll claims it
+        jobs.finish(loop, status=JobStatus.QUEUED, worker="", heartbeat_at=timezone.now(), attempts=0)
+    return moved
 
 
 def _annotate_stage(loop: LoopRun, on_judgment) -> bool:
-    if not LoopRun.objects.filter(pk=loop.pk, stage=LoopStage.ANNOTATE).update(stage=LoopStage.ANNOTATING):
-        return False  # another caller has it
     project = loop.project
     utility = _utility(loop.utility)
+    if loop.stage == LoopStage.ANNOTATE:
+        _set(loop, stage=LoopStage.ANNOTATING, message=f"round {loop.round}: simulated annotators judging")
+        _judge(loop, utility, on_judgment)
+    # else: resumed after the judging had ended (lost_judging checked it)
+    session = SimpleNamespace(**loop.report["annotated"])
+    _set(loop, message=f"round {loop.round}: recomputing quality")
+    recompute_quality(project)
+    entry = reports.round_report(project, loop.round, loop.truth, utility, session)
+    report = dict(loop.report)
+    report["rounds"] = [r for r in report.get("rounds", []) if r["round"] != loop.round] + [entry]
+    last = loop.round >= report.get("start_round", 0) + loop.rounds
+    if last:
+        if not jobs.finish(loop, report=report, stage=LoopStage.DONE, status=JobStatus.SUCCEEDED, message="done",
+                           finished_at=timezone.now()):
+            raise _NotOurs()
+        loop.status = JobStatus.SUCCEEDED
+        return True
+    _set(loop, report=report, message=f"round {loop.round}: training {loop.recipe} from {loop.latest_model.name}")
+    run = launch_run(
+        project, base_model=loop.latest_model, recipe=loop.recipe, hyperparameters=loop.hyperparameters,
+        created_by=loop.created_by,
+    )
+    _set(loop, current_run=run, stage=LoopStage.TRAIN)
+    return True
+
+
+def _judge(loop: LoopRun, utility: KeywordUtility, on_judgment) -> None:
+    """The simulated annotators judge the round; their truth, the clock and the round's counts
+    (``report["annotated"]``, the mark that judging ended) are saved in one write."""
     people = draw_annotators(_pools(loop.pools), seed=loop.seed)
-    team = enroll(project, people)
-    _set(loop, message=f"round {loop.round}: simulated annotators judging")
+    team = enroll(loop.project, people)
     session = annotate(
-        project, team, utility=utility, start=loop.clock or timezone.now(), seed=loop.seed + loop.round,
+        loop.project, team, utility=utility, start=loop.clock or timezone.now(), seed=loop.seed + loop.round,
         progress=on_judgment,
     )
     truth = dict(loop.truth)
@@ -204,23 +294,8 @@ def _annotate_stage(loop: LoopRun, on_judgment) -> bool:
         )
         for key in ("decided", "right", "judgments", "left_clicks", "abandoned"):
             t[key] += getattr(w, key)
-    _set(loop, message=f"round {loop.round}: recomputing quality", clock=session.ended, truth=truth)
-    recompute_quality(project)
-    entry = reports.round_report(project, loop.round, truth, utility, session)
-    report = dict(loop.report)
-    report["rounds"] = [r for r in report.get("rounds", []) if r["round"] != loop.round] + [entry]
-    last = loop.round >= report.get("start_round", 0) + loop.rounds
-    if last:
-        _set(loop, report=report, stage=LoopStage.DONE, status=JobStatus.SUCCEEDED, message="done",
-             finished_at=timezone.now())
-        return True
-    _set(loop, report=report, message=f"round {loop.round}: training {loop.recipe} from {loop.latest_model.name}")
-    run = launch_run(
-        project, base_model=loop.latest_model, recipe=loop.recipe, hyperparameters=loop.hyperparameters,
-        created_by=loop.created_by,
-    )
-    _set(loop, current_run=run, stage=LoopStage.TRAIN)
-    return True
+    _set(loop, clock=session.ended, truth=truth, report={**loop.report, "annotated": {
+        "round": loop.round, "judgments": session.judgments, "abandoned": session.abandoned}})
 
 
 def _train_stage(loop: LoopRun) -> bool:
@@ -231,13 +306,14 @@ def _train_stage(loop: LoopRun) -> bool:
         raise TrainingError(f"run {run.pk} {run.status}: {run.error or 'no output model'}")
     index = loop.round - loop.report.get("start_round", 0)
     pairing = pairing_for(loop, index)
-    job = queue_sample_round(
-        loop.project, run.output_model, n_prompts=loop.n_prompts, pairing=pairing,
-        compare_to=loop.reference_model, run=run, user=loop.created_by, max_new_tokens=loop.max_new_tokens,
-        temperature=loop.temperature, seed=loop.seed + loop.round,
-    )
-    _set(loop, latest_model=run.output_model, current_job=job, stage=LoopStage.SAMPLE,
-         message=f"round {job.round}: sampling ({pairing})")
+    with transaction.atomic():  # the job exists (and is sent) only if the loop records it
+        job = queue_sample_round(
+            loop.project, run.output_model, n_prompts=loop.n_prompts, pairing=pairing,
+            compare_to=loop.reference_model, run=run, user=loop.created_by, max_new_tokens=loop.max_new_tokens,
+            temperature=loop.temperature, seed=loop.seed + loop.round,
+        )
+        _set(loop, latest_model=run.output_model, current_job=job, stage=LoopStage.SAMPLE,
+             message=f"round {job.round}: sampling ({pairing})")
     return True
 
 
@@ -254,10 +330,11 @@ def _sample_stage(loop: LoopRun) -> bool:
 
 def advance_and_resend(loop_id: int) -> str:
     """The ``training.loop.advance`` task: advance while there is work, then send itself again
-    (after ``POLL_S``) while the loop waits for the worker. Returns the loop's status."""
+    (after ``POLL_S``) while the loop waits for the worker (a loop another process holds is left
+    to it; the sweep re-sends it if that process dies). Returns the loop's status."""
     while advance(loop_id):
         pass
     loop = LoopRun.objects.get(pk=loop_id)
-    if loop.status in (JobStatus.QUEUED, JobStatus.RUNNING) and loop.stage != LoopStage.ANNOTATING:
-        current_app.tasks[ADVANCE_TASK].apply_async((loop_id,), countdown=POLL_S)
+    if loop.status == JobStatus.QUEUED:
+        LOOP_JOBS.send(loop_id, countdown=POLL_S)
     return loop.status

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from annotate.models import Project
 from training.loop.seed import seed_project, synthetic_utility
-from training.loop.service import POLL_S, advance, start_loop
+from training.loop.service import POLL_S, advance, polled, start_loop
 from training.models import JobStatus, LoopRun, LoopStage, ModelVersion, Recipe, TrainingRun
 from training.services.errors import TrainingError
 from training.services.hyperparameters import parse_set_options
@@ -185,7 +185,7 @@ class Command(BaseCommand):
             if moved:
                 waited_since = time.monotonic()
                 if loop.stage == LoopStage.TRAIN:
-                    self._follow_run(loop.current_run_id, timeout)
+                    self._follow_run(loop.pk, loop.current_run_id, timeout)
                 continue
             if time.monotonic() - waited_since > timeout:
                 raise CommandError(f"waited {timeout:.0f}s for the worker at stage {loop.stage}; is a worker running "
@@ -195,7 +195,7 @@ class Command(BaseCommand):
             raise CommandError(f"loop {loop.pk} failed: {loop.error}")
         self.stdout.write(self.style.SUCCESS(f"\nloop {loop.pk} done: latest model {loop.latest_model.name}"))
 
-    def _follow_run(self, run_id: int, timeout: float) -> None:
+    def _follow_run(self, loop_id: int, run_id: int, timeout: float) -> None:
         """A progress bar over the run's steps while the worker trains it."""
         started = time.monotonic()
         with tqdm(desc=f"run {run_id}: training", total=100, unit="%", leave=False, mininterval=1.0) as bar:
@@ -206,4 +206,5 @@ class Command(BaseCommand):
                 bar.refresh()
                 if run.is_finished:
                     return
+                polled(loop_id)  # this command still follows the loop
                 time.sleep(POLL_S)
