@@ -187,32 +187,29 @@ class ImportForm(forms.Form):
         return data
 
 
-class RevisionForm(forms.Form):
+class _ShownChoiceForm(forms.Form):
+    """A judgment's fields in the terms shown on screen (left/right)."""
+
+    choice = forms.ChoiceField(choices=[(c, c) for c in SHOWN_CHOICES])
+    strength = forms.TypedChoiceField(
+        choices=[("", "")] + [(str(v), label) for v, label in Strength.choices],
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+    rationale = forms.CharField(required=False, max_length=5000)
+
+
+class RevisionForm(_ShownChoiceForm):
     """A change to the annotator's previous judgment, in shown terms (left/right)."""
 
     judgment = forms.IntegerField(min_value=1)
-    choice = forms.ChoiceField(choices=[(c, c) for c in SHOWN_CHOICES])
-    strength = forms.TypedChoiceField(
-        choices=[("", "")] + [(str(v), label) for v, label in Strength.choices],
-        coerce=int,
-        empty_value=None,
-        required=False,
-    )
-    rationale = forms.CharField(required=False, max_length=5000)
 
 
-class JudgmentForm(forms.Form):
+class JudgmentForm(_ShownChoiceForm):
     """The annotator's submit, in the terms shown on screen (left/right)."""
 
     assignment = forms.IntegerField(min_value=1)
-    choice = forms.ChoiceField(choices=[(c, c) for c in SHOWN_CHOICES])
-    strength = forms.TypedChoiceField(
-        choices=[("", "")] + [(str(v), label) for v, label in Strength.choices],
-        coerce=int,
-        empty_value=None,
-        required=False,
-    )
-    rationale = forms.CharField(required=False, max_length=5000)
     seconds = forms.FloatField(required=False, min_value=0)
 
     def clean_seconds(self):

@@ -13,8 +13,8 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Choice, Judgment, JudgmentRevision, Membership, Project, Strength
-from .queue import NotAnAnnotator, PAUSED, QueueError, to_underlying
+from .models import Choice, Judgment, JudgmentRevision, Membership, Project
+from .queue import NotAnAnnotator, PAUSED, QueueError, shown_to_stored
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,7 @@ def revise(
         membership = Membership.objects.filter(project=project, user=annotator).first()
         if membership is None or membership.excluded:
             raise NotAnAnnotator(PAUSED)
-        underlying = to_underlying(judgment.a_on_left, choice)
-        if underlying == Choice.TIE and not project.allow_ties:
-            raise QueueError("Ties are not allowed in this project.")
-        if strength is not None and strength not in Strength.values:
-            raise QueueError(f"Unknown strength {strength!r}: expected 1, 2 or 3.")
-        if underlying in (Choice.TIE, Choice.BOTH_BAD):
-            strength = None
+        underlying, strength = shown_to_stored(project, judgment.a_on_left, choice, strength)
         rationale = (rationale or "").strip()
         if (judgment.choice, judgment.strength, judgment.rationale) == (underlying, strength, rationale):
             return judgment, False

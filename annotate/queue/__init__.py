@@ -50,7 +50,7 @@ from .rules import (
     _jitter,
     _release_slots,
     _rng,
-    _shown_to_stored,
+    shown_to_stored,
     _plausible_seconds,
     annotator_membership,
     current_assignment,
@@ -61,7 +61,8 @@ __all__ = [
     "CANDIDATES", "CLAIM_ATTEMPTS", "EXACT_COUNT_UP_TO", "OPEN_COUNT_TTL_S", "PAUSED", "SHOWN_CHOICES",
     "AssignmentGone", "NotAnAnnotator", "Progress", "QueueError", "Submitted", "annotator_membership",
     "current_assignment", "expire_stale", "next_assignment", "owned_assignment", "progress", "release_assignments",
-    "shown_pair", "skip", "submit_and_next", "submit_judgment", "sync_open", "to_underlying",
+    "shown_pair", "shown_to_stored", "skip", "submit_and_next", "submit_judgment", "sync_open",
+    "to_underlying",
 ]
 
 
@@ -297,7 +298,7 @@ def _submit_pg(annotator, assignment_id: int, *, choice, strength, rationale, se
         raise QueueError("You skipped this item.")
     if membership.excluded:
         raise NotAnAnnotator(PAUSED)
-    underlying, strength = _shown_to_stored(project, lock.a_on_left, choice, strength)
+    underlying, strength = shown_to_stored(project, lock.a_on_left, choice, strength)
     retaken = 0
     if lock.status == AssignmentStatus.EXPIRED:
         # The slot went back to the queue: take it again if the comparison still has room.

@@ -21,7 +21,7 @@ from .rules import (
     _jitter,
     _lock,
     _plausible_seconds,
-    _shown_to_stored,
+    shown_to_stored,
     _take_slots,
     _with_texts,
     current_assignment,
@@ -197,7 +197,7 @@ def _submit_orm(annotator, assignment_id: int, *, choice, strength, rationale, s
         raise QueueError("You skipped this item.")
     if membership.excluded:
         raise NotAnAnnotator(PAUSED)
-    underlying, strength = _shown_to_stored(project, assignment.a_on_left, choice, strength)
+    underlying, strength = shown_to_stored(project, assignment.a_on_left, choice, strength)
     if assignment.status == AssignmentStatus.EXPIRED:
         # The slot went back to the queue: take it again if the comparison still has room.
         comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)

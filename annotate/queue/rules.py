@@ -145,7 +145,7 @@ def to_underlying(a_on_left: bool, shown: str) -> str:
     raise QueueError(f"Unknown choice {shown!r}: expected one of {', '.join(SHOWN_CHOICES)}.")
 
 
-def _shown_to_stored(project: Project, a_on_left: bool, choice: str, strength: int | None) -> tuple[str, int | None]:
+def shown_to_stored(project: Project, a_on_left: bool, choice: str, strength: int | None) -> tuple[str, int | None]:
     """The choice in terms of the responses, and the strength kept (None for tie and both_bad);
     QueueError for a choice the project does not take."""
     underlying = to_underlying(a_on_left, choice)
