@@ -49,6 +49,14 @@ MAX_ASSIGNMENT_TIMEOUT_S = 7 * 24 * 3600
 MAX_OVERLAP = 50
 
 
+class PairOrder(models.TextChoices):
+    """The order the queue serves open comparisons in (gold mixing and pool balance apply to all)."""
+
+    ARRIVAL = "arrival", "Arrival order"
+    MARGIN = "margin", "Active: smallest implicit-reward margin under the latest model first"
+    DISAGREEMENT = "disagreement", "Active: most disagreement between pools first"
+
+
 class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     instructions = models.TextField(blank=True, help_text="Markdown shown to annotators.")
@@ -67,6 +75,12 @@ class Project(models.Model):
     )
     license = models.CharField(max_length=100, blank=True, default="")
     current_round = models.PositiveIntegerField(default=0)
+    pair_order = models.CharField(
+        max_length=16,
+        choices=PairOrder.choices,
+        default=PairOrder.ARRIVAL,
+        help_text="Which open comparisons are served first.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -169,6 +183,11 @@ class Comparison(models.Model):
     is_open = models.BooleanField(default=True)
     slots_taken = models.PositiveIntegerField(default=0)
     n_judgments = models.PositiveIntegerField(default=0)
+    priority = models.FloatField(
+        default=0.0,
+        help_text="Served before lower priorities when the project's pair order is active; written by the "
+        "active-selection task, never shown.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
