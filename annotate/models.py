@@ -195,11 +195,12 @@ class Comparison(models.Model):
             models.UniqueConstraint(fields=["project", "round", "pair_hash"], name="comparison_unique_pair")
         ]
         indexes = [
-            # The queue reads open comparisons in id order; a partial index holds only those,
-            # so claims and counts stay cheap however many comparisons are already full, and
-            # the planner cannot prefer the primary key while statistics lag behind.
+            # The queue reads open comparisons in (priority DESC, id) order; a partial index
+            # holds only those, so claims and counts stay cheap however many comparisons are
+            # already full, and the planner cannot prefer the primary key while statistics lag.
             models.Index(
-                fields=["project", "is_gold", "id"], condition=Q(is_open=True), name="comparison_open_idx"
+                fields=["project", "is_gold", "-priority", "id"], condition=Q(is_open=True),
+                name="comparison_open_prio_idx",
             ),
         ]
 

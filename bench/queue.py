@@ -169,7 +169,7 @@ def fill(n_comparisons: int, n_annotators: int, seed: int) -> dict:
     columns = [f.column for f in fields]
     expected = {
         "project_id", "prompt_id", "response_a_id", "response_b_id", "round", "pair_hash", "metadata",
-        "source_preference", "is_gold", "is_open", "slots_taken", "n_judgments", "created_at",
+        "source_preference", "is_gold", "is_open", "slots_taken", "n_judgments", "priority", "created_at",
     }
     assert set(columns) == expected, f"Comparison columns changed: {sorted(set(columns) ^ expected)}"
     gold_every = 500  # 0.2% gold: 2,000 of 1M
@@ -189,7 +189,7 @@ def fill(n_comparisons: int, n_annotators: int, seed: int) -> dict:
                         "project_id": project.pk, "prompt_id": pid, "response_a_id": rs[a], "response_b_id": rs[b],
                         "round": 0, "pair_hash": f"{i:064x}", "metadata": "{}", "source_preference": "",
                         "is_gold": "t" if i % gold_every == gold_every - 1 else "f", "is_open": "t",
-                        "slots_taken": 0, "n_judgments": 0, "created_at": now,
+                        "slots_taken": 0, "n_judgments": 0, "priority": 0.0, "created_at": now,
                     }
                     lines.append("\t".join(str(row[c]) for c in columns))
                 copy.write("\n".join(lines) + "\n")
@@ -267,7 +267,7 @@ def explain(sql: str) -> dict:
                 }
             )
     seq = [s for s in scans if "Seq Scan" in s["type"]]
-    uses_idx = any(s["index"] == "comparison_open_idx" for s in scans)
+    uses_idx = any(s["index"] == "comparison_open_prio_idx" for s in scans)
     return {"scans": scans, "seq_scan": bool(seq), "uses_queue_idx": uses_idx,
             "ms": top.get("Execution Time", float("nan")), "text": text}
 

@@ -13,9 +13,15 @@ Invariants kept here and nowhere else:
 * An annotator is never served a comparison they judged, skipped or hold; an expired
   assignment returns its slot to the queue.
 
+Open comparisons are served highest ``priority`` first, then in id (import) order; pool
+balance comes before priority for regular items, and gold items keep their own random order.
+Priority is 0 everywhere in an arrival-order project (the active-selection task writes it,
+and zeroes it when the project goes back to arrival order), so the queue always orders by it
+and never reads ``project.pair_order``.
+
 Serving the next item reads a bounded number of rows through the
-``comparison_open_idx`` partial index (project, is_gold, id) WHERE is_open: it never scans all
-comparisons.
+``comparison_open_prio_idx`` partial index (project, is_gold, priority DESC, id) WHERE is_open:
+it never scans all comparisons.
 
 On PostgreSQL the hot path is a few statements (``annotate.queue.postgres``): a claim is one
 statement after the membership lock, a submit two, and ``submit_and_next`` does both in one

@@ -68,8 +68,8 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
             candidates = list(
                 Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
                 .exclude(pk__in=_seen_ids(annotator, project))
-                .order_by("pk")
-                .only("pk", "slots_taken", "is_gold")[:CANDIDATES]
+                .order_by("-priority", "pk")
+                .only("pk", "slots_taken", "is_gold", "priority")[:CANDIDATES]
             )
             if not gold:
                 candidates = [c for c in candidates if c.slots_taken < project.overlap]
@@ -133,7 +133,7 @@ def _lock_annotator(membership: Membership) -> bool:
 
 def _by_need(project: Project, membership: Membership, candidates: list[Comparison]) -> list[Comparison]:
     """The candidates, the one on which the annotator's pool is furthest below its target
-    share first (see ``_most_needed``); ties in import order."""
+    share first (see ``_most_needed``); ties by priority (highest first), then import order."""
     targets = _pool_targets(project)
     pool_id = membership.pool_id
     if not targets or pool_id not in targets:
@@ -149,14 +149,15 @@ def _by_need(project: Project, membership: Membership, candidates: list[Comparis
         .values_list("comparison_id", "n")
     )
     target = targets[pool_id] * project.overlap
-    return sorted(candidates, key=lambda c: (-(target - taken.get(c.pk, 0)), c.pk))
+    return sorted(candidates, key=lambda c: (-(target - taken.get(c.pk, 0)), -c.priority, c.pk))
 
 
 def _most_needed(project: Project, membership: Membership, candidates: list[Comparison]) -> Comparison:
     """The candidate on which the annotator's pool is furthest below its target share.
 
     deficit = target_share(pool) × overlap − judgments and live assignments from the pool.
-    Ties go to the oldest comparison, so work finishes in import order.
+    Ties go to the highest priority, then to the oldest comparison, so that in arrival order
+    (every priority 0) work finishes in import order.
     """
     return _by_need(project, membership, candidates)[0]
 

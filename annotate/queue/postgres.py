@@ -49,11 +49,13 @@ WHERE user_id = %(user)s AND project_id = %(project)s
 FOR UPDATE
 """
 
-# Candidates: the first ``window`` open comparisons (in id order, through comparison_open_idx)
-# that the annotator has not judged, skipped or held; none while they hold an item, and none
-# while the project has assignments past their deadline (the caller expires those first and
-# then asks again with ignore_stale) so that returned slots are served before newer ones.
-# The pick ranks them (``{rank}``, then id) and locks the first that is free and has room.
+# Candidates: the first ``window`` open comparisons in serving order (priority DESC, then id:
+# the order of comparison_open_prio_idx, so this is a range scan of that index that stops after
+# ``window`` rows) that the annotator has not judged, skipped or held; none while they hold an
+# item, and none while the project has assignments past their deadline (the caller expires
+# those first and then asks again with ignore_stale) so that returned slots are served before
+# newer ones. The pick ranks them (``{rank}``, then priority DESC, then id) and locks the first
+# that is free and has room.
 CLAIM_SQL = """
 WITH mine AS MATERIALIZED (
     SELECT a.id, a.comparison_id, a.a_on_left, a.status, a.created_at, a.expires_at, a.pool_id
@@ -75,13 +77,13 @@ cand AS MATERIALIZED (
           SELECT 1 FROM annotate_assignment s
           WHERE s.annotator_id = %(user)s AND s.comparison_id = c.id AND s.status <> 'expired'
       )
-    ORDER BY c.id
+    ORDER BY c.priority DESC, c.id
     LIMIT {window}
 ),
 pick AS (
     SELECT c.id FROM annotate_comparison c
     WHERE c.id IN (SELECT id FROM cand) AND c.is_open AND (c.is_gold OR c.slots_taken < %(overlap)s)
-    ORDER BY {rank}, c.id
+    ORDER BY {rank}, c.priority DESC, c.id
     LIMIT 1
     FOR NO KEY UPDATE SKIP LOCKED
 ),
@@ -128,7 +130,8 @@ LEFT JOIN (
 
 # Ranks: regular items where the annotator's pool has the fewest live or finished assignments
 # first (its deficit against its target share, see annotate.queue.orm._most_needed) when the pool
-# has a target; gold items in an order drawn from the caller's rng.
+# has a target, then by priority; gold items in an order drawn from the caller's rng (the seed
+# makes the md5 ties-free, so priority does not reorder gold).
 POOL_RANK = """
     CASE WHEN (SELECT target_share > 0 FROM annotate_pool WHERE id = %(pool)s) THEN (
         SELECT count(*) FROM annotate_assignment x

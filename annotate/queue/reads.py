@@ -57,13 +57,14 @@ SELECT
 FROM annotate_assignment a JOIN annotate_comparison c ON c.id = a.comparison_id
 WHERE a.annotator_id = %s AND a.project_id = %s
 """
-# In id order, so that PostgreSQL walks the partial index of open comparisons: unordered, a
-# LIMITed count may seq-scan from the start of the table, through every closed comparison
-# (late in a project, the first half of the table) before it finds its open ones.
+# In the queue's order (priority DESC, id), so that PostgreSQL walks the partial index of open
+# comparisons: unordered, a LIMITed count may seq-scan from the start of the table, through
+# every closed comparison (late in a project, the first half of the table) before it finds its
+# open ones.
 CAPPED_COUNT_SQL = """,
     (SELECT COUNT(*) FROM (
         SELECT 1 FROM annotate_comparison
-        WHERE project_id = %s AND is_gold = %s AND is_open ORDER BY id LIMIT %s
+        WHERE project_id = %s AND is_gold = %s AND is_open ORDER BY priority DESC, id LIMIT %s
     ) capped)"""
 
 

@@ -164,10 +164,21 @@ def test_simultaneous_requests_serve_everyone_while_slots_remain(run_at_once):
     assert sum(a is not None for a in served) == N_COMPARISONS * OVERLAP
 
 
-def test_twenty_annotators_at_once_fill_five_comparisons_of_overlap_three(run_at_once):
+def random_priorities(project, seed):
+    """Priorities as the active-selection task writes them (ties included): every claim then
+    goes first for the same few rows, the hardest case for the row locks."""
+    rng = random.Random(seed)
+    for pk in Comparison.objects.filter(project=project).values_list("pk", flat=True):
+        Comparison.objects.filter(pk=pk).update(priority=rng.choice([0.0, 1.0, rng.uniform(-5, 5)]))
+
+
+@pytest.mark.parametrize("priorities", [None, 1, 2], ids=["arrival", "random-1", "random-2"])
+def test_twenty_annotators_at_once_fill_five_comparisons_of_overlap_three(run_at_once, priorities):
     """20 annotators ask at the same moment for 5 comparisons × overlap 3: exactly 15 are served,
     3 on each comparison, and the other 5 are told there is nothing left."""
     project, users = setup_project(n_comparisons=5, n_annotators=20, overlap=3)
+    if priorities is not None:
+        random_priorities(project, priorities)
     served = run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])
     assert_invariants(project)
     got = [a for a in served if a is not None]
@@ -176,12 +187,15 @@ def test_twenty_annotators_at_once_fill_five_comparisons_of_overlap_three(run_at
     assert len({a.annotator_id for a in got}) == 15
 
 
-def test_twenty_annotators_judging_one_request_each_fill_everything_exactly(run_at_once):
+@pytest.mark.parametrize("priorities", [None, 3], ids=["arrival", "random"])
+def test_twenty_annotators_judging_one_request_each_fill_everything_exactly(run_at_once, priorities):
     """The same 20 annotators then judge in lock-step rounds with ``submit_and_next`` (the one
     request per judgment of the API and the page): each judgment and the next claim in one
     transaction. Nothing passes the overlap at any round, and in the end every comparison has
     exactly 3 judgments."""
     project, users = setup_project(n_comparisons=5, n_annotators=20, overlap=3)
+    if priorities is not None:
+        random_priorities(project, priorities)
     held = dict(zip([u.pk for u in users], run_at_once([lambda u=u: queue.next_assignment(u, project) for u in users])))
     rng = random.Random(20)
 
