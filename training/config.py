@@ -44,7 +44,9 @@ class TrainConfig:
     shuffle: bool = True
     # data
     max_length: int = 512  # prompt + one response, in tokens
-    max_prompt_length: int | None = None  # longer prompts keep their last tokens; None: error instead
+    # a longer prompt keeps its last tokens; None: as many as the responses leave room for, at least
+    # max_length // 2 (training.data.prompt_keep)
+    max_prompt_length: int | None = None
     min_pairs: int = 8
     eval_fraction: float = 0.1  # held out for eval (reward accuracy); 0 disables
     eval_every: int = 0  # steps; 0: evaluate at the end of each phase only

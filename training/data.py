@@ -19,10 +19,15 @@ Tokenization (the same rules as TRL 1.16's DPOTrainer, so both see the same toke
   diverge (BPE merges across the boundary cannot shift tokens between prompt and response).
 * The loss only sees response tokens (the labels of prompt tokens are masked).
 
-Truncation: with ``max_prompt_length`` set, a longer prompt keeps its *last* tokens (the most
-recent turns). A prompt that still leaves no room for a response inside ``max_length`` is an
-error (``ValueError``, raised before any compute, naming the pair). Responses keep their first
-``max_length - len(prompt)`` tokens (TRL's ``keep_start``).
+Truncation (``prompt_keep``): a pair longer than ``max_length`` loses its prompt's *earliest*
+tokens first (the oldest turns; the prompt keeps its last ones, as TRL's ``max_prompt_length``
+did), then its responses' last tokens (TRL's ``keep_start``: responses keep their first
+``max_length - len(prompt)`` tokens). With ``max_prompt_length`` set, a longer prompt keeps its
+last ``max_prompt_length`` tokens. Unset (the default), a prompt is cut only as far as the longer
+response needs, and never below ``max_length // 2`` tokens, so a long conversation (real HH-RLHF
+prompts run to hundreds of tokens) trains on its latest turns instead of failing. A prompt that
+leaves no room for a response is an error (``ValueError`` naming the pair); with these rules
+only an explicit ``max_prompt_length >= max_length`` could do that, and ``TrainConfig`` refuses it.
 
 The batch layout (``collate_preference``). A naive DPO batch runs ``prompt+chosen`` and
 ``prompt+rejected`` as two padded rows, computing the shared prompt twice. Here each pair is one
@@ -145,21 +150,32 @@ def _split_prompt_responses(tokenizer, prompt, responses: Sequence, index: int):
     return prompt_ids[:prompt_len], [f[prompt_len:] for f in fulls]
 
 
+def prompt_keep(prompt_len: int, response_len: int, max_length: int | None,
+                max_prompt_length: int | None) -> int:
+    """How many of a prompt's last tokens to keep (see the module docstring): all of them when the
+    pair fits; else at most ``max_prompt_length`` when it is set, otherwise only as few as the
+    longest response (``response_len`` tokens) needs, but never fewer than ``max_length // 2``."""
+    if max_prompt_length is not None:
+        return min(prompt_len, max_prompt_length)
+    if max_length is None or prompt_len + response_len <= max_length:
+        return prompt_len
+    return min(prompt_len, max(max_length // 2, max_length - response_len))
+
+
 def _truncate(prompt_ids, responses, max_length, max_prompt_length, index):
     truncated = False
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
+    keep = prompt_keep(len(prompt_ids), max(len(r) for r in responses), max_length, max_prompt_length)
+    if keep < len(prompt_ids):
+        prompt_ids = prompt_ids[len(prompt_ids) - keep:]
         truncated = True
     if not prompt_ids:
         raise ValueError(f"pair {index}: the prompt is empty after tokenization (nothing to condition on)")
     if max_length is not None:
         room = max_length - len(prompt_ids)
         if room < 1:
-            hint = ("set max_prompt_length below max_length to keep the end of long prompts"
-                    if max_prompt_length is None else "raise max_length above max_prompt_length")
             raise ValueError(
                 f"pair {index}: the prompt has {len(prompt_ids)} tokens, which leaves no room for a response "
-                f"within max_length={max_length}; {hint}"
+                f"within max_length={max_length}; set max_prompt_length below max_length"
             )
         if any(len(r) > room for r in responses):
             truncated = True

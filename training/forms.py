@@ -23,7 +23,10 @@ COMMON_FIELDS = (
     ("grad_accum", forms.IntegerField, {"min_value": 1, "label": "Gradient accumulation"}),
     ("beta", forms.FloatField, {"min_value": 0, "label": "DPO beta"}),
     ("max_length", forms.IntegerField, {"min_value": 2, "label": "Max length (tokens)"}),
-    ("max_prompt_length", forms.IntegerField, {"min_value": 1, "label": "Max prompt length (tokens)"}),
+    ("max_prompt_length", forms.IntegerField, {
+        "min_value": 1, "label": "Max prompt length (tokens)",
+        "help_text": "A longer prompt keeps its last tokens. Empty: a pair longer than max length keeps as "
+                     "much of its prompt's end as the responses leave room for, at least half of max length."}),
     ("seed", forms.IntegerField, {"label": "Seed"}),
 )
 

@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from . import losses
 from .config import TrainConfig
-from .data import is_conversational
+from .data import is_conversational, prompt_keep
 from .ppo import Rollout, apply_missing_eos_penalty, kl_controller, minibatch_order, value_clip_fraction
 from .reward_model import RewardScorer, _autocast, device_of, load_reward_model
 from .rollout import (
@@ -68,8 +68,9 @@ def _seed(*parts) -> int:
 
 def tokenize_prompts(tokenizer, rows, cfg: TrainConfig) -> tuple[list[list[int]], list[str]]:
     """Unique prompts of ``rows`` as token ids (chat template for message lists, with the
-    generation prompt), and their text. Longer than ``max_prompt_length``: the last tokens are kept;
-    a prompt that leaves no room for a response within ``max_length`` is an error naming it."""
+    generation prompt), and their text. A long prompt keeps its last tokens (``training.data.prompt_keep``
+    with the ``ppo_response_length`` tokens to sample: ``max_prompt_length`` when set, else as few as
+    the response needs within ``max_length`` but at least half of it)."""
     seen, ids, texts = set(), [], []
     for i, row in enumerate(rows):
         prompt = row.get("prompt") if isinstance(row, dict) else row
@@ -85,8 +86,8 @@ def tokenize_prompts(tokenizer, rows, cfg: TrainConfig) -> tuple[list[list[int]]
             toks, text = list(tokenizer(prompt)["input_ids"]), prompt
         else:
             raise ValueError(f"row {i}: prompt must be a string or a list of messages")
-        if cfg.max_prompt_length and len(toks) > cfg.max_prompt_length:
-            toks = toks[-cfg.max_prompt_length:]
+        keep = prompt_keep(len(toks), cfg.ppo_response_length, cfg.max_length, cfg.max_prompt_length)
+        toks = toks[len(toks) - keep:]
         if len(toks) >= cfg.max_length:
             raise ValueError(f"row {i}: the prompt has {len(toks)} tokens, which leaves no room for a response "
                              f"within max_length={cfg.max_length}; set max_prompt_length")

@@ -246,5 +246,24 @@ def test_invalid_ppo_settings_are_refused(tiny, tmp_path):
         train_ppo(ppo_cfg(), tiny, prompts(), tmp_path / "b")
     with pytest.raises(ValueError, match="ppo_mini_batches"):
         train_ppo(ppo_cfg(ppo_mini_batches=9), tiny, prompts(), tmp_path / "c", reward_fn=word_reward)
-    with pytest.raises(ValueError, match="no room for a response"):
-        train_ppo(ppo_cfg(max_length=4), tiny, prompts(), tmp_path / "d", reward_fn=word_reward)
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        train_ppo(ppo_cfg(max_length=4, max_prompt_length=4), tiny, prompts(), tmp_path / "d",
+                  reward_fn=word_reward)
+
+
+def test_long_ppo_prompts_keep_their_last_tokens(tiny):
+    """A prompt that leaves no room for the sampled response within max_length keeps its last
+    tokens: as many as ppo_response_length leaves room for, at least half of max_length."""
+    from training.ppo_trainer import tokenize_prompts
+    from training.tiny_model import load_tokenizer
+
+    tok = load_tokenizer(tiny)
+    row = {"prompt": "Tell me about " + " and ".join(WORDS) + "."}
+    whole = tok(row["prompt"])["input_ids"]
+    assert len(whole) > 24
+    (ids,), _ = tokenize_prompts(tok, [row], ppo_cfg(max_length=24))
+    assert ids == whole[-14:]  # 24 - ppo_response_length 10
+    (ids,), _ = tokenize_prompts(tok, [row], ppo_cfg(max_length=24, ppo_response_length=20))
+    assert ids == whole[-12:]  # never below max_length // 2
+    (ids,), _ = tokenize_prompts(tok, [row], ppo_cfg(max_length=24, max_prompt_length=5))
+    assert ids == whole[-5:]

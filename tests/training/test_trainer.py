@@ -162,14 +162,18 @@ def test_tokenization_rules(tiny):
     assert e.prompt_ids[0] == tok.bos_token_id
     assert e.chosen_ids[-1] == tok.eos_token_id and e.rejected_ids[-1] == tok.eos_token_id
     assert tok.decode(e.prompt_ids + e.chosen_ids, skip_special_tokens=True) == pair["prompt"] + pair["chosen"]
-    # responses are truncated to fit (keep the start); prompts keep their end with max_prompt_length
-    p = len(e.prompt_ids)
-    (t,) = tokenize_pairs(tok, [pair], max_length=p + 2)
-    assert t.chosen_ids == e.chosen_ids[:2] and t.truncated
+    # a pair too long for max_length: the prompt gives up its first tokens down to max_length // 2,
+    # then the responses keep their start; with max_prompt_length the prompt keeps its last ones
+    p, c = len(e.prompt_ids), len(e.chosen_ids)
+    assert p >= 4 and c >= 3
+    (t,) = tokenize_pairs(tok, [pair], max_length=p + c - 1)  # one token short: the prompt pays it
+    assert t.prompt_ids == e.prompt_ids[1:] and t.chosen_ids == e.chosen_ids and t.truncated
+    (t,) = tokenize_pairs(tok, [pair], max_length=4)  # prompt 2 tokens (its last), responses 2
+    assert t.prompt_ids == e.prompt_ids[-2:] and t.chosen_ids == e.chosen_ids[:2] and t.truncated
     (t,) = tokenize_pairs(tok, [pair], max_length=8, max_prompt_length=3)
     assert t.prompt_ids == e.prompt_ids[-3:] and len(t.prompt_ids) + len(t.chosen_ids) <= 8
-    with pytest.raises(ValueError, match="pair 0: the prompt has .* tokens.*max_length=4"):
-        tokenize_pairs(tok, [pair], max_length=4)
+    with pytest.raises(ValueError, match="pair 0: the prompt has 4 tokens.*max_length=4"):
+        tokenize_pairs(tok, [pair], max_length=4, max_prompt_length=4)  # TrainConfig refuses this one
     with pytest.raises(ValueError, match="pair 1: 'rejected' is missing"):
         tokenize_pairs(tok, [pair, {"prompt": "x", "chosen": "y"}])
     with pytest.raises(ValueError, match="pair 7: 'rejected' is missing"):  # named by the caller's index
@@ -318,8 +322,8 @@ def test_validation_errors(tiny, tmp_path):
         train(cfg(min_pairs=20), path, pairs, tmp_path / "a")
     with pytest.raises(ModelLoadError, match="does not exist"):
         train(cfg(), tmp_path / "nope", pairs, tmp_path / "b")
-    with pytest.raises(ValueError, match="leaves no room for a response within max_length=5"):
-        train(cfg(max_length=5), path, pairs, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"max_prompt_length \(5\) must be >= 1 and below max_length \(5\)"):
+        train(cfg(max_length=5, max_prompt_length=5), path, pairs, tmp_path / "c")
     with pytest.raises(ValueError, match="recipe"):
         train(cfg(recipe="ppo"), path, pairs, tmp_path / "d")
     if not torch.cuda.is_available():

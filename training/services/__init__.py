@@ -11,9 +11,9 @@ Celery tasks call. One module per concern:
 ======================  ========================================================================
 
 Nothing here imports torch or transformers at import time: the web process validates everything
-it can (hyperparameters, the model folder's files, the export's size, prompt lengths estimated
-from characters) and the GPU worker (``training.worker``) does the rest before any compute (the
-model actually loads, token lengths, CUDA present). Jobs are sent to Celery by task name once the
+it can (hyperparameters, the model folder's files, the export's size and weights) and the GPU
+worker (``training.worker``) does the rest before any compute (the model actually loads, the rows
+tokenize -- long pairs are truncated, never refused --, CUDA present). Jobs are sent to Celery by task name once the
 transaction commits (``current_app.tasks[name]``; ``TrainingConfig.ready`` registers the tasks),
 so ``training.tasks`` imports these modules and they never import it.
 """

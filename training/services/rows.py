@@ -1,6 +1,8 @@
 """The rows a run trains on: a calibrated export's preference pairs, read without torch, filtered
-(ties, empty texts) and checked (enough pairs, enough weight to learn from, prompts that can fit
-``max_length``); a fresh export built at launch when the run names none.
+(ties, empty texts) and checked (enough pairs, enough weight to learn from); a fresh export built
+at launch when the run names none. Lengths are not refused: a pair longer than ``max_length`` is
+truncated by the trainer (the prompt's earliest tokens first, ``training.data.prompt_keep``), as
+TRL does, and the run's log says how many were.
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ from ..models import TrainingRun
 from ..weighting import WeightStats, weight_stats
 from .errors import TrainingError
 from .hyperparameters import train_config_defaults
-
-#: A prompt this many characters per allowed token is surely longer than ``max_length``
-#: (English BPE averages about 4 characters per token; no common tokenizer averages 8).
-MAX_CHARS_PER_TOKEN = 8
-
 
 #: Labels of export rows that say which response is better (ties / both-bad are not pairs).
 DECIDED_LABELS = {"preference", None}
@@ -168,14 +165,6 @@ def min_pairs(hyperparameters: dict) -> int:
     return int(hyperparameters.get("min_pairs", train_config_defaults()["min_pairs"]))
 
 
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list):
-        return "".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
-    return ""
-
-
 #: Recipes that train on the export's pairs and their weights (``ppo`` takes only its prompts).
 WEIGHTED_RECIPES = ("sft", "dpo", "sft+dpo", "rm", "sft+rm+ppo", "sft+dpo+ppo")
 
@@ -207,8 +196,9 @@ def check_weights(train: list[dict], hyperparameters: dict, recipe: str | None =
 
 def check_rows(train: list[dict], test: list[dict], hyperparameters: dict, recipe: str | None = None
                ) -> WeightStats:
-    """The checks on the data that need no tokenizer: enough pairs, enough weight on them
-    (``check_weights``, whose stats are returned), prompts that can fit."""
+    """The checks on the data: enough pairs and enough weight on them (``check_weights``, whose
+    stats are returned). Long prompts are not refused: the trainer truncates them from the left
+    (``training.data.prompt_keep``), so every length fits ``max_length``."""
     cfg = train_config_defaults()
     cfg.update(hyperparameters)
     need = min_pairs(hyperparameters)
@@ -222,15 +212,4 @@ def check_rows(train: list[dict], test: list[dict], hyperparameters: dict, recip
             f"(min_pairs={need})",
             "export",
         )
-    if cfg.get("max_prompt_length") is None:
-        limit = int(cfg["max_length"]) * MAX_CHARS_PER_TOKEN
-        for i, row in enumerate(train + test):
-            n_chars = len(_prompt_text(row.get("prompt")))
-            if n_chars > limit:
-                raise TrainingError(
-                    f"pair {i} has a prompt of {n_chars} characters, far more than max_length="
-                    f"{cfg['max_length']} tokens allows; raise max_length or set max_prompt_length "
-                    f"(longer prompts then keep their last tokens)",
-                    "hyperparameters",
-                )
     return check_weights(train, hyperparameters, recipe)

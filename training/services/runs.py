@@ -58,7 +58,8 @@ def launch_run(
     ``export=None`` builds a fresh export of the project first (synchronously). Raises
     ``TrainingError`` (nothing created) on: unknown or invalid hyperparameters, a base model
     whose folder is missing or unusable, an export of another project or not built, an export
-    with fewer pairs than ``min_pairs``, prompts far longer than ``max_length``.
+    with fewer pairs than ``min_pairs`` (or weights worth fewer). Long prompts are truncated by the
+    trainer, never refused (``training.data.prompt_keep``).
     """
     hp = validate_hyperparameters(hyperparameters, recipe)
     if base_model is None:

@@ -10,8 +10,9 @@ The public surface::
 
 ``pairs`` are the calibrated export's rows ``{"prompt", "chosen", "rejected", "weight"?, "p_chosen"?}``.
 ``train`` validates everything it can before any compute (too few pairs, a model folder that
-does not load, prompts longer than ``max_length``, CUDA asked for but absent), then runs the
-recipe's phases (``training.config.RECIPE_PHASES``):
+does not load, rows that cannot be tokenized, CUDA asked for but absent; pairs longer than
+``max_length`` are truncated, ``training.data.prompt_keep``), then runs the recipe's phases
+(``training.config.RECIPE_PHASES``):
 
 * ``sft``: next-token loss on the chosen responses (response tokens only);
 * ``dpo``: a DPO-family loss from ``training.losses`` against a frozen reference;

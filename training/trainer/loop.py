@@ -94,6 +94,9 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
             for ex, i in zip(ev, eval_idx):
                 ex.index = i  # numbered after the training rows
         data[phase] = (tr, ev)
+        cut = [e for e in tr + ev if e.truncated]
+        if cut:
+            run.log(truncation_line(phase, cut, len(tr) + len(ev), cfg))
         if cfg.loss_type == "robust" and phase == "dpo":
             tie = next((e for e in tr + ev if getattr(e, "tie", False)), None)
             if tie is not None:
@@ -150,6 +153,15 @@ def train(config: TrainConfig | dict, model_path: str | os.PathLike, pairs: Sequ
         write_json(out / "result.json", result.to_dict())
     accelerator.wait_for_everyone()
     return result
+
+
+def truncation_line(phase: str, cut, total: int, cfg: TrainConfig) -> str:
+    """The log line saying how many of a phase's rows were cut to fit ``max_length``."""
+    limit = (f"prompts keep their last max_prompt_length={cfg.max_prompt_length} tokens"
+             if cfg.max_prompt_length is not None else
+             f"prompts keep their last tokens, at least {cfg.max_length // 2}")
+    return (f"{phase}: {len(cut)} of {total} rows truncated to fit max_length={cfg.max_length} ({limit}, "
+            f"then responses keep their first tokens); raise max_length to keep more")
 
 
 #: A phase whose gradient norm is exactly 0 on each of its first this-many steps learns nothing.
