@@ -24,7 +24,9 @@ back to 0 (they count the starts in a row whose process died). So two callers ne
 at the same time, and a loop whose process died is taken up by the next claim -- the sweep's
 re-queue and re-send, or the 600 s re-send of a queued loop whose poller died -- from its current
 stage: ``train`` and ``sample`` only poll (the sampling job is queued in the same transaction as
-the move to ``sample``); ``annotating`` resumes after the judging when it had ended (the
+the move to ``sample``, and the round's run is launched in the same transaction as the move to
+``train``, its fresh export recorded on the loop before, so a retry reuses it and never launches a
+second run); ``annotating`` resumes after the judging when it had ended (the
 round's truth is saved with ``report["annotated"]``), and otherwise fails the loop (the judgments
 of the killed session are in the database but the simulator's record of them is lost, so the
 round's report would be wrong). A loop lost :data:`MAX_ATTEMPTS` times in a row is failed.
@@ -41,6 +43,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Project
+from evaluation.models import Export
+from evaluation.models import JobStatus as ExportStatus
 from evaluation.quality.compute import recompute_quality
 from evaluation.simulated import annotate, enroll
 from evaluation.stats.simulation import DEFAULT_POOLS, KeywordUtility, PoolSpec, draw_annotators
@@ -50,6 +54,7 @@ from prefloop import jobs
 from ..models import JobStatus, LoopRun, LoopStage, ModelVersion, Pairing, Recipe, RunStatus, TrainingRun
 from ..services.errors import TrainingError
 from ..services.hyperparameters import validate_hyperparameters
+from ..services.rows import build_fresh_export, discard_export
 from ..services.runs import launch_run
 from ..services.sampling import _must_generate, queue_sample_round
 from . import report as reports
@@ -267,12 +272,40 @@ def _annotate_stage(loop: LoopRun, on_judgment) -> bool:
         loop.status = JobStatus.SUCCEEDED
         return True
     _set(loop, report=report, message=f"round {loop.round}: training {loop.recipe} from {loop.latest_model.name}")
-    run = launch_run(
-        project, base_model=loop.latest_model, recipe=loop.recipe, hyperparameters=loop.hyperparameters,
-        created_by=loop.created_by,
-    )
-    _set(loop, current_run=run, stage=LoopStage.TRAIN)
+    _launch_round_run(loop)
     return True
+
+
+def _launch_round_run(loop: LoopRun) -> TrainingRun:
+    """Launch the round's run and record it on the loop in one transaction, so that a process
+    killed between the two leaves neither: the redelivered advance (``annotating``, judging done)
+    launches the round's one run again, never a second. The fresh export is built first, outside
+    that transaction (it takes a while and writes files), and its id is recorded on the loop
+    (``report["launch"]``, the round's intent) before the launch, so the retry reuses it instead of
+    building another; an export the launch refuses (or a claim lost meanwhile) is discarded."""
+    intent = (loop.report or {}).get("launch") or {}
+    export = None
+    if intent.get("round") == loop.round:
+        export = Export.objects.filter(pk=intent.get("export"), project=loop.project,
+                                       status=ExportStatus.SUCCEEDED).first()
+    if export is None:
+        export = build_fresh_export(loop.project, loop.created_by)
+        try:
+            _set(loop, report={**loop.report, "launch": {"round": loop.round, "export": export.pk}})
+        except _NotOurs:
+            discard_export(export)
+            raise
+    try:
+        with transaction.atomic():
+            run = launch_run(
+                loop.project, base_model=loop.latest_model, recipe=loop.recipe, export=export,
+                hyperparameters=loop.hyperparameters, created_by=loop.created_by,
+            )
+            _set(loop, current_run=run, stage=LoopStage.TRAIN)
+    except (TrainingError, _NotOurs):
+        discard_export(export)
+        raise
+    return run
 
 
 def _judge(loop: LoopRun, utility: KeywordUtility, on_judgment) -> None:
