@@ -10,6 +10,9 @@ of a pair: an annotator who met the same pair twice would know one of them is go
 * ``existing_pairs(project, pairs, prompt_ids)``: the stored comparisons of imported gold lines,
   matched by prompt and the two response texts (any round, any model names, either order);
   ``mark_imported(...)`` flags them with the line's answer mapped to the stored order.
+* ``gold_twins(project, pairs, prompt_ids)``: the same match for regular lines against the gold
+  comparisons: such a line joins the gold comparison (a duplicate in the import's summary, its
+  line named), never a regular copy of a gold pair.
 * ``gold_warning(project)``: the settings page's warning for a gold share with no gold items.
 
 Gold comparisons stay open (every annotator may be served each once); an unflagged one is open
@@ -126,15 +129,34 @@ def existing_pairs(project: Project, pairs: list, prompt_ids: dict[str, int]) ->
     lines) whose prompt and two response texts are already a comparison of ``project``, in any
     round, under any model names, in either order. ``prompt_ids``: prompt hash -> id of the
     project's stored prompts (the import has read them)."""
+    return _same_texts([p for p in pairs if p.gold], prompt_ids, Comparison.objects.filter(project=project))
+
+
+def gold_twins(project: Project, pairs: list, prompt_ids: dict[str, int]) -> dict[str, list[tuple[int, bool]]]:
+    """``existing_pairs`` the other way round: the regular (non-gold) ``pairs`` whose prompt and two
+    response texts are a *gold* comparison of ``project`` (any round, model names, order). The
+    import joins such a line to that comparison instead of adding a regular copy of a gold pair
+    (an annotator served both would learn which one is gold)."""
+    return _same_texts([p for p in pairs if not p.gold], prompt_ids,
+                       Comparison.objects.filter(project=project, is_gold=True))
+
+
+def text_key(pair) -> tuple[str, str, str]:
+    """A validated line's identity by texts only: its prompt and its two responses in either order
+    (what ``existing_pairs`` and ``gold_twins`` match; model names and round do not count)."""
+    return (pair.prompt_key, *sorted((pair.hash_a, pair.hash_b)))
+
+
+def _same_texts(pairs: list, prompt_ids: dict[str, int], comparisons) -> dict[str, list[tuple[int, bool]]]:
     wanted: dict[int, list] = {}
     for p in pairs:
         pid = prompt_ids.get(p.prompt_key)
-        if pid is not None and p.gold:
+        if pid is not None:
             wanted.setdefault(pid, []).append(p)
     found: dict[str, list[tuple[int, bool]]] = {}
     pids = sorted(wanted)
     for start in range(0, len(pids), 500):
-        rows = Comparison.objects.filter(project=project, prompt_id__in=pids[start:start + 500]).values_list(
+        rows = comparisons.filter(prompt_id__in=pids[start:start + 500]).values_list(
             "pk", "prompt_id", "response_a__content_hash", "response_b__content_hash"
         )
         for cid, pid, h_a, h_b in rows.order_by("pk"):

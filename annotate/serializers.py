@@ -304,6 +304,11 @@ class ImportResultSerializer(serializers.Serializer):
         help_text="Existing comparisons that gold lines made gold (or gave a new answer): a stored pair "
         "is flagged, never imported a second time."
     )
+    gold_twin_lines = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Lines (counted in duplicates) whose prompt and response texts are a gold comparison's (under "
+        "other model names or in another round): joined to it, never imported as a regular copy of a gold pair.",
+    )
     prompts_created = serializers.IntegerField()
     responses_created = serializers.IntegerField()
     votes_source = serializers.CharField(help_text="The source whose votes were imported ('' for none).")

@@ -3,7 +3,7 @@ answers that do not exist yet (``write_pairs``, shared with the judgment import)
 transaction retried once when a concurrent import wrote the same rows first."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from django.db import IntegrityError, transaction
@@ -23,6 +23,9 @@ class PairWrite:
     responses_created: int
     gold_created: int
     gold_marked: int = 0  # existing comparisons flagged gold (or re-answered) by gold lines
+    #: keys of regular lines that joined a gold comparison with their texts (stored, or a gold
+    #: line of the same file) under other model names, instead of becoming a regular copy of it
+    gold_twins: set[str] = field(default_factory=set)
 
 
 def _existing(project: Project, round_: int, pairs: list[Pair]) -> tuple[dict[str, int], dict[str, int]]:
@@ -58,7 +61,18 @@ def write_pairs(project: Project, round_: int, pairs: list[Pair], tick_factory) 
     gold_matches = gold.existing_pairs(project, [p for p in pairs if p.gold], prompt_ids)
     for key, matches in gold_matches.items():
         comparison_ids.setdefault(key, matches[0][0])
-    new_pairs = [p for p in pairs if p.key not in comparison_ids]
+    # a regular line with a gold pair's texts (stored, or a gold line of this file) under other
+    # model names joins that comparison: never a regular copy of a gold pair
+    twins = gold.gold_twins(project, [p for p in pairs if p.key not in comparison_ids], prompt_ids)
+    for key, matches in twins.items():
+        comparison_ids.setdefault(key, matches[0][0])
+    gold_in_file = {gold.text_key(p): p.key for p in pairs if p.gold}
+    file_twins = {
+        p.key: gold_in_file[gold.text_key(p)]
+        for p in pairs
+        if not p.gold and p.key not in comparison_ids and gold.text_key(p) in gold_in_file
+    }
+    new_pairs = [p for p in pairs if p.key not in comparison_ids and p.key not in file_twins]
 
     new_prompts: dict[str, tuple] = {}
     for p in new_pairs:
@@ -139,6 +153,8 @@ def write_pairs(project: Project, round_: int, pairs: list[Pair], tick_factory) 
     if rows is None:
         rows = _existing(project, round_, new_pairs)[1].items()
     comparison_ids.update(rows)
+    for key, gold_key in file_twins.items():
+        comparison_ids[key] = comparison_ids[gold_key]
 
     gold_rows = [(comparison_ids[p.key], p.gold) for p in golds]
     bulk.insert_rows(GoldAnswer, ["comparison", "answer"], gold_rows, tick)
@@ -150,6 +166,7 @@ def write_pairs(project: Project, round_: int, pairs: list[Pair], tick_factory) 
         responses_created=len(response_rows),
         gold_created=len(golds),
         gold_marked=gold_marked,
+        gold_twins=set(twins) | set(file_twins),
     )
 
 
@@ -239,6 +256,7 @@ def import_comparisons(
         duplicates=lines - created,
         gold=result.gold_created,
         gold_marked=result.gold_marked,
+        gold_twin_lines=sorted(line for pair, line in valid if pair.key in result.gold_twins),
         prompts_created=result.prompts_created,
         responses_created=result.responses_created,
         votes_source=votes_source,

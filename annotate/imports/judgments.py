@@ -158,12 +158,16 @@ def _stored_side_a(pw: PairWrite, pairs: list[Pair]) -> dict[str, tuple[str, str
     """``pair_hash -> (content hash, model)`` of each comparison's stored ``response_a``."""
     by_key = {p.key: p for p in pairs}
     side_a = {k: (by_key[k].hash_a, by_key[k].model_a) for k in pw.created}
-    old = {pw.ids[p.key]: p.key for p in pairs if p.key not in pw.created}
+    old: dict[int, list[str]] = {}  # several lines (model names) may share a stored comparison
+    for p in pairs:
+        if p.key not in pw.created:
+            old.setdefault(pw.ids[p.key], []).append(p.key)
     for chunk in bulk.chunks(sorted(old)):
         for cid, h, m in Comparison.objects.filter(pk__in=chunk).values_list(
             "pk", "response_a__content_hash", "response_a__model_name"
         ):
-            side_a[old[cid]] = (h, m)
+            for key in old[cid]:
+                side_a[key] = (h, m)
     return side_a
 
 

@@ -79,6 +79,10 @@ class ImportResult:
     #: Existing comparisons that gold lines flagged as gold (or gave a new answer), instead of
     #: importing a second, gold copy of the same pair.
     gold_marked: int = 0
+    #: Regular lines whose prompt and response texts are a gold comparison's (stored, or a gold line
+    #: of the file) under other model names or in another round: counted in ``duplicates``, joined to it
+    #: instead of imported as a regular copy of a gold pair (``annotate.gold.gold_twins``).
+    gold_twin_lines: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -254,3 +255,100 @@ def test_gold_import_property_one_comparison_right_answer(world, swap, round_, w
     is_gold, answer = _state(c0)
     stored_better = c0.response_a.text if answer == "a" else c0.response_b.text
     assert is_gold and stored_better == better + " 0"
+
+
+# ---- a regular line with a gold pair's texts ----------------------------------------------------
+
+
+@hyp_settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(swap=st.booleans(), round_=st.integers(0, 3), models=st.sampled_from(["none", "other", "stored"]),
+       answer=st.sampled_from(["a", "b"]))
+def test_a_regular_line_of_a_gold_pair_joins_it_never_a_copy(world, swap, round_, models, answer):
+    """The stored gold comparison (Apple 0 vs Rock 0, models m-apple / m-rock) listed again by a
+    regular line -- either order, any round, with other model names, none, or its own -- stays the
+    one comparison with these texts, still gold with its answer; the line counts as a duplicate and
+    the summary names it."""
+    from annotate.gold import set_gold, unset_gold
+
+    project, c0 = world["project"], world["comparisons"][0]
+    unset_gold(project, [c.pk for c in world["comparisons"]])
+    set_gold(project, [c0.pk], answer)
+    before = Comparison.objects.count()
+    first, second = ("Rock 0", "Apple 0") if swap else ("Apple 0", "Rock 0")
+    line = {"prompt": "Which fruit 0?", "response_a": first, "response_b": second}
+    if models != "none":
+        line.update(model_a=("x-" if models == "other" else "m-") + first.split()[0].lower(),
+                    model_b=("x-" if models == "other" else "m-") + second.split()[0].lower())
+    other = {"prompt": f"Which fruit {uuid.uuid4().hex}?", "response_a": "Pear", "response_b": "Sand"}
+    result = import_comparisons(project, _jsonl(other, line), filename="regular.jsonl", round=round_)
+    assert (result.created, result.duplicates) == (1, 1)
+    assert Comparison.objects.count() == before + 1
+    assert Comparison.objects.filter(prompt__text="Which fruit 0?").count() == 1
+    assert _state(c0) == (True, answer)
+    # named as joined to a gold pair; the line with the stored names may instead be a plain
+    # duplicate of the stored key (the factory's pair_hash is not the import's)
+    assert result.gold_twin_lines == [2] or (models == "stored" and result.gold_twin_lines == [])
+
+
+@pytest.mark.parametrize("gold_first", [True, False])
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_gold_line_and_a_regular_twin_in_one_file_make_one_gold_comparison(world, gold_first, swap):
+    project = world["project"]
+    gold_line = {"prompt": "New fruit?", "response_a": "Kiwi", "response_b": "Stone", "model_a": "m1",
+                 "model_b": "m2", "gold": "a"}
+    regular = {"prompt": "New fruit?", "response_a": "Stone" if swap else "Kiwi",
+               "response_b": "Kiwi" if swap else "Stone", "model_a": "other-1", "model_b": "other-2"}
+    lines = [gold_line, regular] if gold_first else [regular, gold_line]
+    result = import_comparisons(project, _jsonl(*lines), filename="both.jsonl")
+    assert (result.created, result.gold, result.duplicates) == (1, 1, 1)
+    assert result.gold_twin_lines == [2 if gold_first else 1]
+    (c,) = Comparison.objects.filter(prompt__text="New fruit?")
+    is_gold, answer = _state(c)
+    assert is_gold and (c.response_a.text if answer == "a" else c.response_b.text) == "Kiwi"
+
+
+def test_the_command_and_the_api_name_the_regular_line_of_a_gold_pair(world, tmp_path):
+    from annotate.gold import set_gold
+
+    project, c1 = world["project"], world["comparisons"][1]
+    set_gold(project, [c1.pk], "a")
+    before = Comparison.objects.count()
+    path = tmp_path / "regular.jsonl"
+    path.write_text(json.dumps({"prompt": "Which fruit 1?", "response_a": "Rock 1", "response_b": "Apple 1",
+                                "model_a": "new-rock", "model_b": "new-apple"}) + "\n")
+    out = io.StringIO()
+    call_command("import_comparisons", str(path), "--project", project.name, stdout=out)
+    assert "0 comparisons created" in out.getvalue() and "1 duplicates skipped" in out.getvalue()
+    assert "Line 1: the pair (prompt and response texts) of a gold comparison" in out.getvalue()
+    admin = APIClient()
+    admin.force_login(world["team"].admin)
+    url = reverse("annotate-api:comparison-import", args=[project.pk])
+    r = admin.post(url, {"lines": [{"prompt": "Which fruit 1?", "response_a": "Apple 1", "response_b": "Rock 1",
+                                    "model_a": "api-a", "model_b": "api-b"}]}, format="json")
+    assert r.status_code == 201 and r.json()["created"] == 0 and r.json()["gold_twin_lines"] == [1]
+    assert Comparison.objects.count() == before and _state(c1) == (True, "a")
+
+
+def test_votes_on_a_gold_pair_under_other_model_names_join_it_in_the_stored_order(world):
+    """Two vote lines list the gold pair (Apple 0 vs Rock 0, stored with Apple as A) under two other
+    pairs of model names, one in each order: both votes land on the stored gold comparison, mapped
+    to its order (both say Apple is better), and no regular copy is made."""
+    from annotate.gold import set_gold
+    from annotate.imports import import_judgments
+    from annotate.models import Judgment
+
+    project, c0 = world["project"], world["comparisons"][0]
+    set_gold(project, [c0.pk], "a")
+    before = Comparison.objects.count()
+    base = {"source": "ext", "prompt": "Which fruit 0?", "strength": None, "extra": {}}
+    votes = [
+        {**base, "item_id": "v1", "response_a": "Apple 0", "response_b": "Rock 0", "model_a": "v1-a",
+         "model_b": "v1-b", "annotator_id": "ext:one", "label": "a"},
+        {**base, "item_id": "v2", "response_a": "Rock 0", "response_b": "Apple 0", "model_a": "v2-a",
+         "model_b": "v2-b", "annotator_id": "ext:two", "label": "b"},
+    ]
+    result = import_judgments(project, _jsonl(*votes), filename="votes.jsonl")
+    assert result.judgments_created == 2 and result.comparisons_created == 0 and result.reoriented == 1
+    assert Comparison.objects.count() == before
+    assert sorted(Judgment.objects.filter(comparison=c0).values_list("choice", flat=True)) == ["a", "a"]
+    assert _state(c0) == (True, "a")

@@ -137,6 +137,13 @@ class Command(BaseCommand):
                 f"{result.prompts_created} prompts and {result.responses_created} responses created."
             )
         )
+        if result.gold_twin_lines:
+            lines = ", ".join(map(str, result.gold_twin_lines[:20])) + (" …" if len(result.gold_twin_lines) > 20 else "")
+            self.stdout.write(
+                f"Line{'s' if len(result.gold_twin_lines) > 1 else ''} {lines}: the pair (prompt and response texts) "
+                f"of a gold comparison, under other model names or in another round: counted as duplicates, "
+                f"joined to it (a gold pair is never copied as a regular one)."
+            )
         if result.votes_source:
             self.stdout.write(
                 f"Votes of source '{result.votes_source}' (annotator 'source:{result.votes_source}', "
