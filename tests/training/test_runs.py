@@ -676,6 +676,8 @@ def test_the_trainer_can_run_under_a_launcher_subprocess(scene, no_send, setting
     assert run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED and run.step == 3 and "launching:" in run.logs
+    # the minutes spent sampling for the version's metrics are announced, not a silent 100%
+    assert run.logs.index("computing automatic metrics") < run.logs.index("automatic metrics computed")
     assert list(TrainingMetric.objects.filter(run=run).values_list("step", flat=True)) == [1, 2, 3]
     assert Path(run.output_model.path, "config.json").exists()
 

@@ -143,8 +143,14 @@ def execute_run(run: TrainingRun) -> str:
 def _record_version_metrics(version, run: TrainingRun, rows_: list[dict], reporter) -> None:
     """The new version's automatic metrics (``training.worker.metrics``) into its ``metrics``; a
     failure is logged on the run and leaves the run succeeded."""
-    from .metrics import version_metrics
+    import time
 
+    from .metrics import MAX_PROMPTS, version_metrics
+
+    # Sampling both models on the evaluation prompts takes a while on a CPU: say so, so the run
+    # page does not look stuck at 100% between "saved final" and "succeeded".
+    reporter.log(f"computing automatic metrics on {min(len(rows_), MAX_PROMPTS)} evaluation prompts")
+    started = time.monotonic()
     try:
         extra = version_metrics(version.path, run.base_model.path, [r["prompt"] for r in rows_],
                                 seed=int((run.hyperparameters or {}).get("seed", 0)))
@@ -156,6 +162,7 @@ def _record_version_metrics(version, run: TrainingRun, rows_: list[dict], report
         extra["preference_accuracy"] = accuracy
     version.metrics = {**version.metrics, **extra}
     version.save(update_fields=["metrics"])
+    reporter.log(f"automatic metrics computed in {time.monotonic() - started:.0f} s")
 
 
 def eval_by_phase(evals: dict) -> dict:
