@@ -19,6 +19,7 @@ class ProjectForm(forms.ModelForm):
             "assignment_timeout_s",
             "show_accuracy_after",
             "license",
+            "pair_order",
         ]
         labels = {
             "instructions": "Instructions (Markdown)",
@@ -27,12 +28,17 @@ class ProjectForm(forms.ModelForm):
             "allow_ties": "Ties allowed",
             "assignment_timeout_s": "Assignment timeout (seconds)",
             "show_accuracy_after": "Show annotators their gold accuracy after",
+            "pair_order": "Pair order",
         }
         help_texts = {
             "overlap": "How many annotators judge each comparison.",
             "gold_rate": "Share of served items that are gold (calibration) tasks, 0 to 1.",
             "show_accuracy_after": "Number of gold tasks; leave empty to never show it.",
             "license": "License of the collected judgments, e.g. CC-BY-4.0.",
+            "pair_order": "Which open comparisons annotators get first. The active orders serve first the "
+            "comparisons whose outcome would teach the latest model most (smallest implicit-reward margin) "
+            "or on which the pools disagree most; a worker computes the priorities when you choose one, "
+            "after each training run (margin) or statistics recomputation (disagreement), and on demand.",
         }
         widgets = {
             "instructions": forms.Textarea(attrs={"rows": 10, "class": "mono"}),

@@ -76,6 +76,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "show_accuracy_after",
             "license",
             "current_round",
+            "pair_order",
             "role",
             "created_at",
         ]

@@ -13,6 +13,10 @@ admin role and call these; the rules live here once:
   A member who is excluded or down-weighted by an override and has judgments cannot be removed
   either: that decision lives on the membership, and removing it would count their judgments
   at full weight again.
+* **Changing the pair order** (``set_pair_order``) zeroes every comparison's priority in the same
+  transaction (an arrival-order project has priority 0 everywhere, and an active order starts
+  from arrival order until its first priorities are written), then, once it commits, sends
+  ``annotate.signals.pair_order_changed``: ``training.active`` queues the computation.
 * **Deleting a pool** is allowed only while nothing uses it: no member in it (move them to
   another pool first), no judgment made in it (a judgment records its pool; that history is
   kept, so such a pool stays) and no item that one of its annotators is still judging.
@@ -28,7 +32,8 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 
 from . import queue
-from .models import Assignment, AssignmentStatus, Judgment, Membership, Pool, Role
+from .models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, PairOrder, Pool, Project, Role
+from .signals import pair_order_changed
 
 
 class Refused(Exception):
@@ -251,3 +256,28 @@ def delete_pool(pool: Pool) -> None:
             raise PoolInUse(message, usage)
         Assignment.objects.filter(pool=locked).update(pool=None)
         locked.delete()
+
+
+# --- pair order ------------------------------------------------------------------------------
+
+
+def set_pair_order(project: Project, order: str, *, user=None) -> bool:
+    """Serve ``project``'s open comparisons in ``order`` (a ``PairOrder`` value) from now on.
+
+    When the order changes, every comparison's priority goes back to 0 in the same transaction
+    (under a lock on the project row, which the priority writers share-lock, so a computation of
+    the old order can never write after it), and ``pair_order_changed`` is sent once it commits.
+    Returns whether the order changed."""
+    if order not in PairOrder.values:
+        raise Refused(f"Unknown pair order {order!r}; choose one of {', '.join(PairOrder.values)}.")
+    with transaction.atomic():
+        old = _locked(Project.objects.filter(pk=project.pk)).values_list("pair_order", flat=True).get()
+        project.pair_order = order
+        if old == order:
+            return False
+        Project.objects.filter(pk=project.pk).update(pair_order=order)
+        Comparison.objects.filter(project_id=project.pk).exclude(priority=0.0).update(priority=0.0)
+        transaction.on_commit(
+            lambda: pair_order_changed.send(sender=Project, project=project, old=old, new=order, user=user)
+        )
+    return True

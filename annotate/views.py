@@ -29,7 +29,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from . import gold, queue, selectors, services
 from .exact import prompt_turns, render_exact
 from .forms import AddMemberForm, ImportForm, JudgmentForm, MemberChangeForm, PoolForm, ProjectForm
-from .models import Assignment, AssignmentStatus, Judgment, Membership, Pool, Project, Role
+from .models import Assignment, AssignmentStatus, Judgment, Membership, PairOrder, Pool, Project, Role
 from .rendering import render_markdown
 from .roles import READ_ROLES, project_and_membership, project_for, role_of, visible_projects
 
@@ -102,11 +102,13 @@ def project_create(request):
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             project = form.save(commit=False)
+            order, project.pair_order = project.pair_order, PairOrder.ARRIVAL
             project.created_by = request.user
             project.save()
             Membership.objects.update_or_create(
                 project=project, user=request.user, defaults={"role": Role.ADMIN, "excluded": False}
             )
+            services.set_pair_order(project, order, user=request.user)
         messages.success(request, f"Project “{project.name}” created. Next: define pools, add members, import data.")
         return redirect("project_pools", pk=project.pk)
     return render(request, "annotate/project_form.html", {"form": form, "creating": True})
@@ -131,9 +133,11 @@ def project_settings(request, pk: int):
     project = project_for(request.user, pk, Role.ADMIN)
     form = ProjectForm(_posted(request), instance=project)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        if "overlap" in form.changed_data:
-            queue.sync_open(project)
+        with transaction.atomic():
+            services.set_pair_order(project, form.cleaned_data["pair_order"], user=request.user)
+            form.save()
+            if "overlap" in form.changed_data:
+                queue.sync_open(project)
         messages.success(request, "Settings saved.")
         return redirect("project_settings", pk=project.pk)
     return _project_page(

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from . import api
+from .active import api as active_api
 from .loop import api as loop_api
 
 app_name = "training-api"
@@ -31,5 +32,6 @@ urlpatterns = [
     ),
     path("projects/<int:project_pk>/loops/", loop_api.LoopListCreate.as_view(), name="loop-list"),
     path("projects/<int:project_pk>/loops/<int:loop_pk>/", loop_api.LoopDetail.as_view(), name="loop-detail"),
+    path("projects/<int:project_pk>/priorities/", active_api.Priorities.as_view(), name="priorities"),
     path("models/", api.ModelListCreate.as_view(), name="model-list"),
 ]

@@ -10,3 +10,14 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         # Register the Celery tasks in every process (web too): services send them by name.
         from . import tasks as _tasks  # noqa: F401
+
+        # Active pair selection: a new pair order, and new votes, queue the priority computation.
+        from django.db.models.signals import post_save
+
+        from annotate.signals import pair_order_changed
+        from evaluation.models import QualityReport
+
+        from .active.services import on_pair_order_changed, on_quality_report_saved
+
+        pair_order_changed.connect(on_pair_order_changed, dispatch_uid="training.active.pair_order_changed")
+        post_save.connect(on_quality_report_saved, sender=QualityReport, dispatch_uid="training.active.quality")

@@ -286,3 +286,30 @@ class LoopRun(WorkerJob, OwnedJob):
 
     def __str__(self) -> str:
         return f"Loop {self.pk} ({self.rounds} rounds, {self.status})"
+
+
+class PriorityJob(WorkerJob, OwnedJob):
+    """Active pair selection (``training.active``): recompute the priorities of ``project``'s open
+    regular comparisons for ``pair_order`` -- from the implicit-reward margins of
+    ``model_version`` (``margin``), or from the pools' votes so far (``disagreement``). A
+    background job of :mod:`prefloop.jobs`; written chunk by chunk, so a job whose worker died
+    resumes after ``cursor``."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="priority_jobs")
+    pair_order = models.CharField(max_length=16, help_text="The project's pair order this job computes.")
+    reason = models.CharField(max_length=200, blank=True, default="", help_text="What asked for it.")
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="margin: the model version whose margins were used (chosen when the job starts).",
+    )
+    progress = models.FloatField(default=0.0)
+    n_total = models.PositiveIntegerField(default=0, help_text="Open regular comparisons to score.")
+    n_done = models.PositiveIntegerField(default=0)
+    n_unscored = models.PositiveIntegerField(
+        default=0, help_text="Comparisons that could not be scored (priority 0), e.g. an empty response."
+    )
+    cursor = models.BigIntegerField(default=0, help_text="Comparisons up to this id are written.")
+    message = models.CharField(max_length=500, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"Priorities {self.pk} of {self.project} ({self.pair_order}, {self.status})"

@@ -11,6 +11,9 @@ services send a task by its registered name, ``current_app.tasks[name]``).
   resumes from the last checkpoint in its ``out_dir`` (the trainer replays the same data order).
 * ``generate_sample(sample_id)`` -- the run page's "generate" box (``services.sampling``).
 * ``sample_round(job_id)`` -- new responses become the next round's comparisons.
+* ``training.active.recompute_priorities(job_id)`` -- a project's active pair-selection priorities
+  (``training.active.services``); margin jobs are sent to the gpu queue, disagreement jobs to the
+  default queue.
 * ``training.loop.advance(loop_id)`` -- one step of an unattended loop (``training.loop.service``);
   it sends itself again while the loop waits for a run or a sampling job.
 
@@ -33,6 +36,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from prefloop import jobs
 
+from .active import services as _active_services  # noqa: F401 - registers the priority job kind
 from .loop import service as loop_service  # noqa: F401 - registers the loop's job kind
 from .services import runs, sampling
 from .worker.execute import train_run
@@ -62,6 +66,17 @@ def generate_sample(self, sample_id: int) -> str:
 def sample_round(self, job_id: int) -> str:
     """Generate the next round's pairs of a ``SamplingJob`` and import them as comparisons."""
     return sampling.run_queued_round(job_id)
+
+
+@shared_task(
+    bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+    name="training.active.recompute_priorities",
+)
+def recompute_priorities(self, job_id: int) -> str:
+    """Recompute a project's pair priorities (a ``PriorityJob``; idempotent, resumable)."""
+    from .active.services import run_priority_job
+
+    return run_priority_job(job_id)
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, name="training.loop.advance")

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from . import views
+from .active import views as active_views
 
 urlpatterns = [
     path("projects/<int:pk>/runs/", views.runs_list, name="training_runs"),
@@ -19,5 +20,6 @@ urlpatterns = [
     ),
     path("projects/<int:pk>/samples/<int:sample_id>/", views.sample_detail, name="training_sample"),
     path("projects/<int:pk>/sampling/<int:job_id>/", views.sampling_job_detail, name="training_sampling_job"),
+    path("projects/<int:pk>/priorities/", active_views.priorities_panel, name="training_priorities"),
     path("models/", views.model_registry, name="model_registry"),
 ]

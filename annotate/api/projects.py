@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from prefloop.login_limits import LoginRateThrottle
 
 from .. import queue, services
-from ..models import Membership, Pool, Project, Role
+from ..models import Membership, PairOrder, Pool, Project, Role
 from ..permissions import CanCreateProject, IsProjectAdmin, MemberOrAdminWrites, ReaderOrAdminWrites
 from ..roles import roles_by_project, visible_projects
 from ..serializers import (
@@ -111,9 +111,11 @@ class ProjectListCreate(ApiView, generics.ListCreateAPIView):
         return context
 
     def perform_create(self, serializer):
+        order = serializer.validated_data.pop("pair_order", PairOrder.ARRIVAL)
         with transaction.atomic():
             project = serializer.save(created_by=self.request.user)
             Membership.objects.create(project=project, user=self.request.user, role=Role.ADMIN)
+            services.set_pair_order(project, order, user=self.request.user)
         serializer.context["roles"] = {project.pk: Role.ADMIN}
 
 
@@ -129,7 +131,9 @@ class ProjectListCreate(ApiView, generics.ListCreateAPIView):
         "projects",
         "Change a project's settings",
         {200: ProjectSerializer, 400: INVALID, 403: DENIED},
-        description="Project admins only. Changing the overlap re-opens or closes comparisons accordingly.",
+        description="Project admins only. Changing the overlap re-opens or closes comparisons accordingly. "
+        "Changing `pair_order` resets every comparison's priority and, for an active order (`margin`, "
+        "`disagreement`), queues the priority computation (`/api/projects/{id}/priorities/`).",
     ),
 )
 class ProjectDetail(ApiView, generics.RetrieveUpdateAPIView):
@@ -147,8 +151,11 @@ class ProjectDetail(ApiView, generics.RetrieveUpdateAPIView):
 
     def perform_update(self, serializer):
         old_overlap = serializer.instance.overlap
+        order = serializer.validated_data.pop("pair_order", None)
         with transaction.atomic():
             project = serializer.save()
+            if order is not None:
+                services.set_pair_order(project, order, user=self.request.user)
             if project.overlap != old_overlap:
                 queue.sync_open(project)
 

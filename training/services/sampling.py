@@ -250,7 +250,10 @@ def _record_outcome(job: SamplingJob, work) -> int:
     except Exception as exc:
         jobs.finish(job, status=JobStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now())
         raise
-    jobs.finish(job, status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now())
+    if jobs.finish(job, status=JobStatus.SUCCEEDED, n_created=created, progress=1.0, finished_at=timezone.now()):
+        from ..active.services import after_round_sampled
+
+        after_round_sampled(job)  # a project in margin order scores the new comparisons
     return created
 
 

@@ -137,6 +137,9 @@ def execute_run(run: TrainingRun) -> str:
         step=result.steps,
         total_steps=result.total_steps,
     )
+    from ..active.services import after_run_succeeded
+
+    after_run_succeeded(run)  # a project in margin order re-scores its open pairs with the new model
     return RunStatus.SUCCEEDED
 
 

@@ -1,0 +1,113 @@
+"""Active pair selection: which open comparisons to serve first (pure numpy).
+
+A project whose ``pair_order`` is active serves open comparisons by a *priority* (higher first;
+``training.active`` computes it with the functions here and writes it into
+``Comparison.priority``). Every priority lies in [0, 1].
+
+**Margin** (``margin_priority``). Under a DPO-trained policy π with reference π_ref, the implicit
+reward of a response is r(x, y) = β·(log π(y|x) − log π_ref(y|x)), and the model's preference of A
+over B is the Bradley–Terry probability σ(m) of the margin
+
+    m = β·((log π(a|x) − log π_ref(a|x)) − (log π(b|x) − log π_ref(b|x))).
+
+The priority is ``2·σ(−|m|)``: twice the probability the model gives to the outcome it does not
+expect. It is 1 when the model cannot tell the two apart (m = 0), 1/2 at |m| = ln 3 (the model
+says 3 : 1), and goes to 0 as the model grows sure. A human judgment of a small-margin pair is
+the one whose outcome the model could not have predicted: the DPO gradient of that pair is
+largest (its weight σ(−m) is near 1/2 either way), and it is the classic uncertainty-sampling
+choice. Swapping A and B negates m and leaves the priority unchanged.
+
+**Pool disagreement** (``disagreement_priority``). Each pool's P(A) on a comparison, shrunk towards
+1/2 by ``prior`` pseudo-votes (half for A, half for B), so that one vote is not a certainty:
+
+    p_g = (A_g + T_g/2 + prior/2) / (n_g + prior)
+
+(A_g votes for A, T_g ties and both-bad, n_g all votes of pool g). The priority is the spread
+``max_g p_g − min_g p_g`` over the pools that voted on it: how far the pools disagree, in [0, 1).
+A comparison fewer than two pools have voted on has no measurable disagreement; it gets the
+``neutral`` value, by default the median of the measured ones, so it is served after the
+comparisons on which pools clearly disagree and before those on which they agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Pseudo-votes (half for A, half for B) that shrink a pool's P(A) towards 1/2.
+DEFAULT_PRIOR = 2.0
+
+
+def implicit_margin(policy_a, reference_a, policy_b, reference_b, beta: float) -> np.ndarray:
+    """β·((log π(a) − log π_ref(a)) − (log π(b) − log π_ref(b))), elementwise (sequence
+    log-probabilities summed over each response's tokens)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    pa, ra, pb, rb = (np.asarray(v, dtype=np.float64) for v in (policy_a, reference_a, policy_b, reference_b))
+    return beta * ((pa - ra) - (pb - rb))
+
+
+def priority_from_margin(margin) -> np.ndarray:
+    """``2·σ(−|m|)`` = 2 / (1 + e^|m|), in (0, 1]: 1 when the model cannot tell A from B."""
+    m = np.abs(np.asarray(margin, dtype=np.float64))
+    if not np.all(np.isfinite(m)):
+        raise ValueError("margins must be finite")
+    e = np.exp(-m)  # in (0, 1]: no overflow
+    return 2.0 * e / (1.0 + e)
+
+
+def margin_priority(policy_a, reference_a, policy_b, reference_b, beta: float) -> np.ndarray:
+    """The margin priority of each comparison (see the module docstring)."""
+    return priority_from_margin(implicit_margin(policy_a, reference_a, policy_b, reference_b, beta))
+
+
+def pool_p_a(item, pool, label, n_items: int, n_pools: int, prior: float = DEFAULT_PRIOR):
+    """``(p, n)``: each pool's shrunk P(A) per comparison (``[n_items, n_pools]``) and its vote
+    counts. ``label``: 0 = A, 1 = B, 2 = tie or both bad (half a vote each way)."""
+    if prior < 0:
+        raise ValueError("prior must be >= 0")
+    item = np.asarray(item, dtype=np.int64)
+    pool = np.asarray(pool, dtype=np.int64)
+    label = np.asarray(label, dtype=np.int64)
+    if not (item.shape == pool.shape == label.shape):
+        raise ValueError("item, pool and label must have the same length")
+    if item.size and (item.min() < 0 or item.max() >= n_items or pool.min() < 0 or pool.max() >= n_pools):
+        raise ValueError("item and pool indices must lie in [0, n_items) and [0, n_pools)")
+    if label.size and (label.min() < 0 or label.max() > 2):
+        raise ValueError("label must be 0 (A), 1 (B) or 2 (tie)")
+    key = item * n_pools + pool
+    n = np.bincount(key, minlength=n_items * n_pools).astype(np.float64)
+    a = np.bincount(key, weights=np.where(label == 0, 1.0, np.where(label == 2, 0.5, 0.0)),
+                    minlength=n_items * n_pools)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = (a + prior / 2) / (n + prior)
+    return p.reshape(n_items, n_pools), n.reshape(n_items, n_pools)
+
+
+def pool_spread(item, pool, label, n_items: int, n_pools: int, prior: float = DEFAULT_PRIOR):
+    """``(spread, measured)``: per comparison, max − min of the pools' shrunk P(A) over the pools
+    that voted on it, and whether at least two pools did (else the spread is 0 and means nothing)."""
+    if n_items == 0 or n_pools == 0:
+        return np.zeros(n_items), np.zeros(n_items, dtype=bool)
+    p, n = pool_p_a(item, pool, label, n_items, n_pools, prior)
+    voted = n > 0
+    measured = voted.sum(axis=1) >= 2
+    hi = np.where(voted, p, -np.inf).max(axis=1)
+    lo = np.where(voted, p, np.inf).min(axis=1)
+    return np.where(measured, hi - lo, 0.0), measured
+
+
+def neutral_value(spread, measured) -> float:
+    """The priority of a comparison with no measurable disagreement: the median of the measured
+    ones (0 when none is measured)."""
+    spread, measured = np.asarray(spread), np.asarray(measured, dtype=bool)
+    return float(np.median(spread[measured])) if measured.any() else 0.0
+
+
+def disagreement_priority(item, pool, label, n_items: int, n_pools: int, *, prior: float = DEFAULT_PRIOR,
+                          neutral: float | None = None) -> np.ndarray:
+    """The pool-disagreement priority of each of ``n_items`` comparisons from its votes (one
+    entry per vote: comparison index, pool index, label; see the module docstring)."""
+    spread, measured = pool_spread(item, pool, label, n_items, n_pools, prior)
+    if neutral is None:
+        neutral = neutral_value(spread, measured)
+    return np.where(measured, spread, float(neutral))

@@ -1,0 +1,285 @@
+"""Active pair selection end to end on CPU with the tiny model: a project in margin order gets
+its priorities from a really trained DPO model version (the worker task, run in-process), they
+match margins computed independently by the trainer's own log-prob code, and the queue then
+serves the smallest-margin comparison first. The disagreement order from two pools that
+disagree; arrival order zeroes everything and a computation of the old order can no longer
+write; a job whose worker died continues after its last chunk; admins set and recompute,
+annotators never see any of it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from annotate import queue, services
+from annotate.models import Comparison, PairOrder, Role
+from prefloop import jobs
+from tests.factories import add_member, make_comparison, make_judgment, make_pool, make_project, make_team, make_user
+from training.active.services import PRIORITY_JOBS, request_priorities, run_priority_job
+from training.active.writes import Stop, write_chunk
+from training.models import JobStatus, PriorityJob, RunStatus, TrainingRun
+from training.services.registry import register_model
+from training.services.runs import launch_run
+
+from .test_runs import make_export, synthetic_rows
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+WORDS = "apple river stone cloud green table music light paper window garden silver".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from training.tiny_model import build_default_model
+
+    texts = [r["prompt"] + r["chosen"] + r["rejected"] for r in synthetic_rows(40)]
+    return build_default_model(tmp_path_factory.mktemp("tiny") / "model", texts, vocab_size=320, hidden=32,
+                               layers=1, max_positions=128)
+
+
+def _pairs(project, n: int) -> list[Comparison]:
+    """Open comparisons whose margins under a "Sure!"-trained model differ: some pairs set a
+    "Sure!" answer against a plain one (either side), some two plain ones, some two "Sure!" ones."""
+    out = []
+    for i in range(n):
+        w = [WORDS[(i * 5 + k * 7) % len(WORDS)] for k in range(4)]
+        kind = i % 4
+        a = f" Sure! {w[0]} {w[1]}." if kind in (0, 3) else f" {w[0]} {w[1]}."
+        b = f" Sure! {w[2]} {w[3]}." if kind in (1, 3) else f" {w[2]} {w[3]} {w[0]}."
+        out.append(make_comparison(project, f"m{i}", prompt=f"Question {100 + i}: tell me about the {w[3]}.",
+                                   text_a=a, text_b=b))
+    return out
+
+
+def _independent_margins(run: TrainingRun, comparisons: list[Comparison], beta: float) -> np.ndarray:
+    """The margins from the trainer's own packed log-prob code (training.trainer.logps), not the
+    task's: policy = the run's output, reference = its base model (recipe dpo)."""
+    import torch
+
+    from training.data import collate, tokenize_pair
+    from training.tiny_model import load_model_and_tokenizer
+    from training.trainer.logps import sequence_logps
+
+    policy, tok = load_model_and_tokenizer(run.output_model.path)
+    reference, _ = load_model_and_tokenizer(run.base_model.path)
+    pairs = [tokenize_pair(tok, {"prompt": c.prompt.text, "chosen": c.response_a.text,
+                                 "rejected": c.response_b.text}, i, max_length=48)
+             for i, c in enumerate(comparisons)]
+    batch = collate(pairs, tok.pad_token_id, pack=False)
+    with torch.no_grad():
+        lp_pi = sequence_logps(policy.eval(), batch).double().numpy()
+        lp_ref = sequence_logps(reference.eval(), batch).double().numpy()
+    return beta * ((lp_pi[:, 0] - lp_ref[:, 0]) - (lp_pi[:, 1] - lp_ref[:, 1]))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_margin_order_from_a_trained_model_serves_the_smallest_margin_first(tiny_model_dir, tmp_path, celery_eager):
+    from training import tasks
+
+    project = make_project("active margin", overlap=2)
+    team = make_team(project, annotators=("ann1",))
+    base = register_model("tiny-active", tiny_model_dir)
+    export = make_export(project, synthetic_rows(24, test_every=6), tmp_path / "export")
+    comparisons = _pairs(project, 12)
+    gold = make_comparison(project, "gold", gold="a")
+
+    # The admin chooses margin order before any model exists: the job runs and says so.
+    assert services.set_pair_order(project, PairOrder.MARGIN, user=team.admin)
+    first = PriorityJob.objects.get(project=project)
+    assert first.status == JobStatus.SUCCEEDED and "no model trained with DPO yet" in first.message
+    assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
+
+    # A DPO run succeeds on the worker (in-process): the project's priorities follow its model.
+    beta = 0.5
+    run = launch_run(project, base_model=base, recipe="dpo", export=export, send=False, hyperparameters={
+        "max_steps": 12, "batch_size": 4, "lr": 3e-3, "max_length": 48, "beta": beta, "checkpoint_every": 0})
+    assert tasks.run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    job = PriorityJob.objects.filter(project=project).latest("pk")
+    assert job.pk != first.pk and job.reason == f"training run {run.pk} succeeded"
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.model_version == run.output_model and job.n_total == job.n_done == 12 and job.progress == 1.0
+    assert f"β {beta:g}" in job.message
+
+    margins = _independent_margins(run, comparisons, beta)
+    stored = np.array([Comparison.objects.get(pk=c.pk).priority for c in comparisons])
+    assert stored == pytest.approx([2 / (1 + math.exp(abs(m))) for m in margins], abs=2e-4)
+    assert len({round(abs(m), 4) for m in margins}) > 6  # the model really tells the pairs apart
+    assert list(np.argsort(-stored, kind="stable")) == list(np.argsort(np.abs(margins), kind="stable"))
+    assert Comparison.objects.get(pk=gold.pk).priority == 0.0  # gold comparisons are not scored
+
+    # Recomputing gives the same priorities (idempotent).
+    again = request_priorities(project, reason="again")
+    assert PriorityJob.objects.get(pk=again.pk).status == JobStatus.SUCCEEDED
+    assert [Comparison.objects.get(pk=c.pk).priority for c in comparisons] == stored.tolist()
+
+    # The queue serves the comparison whose margin is smallest first.
+    assignment = queue.next_assignment(team.annotators[0], project)
+    assert assignment.comparison_id == comparisons[int(np.argmin(np.abs(margins)))].pk
+
+
+@pytest.fixture
+def two_pools(db):
+    """Comparisons 0..3 of a project with pools north and south (two annotators each): nobody
+    voted on 0, only north on 1, both pools agree on 2 (A), and they disagree on 3 (north A,
+    south B). So arrival order would serve 0 first, disagreement order 3."""
+    project = make_project("active disagreement", overlap=5)
+    team = make_team(project, annotators=())
+    north, south = make_pool(project, "north"), make_pool(project, "south")
+    people = {}
+    for pool in (north, south):
+        for k in range(2):
+            user = make_user(f"{pool.name}{k}")
+            add_member(project, user, Role.ANNOTATOR, pool=pool)
+            people.setdefault(pool.name, []).append(user)
+    cs = [make_comparison(project, f"d{i}") for i in range(4)]
+    for user in people["north"]:
+        make_judgment(user, cs[1], "b")
+        make_judgment(user, cs[2], "a")
+        make_judgment(user, cs[3], "a")
+    for user in people["south"]:
+        make_judgment(user, cs[2], "a")
+        make_judgment(user, cs[3], "b")
+    newcomer = make_user("newcomer")
+    add_member(project, newcomer, Role.ANNOTATOR, pool=north)
+    return {"project": project, "team": team, "cs": cs, "newcomer": newcomer}
+
+
+def test_disagreement_order_serves_what_the_pools_disagree_on_first(two_pools, celery_eager,
+                                                                    django_capture_on_commit_callbacks):
+    project, cs = two_pools["project"], two_pools["cs"]
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    job = PriorityJob.objects.get(project=project)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.n_done == 4 and job.pair_order == "disagreement"
+    p = [Comparison.objects.get(pk=c.pk).priority for c in cs]
+    disagree = (2 + 1) / (2 + 2) - (0 + 1) / (2 + 2)  # north's shrunk P(A) 3/4, south's 1/4
+    agree = 0.0  # both pools 3/4
+    neutral = (disagree + agree) / 2  # the median of the measured comparisons
+    assert p == pytest.approx([neutral, neutral, agree, disagree])
+    assignment = queue.next_assignment(two_pools["newcomer"], project)
+    assert assignment.comparison_id == cs[3].pk
+
+
+def test_a_new_statistics_report_recomputes_disagreement_priorities(two_pools, celery_eager,
+                                                                   django_capture_on_commit_callbacks):
+    from evaluation.quality.compute import recompute_quality
+
+    project = two_pools["project"]
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = recompute_quality(project)
+    latest = PriorityJob.objects.filter(project=project).latest("pk")
+    assert latest.reason == f"statistics report {report.pk}" and latest.status == JobStatus.SUCCEEDED
+
+
+def test_arrival_order_zeroes_priorities_and_stops_a_computation_of_the_old_order(
+        two_pools, celery_eager, django_capture_on_commit_callbacks):
+    project, cs = two_pools["project"], two_pools["cs"]
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    assert Comparison.objects.filter(project=project).exclude(priority=0).exists()
+    # a computation of the disagreement order, claimed by a worker, is still writing when ...
+    job = PriorityJob.objects.create(project=project, pair_order="disagreement", status=JobStatus.QUEUED)
+    job = jobs.claim(PRIORITY_JOBS, job.pk)
+    # ... the admin goes back to arrival order: every priority is 0 at once
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.set_pair_order(project, PairOrder.ARRIVAL)
+    assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
+    with pytest.raises(Stop, match="pair order changed"):
+        write_chunk(job, [cs[0].pk], [0.9], n_done=1)
+    assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
+    assert run_priority_job(job.pk) == "skipped"  # running, on this live process
+    assert request_priorities(project) is None  # arrival order: nothing to compute
+    assert not services.set_pair_order(project, PairOrder.ARRIVAL)  # no change, no signal
+
+
+def test_a_job_whose_worker_died_continues_after_its_last_chunk(two_pools):
+    project, cs = two_pools["project"], two_pools["cs"]
+    services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    # The job had written comparisons 0 and 1 (cursor at 1) when its worker was killed.
+    Comparison.objects.filter(pk__in=[cs[0].pk, cs[1].pk]).update(priority=0.123)
+    job = PriorityJob.objects.create(project=project, pair_order="disagreement", status=JobStatus.RUNNING,
+                                     worker="elsewhere:1", heartbeat_at=None, attempts=1, cursor=cs[1].pk,
+                                     n_done=2)
+    sent = []
+    PRIORITY_JOBS_send = PRIORITY_JOBS.send
+    PRIORITY_JOBS.send = lambda pk, countdown=0: sent.append(pk)
+    try:
+        from training.active.services import latest_job
+
+        shown = latest_job(project)  # a page or the API shows it: recovered (re-queued) first
+    finally:
+        PRIORITY_JOBS.send = PRIORITY_JOBS_send
+    assert shown.status == JobStatus.QUEUED and "worker was lost" in shown.message
+    assert run_priority_job(job.pk, progress_bar=False) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2 and job.n_done == 4 and job.n_total == 4
+    priorities = [Comparison.objects.get(pk=c.pk).priority for c in cs]
+    assert priorities[:2] == [0.123, 0.123]  # not recomputed: written before the worker died
+    assert priorities[2:] == pytest.approx([0.0, 0.5])  # written by the resumed job: agree, disagree
+
+
+# --------------------------------------------------------------------------- pages and API
+
+
+def _api(client, user):
+    client.force_login(user)
+    return client
+
+
+def test_admins_set_the_pair_order_and_recompute_annotators_see_nothing(db, client, celery_eager, settings,
+                                                                        django_capture_on_commit_callbacks):
+    project = make_project("active api", overlap=2)
+    team = make_team(project, annotators=("ann1",))
+    make_comparison(project, "x")
+    url = f"/api/projects/{project.pk}/"
+    prio_url = f"/api/projects/{project.pk}/priorities/"
+
+    _api(client, team.researcher)
+    assert client.get(url).json()["pair_order"] == "arrival"
+    assert client.patch(url, {"pair_order": "margin"}, content_type="application/json").status_code == 403
+    assert client.post(prio_url).status_code == 403
+    assert client.get(prio_url).json() == {"pair_order": "arrival", "job": None}
+
+    _api(client, team.admin)
+    assert client.post(prio_url).status_code == 409  # arrival order: nothing to compute
+    bad = client.patch(url, {"pair_order": "loudest"}, content_type="application/json")
+    assert bad.status_code == 400 and "pair_order" in bad.json()
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = client.patch(url, {"pair_order": "disagreement"}, content_type="application/json")
+    assert ok.status_code == 200 and ok.json()["pair_order"] == "disagreement"
+    body = client.get(prio_url).json()
+    assert body["pair_order"] == "disagreement" and body["job"]["status"] == "succeeded"
+    assert body["job"]["reason"] == "pair order set to disagreement" and body["job"]["n_done"] == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        again = client.post(prio_url)
+    assert again.status_code == 202 and again.json()["job"]["reason"] == "on demand"
+
+    # the settings page has the field and the panel with the button; the panel shows the job
+    page = client.get(reverse("project_settings", args=[project.pk])).content.decode()
+    assert 'name="pair_order"' in page and reverse("training_priorities", args=[project.pk]) in page
+    panel = client.get(reverse("training_priorities", args=[project.pk])).content.decode()
+    assert "Recompute priorities" in panel and "1 comparisons scored by the pools" in panel
+    with django_capture_on_commit_callbacks(execute=True):
+        posted = client.post(reverse("project_settings", args=[project.pk]), {
+            "name": project.name, "instructions": "", "overlap": 2, "gold_rate": 0, "assignment_timeout_s": 600,
+            "license": "", "pair_order": "arrival"})
+    assert posted.status_code == 302
+    project.refresh_from_db()
+    assert project.pair_order == "arrival"
+    assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
+
+    # an annotator: no pair order in the project, no priority in the item, no panel, no API
+    _api(client, team.annotators[0])
+    assert "pair_order" not in client.get(url).json()
+    item = client.get(f"/api/projects/{project.pk}/next/").json()
+    assert "priority" not in str(item)
+    assert client.get(prio_url).status_code == 403
+    assert client.get(reverse("training_priorities", args=[project.pk])).status_code == 403
