@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django import forms
 
-from .models import MAX_ASSIGNMENT_TIMEOUT_S, MAX_ROUND, Membership, Pool, Project, Role, Strength
+from .models import MAX_ASSIGNMENT_TIMEOUT_S, MAX_ROUND, Membership, PairOrder, Pool, Project, Role, Strength
 from .queue import SHOWN_CHOICES
 
 
@@ -48,6 +48,14 @@ class ProjectForm(forms.ModelForm):
                 attrs={"min": "30", "max": str(MAX_ASSIGNMENT_TIMEOUT_S), "step": "30"}
             ),
         }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a form posted without it (an older client) keeps the project's order
+        self.fields["pair_order"].required = False
+
+    def clean_pair_order(self):
+        return self.cleaned_data.get("pair_order") or self.instance.pair_order or PairOrder.ARRIVAL
 
     def clean_overlap(self):
         k = self.cleaned_data["overlap"]
