@@ -283,3 +283,34 @@ def test_admins_set_the_pair_order_and_recompute_annotators_see_nothing(db, clie
     assert "priority" not in str(item)
     assert client.get(prio_url).status_code == 403
     assert client.get(reverse("training_priorities", args=[project.pk])).status_code == 403
+
+
+def test_which_model_and_reference_the_margins_use(db, tmp_path, tiny_model_dir):
+    from training.active.scoring import margin_model
+    from training.models import ModelVersion
+
+    project = make_project("active which model")
+    base = register_model("tiny-which", tiny_model_dir)
+
+    def version(name, recipe, status=RunStatus.SUCCEEDED, **hp):
+        run = TrainingRun.objects.create(project=project, base_model=base, recipe=recipe, status=status,
+                                         hyperparameters=hp, out_dir=str(tmp_path / name))
+        return ModelVersion.objects.create(name=name, path=str(tmp_path / name / "final"), project=project,
+                                           parent=base, training_run=run)
+
+    assert margin_model(project) is None  # no model yet
+    version("sft-only", "sft")
+    version("failed-dpo", "dpo", status=RunStatus.FAILED)
+    assert margin_model(project) is None  # neither has an implicit reward
+    dpo = version("plain-dpo", "dpo", beta=0.3, max_length=96)
+    mm = margin_model(project)
+    assert (mm.version, mm.reference_path, mm.beta, mm.max_length) == (dpo, base.path, 0.3, 96)
+    both = version("sft-then-dpo", "sft+dpo")
+    with pytest.raises(ValueError, match="SFT model"):
+        margin_model(project)  # its SFT phase's folder (the DPO reference) is gone
+    (tmp_path / "sft-then-dpo" / "sft").mkdir(parents=True)
+    (tmp_path / "sft-then-dpo" / "sft" / ".complete").touch()
+    mm = margin_model(project)
+    assert mm.version == both and mm.reference_path == str(tmp_path / "sft-then-dpo" / "sft") and mm.beta == 0.1
+    version("ppo-after", "sft+dpo+ppo")
+    assert margin_model(project).version == both  # a PPO policy has no implicit reward
