@@ -24,8 +24,9 @@ hidden utility difference.
     .venv/bin/python bench/active_selection.py    # 3 repeats x 10 steps of 20 judgments: a few minutes on 2 cores
     .venv/bin/python bench/active_selection.py --repeats 5 --steps 15 --candidates 1500 --held-out 500
 
-Prints the table (judgments -> accuracy per arm, the mean over repeats), the judgments each arm
-needs to reach ``--target`` accuracy, and saves the curve to ``--plot`` (PNG).
+Prints the table (judgments -> accuracy per arm, the mean over repeats with its standard error),
+the judgments each arm needs to reach ``--target`` accuracy (on the mean curve, and per repeat),
+and saves the curves to ``--plot`` (PNG, the standard error shaded).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def judgments_to_reach(curve: list[tuple[int, float]], target: float):
     return next((n for n, acc in curve if acc >= target), None)
 
 
-def plot(curves: dict, args, path: str) -> None:
+def plot(curves: dict, se: dict, args, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +176,11 @@ def plot(curves: dict, args, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     labels = {"random": "random (arrival) order", "margin": "active: smallest margin first"}
     for arm, curve in curves.items():
-        ax.plot([n for n, _ in curve], [a for _, a in curve], marker="o", label=labels[arm])
+        x, y = [n for n, _ in curve], [a for _, a in curve]
+        (line,) = ax.plot(x, y, marker="o", label=labels[arm])
+        if args.repeats > 1:
+            ax.fill_between(x, [a - e for a, e in zip(y, se[arm])], [a + e for a, e in zip(y, se[arm])],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
     ax.axhline(args.target, color="grey", linestyle=":", linewidth=1, label=f"target {args.target:g}")
     ax.set_xlabel("judgments")
     ax.set_ylabel("held-out preference accuracy")
@@ -221,28 +226,32 @@ def main(argv=None) -> None:
                 per_repeat[arm].append(run_arm(arm, lines, held, base, people, args, repeat))
 
         # the mean over repeats, step by step (each arm's judgment counts are step x k, up to abandons)
-        curves = {}
+        curves, se = {}, {}
         for arm in ARMS:
             runs = per_repeat[arm]
             curves[arm] = [(int(round(np.mean([r[k][0] for r in runs]))), float(np.mean([r[k][1] for r in runs])))
                            for k in range(args.steps)]
+            se[arm] = [float(np.std([r[k][1] for r in runs], ddof=1) / np.sqrt(len(runs))) if len(runs) > 1 else 0.0
+                       for k in range(args.steps)]
     print()
     print(f"Held-out preference accuracy ({args.held_out} held-out pairs, {args.candidates} candidates, "
           f"{int(args.mixed * 100)}% mixed; mean of {args.repeats} repeat{'s' if args.repeats > 1 else ''})")
-    print(f"{'judgments':>10} | {'random':>8} | {'margin':>8} | margin - random")
-    for (n_r, a_r), (n_m, a_m) in zip(curves["random"], curves["margin"]):
+    print(f"{'judgments':>10} | {'random':>14} | {'margin':>14} | margin - random   (± standard error over repeats)")
+    for k, ((n_r, a_r), (n_m, a_m)) in enumerate(zip(curves["random"], curves["margin"])):
         n = n_r if n_r == n_m else f"{n_r}/{n_m}"
-        print(f"{n!s:>10} | {a_r:8.3f} | {a_m:8.3f} | {a_m - a_r:+.3f}")
+        print(f"{n!s:>10} | {a_r:6.3f} ± {se['random'][k]:.3f} | {a_m:6.3f} ± {se['margin'][k]:.3f} | {a_m - a_r:+.3f}")
     reach = {arm: judgments_to_reach(curves[arm], args.target) for arm in ARMS}
     for arm in ARMS:
+        each = [judgments_to_reach(r, args.target) for r in per_repeat[arm]]
         print(f"judgments to reach accuracy {args.target:g}, {arm}: "
-              f"{reach[arm] if reach[arm] is not None else 'not reached in ' + str(curves[arm][-1][0])}")
+              f"{reach[arm] if reach[arm] is not None else 'not reached in ' + str(curves[arm][-1][0])}"
+              f" (mean curve); per repeat: {', '.join('-' if e is None else str(e) for e in each)}")
     area = {arm: float(np.mean([a for _, a in curves[arm]])) for arm in ARMS}
     print(f"mean accuracy over the curve: random {area['random']:.3f}, margin {area['margin']:.3f}")
-    plot(curves, args, args.plot)
+    plot(curves, se, args, args.plot)
     print(f"plot: {args.plot}    ({time.time() - started:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "curves": curves, "per_repeat": per_repeat,
+        Path(args.json).write_text(json.dumps({"args": vars(args), "curves": curves, "se": se, "per_repeat": per_repeat,
                                                "reach": reach}, indent=1))
 
 
