@@ -314,3 +314,41 @@ def test_which_model_and_reference_the_margins_use(db, tmp_path, tiny_model_dir)
     assert mm.version == both and mm.reference_path == str(tmp_path / "sft-then-dpo" / "sft") and mm.beta == 0.1
     version("ppo-after", "sft+dpo+ppo")
     assert margin_model(project).version == both  # a PPO policy has no implicit reward
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_order_change_during_a_chunk_write_waits_for_it_and_then_zeroes_it(run_at_once, monkeypatch):
+    """PostgreSQL: a chunk of the old order being written when the admin switches to arrival
+    order. The switch waits for the chunk's transaction (the project row is share-locked by the
+    chunk, locked by the switch) and then zeroes what it wrote: no priority survives the switch."""
+    import time
+
+    from django.db import connection
+
+    from training.active import writes
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the row locks under test are PostgreSQL's")
+    project = make_project("active race", overlap=2)
+    cs = [make_comparison(project, f"r{i}") for i in range(3)]
+    services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    job = PriorityJob.objects.create(project=project, pair_order="disagreement", status=JobStatus.QUEUED)
+    job = jobs.claim(PRIORITY_JOBS, job.pk)
+    slow_update = writes._update
+
+    def update_slowly(*args):
+        time.sleep(0.5)  # the chunk holds its transaction while the switch arrives
+        return slow_update(*args)
+
+    monkeypatch.setattr(writes, "_update", update_slowly)
+
+    def switch():
+        time.sleep(0.2)
+        return services.set_pair_order(project, PairOrder.ARRIVAL)
+
+    wrote, switched = run_at_once([lambda: write_chunk(job, [c.pk for c in cs], [0.7, 0.8, 0.9], n_done=3), switch])
+    assert wrote == 3 and switched
+    assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
+    with pytest.raises(Stop):
+        write_chunk(job, [cs[0].pk], [0.5])
