@@ -352,3 +352,24 @@ def test_an_order_change_during_a_chunk_write_waits_for_it_and_then_zeroes_it(ru
     assert set(Comparison.objects.filter(project=project).values_list("priority", flat=True)) == {0.0}
     with pytest.raises(Stop):
         write_chunk(job, [cs[0].pk], [0.5])
+
+
+def test_a_sampled_round_queues_the_margins_of_its_new_comparisons(db, tiny_model_dir, celery_eager,
+                                                                   django_capture_on_commit_callbacks):
+    from training.services.sampling import sample_next_round
+
+    project = make_project("active sampled round")
+    make_comparison(project, "seed")
+    base = register_model("tiny-sampled", tiny_model_dir)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_pair_order(project, PairOrder.MARGIN)
+
+    def generate(path, prompts, n, max_new_tokens, temperature, seed):
+        return [[f"first answer {i}", f"second answer {i}"] for i in range(len(prompts))]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job = sample_next_round(base, project, n_prompts=1, generate=generate)
+    assert job.status == JobStatus.SUCCEEDED and job.n_created == 1
+    latest = PriorityJob.objects.filter(project=project).latest("pk")
+    assert latest.reason == f"sampling job {job.pk} added round 1"
+    assert latest.status == JobStatus.SUCCEEDED  # no DPO model yet: nothing to score, priorities stay 0
