@@ -268,6 +268,10 @@ def test_admins_set_the_pair_order_and_recompute_annotators_see_nothing(db, clie
     panel = client.get(reverse("training_priorities", args=[project.pk])).content.decode()
     assert "Recompute priorities" in panel and "1 comparisons scored by the pools" in panel
     with django_capture_on_commit_callbacks(execute=True):
+        clicked = client.post(reverse("training_priorities", args=[project.pk]), HTTP_HX_REQUEST="true")
+    assert clicked.status_code == 200 and "asked for: on demand" in clicked.content.decode()
+    assert PriorityJob.objects.filter(project=project, reason="on demand").count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
         posted = client.post(reverse("project_settings", args=[project.pk]), {
             "name": project.name, "instructions": "", "overlap": 2, "gold_rate": 0, "assignment_timeout_s": 600,
             "license": "", "pair_order": "arrival"})

@@ -18,13 +18,11 @@ from .services import latest_job, request_priorities
 @require_http_methods(["GET", "POST"])
 def priorities_panel(request, pk: int):
     project = project_for(request.user, pk, Role.ADMIN)
-    asked = None
     if request.method == "POST":
-        asked = request_priorities(project, reason="on demand", user=request.user)
+        request_priorities(project, reason="on demand", user=request.user)
         if not request.htmx:
             return redirect("project_settings", pk=project.pk)
     job = latest_job(project)
     return render(request, "training/_priorities.html", {
         "project": project, "job": job, "active": project.pair_order != PairOrder.ARRIVAL,
-        "asked": request.method == "POST", "queued": asked,
     })
