@@ -3,8 +3,8 @@
 
 Both arms get the same candidate comparisons (synthetic pairs of responses whose hidden utility
 is ``training.loop.seed.synthetic_utility``: a lexicon score; ``--mixed`` of them set two mixed
-responses against each other, the rest a kind response against an unkind one), imported in the
-same shuffled order (so arrival order is a random order), and the same simulated annotators
+responses against each other, the rest a kind response against an unkind one, drawn at random),
+imported in the same order (so arrival order is a random order), and the same simulated annotators
 (``evaluation.stats.simulation.DEFAULT_POOLS``: a careful, a hasty left-clicking and a
 length-loving pool, drawn with the same seed), judging through the queue's own
 ``next_assignment`` / ``submit_judgment`` (``evaluation.simulated.annotate``), overlap 1.
