@@ -409,6 +409,7 @@ def test_import_json_lines(world):
     assert r.json() == {
         "lines": 3, "created": 3, "duplicates": 0, "gold": 1, "gold_marked": 0, "prompts_created": 3,
         "responses_created": 6, "votes_source": "", "votes_created": 0, "votes_reoriented": 0,
+        "gold_twin_lines": [],
     }
     assert Comparison.objects.count() == before + 3
     # The same lines again are duplicates; a bare list body works too.
