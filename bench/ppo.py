@@ -305,9 +305,17 @@ def main() -> None:
     lines = [f"| trainer | s/iteration | iterations/s | CPU s/iteration | generation s | scoring s | "
              f"optimisation s | rollout tokens/s | update samples/s | {unit} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    from training.config import TrainConfig
+
+    default = TrainConfig().ppo_value_model
     names = {"trl": f"TRL {TRL_VERSION} PPOTrainer (critic: copy of the reward model)",
              "reward": "prefloop, same settings (critic: copy of the reward model)",
              "shared": "prefloop, critic = value head on the policy trunk"}
+    names[default] = names.get(default, f"prefloop, critic {default}") + " [prefloop's default]"
+    print(f"prefloop's default critic (TrainConfig.ppo_value_model, what the `ppo` recipe uses): {default!r}. "
+          "Both trainers sample from the same tempered distribution with different random streams (TRL: "
+          "torch.multinomial in generate; prefloop: one inverse-CDF uniform per row), so the reward/KL curves "
+          "agree in scale, not point by point.")
     for k in runs:
         r = s[k]
         lines.append(f"| {names[k]} | {r['s_per_it']:.2f} | {r['its_per_s']:.3f} | {r['cpu']:.2f} | {r['gen']:.2f} | "

@@ -303,11 +303,13 @@ def train_ppo(cfg: TrainConfig, policy_path, prompts, out_dir, callbacks=None, r
 
 
 def roll_samples(tokenizer, roll: Rollout, prompts: list[str], n: int) -> list[dict]:
+    """The first ``n`` rollouts as text for the run page (NUL characters, which a sampled byte
+    token can decode to and no PostgreSQL text or JSON value can hold, are dropped)."""
     out = []
     for i in range(min(n, len(roll))):
         k = int(roll.mask[i].sum())
-        out.append({"prompt": prompts[i][-300:],
-                    "response": tokenizer.decode(roll.responses[i, :k].tolist(), skip_special_tokens=True),
+        text = tokenizer.decode(roll.responses[i, :k].tolist(), skip_special_tokens=True)
+        out.append({"prompt": prompts[i][-300:].replace("\x00", ""), "response": text.replace("\x00", ""),
                     "reward": round(float(roll.scores[i]), 4)})
     return out
 

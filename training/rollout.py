@@ -14,8 +14,9 @@ Models only, no Django. Three kinds of model go through here, all Hugging Face `
 Only the hidden states of the response positions go through the LM head, so ``(length x vocab)``
 logits of the prompt never exist. On a CPU every sequence runs alone at its own length (no
 padding: a batch buys no parallelism there); on a GPU the sequences are right-padded into one
-batch. Sampling is batched with left-padded prompts and a ``DynamicCache``; the generator is
-seeded by the caller, so a rollout is a pure function of (weights, prompts, seed).
+batch. Sampling is batched with left-padded prompts and a ``StaticCache`` (preallocated for
+prompt + response, so no step copies the cache); the generator is seeded by the caller, so a
+rollout is a pure function of (weights, prompts, seed).
 """
 
 from __future__ import annotations
@@ -124,6 +125,63 @@ def _overhead_tokens(model) -> float:
     return 1.5e7 / max(n, 1)
 
 
+_LAST_LAYER_FAST = ("llama", "mistral", "qwen2")  # attention: q/k/v/o projections + rotate-half rotary
+
+
+def _rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class _LastLayerFrom(nn.Module):
+    """The last decoder layer of a Llama-style trunk, computed only for the positions from
+    ``start`` on: keys and values for every position (later queries attend to them), queries,
+    attention output and MLP only from ``start``. The outputs it skips are ones no log-prob,
+    value or reward reads, so what it returns equals the full layer's rows ``start:`` (the same
+    math); it saves most of the last layer's work on the prompt. Right-padded input only (a
+    real position never attends to a later one, so a causal mask is the whole mask)."""
+
+    def __init__(self, layer: nn.Module, start: int):
+        super().__init__()
+        self.layer, self.start = layer, start
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
+        layer, a = self.layer, self.start
+        attn = layer.self_attn
+        b, s, _ = hidden_states.shape
+        x = layer.input_layernorm(hidden_states)
+        q = attn.q_proj(x[:, a:]).view(b, s - a, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, s, -1, attn.head_dim).transpose(1, 2)
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+        q, k = _rotary(q, cos[:, :, a:], sin[:, :, a:]), _rotary(k, cos, sin)
+        causal = torch.arange(s, device=x.device)[None, :] <= torch.arange(a, s, device=x.device)[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=attn.scaling,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        h = hidden_states[:, a:] + attn.o_proj(out.transpose(1, 2).reshape(b, s - a, -1))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _trunk_from(body: nn.Module, start: int, **inputs) -> tuple[torch.Tensor, int]:
+    """``body(**inputs).last_hidden_state`` from position ``offset`` on, and ``offset``: with the
+    last layer computed from ``start`` on (:class:`_LastLayerFrom`) where the architecture
+    allows, else the full forward (``offset`` 0)."""
+    layers, config = getattr(body, "layers", None), getattr(body, "config", None)
+    last = layers[-1] if layers is not None and len(layers) else None
+    attn = getattr(last, "self_attn", None)
+    fast = (start > 0 and getattr(config, "model_type", None) in _LAST_LAYER_FAST and attn is not None
+            and getattr(attn, "sliding_window", None) is None
+            and (getattr(config, "sliding_window", None) is None or inputs["input_ids"].shape[1] <= config.sliding_window)
+            and (not last.training or getattr(attn, "attention_dropout", 0.0) == 0.0))
+    if not fast:
+        return body(**inputs, use_cache=False).last_hidden_state, 0
+    layers[-1] = _LastLayerFrom(last, start)
+    try:
+        return body(**inputs, use_cache=False).last_hidden_state, start
+    finally:
+        layers[-1] = last
+
+
 def sequence_hidden(model: nn.Module, seqs: list[list[int]], positions: list[torch.Tensor], device,
                     unpadded: bool) -> torch.Tensor:
     """Last-layer hidden states of ``seqs`` at ``positions[i]`` (indices into sequence ``i``),
@@ -146,31 +204,34 @@ def sequence_hidden(model: nn.Module, seqs: list[list[int]], positions: list[tor
                     chunks[i] = piece
             return torch.cat([chunks[i] for i in range(len(seqs))])
     body = trunk(model)
+    start = min(int(p.min()) for p in positions if len(p)) if any(len(p) for p in positions) else 0
     if len(seqs) == 1:
         ids = torch.tensor([seqs[0]], device=device)
-        h = body(input_ids=ids, use_cache=False).last_hidden_state[0]
-        return h.index_select(0, positions[0].to(device))
+        h, off = _trunk_from(body, start, input_ids=ids)
+        return h[0].index_select(0, (positions[0] - off).to(device))
     width = max(len(s) for s in seqs)
     ids = torch.zeros((len(seqs), width), dtype=torch.long)
     att = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         att[i, :len(s)] = 1
-    h = body(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).last_hidden_state
-    flat = torch.cat([pos + i * width for i, pos in enumerate(positions)]).to(device)
+    h, off = _trunk_from(body, start, input_ids=ids.to(device), attention_mask=att.to(device))
+    flat = torch.cat([pos - off + i * (width - off) for i, pos in enumerate(positions)]).to(device)
     return h.reshape(-1, h.shape[-1]).index_select(0, flat)
 
 
 def _logps_entropy(head: nn.Module, hidden, targets, temperature: float, want_entropy: bool,
                    entropy_grad: bool = False):
     logits = head(hidden).float() / temperature
-    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     if not want_entropy:
         return logp, None
     if entropy_grad:
         return logp, entropy_from_logits(logits)
-    with torch.no_grad():
-        ent = entropy_from_logits(logits.detach())
+    with torch.no_grad():  # entropy_from_logits, reusing the logsumexp: lse - sum(softmax(z) * z)
+        z, lse = logits.detach(), lse.detach()
+        ent = lse - (torch.exp(z - lse[:, None]) * z).sum(-1)
     return logp, ent
 
 
@@ -299,6 +360,16 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, temperature:
                    values * mask if values is not None else None)
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``probs`` ``(B, V)`` (rows summing to ~1), drawn with probability
+    ``probs[b, i]``: inverse-CDF sampling with one uniform per row. Same distribution as
+    ``torch.multinomial(probs, 1)``, which on a CPU draws an exponential variate for every
+    vocabulary entry (``B x V`` random numbers per step instead of ``B``)."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, generator, device,
                   value_head=None):
     b = len(prompts)
@@ -310,9 +381,10 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         att[i, width - len(p):] = 1
     ids, att = ids.to(device), att.to(device)
     pos = (att.cumsum(1) - 1).clamp(min=0)
-    from transformers import DynamicCache
+    from transformers import StaticCache
 
-    cache = DynamicCache()
+    # preallocated keys/values: a DynamicCache concatenates (copies) every layer's cache each step
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
     kw = {_cache_kw(model): cache}
     body, head = trunk(model), lm_head(model)
     was_training = model.training
@@ -326,7 +398,7 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
         if value_head is not None:
             values.append(value_head(h).squeeze(-1).float())
         logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-        nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        nxt = draw(logp_all.exp(), generator)
         lp = logp_all.gather(1, nxt[:, None]).squeeze(1)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens.append(nxt)
@@ -347,4 +419,4 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_id, pad_id, g
 
 __all__ = ["TokenizerMismatchError", "check_same_tokenizer", "trunk", "lm_head", "score_head",
            "sequence_hidden", "head_logps", "Sequences", "policy_logprobs", "critic_values", "reward_scores",
-           "Samples", "sample"]
+           "Samples", "sample", "draw"]

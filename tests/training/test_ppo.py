@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
 
 from training.config import TrainConfig
 from training.data import collate, tokenize_pairs
-from training.ppo_trainer import train_ppo
+from training.ppo import Rollout
+from training.ppo_trainer import roll_samples, train_ppo
 from training.reward_model import RewardScorer, load_reward_model, pair_rewards, train_reward_model
-from training.rollout import Sequences, TokenizerMismatchError, policy_logprobs, sample
+from training.rollout import Sequences, TokenizerMismatchError, draw, policy_logprobs, sample, sequence_hidden, trunk
 from training.tiny_model import build_default_model, load_model_and_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,6 +116,59 @@ def test_sampled_logprobs_equal_a_fresh_forward(tiny):
     again = sample(model, ps, 12, 0.7, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0), "cpu",
                    batch_size=4)
     assert torch.equal(again.tokens, s.tokens)
+
+
+def test_hidden_states_at_response_positions_equal_the_full_forward_with_the_same_gradients(tiny):
+    """sequence_hidden computes the last layer only from the first position asked for; values and
+    gradients must be those of the model's full forward."""
+    model, _ = load_model_and_tokenizer(tiny)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in (30, 30, 24, 17)]
+    pos = [torch.arange(5 + i, len(s) - 1) for i, s in enumerate(seqs)]
+    body = trunk(model)
+    for unpadded in (True, False):
+        for rows in ([0], [0, 2, 3], [0, 1, 2, 3]):
+            ss, pp = [seqs[i] for i in rows], [pos[i] for i in rows]
+            model.zero_grad()
+            h = sequence_hidden(model, ss, pp, "cpu", unpadded)
+            (h.square().sum() + h.sum()).backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            model.zero_grad()
+            full = torch.cat([body(input_ids=torch.tensor([s]), use_cache=False).last_hidden_state[0, p]
+                              for s, p in zip(ss, pp)])
+            (full.square().sum() + full.sum()).backward()
+            assert (h - full).abs().max() < 1e-5
+            for n, p in model.named_parameters():
+                assert (grads[n] - p.grad).abs().max() <= 1e-4 * p.grad.abs().max(), n  # float32 sums
+
+
+def test_draw_samples_the_given_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.3, 0.0], [0.9, 0.0, 0.0, 0.0, 0.1]])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    picks = torch.stack([draw(probs, g) for _ in range(n)])  # (n, 2)
+    for row in range(2):
+        freq = torch.bincount(picks[:, row], minlength=5).float() / n
+        assert (freq - probs[row]).abs().max() < 0.015  # ~4 standard errors at n = 20000
+        assert freq[probs[row] == 0].sum() == 0  # a zero-probability token is never drawn
+    # seeded: the same generator state draws the same tokens
+    a = draw(probs, torch.Generator().manual_seed(3))
+    assert torch.equal(a, draw(probs, torch.Generator().manual_seed(3)))
+
+
+def test_sample_texts_drop_nul_characters(tiny):
+    """A sampled byte token can decode to NUL, which PostgreSQL cannot store in a JSON metric."""
+    _, tok = load_model_and_tokenizer(tiny)
+    nul = next(i for i in range(len(tok)) if "\x00" in tok.decode([i]))
+    word = tok("apple")["input_ids"][-1]
+    z = torch.zeros(1, 3)
+    roll = Rollout(prompt_ids=[[word]], responses=torch.tensor([[word, nul, word]]), mask=torch.ones(1, 3),
+                   logprobs=z, ref_logprobs=z, values=z, scores=torch.tensor([0.5]), raw_scores=torch.tensor([0.5]),
+                   has_eos=torch.tensor([False]))
+    (sample_text,) = roll_samples(tok, roll, ["a\x00b"], 3)
+    assert "\x00" not in sample_text["response"] and sample_text["prompt"] == "ab"
+    assert sample_text["response"] == tok.decode([word, nul, word]).replace("\x00", "")
 
 
 def test_pair_rewards_equal_sequence_classification_on_each_sequence(tiny):
