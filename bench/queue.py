@@ -8,8 +8,9 @@
 What it does, in order:
 
 1. Creates a fresh PostgreSQL database (``--db-name``, default ``prefloop_bench``; DROP/CREATE),
-   migrates it and fills one project: N comparisons written with ``COPY`` (few shared
-   prompts/responses, distinct ``pair_hash``; 0.2% gold with answers), three pools with target
+   migrates it and fills one project: N comparisons generated in SQL (``INSERT … SELECT
+   generate_series``, indexes built after the load; few shared prompts/responses, distinct
+   ``pair_hash``; 0.2% gold with answers), three pools with target
    shares, annotators with memberships and API tokens. Then ``VACUUM ANALYZE`` (what
    autovacuum does after a load).
 2. Query plans: ``EXPLAIN (ANALYZE, BUFFERS)`` of the claim statement (``WITH mine AS …``,
