@@ -334,7 +334,10 @@ def plan_check(project, annotator, label: str) -> dict:
         queue.submit_judgment(annotator, a.pk, choice="right")
     with CaptureQueriesContext(connection) as ctx:
         queue.progress(annotator, project)
-    counts = [q["sql"] for q in ctx.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    # The progress statement is prepared (EXECUTE prefloop_progress_…); a cache miss adds the ORM's count.
+    counts = [q["sql"][q["sql"].index("EXECUTE prefloop_progress_"):] if "EXECUTE prefloop_progress_" in q["sql"]
+              else q["sql"] for q in ctx.captured_queries
+              if "EXECUTE prefloop_progress_" in q["sql"] or q["sql"].lstrip().upper().startswith("SELECT")]
     result["progress"] = []
     for sql in counts:
         e = explain(sql)
@@ -372,7 +375,7 @@ def print_plan(check: dict) -> list[str]:
         # queue.progress counts open comparisons exactly up to EXACT_COUNT_UP_TO (a LIMITed count:
         # bounded by construction) and above that reads a count cached for OPEN_COUNT_TTL_S, which
         # only a cache miss recomputes (at most once per TTL per project, not per request).
-        capped = f"LIMIT {EXACT_COUNT_UP_TO + 1}" in e["sql"]
+        capped = e["sql"].startswith("EXECUTE prefloop_progress_")  # counts capped at EXACT_COUNT_UP_TO + 1, or cached
         cache_miss = not capped and e["sql"].lstrip().startswith('SELECT COUNT(*) AS "__count" FROM "annotate_comparison"')
         if cache_miss:
             kind = f"uncapped count, cached for {OPEN_COUNT_TTL_S} s (runs on a cache miss only)"

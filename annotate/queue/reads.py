@@ -1,6 +1,11 @@
 """What the annotator's requests read besides the claim: their progress counter, and their
 assignment with its project and their membership (the API's permission check), one portable
 statement each.
+
+On PostgreSQL both are prepared statements (``annotate.queue.postgres.Statement``), like the
+claim: every judgment through the API runs each of them once, and planning them cost the
+database more than running them (at 1M comparisons: progress 0.16 ms planning against
+0.02-0.37 ms execution; the owned assignment 0.10 ms planning against 0.02 ms execution).
 """
 from __future__ import annotations
 
@@ -8,7 +13,21 @@ from django.core.cache import cache
 from django.db import connection
 
 from ..models import Assignment, Comparison, Membership, Project
+from .postgres import Statement
 from .rules import Progress
+
+_statements: dict[str, Statement] = {}
+
+
+def _execute(cur, label: str, sql: str, params: dict) -> None:
+    """Run ``sql`` (named parameters) on the cursor: prepared on PostgreSQL, plain elsewhere."""
+    if connection.vendor != "postgresql":
+        cur.execute(sql, params)
+        return
+    if sql not in _statements:
+        _statements[sql] = Statement(label, sql)
+    _statements[sql].run(cur, params)
+
 
 def progress(annotator, project: Project) -> Progress:
     """Done and skipped by this annotator, and what remains for them: the open regular
@@ -24,10 +43,10 @@ def progress(annotator, project: Project) -> Progress:
     cached = cache.get_many(list(keys.values()))
     open_counts = {gold: cached[key] for gold, key in keys.items() if key in cached}
     exact = [gold for gold in (False, True) if gold not in open_counts]
-    sql = PROGRESS_SQL.format(counts="".join(CAPPED_COUNT_SQL for _ in exact))
-    params = [p for gold in exact for p in (project.pk, gold, EXACT_COUNT_UP_TO + 1)] + [annotator.pk, project.pk]
+    counts = (CAPPED_COUNT_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1) for gold in exact)
+    sql = PROGRESS_SQL.format(counts="".join(counts))
     with connection.cursor() as cur:
-        cur.execute(sql, params)
+        _execute(cur, f"progress_{len(exact)}", sql, {"user": annotator.pk, "project": project.pk})
         row = cur.fetchone()
     done, skipped, finished_open, finished_gold, held_full = (int(x or 0) for x in row[:5])
     for gold, n in zip(exact, row[5:]):
@@ -55,16 +74,17 @@ SELECT
     SUM(CASE WHEN a.status = 'active' AND NOT c.is_gold AND NOT c.is_open THEN 1 ELSE 0 END)
     {counts}
 FROM annotate_assignment a JOIN annotate_comparison c ON c.id = a.comparison_id
-WHERE a.annotator_id = %s AND a.project_id = %s
+WHERE a.annotator_id = %(user)s AND a.project_id = %(project)s
 """
 # In the queue's order (priority DESC, id), so that PostgreSQL walks the partial index of open
 # comparisons: unordered, a LIMITed count may seq-scan from the start of the table, through
 # every closed comparison (late in a project, the first half of the table) before it finds its
-# open ones.
+# open ones. Gold and the cap are written into the statement, the cap for the same reason as
+# the claim's window (a generic plan does not know that ``LIMIT $n`` is small).
 CAPPED_COUNT_SQL = """,
     (SELECT COUNT(*) FROM (
         SELECT 1 FROM annotate_comparison
-        WHERE project_id = %s AND is_gold = %s AND is_open ORDER BY priority DESC, id LIMIT %s
+        WHERE project_id = %(project)s AND is_gold = {gold} AND is_open ORDER BY priority DESC, id LIMIT {cap}
     ) capped)"""
 
 
@@ -80,7 +100,7 @@ _OWNED_SQL = (
     "SELECT {a}, {p}, m.id, m.role, m.excluded, m.pool_id FROM annotate_assignment a "
     "JOIN annotate_project p ON p.id = a.project_id "
     "LEFT JOIN annotate_membership m ON m.project_id = a.project_id AND m.user_id = a.annotator_id "
-    "WHERE a.id = %s AND a.annotator_id = %s"
+    "WHERE a.id = %(assignment)s AND a.annotator_id = %(user)s"
 ).format(
     a=", ".join(f"a.{f.column}" for f in Assignment._meta.concrete_fields),
     p=", ".join(f"p.{f.column}" for f in Project._meta.concrete_fields),
@@ -94,7 +114,7 @@ def owned_assignment(annotator, assignment_id: int) -> tuple[Assignment, Members
     if not -(2**63) <= int(assignment_id) < 2**63:
         return None
     with connection.cursor() as cur:
-        cur.execute(_OWNED_SQL, [assignment_id, annotator.pk])
+        _execute(cur, "owned", _OWNED_SQL, {"assignment": assignment_id, "user": annotator.pk})
         row = cur.fetchone()
     if row is None:
         return None
