@@ -131,12 +131,7 @@ def next_assignment(
         if held is not None:
             return held
     want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
-    order = (True, False) if want_gold else (False, True)
-    for gold in order:
-        assignment = _claim(annotator, project, membership, gold=gold, now=now, rng=rng)
-        if assignment is not None:
-            return assignment
-    return None
+    return _claim(annotator, project, membership, golds=(True, False) if want_gold else (False, True), now=now, rng=rng)
 
 
 # A claim's answer when the project has assignments past their deadline: expire them first

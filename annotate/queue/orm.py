@@ -42,13 +42,16 @@ def _pool_targets(project: Project) -> dict[int, float]:
     return {pk: share / total for pk, share in pools if share > 0}
 
 
-def _claim(annotator, project: Project, membership: Membership, *, gold: bool, now, rng) -> Assignment | None:
-    """Take a slot on the best candidate for this annotator; None when there is none.
+def _claim(annotator, project: Project, membership: Membership, *, golds, now, rng) -> Assignment | None:
+    """Take a slot on the best candidate for this annotator, gold or regular in the order of
+    ``golds`` (the next kind is tried when the first has no candidate); None when there is none.
 
     The candidates are read without locks and ranked; then the best one that can be locked
     (``SKIP LOCKED``: another request is claiming it) and still has room is taken, one row
     lock per claim. When every candidate was locked or filled in the meantime, the claim
-    looks again (``CLAIM_ATTEMPTS``) instead of reporting an empty queue.
+    looks again (``CLAIM_ATTEMPTS``) instead of reporting an empty queue. Both kinds are tried
+    in one transaction, so that a wanted kind with nothing left costs one query, not a second
+    lock, held-item check and expiry.
     """
     for attempt in range(CLAIM_ATTEMPTS):
         with transaction.atomic():
@@ -65,33 +68,11 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
                 return held
             if attempt == 0:
                 _expire_stale(project, now)
-            candidates = list(
-                Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
-                .exclude(pk__in=_seen_ids(annotator, project))
-                .order_by("-priority", "pk")
-                .only("pk", "slots_taken", "is_gold", "priority")[:CANDIDATES]
-            )
-            if not gold:
-                candidates = [c for c in candidates if c.slots_taken < project.overlap]
-            if not candidates:
-                return None
-            if gold:
-                first = rng.choice(candidates)
-                ranked = [first] + [c for c in candidates if c.pk != first.pk]
-            else:
-                ranked = _by_need(project, membership, candidates)
-            chosen = None
-            for candidate in ranked:
-                row = (
-                    _lock(Comparison.objects.filter(pk=candidate.pk, is_open=True))
-                    .annotate(mine_expired=Exists(Assignment.objects.filter(
-                        annotator=annotator, comparison_id=OuterRef("pk"), status=AssignmentStatus.EXPIRED
-                    )))
-                    .only("pk", "slots_taken")
-                    .first()
-                )
-                if row is not None and (gold or row.slots_taken < project.overlap):
-                    chosen = row
+            chosen, busy = None, False
+            for gold in golds:
+                chosen, found = _lock_best(annotator, project, membership, gold=gold, rng=rng)
+                busy = busy or found
+                if chosen is not None:
                     break
             if chosen is not None:
                 _take_slots(project, chosen.pk, slots=1)
@@ -116,9 +97,42 @@ def _claim(annotator, project: Project, membership: Membership, *, gold: bool, n
                     Assignment.objects.create(annotator=annotator, comparison_id=chosen.pk, **fields)
         if chosen is not None:
             return _with_texts(Assignment.objects.filter(annotator=annotator, comparison_id=chosen.pk)).get()
+        if not busy:
+            return None
         # Every candidate was being claimed by a concurrent request or filled meanwhile.
         time.sleep(0.002 * (attempt + 1) * (0.5 + _jitter.random()))
     return None
+
+
+def _lock_best(annotator, project: Project, membership: Membership, *, gold: bool, rng) -> tuple[Comparison | None, bool]:
+    """(The best candidate of this kind, locked and with room, or None; whether there were any.)"""
+    candidates = list(
+        Comparison.objects.filter(project=project, is_gold=gold, is_open=True)
+        .exclude(pk__in=_seen_ids(annotator, project))
+        .order_by("-priority", "pk")
+        .only("pk", "slots_taken", "is_gold", "priority")[:CANDIDATES]
+    )
+    if not gold:
+        candidates = [c for c in candidates if c.slots_taken < project.overlap]
+    if not candidates:
+        return None, False
+    if gold:
+        first = rng.choice(candidates)
+        ranked = [first] + [c for c in candidates if c.pk != first.pk]
+    else:
+        ranked = _by_need(project, membership, candidates)
+    for candidate in ranked:
+        row = (
+            _lock(Comparison.objects.filter(pk=candidate.pk, is_open=True))
+            .annotate(mine_expired=Exists(Assignment.objects.filter(
+                annotator=annotator, comparison_id=OuterRef("pk"), status=AssignmentStatus.EXPIRED
+            )))
+            .only("pk", "slots_taken")
+            .first()
+        )
+        if row is not None and (gold or row.slots_taken < project.overlap):
+            return row, True
+    return None, True
 
 
 def _lock_annotator(membership: Membership) -> bool:

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 User = get_user_model()
 
 # PostgreSQL: token, assignment+project+membership, BEGIN, lock, judgment, claim, COMMIT, progress.
-MAX_QUERIES = {"postgresql": 8, "sqlite": 24}
+# SQLite: 24 for a regular item, one more when the drawn kind (gold at this gold rate) has nothing
+# left for the annotator and the claim reads the other kind's candidates too.
+MAX_QUERIES = {"postgresql": 8, "sqlite": 25}
 
 
 def make_comparisons(project: Project, n: int, *, gold: bool = False) -> None:
