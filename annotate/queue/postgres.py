@@ -186,7 +186,7 @@ TYPES = {
     "expires": "timestamptz", "a_on_left": "boolean", "seed": "text",
     "ignore_stale": "boolean", "overlap": "integer", "assignment": "bigint", "comparison": "bigint",
     "choice": "text", "strength": "integer", "rationale": "text", "seconds": "double precision",
-    "created_at": "timestamptz", "retaken": "integer",
+    "created_at": "timestamptz", "retaken": "integer", "key": "text",
 }
 _PARAM = re.compile(r"%\((\w+)\)s")
 

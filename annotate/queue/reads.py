@@ -19,7 +19,7 @@ from .rules import Progress
 _statements: dict[str, Statement] = {}
 
 
-def _execute(cur, label: str, sql: str, params: dict) -> None:
+def run_sql(cur, label: str, sql: str, params: dict) -> None:
     """Run ``sql`` (named parameters) on the cursor: prepared on PostgreSQL, plain elsewhere."""
     if connection.vendor != "postgresql":
         cur.execute(sql, params)
@@ -46,7 +46,7 @@ def progress(annotator, project: Project) -> Progress:
     counts = (CAPPED_COUNT_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1) for gold in exact)
     sql = PROGRESS_SQL.format(counts="".join(counts))
     with connection.cursor() as cur:
-        _execute(cur, f"progress_{len(exact)}", sql, {"user": annotator.pk, "project": project.pk})
+        run_sql(cur, f"progress_{len(exact)}", sql, {"user": annotator.pk, "project": project.pk})
         row = cur.fetchone()
     done, skipped, finished_open, finished_gold, held_full = (int(x or 0) for x in row[:5])
     for gold, n in zip(exact, row[5:]):
@@ -114,14 +114,14 @@ def owned_assignment(annotator, assignment_id: int) -> tuple[Assignment, Members
     if not -(2**63) <= int(assignment_id) < 2**63:
         return None
     with connection.cursor() as cur:
-        _execute(cur, "owned", _OWNED_SQL, {"assignment": assignment_id, "user": annotator.pk})
+        run_sql(cur, "owned", _OWNED_SQL, {"assignment": assignment_id, "user": annotator.pk})
         row = cur.fetchone()
     if row is None:
         return None
     n_a, n_p = len(Assignment._meta.concrete_fields), len(Project._meta.concrete_fields)
     a_values, p_values, (m_id, role, excluded, pool_id) = row[:n_a], row[n_a:n_a + n_p], row[n_a + n_p:]
-    assignment = _from_row(Assignment, a_values)
-    assignment.project = _from_row(Project, p_values)
+    assignment = from_row(Assignment, a_values)
+    assignment.project = from_row(Project, p_values)
     membership = None
     if m_id is not None:
         membership = Membership(
@@ -135,7 +135,7 @@ def owned_assignment(annotator, assignment_id: int) -> tuple[Assignment, Members
 _converters: dict = {}
 
 
-def _from_row(model, values):
+def from_row(model, values):
     """A model instance from a row of all its concrete columns, with the database's converters
     applied (SQLite returns booleans as integers and datetimes as text)."""
     key = (connection.vendor, model)
