@@ -107,7 +107,7 @@ class TrainConfig:
     ppo_response_length: int = 53
     ppo_temperature: float = 0.7
     ppo_missing_eos_penalty: float | None = None
-    ppo_value_model: str = "reward"  # "reward" | "policy" | "shared" (the value head's initialisation)
+    ppo_value_model: str = "shared"  # "shared" | "reward" | "policy" (the critic; sources in training.ppo)
     ppo_checkpoint_every: int = 1  # PPO iterations between checkpoints (resume loses at most these)
     ppo_samples_per_log: int = 3  # sample generations kept with each logged iteration
 

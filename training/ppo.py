@@ -41,10 +41,12 @@ response length        53        TRL ``response_length``; Huang et al. 2024 (TL;
 missing-EOS penalty    none      TRL ``missing_eos_penalty``; Huang et al. 2024 give such
                                  responses a fixed low score ("EOS trick")
 whiten rewards         off       TRL ``whiten_rewards``; advantages always whitened (Huang et al.)
-value model            reward    Stiennon et al. 2020 and Huang et al. 2024: a separate critic
-                                 initialised from the reward model (TRL's example scripts too);
-                                 ``shared`` puts the value head on the policy's trunk
-                                 (Ziegler et al. 2019)
+value model            shared    a value head on the policy's trunk, trained with it through
+                                 ``vf_coef`` (Ziegler et al. 2019; TRL <= 0.11's
+                                 ``AutoModelForCausalLMWithValueHead``): half the update compute, and
+                                 it runs with a reward function too; ``reward`` is the separate
+                                 critic initialised from the reward model of Stiennon et al. 2020,
+                                 Huang et al. 2024 and TRL's example scripts
 learning rate          3e-6      TRL ``learning_rate``; Huang et al. 2024
 =====================  ========  ==============================================================
 
