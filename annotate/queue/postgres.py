@@ -132,10 +132,14 @@ LEFT JOIN (
 # first (its deficit against its target share, see annotate.queue.orm._most_needed) when the pool
 # has a target, then by priority; gold items in an order drawn from the caller's rng (the seed
 # makes the md5 ties-free, so priority does not reorder gold).
+# The pool's count is a FILTER over the comparison's own assignments (a few: one per annotator
+# served it), not a WHERE on pool_id: with the pool in the WHERE, the generic plan of the
+# prepared claim ANDed a bitmap of the pool's index, i.e. read every assignment the pool ever
+# had for each of the 16 candidates (half the claim's time at 60k assignments, and growing).
 POOL_RANK = """
     CASE WHEN (SELECT target_share > 0 FROM annotate_pool WHERE id = %(pool)s) THEN (
-        SELECT count(*) FROM annotate_assignment x
-        WHERE x.comparison_id = c.id AND x.pool_id = %(pool)s AND x.status IN ('active', 'done')
+        SELECT count(*) FILTER (WHERE x.pool_id = %(pool)s AND x.status IN ('active', 'done'))
+        FROM annotate_assignment x WHERE x.comparison_id = c.id
     ) ELSE 0 END"""
 GOLD_RANK = "md5(%(seed)s || c.id::text)"
 
