@@ -378,7 +378,7 @@ def print_plan(check: dict) -> list[str]:
         capped = e["sql"].startswith("EXECUTE prefloop_progress_")  # counts capped at EXACT_COUNT_UP_TO + 1, or cached
         cache_miss = not capped and e["sql"].lstrip().startswith('SELECT COUNT(*) AS "__count" FROM "annotate_comparison"')
         if cache_miss:
-            kind = f"uncapped count, cached for {OPEN_COUNT_TTL_S} s (runs on a cache miss only)"
+            kind = f"uncapped count, cached for at least {OPEN_COUNT_TTL_S} s (runs on a cache miss only)"
             ok = True
         else:
             kind = "per call"

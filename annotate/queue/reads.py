@@ -36,8 +36,8 @@ def progress(annotator, project: Project) -> Progress:
     Gold and regular items move the counter alike, so it never tells which item was gold.
     One statement: the annotator's own counts, and the project's open regular and gold
     comparisons counted exactly while there are at most ``EXACT_COUNT_UP_TO`` of them (an
-    index-range count that stops there); above that a count cached for ``OPEN_COUNT_TTL_S``
-    is used instead, so no request counts a large table.
+    index-range count that stops there); above that a cached count is used instead (see
+    ``open_count_ttl``), so no request but a cache miss counts a large table.
     """
     keys = {gold: _open_count_key(project, gold) for gold in (False, True)}
     cached = cache.get_many(list(keys.values()))
@@ -52,7 +52,7 @@ def progress(annotator, project: Project) -> Progress:
     for gold, n in zip(exact, row[5:]):
         if n > EXACT_COUNT_UP_TO:
             n = Comparison.objects.filter(project=project, is_gold=gold, is_open=True).order_by().count()
-            cache.set(keys[gold], n, OPEN_COUNT_TTL_S)
+            cache.set(keys[gold], n, open_count_ttl(n))
         open_counts[gold] = n
     # A held item whose comparison others have meanwhile filled is still the annotator's.
     remaining = (open_counts[False] - finished_open + held_full) + (open_counts[True] - finished_gold)
@@ -63,6 +63,17 @@ def progress(annotator, project: Project) -> Progress:
 # since counting half a million index entries on every request is what would slow the queue.
 EXACT_COUNT_UP_TO = 1_000
 OPEN_COUNT_TTL_S = 10
+# ... and for longer the more there are: one uncapped count per n / OPEN_COUNT_ROWS_PER_S seconds.
+OPEN_COUNT_ROWS_PER_S = 10_000
+
+
+def open_count_ttl(n: int) -> int:
+    """Seconds to keep a count of ``n`` open comparisons: ``OPEN_COUNT_TTL_S``, or n /
+    ``OPEN_COUNT_ROWS_PER_S`` when that is longer. Counting costs time in proportion to n (at
+    10M a parallel scan of seconds, in every web process with a per-process cache); caching it
+    in proportion to n keeps the counting per second the same at any size, and a count that
+    large moves by a tiny fraction meanwhile."""
+    return max(OPEN_COUNT_TTL_S, n // OPEN_COUNT_ROWS_PER_S)
 
 # Portable SQL (PostgreSQL and SQLite). Gold comparisons are always open.
 PROGRESS_SQL = """

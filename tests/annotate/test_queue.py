@@ -502,3 +502,15 @@ def test_counter_moves_alike_for_gold_and_regular_items():
         before = after
     assert kinds == {True, False} and before.remaining == 0
     assert queue.next_assignment(user, project) is None
+
+
+def test_large_open_counts_are_cached_longer_the_larger_they_are():
+    """Above ``EXACT_COUNT_UP_TO`` the progress counter reads a cached count of the project's open
+    comparisons, kept for longer the larger it is: recounting scans n rows, so at 10M it is
+    recounted ten times less often than at 1M and costs the same per second."""
+    from annotate.queue.reads import OPEN_COUNT_ROWS_PER_S, open_count_ttl
+
+    assert open_count_ttl(queue.EXACT_COUNT_UP_TO + 1) == queue.OPEN_COUNT_TTL_S
+    assert open_count_ttl(10_000_000) == 10 * open_count_ttl(1_000_000)
+    for n in (50_000, 1_000_000, 10_000_000):
+        assert n / open_count_ttl(n) <= OPEN_COUNT_ROWS_PER_S
