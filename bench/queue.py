@@ -271,13 +271,17 @@ BOUNDED_ROWS = 10_000
 
 
 def explain(sql: str) -> dict:
-    """EXPLAIN (ANALYZE, BUFFERS) a captured SELECT inside a rolled-back transaction."""
+    """EXPLAIN (ANALYZE, BUFFERS) a captured SELECT, as JSON and as text, each inside its own
+    rolled-back transaction: ANALYZE runs the claim, so in one transaction the second EXPLAIN
+    would show an annotator who already holds the first one's item."""
     from django.db import connection, transaction
 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
         raw = cursor.fetchone()[0]
         plan_json = raw if isinstance(raw, list) else json.loads(raw)
+        transaction.set_rollback(True)
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
         text = "\n".join(r[0] for r in cursor.fetchall())
         transaction.set_rollback(True)
