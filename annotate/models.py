@@ -185,6 +185,7 @@ class Comparison(models.Model):
     n_judgments = models.PositiveIntegerField(default=0)
     priority = models.FloatField(
         default=0.0,
+        db_default=0.0,  # rows written by raw SQL (bulk loaders) get it too
         help_text="Served before lower priorities when the project's pair order is active; written by the "
         "active-selection task, never shown.",
     )
