@@ -19,13 +19,14 @@ from .rules import Progress
 _statements: dict[str, Statement] = {}
 
 
-def run_sql(cur, label: str, sql: str, params: dict) -> None:
-    """Run ``sql`` (named parameters) on the cursor: prepared on PostgreSQL, plain elsewhere."""
+def run_sql(cur, label: str, sql: str, params: dict, *, generic: bool = False) -> None:
+    """Run ``sql`` (named parameters) on the cursor: prepared on PostgreSQL (``generic``: see
+    ``Statement``), plain elsewhere."""
     if connection.vendor != "postgresql":
         cur.execute(sql, params)
         return
     if sql not in _statements:
-        _statements[sql] = Statement(label, sql)
+        _statements[sql] = Statement(label, sql, generic=generic)
     _statements[sql].run(cur, params)
 
 
@@ -73,7 +74,10 @@ def progress(annotator, project: Project) -> Progress:
         ),
     )
     with connection.cursor() as cur:
-        run_sql(cur, f"progress_{len(exact)}", sql, {"user": annotator.pk, "project": project.pk})
+        # Its generic plan: every part is an index range or a probe whatever the parameters, and
+        # custom plans would be re-planned on every run (see ``Statement``).
+        params = {"user": annotator.pk, "project": project.pk}
+        run_sql(cur, f"progress_{len(exact)}", sql, params, generic=True)
         row = cur.fetchone()
     done, skipped, held_full = (int(x or 0) for x in row[:3])
     finished: dict[bool, int] = {}  # finished by the annotator among the open ones, per kind counted exactly

@@ -148,3 +148,22 @@ def test_above_the_exact_cap_the_counter_still_moves_by_one_per_judgment(monkeyp
     assert queue.progress(user, project) == old_progress(user, project) == queue.Progress(
         done=6, skipped=0, remaining=7
     )
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (set DATABASE_URL)")
+def test_the_counters_generic_plan_setting_does_not_outlive_its_statement():
+    """The counter's prepared statement runs its generic plan by setting ``plan_cache_mode`` for
+    its own EXECUTE; the claim and every other statement of the session must still be planned
+    as PostgreSQL would (the setting is reset after the first run, which also prepares, and
+    after later ones)."""
+    project = make_project(overlap=1)
+    make_comparisons(project, 3)
+    (user,) = make_annotators(project, 1)
+    with connection.cursor() as cur:
+        cur.execute("SHOW plan_cache_mode")
+        (before,) = cur.fetchone()
+    for _ in range(2):
+        assert queue.progress(user, project) == old_progress(user, project)
+        with connection.cursor() as cur:
+            cur.execute("SHOW plan_cache_mode")
+            assert cur.fetchone() == (before,)
