@@ -21,8 +21,22 @@ unequal utilities) whose implicit-reward margin under the new model (policy vs. 
 ``training.active.scoring.MarginScorer``, the same code as the priorities) has the sign of the
 hidden utility difference.
 
+The margin arm runs the product's default (``PREFLOOP_MARGIN_SAMPLING_POWER``, strict order
+unless set, docs/training.md); ``--arms`` adds variants: ``strict`` (a strict top-k of the margin
+priority whatever the setting) and ``power:P`` (comparisons drawn with probability ∝
+priority^P). Each step also prints what the arm was
+served, from the simulator's truth (the bench reads it, the product never does): the share of
+mixed pairs, the mean utility gap, and the share of decided votes on the better response.
+
+Caveats: ``--mixed`` is the share drawn before pairs of equal utility are dropped, and only mixed
+pairs can tie, so about 40% of the pairs are mixed at the default 0.5; every step retrains from the
+base model, so one repeat's curve moves by up to ±0.1 from step to step (compare means over
+repeats, with their standard error); the simulated annotators' accuracy does not depend on the
+utility gap, which favours the strict order (people err more on close pairs).
+
     .venv/bin/python bench/active_selection.py    # 3 repeats x 10 steps of 20 judgments: a few minutes on 2 cores
     .venv/bin/python bench/active_selection.py --repeats 5 --steps 15 --candidates 1500 --held-out 500
+    .venv/bin/python bench/active_selection.py --repeats 5 --arms random,margin,strict,power:4
 
 Prints the table (judgments -> accuracy per arm, the mean over repeats with its standard error),
 the judgments each arm needs to reach ``--target`` accuracy (on the mean curve, and per repeat),
@@ -57,6 +71,20 @@ os.environ.setdefault("PREFLOOP_AUTO_QUALITY", "0")
 from bench._django import bench_database  # noqa: E402
 
 ARMS = ("random", "margin")
+#: ``--arms`` may also name variants of the margin order: ``strict`` (strict order whatever the
+#: default), ``power:P`` (``PREFLOOP_MARGIN_SAMPLING_POWER`` = P).
+_UNSET = object()
+
+
+def arm_power(arm: str):
+    """The ``PREFLOOP_MARGIN_SAMPLING_POWER`` an arm runs with (``_UNSET``: the settings' own)."""
+    if arm in ("random", "margin"):
+        return _UNSET
+    if arm == "strict":
+        return None
+    if arm.startswith("power:"):
+        return float(arm.split(":", 1)[1])
+    raise SystemExit(f"unknown arm {arm!r}")
 
 
 def parse_args(argv=None):
@@ -76,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="DPO learning rate (1e-3)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta (0.1)")
     p.add_argument("--plot", default=str(ROOT / "var" / "bench" / "active_selection.png"), help="PNG of the curve")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma-separated arms: random, margin (the product's default), strict, power:P")
     p.add_argument("--json", default="", help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -98,7 +128,7 @@ def make_lines(n: int, mixed: float, rng: random.Random, utility, start: int = 0
             continue
         i = start + len(lines)
         lines.append({"prompt": f"Question {i}: tell me about the {rng.choice(TOPICS)}.", "response_a": a,
-                      "response_b": b})
+                      "response_b": b, "_tone": tones[0]})
     return lines
 
 
@@ -126,16 +156,24 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
 
     utility = synthetic_utility()
     project = Project.objects.create(name=f"active-bench-{arm}-{repeat}", overlap=1, gold_rate=0.0, allow_ties=True)
-    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    body = "".join(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}) + "\n"
+                   for line in lines).encode()
     import_comparisons(project, io.BytesIO(body), filename="candidates.jsonl")
-    if arm == "margin":
+    from django.conf import settings
+
+    if arm != "random":
+        power = arm_power(arm)
+        if power is not _UNSET:
+            settings.PREFLOOP_MARGIN_SAMPLING_POWER = power
         set_pair_order(project, PairOrder.MARGIN)
+    by_prompt = {line["prompt"]: line for line in lines}
     team = enroll(project, people)
     # every vote at weight 1 (an admin's override): with overlap 1 and no gold the weight rule has
     # no evidence to weigh the annotators by
     Membership.objects.filter(project=project, user_id__in=[u.pk for u, _ in team]).update(weight_override=1.0)
     clock = None
     curve = []
+    seen: set = set()
     hp = {"epochs": args.epochs, "batch_size": 8, "lr": args.lr, "beta": args.beta, "max_length": 64,
           "checkpoint_every": 0, "eval_fraction": 0.0, "min_pairs": 1, "seed": args.seed}
     for step in range(args.steps):
@@ -143,6 +181,7 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
         session = annotate(project, team, utility=utility, max_judgments=args.step, start=clock,
                            seed=args.seed * 1000 + step)
         clock = session.ended
+        served = _served(project, by_prompt, utility, seen)
         n = Comparison.objects.filter(project=project).exclude(n_judgments=0).count()
         run = launch_run(project, base_model=base, recipe="dpo", hyperparameters=hp, send=False,
                          export_params={"test_fraction": 0.0})
@@ -153,14 +192,38 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
         scorer = MarginScorer(margin_model(project, run.output_model))
         acc = held_out_accuracy(scorer, held, utility)
         judged = sum(c for c in Comparison.objects.filter(project=project).values_list("n_judgments", flat=True))
-        extra = ""
-        if arm == "margin":
+        extra = (f"  served: {served['mixed']:.0%} mixed, mean gap {served['gap']:.2f}, "
+                 f"{served['right']:.0%} of votes right")
+        if arm != "random":
             job = PriorityJob.objects.filter(project=project).latest("pk")
-            extra = f"  priorities: job {job.pk} {job.status} ({job.n_done} scored)"
+            extra += f"  priorities: job {job.pk} {job.status} ({job.n_done} scored)"
         print(f"  {arm:>6} step {step + 1}: {judged} judgments on {n} comparisons, "
               f"accuracy {acc:.3f} ({time.time() - t0:.1f} s){extra}", flush=True)
         curve.append((judged, acc))
     return curve
+
+
+def _served(project, by_prompt, utility, seen: set) -> dict:
+    """What the last session served (the simulator's truth, read by the bench only): the share of
+    mixed pairs, the mean utility gap, and the share of decided votes on the better response."""
+    from annotate.models import Judgment
+
+    rows = (Judgment.objects.filter(project=project).exclude(comparison_id__in=seen)
+            .values_list("comparison_id", "comparison__prompt__text", "choice"))
+    mixed, gaps, right, decided = 0, [], 0, 0
+    ids = set()
+    for cid, prompt, choice in rows:
+        line = by_prompt[prompt]
+        ids.add(cid)
+        ua, ub = utility(line["response_a"]), utility(line["response_b"])
+        gaps.append(abs(ua - ub))
+        mixed += line["_tone"] == "mixed"
+        if choice in ("a", "b"):
+            decided += 1
+            right += (choice == "a") == (ua > ub)
+    seen |= ids
+    n = max(len(gaps), 1)
+    return {"mixed": mixed / n, "gap": sum(gaps) / n, "right": right / max(decided, 1)}
 
 
 def judgments_to_reach(curve: list[tuple[int, float]], target: float):
@@ -174,10 +237,11 @@ def plot(curves: dict, se: dict, args, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    labels = {"random": "random (arrival) order", "margin": "active: smallest margin first"}
+    labels = {"random": "random (arrival) order", "margin": "active: margin (the setting's order)",
+              "strict": "active: smallest margin first (strict)"}
     for arm, curve in curves.items():
         x, y = [n for n, _ in curve], [a for _, a in curve]
-        (line,) = ax.plot(x, y, marker="o", label=labels[arm])
+        (line,) = ax.plot(x, y, marker="o", label=labels.get(arm, f"active: margin, {arm}"))
         if args.repeats > 1:
             ax.fill_between(x, [a - e for a, e in zip(y, se[arm])], [a + e for a, e in zip(y, se[arm])],
                             color=line.get_color(), alpha=0.15, linewidth=0)
@@ -210,7 +274,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(1)
         settings.PREFLOOP_AUTO_QUALITY = False
         utility = synthetic_utility()
-        per_repeat = {arm: [] for arm in ARMS}
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        for arm in arms:
+            if arm != "random":
+                arm_power(arm)
+        default_power = settings.PREFLOOP_MARGIN_SAMPLING_POWER
+        per_repeat = {arm: [] for arm in arms}
         for repeat in range(args.repeats):
             rng = random.Random(args.seed * 7919 + repeat)
             lines = make_lines(args.candidates, args.mixed, rng, utility)
@@ -221,13 +290,14 @@ def main(argv=None) -> None:
                                          seed=args.seed + repeat)
             base = register_model(f"bench-base-{repeat}", folder)
             people = draw_annotators(list(DEFAULT_POOLS), seed=args.seed * 31 + repeat)
-            for arm in ARMS:
+            for arm in arms:
+                settings.PREFLOOP_MARGIN_SAMPLING_POWER = default_power
                 print(f"repeat {repeat + 1}/{args.repeats}, arm {arm}", flush=True)
                 per_repeat[arm].append(run_arm(arm, lines, held, base, people, args, repeat))
 
         # the mean over repeats, step by step (each arm's judgment counts are step x k, up to abandons)
         curves, se = {}, {}
-        for arm in ARMS:
+        for arm in arms:
             runs = per_repeat[arm]
             curves[arm] = [(int(round(np.mean([r[k][0] for r in runs]))), float(np.mean([r[k][1] for r in runs])))
                            for k in range(args.steps)]
@@ -236,18 +306,23 @@ def main(argv=None) -> None:
     print()
     print(f"Held-out preference accuracy ({args.held_out} held-out pairs, {args.candidates} candidates, "
           f"{int(args.mixed * 100)}% mixed; mean of {args.repeats} repeat{'s' if args.repeats > 1 else ''})")
-    print(f"{'judgments':>10} | {'random':>14} | {'margin':>14} | margin - random   (± standard error over repeats)")
-    for k, ((n_r, a_r), (n_m, a_m)) in enumerate(zip(curves["random"], curves["margin"])):
-        n = n_r if n_r == n_m else f"{n_r}/{n_m}"
-        print(f"{n!s:>10} | {a_r:6.3f} ± {se['random'][k]:.3f} | {a_m:6.3f} ± {se['margin'][k]:.3f} | {a_m - a_r:+.3f}")
-    reach = {arm: judgments_to_reach(curves[arm], args.target) for arm in ARMS}
-    for arm in ARMS:
+    base = arms[0]
+    print(f"{'judgments':>10} | " + " | ".join(f"{arm:>14}" for arm in arms)
+          + (f" | (arm - {base})" if len(arms) > 1 else "") + "   (± standard error over repeats)")
+    for k in range(args.steps):
+        ns = sorted({curves[arm][k][0] for arm in arms})
+        n = "/".join(map(str, ns))
+        cells = " | ".join(f"{curves[arm][k][1]:6.3f} ± {se[arm][k]:.3f}" for arm in arms)
+        diffs = " ".join(f"{curves[arm][k][1] - curves[base][k][1]:+.3f}" for arm in arms[1:])
+        print(f"{n:>10} | {cells}" + (f" | {diffs}" if diffs else ""))
+    reach = {arm: judgments_to_reach(curves[arm], args.target) for arm in arms}
+    for arm in arms:
         each = [judgments_to_reach(r, args.target) for r in per_repeat[arm]]
         print(f"judgments to reach accuracy {args.target:g}, {arm}: "
               f"{reach[arm] if reach[arm] is not None else 'not reached in ' + str(curves[arm][-1][0])}"
               f" (mean curve); per repeat: {', '.join('-' if e is None else str(e) for e in each)}")
-    area = {arm: float(np.mean([a for _, a in curves[arm]])) for arm in ARMS}
-    print(f"mean accuracy over the curve: random {area['random']:.3f}, margin {area['margin']:.3f}")
+    area = {arm: float(np.mean([a for _, a in curves[arm]])) for arm in arms}
+    print("mean accuracy over the curve: " + ", ".join(f"{arm} {area[arm]:.3f}" for arm in arms))
     plot(curves, se, args, args.plot)
     print(f"plot: {args.plot}    ({time.time() - started:.0f} s)")
     if args.json:

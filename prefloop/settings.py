@@ -301,6 +301,12 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # prefloop
 # Recompute annotator quality (debounced Celery task) after new judgments.
 PREFLOOP_AUTO_QUALITY = env_bool("PREFLOOP_AUTO_QUALITY", True)
+# Active pair selection, margin order (training.active; docs/training.md "Active pair
+# selection"): None ("strict", the default) serves the margin priorities in strict order; a number
+# p draws the comparisons with probability proportional to priority^p (power acquisition,
+# Kirsch et al. 2023).
+_MARGIN_POWER = os.environ.get("PREFLOOP_MARGIN_SAMPLING_POWER", "strict").strip().lower()
+PREFLOOP_MARGIN_SAMPLING_POWER = None if _MARGIN_POWER in ("", "strict", "none") else float(_MARGIN_POWER)
 PREFLOOP_QUALITY_DEBOUNCE_S = int(os.environ.get("PREFLOOP_QUALITY_DEBOUNCE_S", "30"))
 # Background jobs (prefloop.jobs): a running job whose heartbeat is older than STALE_S has lost
 # its worker; every worker sweeps for such jobs every SWEEP_S (0: only when it starts); a queued

@@ -111,3 +111,42 @@ def disagreement_priority(item, pool, label, n_items: int, n_pools: int, *, prio
     if neutral is None:
         neutral = neutral_value(spread, measured)
     return np.where(measured, spread, float(neutral))
+
+
+# --------------------------------------------------------------------------- stochastic acquisition
+
+def stable_uniform(seed: int, ids) -> np.ndarray:
+    """A uniform number in (0, 1) per id, fixed by ``(seed, id)`` (splitmix64 of both), so that
+    scoring the same comparisons again, in any chunks, gives the same numbers."""
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        salt = np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(0xD1B54A32D192ED03)
+        x = x * np.uint64(0x9E3779B97F4A7C15) + salt
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def sampled_priority(priority, u, power: float) -> np.ndarray:
+    """Stochastic acquisition: the key ``u^(1/w)`` with ``w = priority^power`` (Efraimidis &
+    Spirakis 2006), so that serving by the key, highest first, draws the comparisons without
+    replacement with probability ∝ ``priority^power`` -- the "power acquisition" of Kirsch et al.
+    2023 (Stochastic Batch Acquisition, TMLR), in place of a strict top-k of the priority.
+    ``power`` 0 is a uniformly random order; large ``power`` tends to the strict order. A
+    priority of 0 keeps the key 0 (served last). Keys lie in [0, 1)."""
+    if not power >= 0:
+        raise ValueError(f"power must be >= 0, got {power!r}")
+    w = np.asarray(priority, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    if w.shape != u.shape:
+        raise ValueError("priority and u must have the same shape")
+    if np.any(w < 0) or np.any(w > 1) or not np.all(np.isfinite(w)):
+        raise ValueError("priorities must lie in [0, 1]")
+    if np.any(u <= 0) or np.any(u >= 1):
+        raise ValueError("u must lie in (0, 1)")
+    out = np.zeros_like(w)
+    pos = w > 0
+    # log key = log(u) / w^power; exp of a value <= 0: no overflow
+    out[pos] = np.exp(np.log(u[pos]) / np.power(w[pos], power))
+    return out

@@ -96,3 +96,44 @@ def test_disagreement_is_larger_the_more_votes_back_it():
     assert many == pytest.approx(4 / 5 - 1 / 5)
     assert many > few
     assert np.all(disagreement_priority([0] * 6, [0, 0, 0, 1, 1, 1], [0] * 6, 1, 2) == 0.0)
+
+
+def test_stable_uniform_is_fixed_by_seed_and_id_whatever_the_chunks():
+    from evaluation.stats.active import stable_uniform
+
+    ids = np.arange(1, 2001)
+    u = stable_uniform(7, ids)
+    assert ((u > 0) & (u < 1)).all()
+    assert np.array_equal(u, np.concatenate([stable_uniform(7, ids[:500]), stable_uniform(7, ids[500:])]))
+    assert not np.array_equal(u, stable_uniform(8, ids))
+    # close to uniform: each decile holds about a tenth
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert counts.min() > 150 and counts.max() < 250
+
+
+def test_sampled_priority_by_hand_and_its_limits():
+    from evaluation.stats.active import sampled_priority
+
+    # key = u^(1 / w^p): u 0.25, w 0.5, p 1 -> 0.25^2; p 2 -> 0.25^4; w 1 -> u; w 0 -> 0
+    assert sampled_priority([0.5], [0.25], 1.0)[0] == pytest.approx(0.0625)
+    assert sampled_priority([0.5], [0.25], 2.0)[0] == pytest.approx(0.25 ** 4)
+    assert sampled_priority([1.0, 0.0], [0.3, 0.3], 1.0).tolist() == pytest.approx([0.3, 0.0])
+    # power 0: the key is u itself (a uniformly random order among scored comparisons)
+    assert sampled_priority([0.9, 0.1], [0.2, 0.7], 0.0).tolist() == pytest.approx([0.2, 0.7])
+    with pytest.raises(ValueError, match="power"):
+        sampled_priority([0.5], [0.5], -1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sampled_priority([1.5], [0.5], 1.0)
+    with pytest.raises(ValueError, match="u must"):
+        sampled_priority([0.5], [1.0], 1.0)
+
+
+def test_the_first_served_by_sampled_priority_is_drawn_in_proportion_to_priority_to_the_power():
+    from evaluation.stats.active import sampled_priority, stable_uniform
+
+    w = np.array([1.0, 0.5, 0.25, 0.0])
+    for power, expected in ((1.0, np.array([4, 2, 1, 0]) / 7), (2.0, np.array([16, 4, 1, 0]) / 21)):
+        first = np.zeros(4)
+        for seed in range(6000):
+            first[np.argmax(sampled_priority(w, stable_uniform(seed, np.arange(4)), power))] += 1
+        assert first / first.sum() == pytest.approx(expected, abs=0.02)

@@ -77,9 +77,12 @@ def _independent_margins(run: TrainingRun, comparisons: list[Comparison], beta: 
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_margin_order_from_a_trained_model_serves_the_smallest_margin_first(tiny_model_dir, tmp_path, celery_eager):
+def test_margin_order_from_a_trained_model_serves_the_smallest_margin_first(
+        tiny_model_dir, tmp_path, celery_eager, settings):
+    from evaluation.stats.active import sampled_priority, stable_uniform
     from training import tasks
 
+    settings.PREFLOOP_MARGIN_SAMPLING_POWER = None  # strict order (the default) first; the draw below
     project = make_project("active margin", overlap=2)
     team = make_team(project, annotators=("ann1",))
     base = register_model("tiny-active", tiny_model_dir)
@@ -120,6 +123,20 @@ def test_margin_order_from_a_trained_model_serves_the_smallest_margin_first(tiny
     # The queue serves the comparison whose margin is smallest first.
     assignment = queue.next_assignment(team.annotators[0], project)
     assert assignment.comparison_id == comparisons[int(np.argmin(np.abs(margins)))].pk
+
+    # Stochastic acquisition (PREFLOOP_MARGIN_SAMPLING_POWER = p): each priority is the key
+    # u^(1/priority^p) of a uniform number fixed by the model version and the comparison, so a
+    # recomputation gives the same keys and the gold comparison stays at 0.
+    settings.PREFLOOP_MARGIN_SAMPLING_POWER = 1.0
+    ids = np.array([c.pk for c in comparisons])
+    expected = sampled_priority(stored, stable_uniform(run.output_model.pk, ids), 1.0)
+    for reason in ("sampled", "sampled again"):
+        job = request_priorities(project, reason=reason)
+        assert PriorityJob.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
+        keys = [Comparison.objects.get(pk=c.pk).priority for c in comparisons]
+        assert keys == pytest.approx(expected.tolist(), rel=1e-9, abs=1e-12)
+    assert not np.allclose(expected, stored) and ((expected >= 0) & (expected < 1)).all()
+    assert Comparison.objects.get(pk=gold.pk).priority == 0.0
 
 
 @pytest.fixture

@@ -48,6 +48,16 @@ MARGIN_CHUNK = 512
 DISAGREEMENT_CHUNK = 5000
 
 
+def margin_sampling_power() -> float | None:
+    """``settings.PREFLOOP_MARGIN_SAMPLING_POWER``: None serves the margin priorities in strict
+    order; a number ``p`` serves them by :func:`evaluation.stats.active.sampled_priority`
+    (comparisons drawn with probability ∝ priority^p)."""
+    from django.conf import settings
+
+    value = getattr(settings, "PREFLOOP_MARGIN_SAMPLING_POWER", None)
+    return None if value is None or value == "" else float(value)
+
+
 class PriorityJobs(jobs.JobKind):
     def send(self, pk: int, countdown: int = 0) -> None:
         order = PriorityJob.objects.filter(pk=pk).values_list("pair_order", flat=True).first()
@@ -198,6 +208,8 @@ def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
 
     from ..models import ModelVersion
     from .scoring import MarginScorer, margin_model, open_regular, pair_rows
+    from evaluation.stats.active import sampled_priority, stable_uniform
+
     from .writes import Stop, write_chunk
 
     project = job.project
@@ -211,6 +223,7 @@ def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
         if not jobs.fenced(job).update(model_version=mm.version):
             raise Stop("another worker took the job over")
         job.model_version = mm.version
+    power = margin_sampling_power()
     scorer = MarginScorer(mm)
     total = _total(job)
     jobs.fenced(job).update(n_total=total)
@@ -223,6 +236,8 @@ def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
                 break
             ids = [pk for pk, _ in chunk]
             prio, unscored = scorer.priorities([row for _, row in chunk])
+            if power is not None:
+                prio = sampled_priority(prio, stable_uniform(mm.version.pk, ids), power)
             job.n_done += len(ids)
             job.n_unscored += unscored
             job.cursor = ids[-1]
