@@ -167,3 +167,35 @@ def test_the_counters_generic_plan_setting_does_not_outlive_its_statement():
         with connection.cursor() as cur:
             cur.execute("SHOW plan_cache_mode")
             assert cur.fetchone() == (before,)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (set DATABASE_URL)")
+def test_a_huge_open_count_is_estimated_not_counted(monkeypatch):
+    """Above ``ESTIMATE_ABOVE`` open comparisons (lowered to 10 here) PostgreSQL's estimate
+    stands in for an exact count: at 10M the count took seconds in the first request of every web
+    process. The estimate is never below what was counted, and after ANALYZE it is close."""
+    monkeypatch.setattr(reads, "EXACT_COUNT_UP_TO", 3)
+    monkeypatch.setattr(reads, "ESTIMATE_ABOVE", 10)
+    project = make_project(overlap=1)
+    make_comparisons(project, 60)
+    (user,) = make_annotators(project, 1)
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE annotate_comparison")
+    executed = []
+
+    def spy(execute, sql, params, many, context):
+        executed.append(sql)
+        return execute(sql, params, many, context)
+
+    cache.clear()
+    with connection.execute_wrapper(spy):
+        remaining = queue.progress(user, project).remaining
+    assert any(sql.startswith("EXPLAIN (FORMAT JSON)") for sql in executed)
+    # no uncapped count of the comparisons (the annotator's own finished count is one of assignments)
+    assert not any('FROM "annotate_comparison"' in sql and "__count" in sql for sql in executed)
+    assert 11 <= remaining <= 120
+    # A small project is still counted exactly.
+    small = make_project(overlap=1)
+    make_comparisons(small, 5)
+    (other,) = make_annotators(small, 1)
+    assert queue.progress(other, small) == old_progress(other, small)
