@@ -27,6 +27,7 @@ from ..serializers import (
     QueueItemSerializer,
     SkipResultSerializer,
     SubmitResultSerializer,
+    judgment_input,
     own_judgment_data,
     queue_item_data,
 )
@@ -142,13 +143,12 @@ class AssignmentDetail(AssignmentScoped):
 class SubmitJudgment(AssignmentScoped):
     def post(self, request, assignment_pk: int):
         assignment, project = self.assignment, self.project
-        serializer = JudgmentInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = judgment_input(request.data)  # JudgmentInputSerializer's validated data (400 if invalid)
         if self.membership is None or self.membership.excluded:  # read with the assignment
             raise PermissionDenied(queue.PAUSED)
         try:
             # The judgment and the next item in one service call (one transaction on PostgreSQL).
-            done = queue.submit_and_next(request.user, assignment.pk, project=project, **serializer.validated_data)
+            done = queue.submit_and_next(request.user, assignment.pk, project=project, **data)
         except Assignment.DoesNotExist:
             raise NotFound() from None
         except queue.NotAnAnnotator as exc:
