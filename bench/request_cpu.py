@@ -139,17 +139,30 @@ def main() -> int:
     for i in range(20):
         login(i)
 
+    from django.db import connection
+
+    with connection.cursor() as cur:  # the PostgreSQL backend serving this process (same machine)
+        cur.execute("SELECT pg_backend_pid()")
+        stat = Path(f"/proc/{cur.fetchone()[0]}/stat")
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+
+    def backend_cpu() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * tick
+
     results = {}
     for name, fn in (("judgment", judgment), ("login", login)):
-        per = []
+        per, pg = [], 0.0
         for _ in range(args.rounds):
-            t0 = time.process_time()
+            b0, t0 = backend_cpu(), time.process_time()
             for i in range(args.n):
                 fn(i)
             per.append(1000.0 * (time.process_time() - t0) / args.n)
+            pg += backend_cpu() - b0
         results[name] = per
         print(f"{name:>9}: CPU per request, best {min(per):.3f} ms, median {sorted(per)[len(per) // 2]:.3f} ms "
-              f"({args.rounds} rounds of {args.n}: {', '.join(f'{x:.3f}' for x in per)})")
+              f"({args.rounds} rounds of {args.n}: {', '.join(f'{x:.3f}' for x in per)}); "
+              f"PostgreSQL backend {1000.0 * pg / (args.rounds * args.n):.3f} ms (mean, 10 ms ticks)")
     print(f"judgment/login CPU ratio (best): {min(results['judgment']) / min(results['login']):.2f}")
     if args.profile:
         import cProfile

@@ -226,11 +226,16 @@ class Statement:
     def run(self, cur, params: dict):
         """Execute on the cursor (a Django cursor: the statement is logged and counted)."""
         args = [params[n] for n in self.names]
-        raw = connection.connection
-        if getattr(connection, "_prefloop_prepared_on", None) is not raw:
+        # The cursor's connection itself, not the ``connection`` proxy: each attribute read
+        # through the proxy looks the connection up again (a thread-local read), and this runs
+        # for every statement of every judgment.
+        db = cur.db
+        raw = db.connection
+        if getattr(db, "_prefloop_prepared_on", None) is not raw:
             # A new database session: nothing prepared there yet.
-            connection._prefloop_prepared_on, connection._prefloop_prepared = raw, {}
-        state = connection._prefloop_prepared.get(self.name)
+            db._prefloop_prepared_on, db._prefloop_prepared = raw, {}
+        prepared = db._prefloop_prepared
+        state = prepared.get(self.name)
         if state == "unsure":  # a first run failed: was the PREPARE part of it done?
             cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [self.name])
             state = "yes" if cur.fetchone()[0] else None
@@ -242,9 +247,9 @@ class Statement:
         try:
             cur.execute(self.prepare + ";\n" + self.execute, args)
         except Exception:
-            connection._prefloop_prepared[self.name] = "unsure"
+            prepared[self.name] = "unsure"
             raise
-        connection._prefloop_prepared[self.name] = "yes"
+        prepared[self.name] = "yes"
         cur.nextset()  # the EXECUTE's rows
         if self.generic:
             cur.nextset()  # (past the SET)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from django.core.cache import cache
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from ..models import Assignment, Comparison, Membership, Project
 from .postgres import Statement
@@ -289,15 +289,18 @@ _converters: dict = {}
 def from_row(model, values):
     """A model instance from a row of all its concrete columns, with the database's converters
     applied (SQLite returns booleans as integers and datetimes as text)."""
-    key = (connection.vendor, model)
+    db = connections[DEFAULT_DB_ALIAS]  # once, not through the proxy per column (every judgment builds four)
+    key = (db.vendor, model)
     if key not in _converters:
         cols = [f.get_col(model._meta.db_table) for f in model._meta.concrete_fields]
-        _converters[key] = [
-            (col, connection.ops.get_db_converters(col) + col.field.get_db_converters(connection)) for col in cols
-        ]
+        _converters[key] = (
+            [(col, db.ops.get_db_converters(col) + col.field.get_db_converters(db)) for col in cols],
+            [f.attname for f in model._meta.concrete_fields],
+        )
+    columns, attnames = _converters[key]
     converted = []
-    for (col, converters), value in zip(_converters[key], values):
+    for (col, converters), value in zip(columns, values):
         for converter in converters:
-            value = converter(value, col, connection)
+            value = converter(value, col, db)
         converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], converted)
+    return model.from_db(db.alias, attnames, converted)
