@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import messages
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from django.test import RequestFactory
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -75,6 +77,21 @@ def _shortcut(data):
 
 @pytest.mark.parametrize("data", BODIES, ids=range(len(BODIES)))
 def test_judgment_input_is_the_serializer(data):
+    assert _shortcut(data) == _serializer(data)
+
+
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["left", "right", "tie", "both_bad", "a", "b", "", " left", "LEFT", "2"]),
+    st.text(max_size=8), st.text(alphabet="x \x00", min_size=MAX_RATIONALE_CHARS - 2, max_size=MAX_RATIONALE_CHARS + 3),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["choice", "strength", "rationale", "seconds", "other"]), VALUES))
+def test_judgment_input_is_the_serializer_for_any_json_object(data):
+    """Any JSON object, valid or not: the shortcut and the serializer never disagree."""
     assert _shortcut(data) == _serializer(data)
 
 
