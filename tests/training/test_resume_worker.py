@@ -8,8 +8,9 @@ worker claims it, the trainer resumes from the last checkpoint with the same dat
 run finishes with the planned step count, one metric row per step. Two runs:
 
 - ``dpo``: 30 DPO steps, a checkpoint every 3, killed past the first;
-- ``sft+rm+ppo``: 2 SFT steps, 4 reward-model steps, 10 PPO iterations with a checkpoint after
-  every iteration, killed past the second PPO checkpoint; the finished SFT and reward-model phases
+- ``sft+rm+ppo``: 2 SFT steps, 4 reward-model steps, 60 PPO iterations with a checkpoint after
+  every iteration, killed past the second PPO checkpoint (60, not fewer: a PPO iteration of this
+  tiny model takes tens of milliseconds, and a shorter run could finish before the kill); the finished SFT and reward-model phases
   are skipped on resume and PPO continues from its last checkpoint (each iteration's prompts,
   samples and minibatches are a pure function of the seed and the iteration).
 
@@ -74,10 +75,10 @@ SCENARIOS = {
     "sft+rm+ppo": Scenario(
         recipe="sft+rm+ppo",
         hyperparameters={"sft_max_steps": 2, "rm_max_steps": 4, "rm_lr": 2e-3, "rm_norm_samples": 4,
-                         "ppo_iterations": 10, "ppo_batch_size": 4, "ppo_response_length": 6,
+                         "ppo_iterations": 60, "ppo_batch_size": 4, "ppo_response_length": 6,
                          "ppo_lr": 1e-3, "batch_size": 4, "lr": 1e-3, "max_length": 48,
                          "checkpoint_every": 0, "eval_fraction": 0.0},
-        checkpoints="ppo/checkpoints/ppo", kill_after=(2 + 4 + 3, 2), steps=16,
+        checkpoints="ppo/checkpoints/ppo", kill_after=(2 + 4 + 3, 2), steps=2 + 4 + 60,
         resumed="ppo: resumed from ", resumed_min=2, offset=2 + 4, timeout=400,
     ),
 }
