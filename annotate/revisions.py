@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import Choice, Judgment, JudgmentRevision, Membership, Project
-from .queue import NotAnAnnotator, PAUSED, QueueError, shown_to_stored
+from .queue import NotAnAnnotator, PAUSED, shown_to_stored
 
 
 @dataclass(frozen=True)

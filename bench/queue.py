@@ -58,7 +58,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
