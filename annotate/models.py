@@ -54,6 +54,7 @@ class PairOrder(models.TextChoices):
 
     ARRIVAL = "arrival", "Arrival order"
     MARGIN = "margin", "Active: smallest implicit-reward margin under the latest model first"
+    INFORMATION = "information", "Active: most expected information for the latest model first"
     DISAGREEMENT = "disagreement", "Active: most disagreement between pools first"
 
 

@@ -78,7 +78,7 @@ _UNSET = object()
 
 def arm_power(arm: str):
     """The ``PREFLOOP_MARGIN_SAMPLING_POWER`` an arm runs with (``_UNSET``: the settings' own)."""
-    if arm in ("random", "margin"):
+    if arm in ("random", "margin", "information"):
         return _UNSET
     if arm == "strict":
         return None
@@ -105,7 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta (0.1)")
     p.add_argument("--plot", default=str(ROOT / "var" / "bench" / "active_selection.png"), help="PNG of the curve")
     p.add_argument("--arms", default=",".join(ARMS),
-                   help="comma-separated arms: random, margin (the product's default), strict, power:P")
+                   help="comma-separated arms: random, margin (the product's default), information, strict, power:P")
     p.add_argument("--json", default="", help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -161,7 +161,9 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
     import_comparisons(project, io.BytesIO(body), filename="candidates.jsonl")
     from django.conf import settings
 
-    if arm != "random":
+    if arm == "information":
+        set_pair_order(project, PairOrder.INFORMATION)
+    elif arm != "random":
         power = arm_power(arm)
         if power is not _UNSET:
             settings.PREFLOOP_MARGIN_SAMPLING_POWER = power
@@ -238,6 +240,7 @@ def plot(curves: dict, se: dict, args, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     labels = {"random": "random (arrival) order", "margin": "active: margin (the setting's order)",
+              "information": "active: expected information",
               "strict": "active: smallest margin first (strict)"}
     for arm, curve in curves.items():
         x, y = [n for n, _ in curve], [a for _, a in curve]

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluation.stats.active import (
@@ -137,3 +137,103 @@ def test_the_first_served_by_sampled_priority_is_drawn_in_proportion_to_priority
         for seed in range(6000):
             first[np.argmax(sampled_priority(w, stable_uniform(seed, np.arange(4)), power))] += 1
         assert first / first.sum() == pytest.approx(expected, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- expected information
+
+
+def test_fisher_weight_by_hand():
+    from evaluation.stats.active import fisher_weight
+
+    # σ(m)σ(−m): 1/4 at 0; at m = ln 3, σ = 3/4 and 1/4 -> 3/16; symmetric in the sign
+    assert fisher_weight([0.0, math.log(3), -math.log(3)]).tolist() == pytest.approx([0.25, 3 / 16, 3 / 16])
+    assert fisher_weight([800.0])[0] == pytest.approx(0.0, abs=1e-300)
+    with pytest.raises(ValueError, match="finite"):
+        fisher_weight([float("nan")])
+
+
+def _step_gains(x, w, xj, wj, ridge, order):
+    """For each step of ``order``: the gain ½·log(1 + w·xᵀΛ⁻¹x) of the pair it takes and the best
+    gain any pair left had, with an explicit inverse of the precision at every step."""
+    x, w = np.asarray(x, float), np.asarray(w, float)
+    norms = (x * x).sum(1)
+    lam = ridge * 0.25 * (norms[norms > 0].mean() if (norms > 0).any() else 1.0)
+    xj = np.asarray(xj, float).reshape(-1, x.shape[1])
+    precision = lam * np.eye(x.shape[1]) + (xj * np.asarray(wj, float)[:, None]).T @ xj
+    left, steps = set(range(len(x))), []
+    for i in order:
+        cov = np.linalg.inv(precision)
+        gains = {j: 0.5 * math.log1p(w[j] * x[j] @ cov @ x[j]) for j in left}
+        steps.append((gains[i], max(gains.values())))
+        left.remove(i)
+        precision = precision + w[i] * np.outer(x[i], x[i])
+    return steps
+
+
+def test_information_by_hand_covers_a_new_direction_before_a_near_duplicate():
+    from evaluation.stats.active import information_priority
+
+    # Three pairs, no votes yet, the model equally unsure of all: the longest feature first; then
+    # the pair in the other direction, although the near-duplicate of the first is longer.
+    x = np.array([[2.0, 0.0], [1.9, 0.1], [0.0, 1.0], [0.0, 0.0]])
+    w = np.array([0.25, 0.25, 0.25, 0.25])
+    p = information_priority(x, w, ridge=0.1)
+    assert list(np.argsort(-p)[:3]) == [0, 2, 1]
+    assert p[3] == 0.0  # a pair that could not be scored
+    assert p[0] == 1.0 and (p[:3] > 0.5).all()  # all three greedy: (1/2, 1] by rank
+    # A model already sure of pair 2 (its margin large) gives its vote little weight: it goes last.
+    w_sure = np.array([0.25, 0.25, 0.001, 0.25])
+    assert list(np.argsort(-information_priority(x, w_sure, ridge=0.1))[:3]) == [0, 1, 2]
+    # Votes already cast along the first direction: the second direction comes first.
+    p = information_priority(x, w, x_judged=[[1.0, 0.0]] * 20, w_judged=[0.25] * 20, ridge=0.1)
+    assert np.argmax(p) == 2
+    # Only the first `greedy` pairs are ordered greedily; the rest by their own gain, below 1/2.
+    p = information_priority(x, w, ridge=0.1, greedy=1)
+    assert p[0] == 1.0 and 0 < p[1] < 0.5 and 0 < p[2] < 0.5
+
+
+def test_information_rejects_bad_input():
+    from evaluation.stats.active import information_priority
+
+    with pytest.raises(ValueError, match=r"\[n, d\]"):
+        information_priority([1.0, 2.0], [0.25, 0.25])
+    with pytest.raises(ValueError, match="one finite weight"):
+        information_priority([[1.0]], [-1.0])
+    with pytest.raises(ValueError, match="ridge"):
+        information_priority([[1.0]], [0.25], ridge=0.0)
+    with pytest.raises(ValueError, match="w_judged"):
+        information_priority([[1.0]], [0.25], x_judged=[[1.0]], w_judged=[0.1, 0.2])
+    assert information_priority(np.zeros((0, 3)), np.zeros(0)).shape == (0,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_information_order_is_the_greedy_order_and_keeps_its_meaning_under_swaps(data):
+    """Against a brute-force greedy with explicit inverses; swapping A and B of any pairs (x -> −x,
+    the same Fisher weight) or listing the pairs in another order changes no priority."""
+    from evaluation.stats.active import information_priority
+
+    n = data.draw(st.integers(1, 7))
+    d = data.draw(st.integers(1, 4))
+    floats = st.floats(-3, 3, allow_nan=False).map(lambda v: round(v, 1))
+    x = np.array(data.draw(st.lists(st.lists(floats, min_size=d, max_size=d), min_size=n, max_size=n)))
+    w = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.05, 0.2, 0.25]), min_size=n, max_size=n)))
+    k = data.draw(st.integers(0, 3))
+    xj = np.array(data.draw(st.lists(st.lists(floats, min_size=d, max_size=d), min_size=k, max_size=k))).reshape(k, d)
+    wj = np.full(k, 0.25)
+    p = information_priority(x, w, xj, wj, ridge=0.5, greedy=n)
+    scorable = ((x * x).sum(1) > 0) & (w > 0)
+    assert (p[~scorable] == 0).all() and (p[scorable] > 0.5).all()
+    order = [int(i) for i in np.argsort(-p, kind="stable")[: int(scorable.sum())]]
+    steps = _step_gains(x, w, xj, wj, 0.5, order)
+    for taken, best in steps:  # each step takes a pair of the largest gain given the ones before
+        assert taken == pytest.approx(best, rel=1e-6, abs=1e-9)
+    signs = np.array(data.draw(st.lists(st.sampled_from([1.0, -1.0]), min_size=n, max_size=n)))
+    swapped = information_priority(x * signs[:, None], w, xj, wj, ridge=0.5, greedy=n)
+    assert swapped == pytest.approx(p, abs=1e-9)
+    # listing the pairs in another order: the same gains step by step (equal gains may swap places)
+    perm = np.array(data.draw(st.permutations(range(n))))
+    q = information_priority(x[perm], w[perm], xj, wj, ridge=0.5, greedy=n)
+    order_q = [int(i) for i in np.argsort(-q, kind="stable")[: int(scorable.sum())]]
+    steps_q = _step_gains(x[perm], w[perm], xj, wj, 0.5, order_q)
+    assert [t for t, _ in steps_q] == pytest.approx([t for t, _ in steps], rel=1e-6, abs=1e-9)

@@ -139,6 +139,97 @@ def test_margin_order_from_a_trained_model_serves_the_smallest_margin_first(
     assert Comparison.objects.get(pk=gold.pk).priority == 0.0
 
 
+def _independent_features(run: TrainingRun, comparisons: list[Comparison]) -> np.ndarray:
+    """φ(A) − φ(B) one sequence at a time (no batching, no padding): the policy's final hidden
+    state summed over the positions that predict each response's tokens."""
+    import torch
+
+    from training.data import tokenize_pair
+    from training.tiny_model import load_model_and_tokenizer
+
+    policy, tok = load_model_and_tokenizer(run.output_model.path)
+    policy.eval()
+    out = []
+    for i, c in enumerate(comparisons):
+        t = tokenize_pair(tok, {"prompt": c.prompt.text, "chosen": c.response_a.text,
+                                "rejected": c.response_b.text}, i, max_length=48)
+        phi = []
+        for resp in (t.chosen_ids, t.rejected_ids):
+            with torch.no_grad():
+                hidden = policy(input_ids=torch.tensor([t.prompt_ids + resp]), output_hidden_states=True).hidden_states[-1]
+            start = len(t.prompt_ids) - 1
+            phi.append(hidden[0, start:start + len(resp)].sum(0).double().numpy())
+        out.append(phi[0] - phi[1])
+    return np.array(out)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_information_order_from_a_trained_model_and_a_job_that_resumes(tiny_model_dir, tmp_path, celery_eager):
+    """The expected-information order: the job's priorities equal the greedy order computed here
+    from independently computed features and margins (votes counted per decided judgment, ties
+    not), the queue serves its first pair first, and a job whose worker died after some chunks
+    writes the rest identically."""
+    from evaluation.stats.active import fisher_weight, information_priority
+    from training import tasks
+    from training.active import services as active
+
+    project = make_project("active information", overlap=3)
+    team = make_team(project, annotators=("ann1", "ann2", "ann3"))
+    base = register_model("tiny-information", tiny_model_dir)
+    export = make_export(project, synthetic_rows(24, test_every=6), tmp_path / "export")
+    comparisons = _pairs(project, 12)
+    ann1, ann2, ann3 = team.annotators
+    # votes so far (open comparisons, overlap 3): two for A on 0, one for B on 1, a tie on 2
+    make_judgment(ann1, comparisons[0], "a")
+    make_judgment(ann2, comparisons[0], "a")
+    make_judgment(ann1, comparisons[1], "b")
+    make_judgment(ann1, comparisons[2], "tie")
+    assert services.set_pair_order(project, PairOrder.INFORMATION, user=team.admin)
+    assert "no model trained with DPO yet" in PriorityJob.objects.get(project=project).message
+
+    beta = 0.5
+    run = launch_run(project, base_model=base, recipe="dpo", export=export, send=False, hyperparameters={
+        "max_steps": 12, "batch_size": 4, "lr": 3e-3, "max_length": 48, "beta": beta, "checkpoint_every": 0})
+    assert tasks.run_training.apply(args=(run.pk,)).get() == RunStatus.SUCCEEDED
+    run.refresh_from_db()
+    job = PriorityJob.objects.filter(project=project).latest("pk")
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.pair_order == "information" and job.model_version == run.output_model
+    assert job.n_total == job.n_done == 12 and "2 judged pairs known" in job.message
+
+    x = _independent_features(run, comparisons)
+    w = fisher_weight(_independent_margins(run, comparisons, beta))
+    expected = information_priority(x, w, x[:2], w[:2] * np.array([2.0, 1.0]))
+    stored = np.array([Comparison.objects.get(pk=c.pk).priority for c in comparisons])
+    assert stored == pytest.approx(expected, abs=1e-6)
+    assert len(set(stored.tolist())) == 12 and stored.max() == 1.0
+    # the judged directions count: without the votes the order differs
+    assert not np.allclose(information_priority(x, w), expected)
+
+    first = queue.next_assignment(ann3, project)
+    assert first.comparison_id == comparisons[int(np.argmax(stored))].pk
+
+    # The worker died after writing the first six: the job is taken up again and writes the rest
+    # (computing the order again from the same model and votes), leaving the six as written.
+    Comparison.objects.filter(pk__in=[c.pk for c in comparisons[:6]]).update(priority=0.123)
+    dead = PriorityJob.objects.create(project=project, pair_order="information", status=JobStatus.RUNNING,
+                                      worker="elsewhere:1", heartbeat_at=None, attempts=1, n_done=6,
+                                      cursor=comparisons[5].pk, model_version=run.output_model)
+    sent, send = [], PRIORITY_JOBS.send
+    PRIORITY_JOBS.send = lambda pk, countdown=0: sent.append(pk)
+    try:
+        assert active.latest_job(project).status == JobStatus.QUEUED  # recovered when shown
+    finally:
+        PRIORITY_JOBS.send = send
+    assert active.run_priority_job(dead.pk, progress_bar=False) == "succeeded"
+    dead.refresh_from_db()
+    assert dead.n_done == 12 and dead.attempts == 2
+    after = [Comparison.objects.get(pk=c.pk).priority for c in comparisons]
+    assert after[:6] == [0.123] * 6
+    assert after[6:] == pytest.approx(expected[6:].tolist(), abs=1e-6)
+
+
 @pytest.fixture
 def two_pools(db):
     """Comparisons 0..3 of a project with pools north and south (two annotators each): nobody

@@ -22,7 +22,7 @@ import numpy as np
 
 from annotate.models import Comparison, Project
 from evaluation.selectors import load_judgments, pool_groups
-from evaluation.stats.active import margin_priority, neutral_value, pool_spread
+from evaluation.stats.active import implicit_margin, margin_priority, neutral_value, pool_spread
 
 from ..models import ModelKind, ModelVersion, Recipe, RunStatus
 from ..services.hyperparameters import effective_config
@@ -30,6 +30,8 @@ from ..services.hyperparameters import effective_config
 #: Recipes whose output model is a DPO policy with a known reference (its implicit reward is
 #: defined). A PPO or SFT-only model has none.
 MARGIN_RECIPES = (Recipe.DPO, Recipe.SFT_DPO)
+#: Dimensions of the expected-information order's pair features (wider models are projected).
+FEATURE_DIM = 256
 
 
 @dataclass
@@ -92,6 +94,25 @@ def open_regular(project_id: int, after: int = 0):
     return Comparison.objects.filter(project_id=project_id, is_open=True, is_gold=False, pk__gt=after).order_by("pk")
 
 
+def judged_regular(project_id: int) -> dict[int, int]:
+    """``{comparison id: decided votes}`` of the project: every comparison with a vote for A or
+    B (the votes a DPO export trains on), each with how many it has."""
+    from django.db.models import Count
+
+    from annotate.models import Choice, Judgment
+
+    rows = (Judgment.objects.filter(project_id=project_id, choice__in=(Choice.A, Choice.B))
+            .values("comparison_id").annotate(n=Count("pk")).values_list("comparison_id", "n"))
+    return dict(rows)
+
+
+def rows_by_id(pks) -> list[dict | None]:
+    """The :func:`pair_rows` row of each comparison in ``pks``, in that order (None for one that
+    no longer exists)."""
+    found = dict(pair_rows(Comparison.objects.filter(pk__in=list(pks))))
+    return [found.get(pk) for pk in pks]
+
+
 def pair_rows(comparisons) -> list[tuple[int, dict]]:
     """``(id, {"prompt", "chosen": response A, "rejected": response B})`` per comparison, as the
     export's rows give them to the trainer (a chat prompt as its messages)."""
@@ -117,11 +138,25 @@ class MarginScorer:
             raise ValueError(f"{mm.policy_path} and its reference {mm.reference_path} have different tokenizers")
         for model in (self.policy, self.reference):
             model.eval().to(self.device)
+        hidden = int(self.policy.config.hidden_size)
+        self.feature_dim = min(hidden, FEATURE_DIM)
+        # a fixed Gaussian projection (Johnson–Lindenstrauss) keeps the expected-information
+        # order's d x d precision small for wide models; the same matrix for every job
+        self.projection = (np.random.default_rng(0).standard_normal((hidden, FEATURE_DIM)) / np.sqrt(FEATURE_DIM)
+                           if hidden > FEATURE_DIM else None)
 
     def logps(self, rows: list[dict]) -> tuple[np.ndarray, list[bool]]:
         """``[n, 4]`` summed log-probs (policy A, reference A, policy B, reference B) of each row,
         and whether it could be tokenized (a row that cannot -- an empty response, a prompt that
         leaves no room -- has zeros)."""
+        lp, ok, _ = self.score(rows)
+        return lp, ok
+
+    def score(self, rows: list[dict], features: bool = False) -> tuple[np.ndarray, list[bool], np.ndarray | None]:
+        """:meth:`logps`, and with ``features`` each row's feature difference φ(A) − φ(B)
+        (``[n, d]``; zeros where it could not be tokenized): φ is the policy's final hidden state
+        summed over the positions that predict the response (:func:`_sequence_logps`), projected
+        to :data:`FEATURE_DIM` dimensions by a fixed random matrix when the model is wider."""
         from ..data import tokenize_pair
         from ..worker.metrics import _sequence_logps
 
@@ -136,19 +171,32 @@ class MarginScorer:
             prompts += [t.prompt_ids, t.prompt_ids]
             responses += [t.chosen_ids, t.rejected_ids]
         out = np.zeros((len(rows), 4))
+        feats = np.zeros((len(rows), self.feature_dim)) if features else None
         if not prompts:
-            return out, ok
+            return out, ok, feats
         order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]) + len(responses[k]))
         p_sorted = [prompts[k] for k in order]
         r_sorted = [responses[k] for k in order]
         seq = np.zeros((len(prompts), 2))
-        for col, model in enumerate((self.policy, self.reference)):
-            values = _sequence_logps(model, p_sorted, r_sorted, self.batch_size)
-            seq[order, col] = values
         rows_ok = np.flatnonzero(ok)
+        for col, model in enumerate((self.policy, self.reference)):
+            if features and col == 0:
+                values, hidden = _sequence_logps(model, p_sorted, r_sorted, self.batch_size, features=True)
+                phi = np.zeros_like(hidden)
+                phi[order] = hidden
+                if self.projection is not None:
+                    phi = phi @ self.projection
+                feats[rows_ok] = phi[0::2] - phi[1::2]
+            else:
+                values = _sequence_logps(model, p_sorted, r_sorted, self.batch_size)
+            seq[order, col] = values
         out[rows_ok, 0], out[rows_ok, 1] = seq[0::2, 0], seq[0::2, 1]
         out[rows_ok, 2], out[rows_ok, 3] = seq[1::2, 0], seq[1::2, 1]
-        return out, ok
+        return out, ok, feats
+
+    def margins(self, lp: np.ndarray) -> np.ndarray:
+        """The implicit-reward margin of each row of :meth:`logps`."""
+        return implicit_margin(lp[:, 0], lp[:, 1], lp[:, 2], lp[:, 3], self.mm.beta)
 
     def priorities(self, rows: list[dict]) -> tuple[np.ndarray, int]:
         """The margin priority of each row (0 where it cannot be scored) and how many could not."""

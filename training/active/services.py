@@ -46,6 +46,8 @@ TASK = "training.active.recompute_priorities"
 #: Comparisons scored per chunk (one write and one progress update each).
 MARGIN_CHUNK = 512
 DISAGREEMENT_CHUNK = 5000
+#: Orders computed from the project's latest DPO model (loaded on a ``gpu`` worker).
+MODEL_ORDERS = (PairOrder.MARGIN, PairOrder.INFORMATION)
 
 
 def margin_sampling_power() -> float | None:
@@ -61,7 +63,7 @@ def margin_sampling_power() -> float | None:
 class PriorityJobs(jobs.JobKind):
     def send(self, pk: int, countdown: int = 0) -> None:
         order = PriorityJob.objects.filter(pk=pk).values_list("pair_order", flat=True).first()
-        queue = "gpu" if order == PairOrder.MARGIN else None
+        queue = "gpu" if order in MODEL_ORDERS else None
         current_app.tasks[self.task].apply_async((pk,), countdown=max(0, int(countdown)), queue=queue)
 
     def superseded(self, job: PriorityJob) -> str:
@@ -116,11 +118,11 @@ def request_priorities(project: Project, *, reason: str = "on demand", user=None
     return job
 
 
-def request_quietly(project_id: int, order: str, reason: str) -> None:
-    """:func:`request_priorities` for a project in ``order``, from a hook that must not fail (a
-    finished run or report): anything wrong is logged, never raised."""
+def request_quietly(project_id: int, orders: tuple[str, ...], reason: str) -> None:
+    """:func:`request_priorities` for a project in one of ``orders``, from a hook that must not
+    fail (a finished run or report): anything wrong is logged, never raised."""
     try:
-        project = Project.objects.filter(pk=project_id, pair_order=order).first()
+        project = Project.objects.filter(pk=project_id, pair_order__in=orders).first()
         if project is not None:
             request_priorities(project, reason=reason)
     except Exception:  # noqa: BLE001
@@ -128,13 +130,13 @@ def request_quietly(project_id: int, order: str, reason: str) -> None:
 
 
 def after_run_succeeded(run) -> None:
-    """A training run succeeded: a margin project's priorities follow its new model."""
-    request_quietly(run.project_id, PairOrder.MARGIN, f"training run {run.pk} succeeded")
+    """A training run succeeded: a model-ordered project's priorities follow its new model."""
+    request_quietly(run.project_id, MODEL_ORDERS, f"training run {run.pk} succeeded")
 
 
 def after_round_sampled(job) -> None:
-    """A sampled round added comparisons: a margin project scores them."""
-    request_quietly(job.project_id, PairOrder.MARGIN, f"sampling job {job.pk} added round {job.round}")
+    """A sampled round added comparisons: a model-ordered project scores them."""
+    request_quietly(job.project_id, MODEL_ORDERS, f"sampling job {job.pk} added round {job.round}")
 
 
 def on_pair_order_changed(sender, project, old, new, user=None, **kwargs) -> None:
@@ -152,7 +154,7 @@ def on_quality_report_saved(sender, instance, update_fields=None, **kwargs) -> N
     if instance.status == JobStatus.SUCCEEDED and (update_fields is None or "status" in update_fields):
         project_id = instance.project_id
         transaction.on_commit(
-            lambda: request_quietly(project_id, PairOrder.DISAGREEMENT, f"statistics report {instance.pk}")
+            lambda: request_quietly(project_id, (PairOrder.DISAGREEMENT,), f"statistics report {instance.pk}")
         )
 
 
@@ -181,6 +183,8 @@ def run_priority_job(job_id: int, *, progress_bar: bool = True) -> str:
                 raise Stop(reason)
             if job.pair_order == PairOrder.MARGIN:
                 message = _run_margin(job, progress_bar)
+            elif job.pair_order == PairOrder.INFORMATION:
+                message = _run_information(job, progress_bar)
             else:
                 message = _run_disagreement(job)
     except Stop as exc:
@@ -203,26 +207,39 @@ def _total(job: PriorityJob) -> int:
     return job.n_done + open_regular(job.project_id, job.cursor).count()
 
 
-def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
-    from tqdm import tqdm
+NO_MODEL = "no model trained with DPO yet: every priority stays 0 (arrival order) until the first one"
 
+
+def _job_model(job: PriorityJob):
+    """The :class:`~training.active.scoring.MarginModel` a model-ordered job scores with: the one
+    it recorded when it first started, else the project's latest (recorded now); None when the
+    project has no DPO model yet."""
     from ..models import ModelVersion
-    from .scoring import MarginScorer, margin_model, open_regular, pair_rows
-    from evaluation.stats.active import sampled_priority, stable_uniform
+    from .scoring import margin_model
+    from .writes import Stop
 
-    from .writes import Stop, write_chunk
-
-    project = job.project
     version = ModelVersion.objects.filter(pk=job.model_version_id).first() if job.model_version_id else None
     if job.model_version_id and version is None:
         raise Stop("the model version it started with was deleted")
-    mm = margin_model(project, version)
-    if mm is None:
-        return "no model trained with DPO yet: every priority stays 0 (arrival order) until the first one"
-    if job.model_version_id is None:
+    mm = margin_model(job.project, version)
+    if mm is not None and job.model_version_id is None:
         if not jobs.fenced(job).update(model_version=mm.version):
             raise Stop("another worker took the job over")
         job.model_version = mm.version
+    return mm
+
+
+def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
+    from tqdm import tqdm
+
+    from evaluation.stats.active import sampled_priority, stable_uniform
+
+    from .scoring import MarginScorer, open_regular, pair_rows
+    from .writes import write_chunk
+
+    mm = _job_model(job)
+    if mm is None:
+        return NO_MODEL
     power = margin_sampling_power()
     scorer = MarginScorer(mm)
     total = _total(job)
@@ -248,6 +265,73 @@ def _run_margin(job: PriorityJob, progress_bar: bool) -> str:
         bar.close()
     unscored = f"; {job.n_unscored} could not be scored (priority 0)" if job.n_unscored else ""
     return f"{job.n_done} comparisons scored by the margins of {mm.version.name} (β {mm.beta:g}){unscored}"
+
+
+def _run_information(job: PriorityJob, progress_bar: bool) -> str:
+    """Expected information (:func:`evaluation.stats.active.information_priority`): the features
+    and Fisher weights of every judged pair (one entry per vote) and of every open regular pair
+    under the job's model, then the greedy order over all of them at once, written chunk by chunk.
+    The order needs every open pair before the first write, so a job taken up again recomputes
+    it (the same model and votes give the same priorities) and writes after its cursor."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from evaluation.stats.active import fisher_weight, information_priority
+
+    from .scoring import MarginScorer, judged_regular, open_regular, rows_by_id
+    from .writes import write_chunk
+
+    mm = _job_model(job)
+    if mm is None:
+        return NO_MODEL
+    scorer = MarginScorer(mm)
+    judged = judged_regular(job.project_id)
+    ids = list(open_regular(job.project_id).values_list("pk", flat=True))
+    total = len(judged) + 2 * len(ids)  # score the judged and open pairs, then write the open ones
+    jobs.fenced(job).update(n_total=len(ids))
+    bar = tqdm(total=total, desc=f"priorities (information, job {job.pk})", unit="pair",
+               disable=not progress_bar, mininterval=1.0)
+
+    def scored(pks):
+        """Features, Fisher weights and scoreability of comparisons ``pks`` (in chunks)."""
+        x, w, ok = [], [], []
+        for start in range(0, len(pks), MARGIN_CHUNK):
+            part = pks[start:start + MARGIN_CHUNK]
+            rows = rows_by_id(part)
+            # a comparison deleted since it was listed: an empty row, which cannot be scored
+            lp, good, feats = scorer.score([row or {"prompt": "", "chosen": "", "rejected": ""} for row in rows],
+                                           features=True)
+            x.append(feats)
+            w.append(np.where(good, fisher_weight(scorer.margins(lp)), 0.0))
+            ok += good
+            bar.update(len(part))
+            jobs.fenced(job).update(progress=min(0.5, 0.5 * bar.n / max(total, 1)))
+        width = scorer.feature_dim
+        return (np.concatenate(x) if x else np.zeros((0, width))), (np.concatenate(w) if w else np.zeros(0)), ok
+
+    try:
+        judged_ids = sorted(judged)
+        xj, wj, _ = scored(judged_ids)
+        wj = wj * np.array([judged[pk] for pk in judged_ids], dtype=float)  # a pair voted k times: k votes
+        x, w, ok = scored(ids)
+        prio = information_priority(x, w, xj, wj)
+        unscored = len(ok) - int(sum(ok))
+        start = int(np.searchsorted(np.asarray(ids, dtype=np.int64), job.cursor, side="right"))
+        bar.update(start)
+        for begin in range(start, len(ids), MARGIN_CHUNK):
+            part = ids[begin:begin + MARGIN_CHUNK]
+            job.n_done = begin + len(part)
+            job.n_unscored = unscored
+            job.cursor = part[-1]
+            write_chunk(job, part, prio[begin:begin + len(part)].tolist(), n_done=job.n_done,
+                        n_unscored=unscored, cursor=job.cursor,
+                        progress=0.5 + 0.5 * job.n_done / max(len(ids), 1))
+            bar.update(len(part))
+    finally:
+        bar.close()
+    unscored = f"; {job.n_unscored} could not be scored (priority 0)" if job.n_unscored else ""
+    return (f"{len(ids)} comparisons ordered by the expected information of a vote under {mm.version.name} "
+            f"(β {mm.beta:g}; {len(judged)} judged pairs known){unscored}")
 
 
 def _run_disagreement(job: PriorityJob) -> str:

@@ -28,12 +28,16 @@ def distinct_2(texts: list[str]) -> float | None:
     return len(set(bigrams)) / len(bigrams) if bigrams else None
 
 
-def _sequence_logps(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 32) -> list[float]:
-    """Sum of log-probabilities of each response given its prompt (right padding)."""
+def _sequence_logps(model, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 32,
+                    features: bool = False):
+    """Sum of log-probabilities of each response given its prompt (right padding). With
+    ``features``, also ``[n, hidden]``: the model's final hidden state (the LM head's input)
+    summed over each response's positions, from the same forward pass."""
+    import numpy as np
     import torch
 
     device = next(model.parameters()).device
-    out = []
+    out, feats = [], []
     for start in range(0, len(prompts), batch_size):
         pairs = list(zip(prompts[start : start + batch_size], responses[start : start + batch_size]))
         width = max(len(p) + len(r) for p, r in pairs)
@@ -43,10 +47,17 @@ def _sequence_logps(model, prompts: list[list[int]], responses: list[list[int]],
             ids[k, : len(p) + len(r)] = torch.tensor(p + r, device=device)
             mask[k, : len(p) + len(r)] = 1
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            result = model(input_ids=ids, attention_mask=mask, output_hidden_states=features)
+        logits = result.logits.float()
         logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         for k, (p, r) in enumerate(pairs):
             out.append(float(logps[k, len(p) - 1 : len(p) + len(r) - 1].sum()))
+        if features:
+            hidden = result.hidden_states[-1].float()
+            # the states that predict the response's tokens (as the log-probs above)
+            feats += [hidden[k, len(p) - 1 : len(p) + len(r) - 1].sum(0).cpu().numpy() for k, (p, r) in enumerate(pairs)]
+    if features:
+        return out, np.stack(feats) if feats else np.zeros((0, model.config.hidden_size))
     return out
 
 
