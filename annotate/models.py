@@ -228,9 +228,14 @@ class AssignmentStatus(models.TextChoices):
 
 
 class Assignment(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    # No index of their own on project and annotator: the composite indexes below begin with
+    # them (and the unique constraint with the annotator), and every claim and submit writes
+    # the assignment's index entries.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments", db_index=False)
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     pool = models.ForeignKey(Pool, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     a_on_left = models.BooleanField(help_text="Whether response A was displayed on the left.")
     status = models.CharField(max_length=10, choices=AssignmentStatus.choices, default=AssignmentStatus.ACTIVE)
@@ -252,9 +257,13 @@ class Assignment(models.Model):
 
 
 class Judgment(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments")
+    # Project and annotator: covered by judgment_project_time_idx and judgment_once_per_annotator
+    # (each begins with its column), so no index of their own for every judgment to write.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judgments", db_index=False)
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments", db_index=False
+    )
     assignment = models.OneToOneField(
         Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgment"
     )
