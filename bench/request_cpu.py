@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", type=int, default=0, help="print the top K functions of one profiled round")
     ap.add_argument("--profile-out", help="also write that round's cProfile stats to this file")
+    ap.add_argument("--count", type=int, default=100, help="judgments over which to count SQL round trips (0: none)")
     args = ap.parse_args()
 
     os.environ.update({
@@ -164,6 +165,34 @@ def main() -> int:
               f"({args.rounds} rounds of {args.n}: {', '.join(f'{x:.3f}' for x in per)}); "
               f"PostgreSQL backend {1000.0 * pg / (args.rounds * args.n):.3f} ms (mean, 10 ms ticks)")
     print(f"judgment/login CPU ratio (best): {min(results['judgment']) / min(results['login']):.2f}")
+    if args.count:
+        # Every statement the connection sends is logged (BEGIN and COMMIT included), and Django's
+        # health check (``CONN_HEALTH_CHECKS``), which bypasses the log, is counted beside it:
+        # the PostgreSQL round trips of one judgment request.
+        checks = [0]
+        usable = connection.is_usable
+
+        def counted_is_usable():
+            checks[0] += 1
+            return usable()
+
+        from django.core.signals import request_started
+        from django.db import reset_queries
+
+        connection.is_usable = counted_is_usable
+        connection.force_debug_cursor = True
+        request_started.disconnect(reset_queries)  # (it empties the log at every request)
+        try:
+            connection.queries_log.clear()
+            for i in range(args.count):
+                judgment(i)
+            logged = len(connection.queries_log)
+        finally:
+            request_started.connect(reset_queries)
+            connection.force_debug_cursor = False
+            del connection.is_usable
+        print(f"SQL round trips per judgment request: {(logged + checks[0]) / args.count:.2f} "
+              f"({logged / args.count:.2f} logged statements + {checks[0] / args.count:.2f} health checks)")
     if args.profile:
         import cProfile
         import pstats
