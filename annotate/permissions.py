@@ -14,7 +14,8 @@ the project up once (404 when it does not exist), checks the user's role with
 * ``IsAssignmentOwner``: the URL's ``assignment_pk`` is one of the user's own assignments
   (404 otherwise, so other annotators' assignments do not exist for them) and the user is
   an annotator of its project (403 otherwise). Leaves ``view.assignment`` (with its project)
-  and ``view.membership`` (the user's, read in the same query).
+  and ``view.membership`` (the user's, read in the same query; with token authentication, in
+  the token's query).
 * ``CanCreateProject``: staff or superuser, for ``POST /api/projects/``.
 """
 from __future__ import annotations
@@ -120,8 +121,11 @@ class IsAssignmentOwner(BasePermission):
         if not (request.user and request.user.is_authenticated):
             return False
         # One query: the assignment, its project and the user's membership in it (a submit
-        # makes one request per judgment; every read here is one it pays for).
-        owned = owned_assignment(request.user, view.kwargs["assignment_pk"])
+        # makes one request per judgment; every read here is one it pays for). None at all when
+        # the token lookup read them with the user (prefloop.authentication).
+        pk = view.kwargs["assignment_pk"]
+        read = getattr(request.user, "owned_assignment", None)
+        owned = read[1] if read is not None and read[0] == pk else owned_assignment(request.user, pk)
         assignment, membership = owned if owned is not None else (None, None)
         if assignment is None:
             raise NotFound("No such assignment.")

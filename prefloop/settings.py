@@ -121,7 +121,12 @@ DATABASES = {
         # Persistent connections (seconds): a new PostgreSQL connection per request costs more
         # than most of prefloop's requests.
         conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
-        conn_health_checks=True,
+        # No ``SELECT 1`` before each request's first query (a round trip on every API request).
+        # A connection the database dropped (a restart) fails at its first use: Django closes it
+        # at the end of that request (``errors_occurred``) and the next one connects again, so at
+        # most one failed request per thread; and the API's token lookup, the first query of
+        # every token request, reconnects and retries at once (prefloop/authentication.py).
+        conn_health_checks=env_bool("CONN_HEALTH_CHECKS", False),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

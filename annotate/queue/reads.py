@@ -246,37 +246,50 @@ def _open_count_key(project: Project, gold: bool) -> str:
 
 
 # The assignment, its project and the annotator's membership in it, in one portable statement
-# (the API's permission check of every submit and skip).
-_OWNED_SQL = (
-    "SELECT {a}, {p}, m.id, m.role, m.excluded, m.pool_id FROM annotate_assignment a "
-    "JOIN annotate_project p ON p.id = a.project_id "
-    "LEFT JOIN annotate_membership m ON m.project_id = a.project_id AND m.user_id = a.annotator_id "
-    "WHERE a.id = %(assignment)s AND a.annotator_id = %(user)s"
-).format(
+# (the API's permission check of every submit and skip). The columns and joins are shared with
+# the token lookup (``prefloop.authentication``), which reads them in its own statement when the
+# URL names an assignment: one round trip for both.
+OWNED_COLUMNS = "{a}, {p}, m.id, m.role, m.excluded, m.pool_id".format(
     a=", ".join(f"a.{f.column}" for f in Assignment._meta.concrete_fields),
     p=", ".join(f"p.{f.column}" for f in Project._meta.concrete_fields),
 )
+OWNED_JOINS = (
+    "annotate_assignment a JOIN annotate_project p ON p.id = a.project_id "
+    "LEFT JOIN annotate_membership m ON m.project_id = a.project_id AND m.user_id = a.annotator_id"
+)
+_OWNED_SQL = f"SELECT {OWNED_COLUMNS} FROM {OWNED_JOINS} WHERE a.id = %(assignment)s AND a.annotator_id = %(user)s"
+
+
+def in_id_range(assignment_id: int) -> bool:
+    """Whether a row could have this id (raw SQL, unlike the ORM, fails on one beyond 64 bits)."""
+    return -(2**63) <= int(assignment_id) < 2**63
 
 
 def owned_assignment(annotator, assignment_id: int) -> tuple[Assignment, Membership | None] | None:
     """The annotator's assignment (its ``project`` loaded) and their membership in its project
     (None when they have none), or None when the assignment is not theirs (an id beyond the
-    database's 64-bit range included: raw SQL, unlike the ORM, would fail on it). One query."""
-    if not -(2**63) <= int(assignment_id) < 2**63:
+    database's 64-bit range included). One query."""
+    if not in_id_range(assignment_id):
         return None
     with connection.cursor() as cur:
         run_sql(cur, "owned", _OWNED_SQL, {"assignment": assignment_id, "user": annotator.pk})
         row = cur.fetchone()
-    if row is None:
-        return None
+    return None if row is None else owned_from_row(row, annotator.pk)
+
+
+def owned_from_row(row, user_id: int) -> tuple[Assignment, Membership | None] | None:
+    """``owned_assignment``'s answer from the ``OWNED_COLUMNS`` of a row (None when they are
+    empty: a LEFT JOIN that found no assignment of the user's)."""
     n_a, n_p = len(Assignment._meta.concrete_fields), len(Project._meta.concrete_fields)
+    if row[0] is None:
+        return None
     a_values, p_values, (m_id, role, excluded, pool_id) = row[:n_a], row[n_a:n_a + n_p], row[n_a + n_p:]
     assignment = from_row(Assignment, a_values)
     assignment.project = from_row(Project, p_values)
     membership = None
     if m_id is not None:
         membership = Membership(
-            pk=m_id, project_id=assignment.project_id, user_id=annotator.pk, role=role, pool_id=pool_id,
+            pk=m_id, project_id=assignment.project_id, user_id=user_id, role=role, pool_id=pool_id,
             excluded=bool(excluded),
         )
         membership._state.adding, membership._state.db = False, connection.alias
