@@ -39,8 +39,9 @@ ASSIGNMENT_PARAM = OpenApiParameter(
 
 
 
-def _progress_data(annotator, project: Project) -> tuple[queue.Progress, dict]:
-    p = queue.progress(annotator, project)
+def _progress_data(annotator, project: Project, read: queue.Progress | None = None) -> tuple[queue.Progress, dict]:
+    """The annotator's progress (``read``: as a service call already read it) and its API form."""
+    p = read if read is not None else queue.progress(annotator, project)
     return p, {"done": p.done, "remaining": p.remaining}
 
 
@@ -148,7 +149,7 @@ class SubmitJudgment(AssignmentScoped):
             raise PermissionDenied(queue.PAUSED)
         try:
             # The judgment and the next item in one service call (one transaction on PostgreSQL).
-            done = queue.submit_and_next(request.user, assignment.pk, project=project, **data)
+            done = queue.submit_and_next(request.user, assignment.pk, project=project, with_progress=True, **data)
         except Assignment.DoesNotExist:
             raise NotFound() from None
         except queue.NotAnAnnotator as exc:
@@ -158,7 +159,7 @@ class SubmitJudgment(AssignmentScoped):
             return Response({"detail": str(exc), "next": item, "progress": progress}, status=status.HTTP_409_CONFLICT)
         except queue.QueueError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        progress, progress_dict = _progress_data(request.user, project)
+        progress, progress_dict = _progress_data(request.user, project, done.progress)
         body = {
             "judgment": own_judgment_data(done.judgment),
             "next": _item_data(done.next, project, progress),

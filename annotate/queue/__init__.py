@@ -25,9 +25,10 @@ it never scans all comparisons.
 
 On PostgreSQL the hot path is a few statements (``annotate.queue.postgres``): a claim is one
 statement after the membership lock, a submit two, and ``submit_and_next`` does both in one
-transaction. Other databases (SQLite) run the plain ORM version (``annotate.queue.orm``), one
-write transaction at a time. ``annotate.queue.reads``: the progress counter and the API's
-one-query look at an assignment; ``annotate.queue.rules``: the pieces these share.
+transaction (and can read the progress counter in the claim's round trip). Other databases
+(SQLite) run the plain ORM version (``annotate.queue.orm``), one write transaction at a time.
+``annotate.queue.reads``: the progress counter and the API's one-query look at an assignment;
+``annotate.queue.rules``: the pieces these share.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from django.utils import timezone
 from ..models import Assignment, AssignmentStatus, Comparison, Judgment, Membership, Project, Role
 from . import postgres
 from .orm import _claim, _submit_orm
-from .reads import EXACT_COUNT_UP_TO, OPEN_COUNT_TTL_S, owned_assignment, progress
+from .reads import EXACT_COUNT_UP_TO, OPEN_COUNT_TTL_S, ProgressQuery, owned_assignment, progress
 from .rules import (
     CANDIDATES,
     CLAIM_ATTEMPTS,
@@ -143,10 +144,15 @@ WINDOW_GROWTH = 4
 MAX_WINDOW = 1024
 
 
-def _claim_pg(annotator, project: Project, membership: Membership, *, now, rng, ignore_stale: bool):
+def _claim_pg(
+    annotator, project: Project, membership: Membership, *, now, rng, ignore_stale: bool,
+    progress: ProgressQuery | None = None,
+):
     """The held or a newly claimed assignment, None when nothing is left, or ``_STALE``.
 
     Inside the caller's transaction, which holds the annotator's membership lock (PostgreSQL).
+    ``progress``: its statement runs right after each claim statement, in the same round trip,
+    and ``progress.row`` is the row of the last one (what the claim's answer left).
     """
     want_gold = project.gold_rate > 0 and rng.random() < project.gold_rate
     order = (True, False) if want_gold else (False, True)
@@ -162,7 +168,10 @@ def _claim_pg(annotator, project: Project, membership: Membership, *, now, rng, 
             got = postgres.claim(
                 user_id=annotator.pk, project=project, pool_id=membership.pool_id, gold=gold, now=now,
                 expires=expires, a_on_left=a_on_left, seed=seed or "", window=window, ignore_stale=ignore_stale,
+                then=progress.statement() if progress is not None else None,
             )
+            if progress is not None:
+                progress.row = got.then_row
             if got.assignment is not None:
                 return got.assignment
             if got.stale and not ignore_stale:
@@ -183,11 +192,13 @@ def _claim_pg(annotator, project: Project, membership: Membership, *, now, rng, 
 @dataclass
 class Submitted:
     """What ``submit_and_next`` did: the judgment (``created`` False when it was the first one of
-    a repeated submit) and the annotator's next item (None when nothing is left)."""
+    a repeated submit), the annotator's next item (None when nothing is left), and, when asked
+    for and read on the way, their progress after both (else None: call ``progress``)."""
 
     judgment: Judgment
     created: bool
     next: Assignment | None
+    progress: Progress | None = None
 
 
 def submit_judgment(
@@ -228,6 +239,7 @@ def submit_and_next(
     project: Project | None = None,
     now: datetime | None = None,
     rng=None,
+    with_progress: bool = False,
 ) -> Submitted:
     """``submit_judgment``, then ``next_assignment``: the one-request-per-judgment step of the
     annotator's page and of ``POST /api/assignments/{id}/judgment/``. Raises what
@@ -235,7 +247,9 @@ def submit_and_next(
     left or the annotator may no longer be served.
 
     On PostgreSQL both run in one transaction under one membership lock: four statements and
-    one commit for the judgment and the next item.
+    one commit for the judgment and the next item. ``with_progress``: the annotator's progress
+    counter (``progress``) too, read in the claim's round trip (PostgreSQL; elsewhere, and when
+    the claim had to expire stale assignments first, ``Submitted.progress`` is None).
     """
     rng = rng or _rng
     now = now or timezone.now()
@@ -257,14 +271,16 @@ def submit_and_next(
         )
         if membership.role != Role.ANNOTATOR or membership.excluded:
             return Submitted(judgment, created, None)
-        nxt = _claim_pg(annotator, project, membership, now=now, rng=rng, ignore_stale=False)
-    if nxt is _STALE:
-        # Expire in a transaction of its own: this one held the judged comparison's row lock,
-        # and two expiries that each hold a row the other needs would deadlock.
-        try:
-            nxt = next_assignment(annotator, project, now=now, rng=rng)
-        except NotAnAnnotator:
-            nxt = None
+        query = ProgressQuery(annotator, project) if with_progress else None
+        nxt = _claim_pg(annotator, project, membership, now=now, rng=rng, ignore_stale=False, progress=query)
+    if nxt is not _STALE:
+        return Submitted(judgment, created, nxt, query.result(query.row) if query is not None else None)
+    # Expire in a transaction of its own: this one held the judged comparison's row lock, and two
+    # expiries that each hold a row the other needs would deadlock.
+    try:
+        nxt = next_assignment(annotator, project, now=now, rng=rng)
+    except NotAnAnnotator:
+        nxt = None
     return Submitted(judgment, created, nxt)
 
 

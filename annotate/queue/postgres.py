@@ -16,6 +16,8 @@ its docstring. Here only *how* they are kept in few statements:
   then the judgment, the assignment's status and the comparison's counts in one statement.
 * ``lock_member``: the membership read and locked in one statement; a claim on its own (not
   with a judgment) commits asynchronously (see ``LOCK_MEMBER_SQL``).
+* ``run_together``: statements sent in one round trip, one after another; ``submit_and_next``
+  sends the progress counter's statement right after the claim's this way.
 
 Rows come back as model instances built with ``from_db`` (unloaded fields stay deferred), so
 callers and serializers use them as they would the ORM's.
@@ -255,6 +257,47 @@ class Statement:
             cur.nextset()  # (past the SET)
 
 
+def run_together(cur, runs: list[tuple[Statement, dict]]) -> list[tuple | None]:
+    """Run the statements one after another in one round trip (one query string, as
+    ``Statement.run`` sends a PREPARE with its first EXECUTE), and return each one's first row
+    (None when it has none). Each sees what the ones before it wrote. On an error none of them
+    counts as prepared for sure (``Statement.run`` checks the next time)."""
+    db = cur.db
+    raw = db.connection
+    if getattr(db, "_prefloop_prepared_on", None) is not raw:
+        db._prefloop_prepared_on, db._prefloop_prepared = raw, {}
+    prepared = db._prefloop_prepared
+    parts, args, rows_at, n = [], [], [], 0  # rows_at: the index of each statement's EXECUTE result
+    for statement, params in runs:
+        state = prepared.get(statement.name)
+        if state == "unsure":
+            cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [statement.name])
+            state = prepared[statement.name] = "yes" if cur.fetchone()[0] else None
+        if state != "yes":
+            parts.append(statement.prepare)
+            n += 1
+        parts.append(statement.execute)
+        rows_at.append(n + (1 if statement.generic else 0))
+        n += 3 if statement.generic else 1
+        args += [params[name] for name in statement.names]
+    try:
+        cur.execute(";\n".join(parts), args)
+    except Exception:
+        for statement, _ in runs:
+            if prepared.get(statement.name) != "yes":
+                prepared[statement.name] = "unsure"
+        raise
+    for statement, _ in runs:
+        prepared[statement.name] = "yes"
+    rows, at = [], 0
+    for index in rows_at:
+        while at < index:
+            cur.nextset()
+            at += 1
+        rows.append(cur.fetchone())
+    return rows
+
+
 LOCK_MEMBER = Statement("lock_member", LOCK_MEMBER_SQL)
 # The window is written into the statement, not a parameter: with ``LIMIT $n`` a generic plan
 # would assume a tenth of the table and could join the pick by scanning it.
@@ -278,6 +321,7 @@ class Claim:
     assignment: Assignment | None
     candidates: int  # open comparisons for this annotator in the window (0: none, or held, or gated by stale)
     stale: bool  # the project has active assignments past their deadline
+    then_row: tuple | None = None  # the first row of the statement run beside the claim (``then``)
 
 
 @dataclass
@@ -322,18 +366,25 @@ def claim(
     seed: str,
     window: int,
     ignore_stale: bool,
+    then: tuple[Statement, dict] | None = None,
 ) -> Claim:
+    """``then``: a statement (and its parameters) to run right after the claim in the same round
+    trip; its first row is the answer's ``then_row``."""
     params = {
         "user": user_id, "project": project.pk, "pool": pool_id, "gold": gold, "now": now, "expires": expires,
         "a_on_left": a_on_left, "seed": seed, "ignore_stale": ignore_stale,
         "overlap": project.overlap,
     }
+    then_row = None
     with connection.cursor() as cur:
-        _claim_statement(gold, window).run(cur, params)
-        row = cur.fetchone()
+        if then is None:
+            _claim_statement(gold, window).run(cur, params)
+            row = cur.fetchone()
+        else:
+            row, then_row = run_together(cur, [(_claim_statement(gold, window), params), then])
     candidates, stale, aid = row[0], row[1], row[2]
     if aid is None:
-        return Claim(None, candidates, stale)
+        return Claim(None, candidates, stale, then_row)
     (_, _, _, cid, left, status, created, expires_at, a_pool, is_gold, prompt_id, prompt_text, messages,
      ra_id, ra_text, rb_id, rb_text) = row
     messages_field = Prompt._meta.get_field("messages")
@@ -353,7 +404,7 @@ def claim(
     )
     assignment.comparison = comparison
     assignment.project = project
-    return Claim(assignment, candidates, stale)
+    return Claim(assignment, candidates, stale, then_row)
 
 
 def lock_for_submit(user_id: int, assignment_id: int) -> SubmitLock | None:

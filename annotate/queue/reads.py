@@ -27,9 +27,14 @@ def run_sql(cur, label: str, sql: str, params: dict, *, generic: bool = False) -
     if connection.vendor != "postgresql":
         cur.execute(sql, params)
         return
+    statement(label, sql, generic=generic).run(cur, params)
+
+
+def statement(label: str, sql: str, *, generic: bool = False) -> Statement:
+    """The PostgreSQL prepared statement of ``sql`` (one per text)."""
     if sql not in _statements:
         _statements[sql] = Statement(label, sql, generic=generic)
-    _statements[sql].run(cur, params)
+    return _statements[sql]
 
 
 def progress(annotator, project: Project) -> Progress:
@@ -61,46 +66,79 @@ def progress(annotator, project: Project) -> Progress:
     annotator's finished count of that kind is too, moved by their own judgments meanwhile
     (``_finished_over_cap``): counted from their history once per lifetime of the open count.
     """
-    keys = {gold: _open_count_key(project, gold) for gold in (False, True)}
-    cached = cache.get_many(list(keys.values()))
-    open_counts = {gold: cached[key] for gold, key in keys.items() if key in cached}
-    exact = [gold for gold in (False, True) if gold not in open_counts]
-    sql = PROGRESS_SQL.format(
-        columns="".join(
-            KIND_COLUMNS_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1, i=i)
-            for i, gold in enumerate(exact)
-        ),
-        sources="".join(
-            OPEN_COUNT_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1, i=i)
-            for i, gold in enumerate(exact)
-        ),
-    )
+    query = ProgressQuery(annotator, project)
     with connection.cursor() as cur:
-        # Its generic plan: every part is an index range or a probe whatever the parameters, and
-        # custom plans would be re-planned on every run (see ``Statement``).
-        params = {"user": annotator.pk, "project": project.pk}
-        run_sql(cur, f"progress_{len(exact)}", sql, params, generic=True)
+        run_sql(cur, query.label, query.sql, query.params, generic=True)
         row = cur.fetchone()
-    done, skipped, held_full = (int(x or 0) for x in row[:3])
-    finished: dict[bool, int] = {}  # finished by the annotator among the open ones, per kind counted exactly
-    for i, gold in enumerate(exact):
-        n, f = int(row[3 + 2 * i] or 0), int(row[4 + 2 * i] or 0)
-        if n > EXACT_COUNT_UP_TO:
-            n = _large_open_count(project, gold)
-            cache.set(keys[gold], n, open_count_ttl(n))
+    return query.result(row)
+
+
+class ProgressQuery:
+    """``progress`` in two halves, so that its statement can run in another one's round trip
+    (``submit_and_next`` sends it right after the claim, in the claim's transaction): the
+    statement and its parameters, built from the cached counts it depends on, and the Progress
+    from its row (``result``, which may read more when a count is above the exact cap)."""
+
+    row: tuple | None = None  # the statement's row, where another function ran it
+
+    def __init__(self, annotator, project: Project):
+        self.annotator, self.project = annotator, project
+        self.keys = {gold: _open_count_key(project, gold) for gold in (False, True)}
+        cached = cache.get_many(list(self.keys.values()))
+        self.open_counts = {gold: cached[key] for gold, key in self.keys.items() if key in cached}
+        self.exact = tuple(gold for gold in (False, True) if gold not in self.open_counts)
+        self.sql = _progress_sql(self.exact)
+        self.label = f"progress_{len(self.exact)}"
+        self.params = {"user": annotator.pk, "project": project.pk}
+
+    def statement(self) -> tuple[Statement, dict]:
+        """The prepared statement and its parameters (PostgreSQL). Its generic plan: every part
+        is an index range or a probe whatever the parameters, and custom plans would be
+        re-planned on every run (see ``Statement``)."""
+        return statement(self.label, self.sql, generic=True), self.params
+
+    def result(self, row) -> Progress:
+        annotator, project, exact, open_counts = self.annotator, self.project, self.exact, dict(self.open_counts)
+        done, skipped, held_full = (int(x or 0) for x in row[:3])
+        finished: dict[bool, int] = {}  # finished by the annotator among the open ones, per kind counted exactly
+        for i, gold in enumerate(exact):
+            n, f = int(row[3 + 2 * i] or 0), int(row[4 + 2 * i] or 0)
+            if n > EXACT_COUNT_UP_TO:
+                n = _large_open_count(project, gold)
+                cache.set(self.keys[gold], n, open_count_ttl(n))
+            else:
+                finished[gold] = f
+            open_counts[gold] = n
+        over_cap = tuple(gold for gold in (False, True) if gold not in finished)
+        if over_cap:
+            ttl = open_count_ttl(max(open_counts[gold] for gold in over_cap))
+            finished_over_cap = _finished_over_cap(annotator, project, over_cap, done + skipped, finished, ttl)
         else:
-            finished[gold] = f
-        open_counts[gold] = n
-    over_cap = tuple(gold for gold in (False, True) if gold not in finished)
-    if over_cap:
-        ttl = open_count_ttl(max(open_counts[gold] for gold in over_cap))
-        finished_over_cap = _finished_over_cap(annotator, project, over_cap, done + skipped, finished, ttl)
-    else:
-        finished_over_cap = 0
-    # A held item whose comparison others have meanwhile filled is still the annotator's.
-    remaining = open_counts[False] + held_full + open_counts[True] - sum(finished.values())
-    remaining -= finished_over_cap
-    return Progress(done=done, skipped=skipped, remaining=max(remaining, 0))
+            finished_over_cap = 0
+        # A held item whose comparison others have meanwhile filled is still the annotator's.
+        remaining = open_counts[False] + held_full + open_counts[True] - sum(finished.values())
+        remaining -= finished_over_cap
+        return Progress(done=done, skipped=skipped, remaining=max(remaining, 0))
+
+
+_progress_sqls: dict[tuple, str] = {}
+
+
+def _progress_sql(exact: tuple) -> str:
+    """PROGRESS_SQL with the columns of the kinds (gold or not) whose open count is not cached."""
+    key = (exact, EXACT_COUNT_UP_TO)
+    if key not in _progress_sqls:
+        _progress_sqls[key] = PROGRESS_SQL.format(
+            columns="".join(
+                KIND_COLUMNS_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1, i=i)
+                for i, gold in enumerate(exact)
+            ),
+            sources="".join(
+                OPEN_COUNT_SQL.format(gold="TRUE" if gold else "FALSE", cap=EXACT_COUNT_UP_TO + 1, i=i)
+                for i, gold in enumerate(exact)
+            ),
+        )
+    return _progress_sqls[key]
 
 
 def _large_open_count(project: Project, gold: bool) -> int:
