@@ -14,8 +14,8 @@ reports ``time.process_time`` per request, best of ``--rounds`` rounds of ``--n`
 
 The first run creates the PostgreSQL database ``--db-name`` and fills it with bench/queue.py's
 ``fill`` (20k comparisons, 20 annotators by default); ``--reuse`` keeps it. ``--profile K``
-prints the top K functions by own time (cProfile on process time) over one more round; then the
-SQL round trips of a judgment request are counted over ``--count`` more (0: not counted).
+prints the top K functions by own time (cProfile on process time) over one more round. Before
+that, the SQL round trips of a judgment request are counted over ``--count`` more (0: none).
 """
 from __future__ import annotations
 

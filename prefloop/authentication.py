@@ -66,9 +66,11 @@ class TokenAuthentication(authentication.TokenAuthentication):
         try:
             row = self._row(owned, params)
         except OperationalError:
-            if connection.in_atomic_block or connection.is_usable():
+            # Not a connection the database dropped (it answers, or it never connected): the error
+            # stands. Else connect again, once.
+            if connection.in_atomic_block or connection.connection is None or connection.is_usable():
                 raise
-            connection.close()  # dropped by the database (a restart): connect again, once
+            connection.close()
             row = self._row(owned, params)
         if row is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
