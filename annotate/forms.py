@@ -36,9 +36,11 @@ class ProjectForm(forms.ModelForm):
             "show_accuracy_after": "Number of gold tasks; leave empty to never show it.",
             "license": "License of the collected judgments, e.g. CC-BY-4.0.",
             "pair_order": "Which open comparisons annotators get first. The active orders serve first the "
-            "comparisons whose outcome would teach the latest model most (smallest implicit-reward margin) "
+            "comparisons whose outcome the latest model could least predict (smallest implicit-reward margin), "
+            "whose vote would tell it most given the votes so far (expected information), "
             "or on which the pools disagree most; a worker computes the priorities when you choose one, "
-            "after each training run (margin) or statistics recomputation (disagreement), and on demand.",
+            "after each training run (margin, information) or statistics recomputation (disagreement), "
+            "and on demand.",
         }
         widgets = {
             "instructions": forms.Textarea(attrs={"rows": 10, "class": "mono"}),

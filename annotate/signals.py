@@ -5,6 +5,11 @@ from django.dispatch import Signal
 #: Arguments: ``project``, ``count``.
 judgments_imported = Signal()
 
+#: Sent after comparisons were imported (``annotate.imports.import_comparisons``), once they
+#: commit. Arguments: ``project``, ``count`` (comparisons created). The active-selection service
+#: (``training.active``) scores them for a project in an active pair order.
+comparisons_imported = Signal()
+
 #: Sent after a project's gold answers changed (set, re-answered or removed), once the change
 #: commits. Arguments: ``project``.
 gold_changed = Signal()

@@ -11,13 +11,15 @@ class TrainingConfig(AppConfig):
         # Register the Celery tasks in every process (web too): services send them by name.
         from . import tasks as _tasks  # noqa: F401
 
-        # Active pair selection: a new pair order, and new votes, queue the priority computation.
+        # Active pair selection: a new pair order, new votes and new comparisons queue the
+        # priority computation.
         from django.db.models.signals import post_save
 
-        from annotate.signals import pair_order_changed
+        from annotate.signals import comparisons_imported, pair_order_changed
         from evaluation.models import QualityReport
 
-        from .active.services import on_pair_order_changed, on_quality_report_saved
+        from .active.services import on_comparisons_imported, on_pair_order_changed, on_quality_report_saved
 
         pair_order_changed.connect(on_pair_order_changed, dispatch_uid="training.active.pair_order_changed")
+        comparisons_imported.connect(on_comparisons_imported, dispatch_uid="training.active.imported")
         post_save.connect(on_quality_report_saved, sender=QualityReport, dispatch_uid="training.active.quality")

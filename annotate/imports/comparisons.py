@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from .. import gold
 from ..models import Comparison, GoldAnswer, Project, Prompt, Response
+from ..signals import comparisons_imported
 from . import bulk
 from .reading import comparison_columns, read_records
 from .results import Errors, ImportResult, Progress
@@ -250,6 +251,8 @@ def import_comparisons(
         result = atomic_with_retry(lambda: write_pairs(project, round_, unique, tick_factory))
         bulk.finish(tickers, progress)
     created = len(result.created)
+    if created:
+        transaction.on_commit(lambda: comparisons_imported.send(sender=Comparison, project=project, count=created))
     return ImportResult(
         lines=lines,
         created=created,

@@ -274,6 +274,37 @@ def test_disagreement_order_serves_what_the_pools_disagree_on_first(two_pools, c
     assert assignment.comparison_id == cs[3].pk
 
 
+def test_imported_comparisons_are_scored_in_an_active_order_not_in_arrival_order(
+        two_pools, celery_eager, django_capture_on_commit_callbacks):
+    import io
+    import json
+
+    from annotate.imports import import_comparisons
+
+    project, cs = two_pools["project"], two_pools["cs"]
+    line = {"prompt": "A new question?", "response_a": "One answer.", "response_b": "Another answer."}
+    with django_capture_on_commit_callbacks(execute=True):
+        import_comparisons(project, io.BytesIO(json.dumps(line).encode() + b"\n"), filename="new.jsonl")
+    assert not PriorityJob.objects.filter(project=project).exists()  # arrival order: nothing to score
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_pair_order(project, PairOrder.DISAGREEMENT)
+    neutral = Comparison.objects.get(pk=cs[0].pk).priority
+    assert neutral > 0
+    again = {**line, "prompt": "Yet another question?"}
+    with django_capture_on_commit_callbacks(execute=True):
+        result = import_comparisons(project, io.BytesIO(json.dumps(again).encode() + b"\n"), filename="more.jsonl")
+    assert result.created == 1
+    job = PriorityJob.objects.filter(project=project).latest("pk")
+    assert job.reason == "1 comparison imported" and job.status == JobStatus.SUCCEEDED, job.error
+    new = Comparison.objects.get(project=project, prompt__text="Yet another question?")
+    assert new.priority == pytest.approx(neutral)  # no votes yet: the neutral value, not 0
+    # importing only duplicates creates nothing and queues nothing
+    with django_capture_on_commit_callbacks(execute=True):
+        import_comparisons(project, io.BytesIO(json.dumps(again).encode() + b"\n"), filename="same.jsonl")
+    assert PriorityJob.objects.filter(project=project).latest("pk").pk == job.pk
+
+
 def test_a_new_statistics_report_recomputes_disagreement_priorities(two_pools, celery_eager,
                                                                    django_capture_on_commit_callbacks):
     from evaluation.quality.compute import recompute_quality

@@ -7,6 +7,9 @@
   tokenized exactly as the DPO trainer tokenized its pairs (``training.data.tokenize_pair`` with
   the run's ``max_length`` / ``max_prompt_length``). The math is
   :func:`evaluation.stats.active.margin_priority`.
+* ``information`` -- the same model's margins (as Fisher weights) and a feature of each pair
+  (:meth:`MarginScorer.score`), of the open pairs and of every decided vote so far
+  (:func:`judged_regular`), through :func:`evaluation.stats.active.information_priority`.
 * ``disagreement`` -- the pools' votes so far (excluded annotators left out), through
   :func:`evaluation.stats.active.disagreement_priority`.
 

@@ -1,21 +1,21 @@
 """Active pair selection: queuing and running the priority computation of a project.
 
-A project whose ``pair_order`` is ``margin`` or ``disagreement`` is served by
+A project whose ``pair_order`` is ``margin``, ``information`` or ``disagreement`` is served by
 ``Comparison.priority`` (higher first, after the queue's pool balance; ``annotate.queue``). A
 ``PriorityJob`` recomputes the priorities of its open regular comparisons
 (:mod:`training.active.scoring`) on a worker:
 
 * **When.** When an admin sets an active order (``annotate.signals.pair_order_changed``); on
   demand ("Recompute priorities" on the settings page, ``POST /api/projects/{id}/priorities/``);
-  for ``margin`` after every succeeded training run and every sampled round of the project (new
-  comparisons, new model); for ``disagreement`` after every succeeded statistics recomputation
-  (new votes). A project has at most one *queued* job: asking again while one is queued returns it.
-* **Where.** The task ``training.active.recompute_priorities``: ``margin`` jobs go to the ``gpu``
-  queue (they load two models; on a CPU-only worker they run batched on the CPU),
-  ``disagreement`` jobs to the default queue.
+  for ``margin`` and ``information`` after every succeeded training run and every sampled round
+  of the project (new comparisons, new model); for ``disagreement`` after every succeeded
+  statistics recomputation (new votes). A project has at most one *queued* job: asking again while one is queued returns it.
+* **Where.** The task ``training.active.recompute_priorities``: ``margin`` and ``information``
+  jobs go to the ``gpu`` queue (they load two models; on a CPU-only worker they run batched on
+  the CPU), ``disagreement`` jobs to the default queue.
 * **How.** The job is a background job of :mod:`prefloop.jobs` (claim, heartbeat, fenced
   writes, recovery of a job whose worker died). It walks the open comparisons in id order, a
-  chunk at a time, and writes each chunk's priorities with its progress and ``cursor`` in one
+  chunk at a time (an ``information`` job first scores them all: its order is global), and writes each chunk's priorities with its progress and ``cursor`` in one
   transaction (:mod:`training.active.writes`), so a job taken up again after its worker died
   continues after the last chunk written. A margin job records the model version it uses when
   it first starts and keeps it on resumption. Recomputing gives the same priorities.
@@ -137,6 +137,13 @@ def after_run_succeeded(run) -> None:
 def after_round_sampled(job) -> None:
     """A sampled round added comparisons: a model-ordered project scores them."""
     request_quietly(job.project_id, MODEL_ORDERS, f"sampling job {job.pk} added round {job.round}")
+
+
+def on_comparisons_imported(sender, project, count, **kwargs) -> None:
+    """Receiver of ``annotate.signals.comparisons_imported``: a project in an active order scores
+    its new comparisons (until then they wait at priority 0, after the scored ones)."""
+    active = (*MODEL_ORDERS, PairOrder.DISAGREEMENT)
+    request_quietly(project.pk, active, f"{count} comparison{'s' if count != 1 else ''} imported")
 
 
 def on_pair_order_changed(sender, project, old, new, user=None, **kwargs) -> None:
