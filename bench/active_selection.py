@@ -23,9 +23,11 @@ hidden utility difference.
 
 The margin arm runs the product's default (``PREFLOOP_MARGIN_SAMPLING_POWER``, strict order
 unless set, docs/training.md); ``--arms`` adds variants: ``strict`` (a strict top-k of the margin
-priority whatever the setting) and ``power:P`` (comparisons drawn with probability ∝
-priority^P). Each step also prints what the arm was
-served, from the simulator's truth (the bench reads it, the product never does): the share of
+priority whatever the setting), ``power:P`` (comparisons drawn with probability ∝
+priority^P), ``information`` (the expected-information order) and ``oracle`` (bench only: the
+priorities set once from the simulator's truth, the largest utility gap first -- the clearest
+votes, what no model can know; a yardstick of how much any order could gain here). Each step
+also prints what the arm was served, from the simulator's truth (the bench reads it, the product never does): the share of
 mixed pairs, the mean utility gap, and the share of decided votes on the better response.
 
 Caveats: ``--mixed`` is the share drawn before pairs of equal utility are dropped, and only mixed
@@ -78,7 +80,7 @@ _UNSET = object()
 
 def arm_power(arm: str):
     """The ``PREFLOOP_MARGIN_SAMPLING_POWER`` an arm runs with (``_UNSET``: the settings' own)."""
-    if arm in ("random", "margin", "information"):
+    if arm in ("random", "margin", "information", "oracle"):
         return _UNSET
     if arm == "strict":
         return None
@@ -105,7 +107,8 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta (0.1)")
     p.add_argument("--plot", default=str(ROOT / "var" / "bench" / "active_selection.png"), help="PNG of the curve")
     p.add_argument("--arms", default=",".join(ARMS),
-                   help="comma-separated arms: random, margin (the product's default), information, strict, power:P")
+                   help="comma-separated arms: random, margin (the product's default), information, strict, power:P, "
+                        "oracle (bench only: the largest true utility gap first)")
     p.add_argument("--json", default="", help="also write the numbers here")
     return p.parse_args(argv)
 
@@ -161,7 +164,13 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
     import_comparisons(project, io.BytesIO(body), filename="candidates.jsonl")
     from django.conf import settings
 
-    if arm == "information":
+    if arm == "oracle":
+        # bench only, from the simulator's truth: the largest utility gap first (the clearest votes)
+        gaps = {pk: abs(utility(a) - utility(b)) for pk, a, b in Comparison.objects.filter(project=project)
+                .values_list("pk", "response_a__text", "response_b__text")}
+        top = max(gaps.values()) or 1.0
+        Comparison.objects.bulk_update([Comparison(pk=pk, priority=g / top) for pk, g in gaps.items()], ["priority"])
+    elif arm == "information":
         set_pair_order(project, PairOrder.INFORMATION)
     elif arm != "random":
         power = arm_power(arm)
@@ -196,7 +205,7 @@ def run_arm(arm: str, lines: list[dict], held: list[dict], base, people, args, r
         judged = sum(c for c in Comparison.objects.filter(project=project).values_list("n_judgments", flat=True))
         extra = (f"  served: {served['mixed']:.0%} mixed, mean gap {served['gap']:.2f}, "
                  f"{served['right']:.0%} of votes right")
-        if arm != "random":
+        if arm not in ("random", "oracle"):
             job = PriorityJob.objects.filter(project=project).latest("pk")
             extra += f"  priorities: job {job.pk} {job.status} ({job.n_done} scored)"
         print(f"  {arm:>6} step {step + 1}: {judged} judgments on {n} comparisons, "
@@ -241,6 +250,7 @@ def plot(curves: dict, se: dict, args, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     labels = {"random": "random (arrival) order", "margin": "active: margin (the setting's order)",
               "information": "active: expected information",
+              "oracle": "oracle: largest true utility gap first (bench only)",
               "strict": "active: smallest margin first (strict)"}
     for arm, curve in curves.items():
         x, y = [n for n, _ in curve], [a for _, a in curve]

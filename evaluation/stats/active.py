@@ -179,8 +179,10 @@ def information_priority(x, w, x_judged=None, w_judged=None, *, ridge: float = D
     precision = ridge * 0.25 * scale * np.eye(d) + (xj * wj[:, None]).T @ xj
     # q_i = x_iᵀ Λ⁻¹ x_i through the Cholesky factor (no explicit inverse of Λ for the n rows)
     chol = np.linalg.cholesky(precision)
-    z = np.linalg.solve(chol, x.T)                      # [d, n]: L⁻¹ x_i
-    q = np.einsum("ji,ji->i", z, z)
+    q = np.empty(n)
+    for start in range(0, n, 65536):  # in slices: L⁻¹xᵢ for every row at once would double the memory
+        z = np.linalg.solve(chol, x[start:start + 65536].T)  # [d, rows]
+        q[start:start + 65536] = np.einsum("ji,ji->i", z, z)
     cov = np.linalg.inv(precision)
     gain = w * q
     prio = np.zeros(n)

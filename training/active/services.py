@@ -286,7 +286,7 @@ def _run_information(job: PriorityJob, progress_bar: bool) -> str:
     from evaluation.stats.active import fisher_weight, information_priority
 
     from .scoring import MarginScorer, judged_regular, open_regular, rows_by_id
-    from .writes import write_chunk
+    from .writes import Stop, write_chunk
 
     mm = _job_model(job)
     if mm is None:
@@ -295,7 +295,8 @@ def _run_information(job: PriorityJob, progress_bar: bool) -> str:
     judged = judged_regular(job.project_id)
     ids = list(open_regular(job.project_id).values_list("pk", flat=True))
     total = len(judged) + 2 * len(ids)  # score the judged and open pairs, then write the open ones
-    jobs.fenced(job).update(n_total=len(ids))
+    if not jobs.fenced(job).update(n_total=len(ids)):
+        raise Stop("another worker took the job over")
     bar = tqdm(total=total, desc=f"priorities (information, job {job.pk})", unit="pair",
                disable=not progress_bar, mininterval=1.0)
 
@@ -312,7 +313,8 @@ def _run_information(job: PriorityJob, progress_bar: bool) -> str:
             w.append(np.where(good, fisher_weight(scorer.margins(lp)), 0.0))
             ok += good
             bar.update(len(part))
-            jobs.fenced(job).update(progress=min(0.5, 0.5 * bar.n / max(total, 1)))
+            if not jobs.fenced(job).update(progress=min(0.5, 0.5 * bar.n / max(total, 1))):
+                raise Stop("another worker took the job over")
         width = scorer.feature_dim
         return (np.concatenate(x) if x else np.zeros((0, width))), (np.concatenate(w) if w else np.zeros(0)), ok
 
