@@ -40,7 +40,8 @@ class ProjectForm(forms.ModelForm):
             "whose vote would tell it most given the votes so far (expected information), "
             "or on which the pools disagree most; a worker computes the priorities when you choose one, "
             "after each training run (margin, information) or statistics recomputation (disagreement), "
-            "and on demand.",
+            "and on demand. Measured in the simulator, the margin order saves judgments when there are "
+            "many more open comparisons than judgments to come (docs/training.md).",
         }
         widgets = {
             "instructions": forms.Textarea(attrs={"rows": 10, "class": "mono"}),

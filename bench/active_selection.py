@@ -36,12 +36,14 @@ base model, so one repeat's curve moves by up to ±0.1 from step to step (compar
 repeats, with their standard error); the simulated annotators' accuracy does not depend on the
 utility gap, which favours the strict order (people err more on close pairs).
 
-    .venv/bin/python bench/active_selection.py    # 3 repeats x 10 steps of 20 judgments: a few minutes on 2 cores
-    .venv/bin/python bench/active_selection.py --repeats 5 --steps 15 --candidates 1500 --held-out 500
+    .venv/bin/python bench/active_selection.py    # 3 repeats x 10 steps of 20 judgments: ~6 minutes on 2 cores
+    .venv/bin/python bench/active_selection.py --repeats 10 --arms random,margin --seed 1
+    .venv/bin/python bench/active_selection.py --repeats 5 --steps 15 --candidates 600 --held-out 500
     .venv/bin/python bench/active_selection.py --repeats 5 --arms random,margin,strict,power:4
 
 Prints the table (judgments -> accuracy per arm, the mean over repeats with its standard error),
-the judgments each arm needs to reach ``--target`` accuracy (on the mean curve, and per repeat),
+the judgments each arm needs to reach each ``--target`` accuracy (on the mean curve, and per repeat),
+each arm's paired difference from the first arm (over the whole curve and its second half),
 and saves the curves to ``--plot`` (PNG, the standard error shaded).
 """
 
@@ -91,13 +93,15 @@ def arm_power(arm: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--candidates", type=int, default=600, help="comparisons each arm can be served (default 600)")
+    p.add_argument("--candidates", type=int, default=2000,
+                   help="comparisons each arm can be served (2000: ten times the judgments of the default run)")
     p.add_argument("--held-out", type=int, default=300, help="held-out pairs the accuracy is measured on (300)")
     p.add_argument("--step", type=int, default=20, help="judgments between two trainings (20)")
     p.add_argument("--steps", type=int, default=10, help="trainings per arm (10): step x steps judgments in all")
     p.add_argument("--mixed", type=float, default=0.5,
                    help="share of candidate and held-out pairs with two mixed responses (harder) (0.5)")
-    p.add_argument("--target", type=float, default=0.8, help="accuracy whose judgments-to-reach are reported (0.8)")
+    p.add_argument("--target", default="0.8,0.85",
+                   help="accuracies whose judgments-to-reach are reported, comma-separated (0.8,0.85)")
     p.add_argument("--repeats", type=int, default=3,
                    help="independent repeats (other pairs, people, arrival order, base model); the table is their mean (3)")
     p.add_argument("--seed", type=int, default=0)
@@ -258,7 +262,8 @@ def plot(curves: dict, se: dict, args, path: str) -> None:
         if args.repeats > 1:
             ax.fill_between(x, [a - e for a, e in zip(y, se[arm])], [a + e for a, e in zip(y, se[arm])],
                             color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.axhline(args.target, color="grey", linestyle=":", linewidth=1, label=f"target {args.target:g}")
+    for target in args.targets:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("judgments")
     ax.set_ylabel("held-out preference accuracy")
     ax.set_title(f"Active pair selection ({args.repeats} repeat{'s' if args.repeats > 1 else ''}, "
@@ -272,6 +277,7 @@ def plot(curves: dict, se: dict, args, path: str) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.targets = [float(t) for t in str(args.target).split(",") if t.strip()]
     logging.disable(logging.WARNING)
     started = time.time()
     with bench_database("bench_prefloop_active", prefix="prefloop-bench-active-"):
@@ -328,12 +334,25 @@ def main(argv=None) -> None:
         cells = " | ".join(f"{curves[arm][k][1]:6.3f} ± {se[arm][k]:.3f}" for arm in arms)
         diffs = " ".join(f"{curves[arm][k][1] - curves[base][k][1]:+.3f}" for arm in arms[1:])
         print(f"{n:>10} | {cells}" + (f" | {diffs}" if diffs else ""))
-    reach = {arm: judgments_to_reach(curves[arm], args.target) for arm in arms}
-    for arm in arms:
-        each = [judgments_to_reach(r, args.target) for r in per_repeat[arm]]
-        print(f"judgments to reach accuracy {args.target:g}, {arm}: "
-              f"{reach[arm] if reach[arm] is not None else 'not reached in ' + str(curves[arm][-1][0])}"
-              f" (mean curve); per repeat: {', '.join('-' if e is None else str(e) for e in each)}")
+    reach = {}
+    for target in args.targets:
+        reach[target] = {arm: judgments_to_reach(curves[arm], target) for arm in arms}
+        for arm in arms:
+            each = [judgments_to_reach(r, target) for r in per_repeat[arm]]
+            got = reach[target][arm]
+            print(f"judgments to reach accuracy {target:g}, {arm}: "
+                  f"{got if got is not None else 'not reached in ' + str(curves[arm][-1][0])}"
+                  f" (mean curve); per repeat: {', '.join('-' if e is None else str(e) for e in each)}")
+    if len(arms) > 1 and args.repeats > 1:
+        half = args.steps // 2
+        for arm in arms[1:]:
+            diff = np.array([[a for _, a in mine] for mine in per_repeat[arm]]) - \
+                np.array([[a for _, a in theirs] for theirs in per_repeat[base]])
+            parts = []
+            for label, cols in (("whole curve", slice(None)), (f"steps {half + 1}-{args.steps}", slice(half, None))):
+                per = diff[:, cols].mean(axis=1)
+                parts.append(f"{label} {per.mean():+.3f} ± {per.std(ddof=1) / np.sqrt(len(per)):.3f}")
+            print(f"{arm} - {base}, paired over repeats (mean ± standard error): " + ", ".join(parts))
     area = {arm: float(np.mean([a for _, a in curves[arm]])) for arm in arms}
     print("mean accuracy over the curve: " + ", ".join(f"{arm} {area[arm]:.3f}" for arm in arms))
     plot(curves, se, args, args.plot)
