@@ -174,17 +174,24 @@ def test_information_order_from_a_trained_model_and_a_job_that_resumes(tiny_mode
     from training import tasks
     from training.active import services as active
 
+    from annotate.models import Membership
+
     project = make_project("active information", overlap=3)
     team = make_team(project, annotators=("ann1", "ann2", "ann3"))
+    excluded = make_user("excluded")
+    add_member(project, excluded, Role.ANNOTATOR)
+    Membership.objects.filter(project=project, user=excluded).update(excluded=True)
     base = register_model("tiny-information", tiny_model_dir)
     export = make_export(project, synthetic_rows(24, test_every=6), tmp_path / "export")
     comparisons = _pairs(project, 12)
     ann1, ann2, ann3 = team.annotators
-    # votes so far (open comparisons, overlap 3): two for A on 0, one for B on 1, a tie on 2
+    # votes so far (open comparisons, overlap 3): two for A on 0, one for B on 1, a tie on 2, and
+    # one on 3 by an annotator the admin excluded
     make_judgment(ann1, comparisons[0], "a")
     make_judgment(ann2, comparisons[0], "a")
     make_judgment(ann1, comparisons[1], "b")
     make_judgment(ann1, comparisons[2], "tie")
+    make_judgment(excluded, comparisons[3], "a")  # an excluded annotator's vote is not trained on
     assert services.set_pair_order(project, PairOrder.INFORMATION, user=team.admin)
     assert "no model trained with DPO yet" in PriorityJob.objects.get(project=project).message
 

@@ -99,12 +99,15 @@ def open_regular(project_id: int, after: int = 0):
 
 def judged_regular(project_id: int) -> dict[int, int]:
     """``{comparison id: decided votes}`` of the project: every comparison with a vote for A or
-    B (the votes a DPO export trains on), each with how many it has."""
+    B by an annotator who is not excluded (the votes a DPO export trains on), each with how many
+    it has."""
     from django.db.models import Count
 
-    from annotate.models import Choice, Judgment
+    from annotate.models import Choice, Judgment, Membership
 
+    excluded = Membership.objects.filter(project_id=project_id, excluded=True).values("user_id")
     rows = (Judgment.objects.filter(project_id=project_id, choice__in=(Choice.A, Choice.B))
+            .exclude(annotator_id__in=excluded)
             .values("comparison_id").annotate(n=Count("pk")).values_list("comparison_id", "n"))
     return dict(rows)
 
