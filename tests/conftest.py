@@ -9,6 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci) draws the same examples every run, so a submission's
+# verdict does not depend on the draw; a local run draws new ones and so keeps finding new cases
+# (add what it finds as an @example).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
