@@ -9,15 +9,17 @@ A project whose ``pair_order`` is ``margin``, ``information`` or ``disagreement`
   demand ("Recompute priorities" on the settings page, ``POST /api/projects/{id}/priorities/``);
   for ``margin`` and ``information`` after every succeeded training run and every sampled round
   of the project (new comparisons, new model); for ``disagreement`` after every succeeded
-  statistics recomputation (new votes). A project has at most one *queued* job: asking again while one is queued returns it.
+  statistics recomputation (new votes). A project has at most one *queued* job: asking again
+  while one is queued returns it.
 * **Where.** The task ``training.active.recompute_priorities``: ``margin`` and ``information``
   jobs go to the ``gpu`` queue (they load two models; on a CPU-only worker they run batched on
   the CPU), ``disagreement`` jobs to the default queue.
 * **How.** The job is a background job of :mod:`prefloop.jobs` (claim, heartbeat, fenced
   writes, recovery of a job whose worker died). It walks the open comparisons in id order, a
-  chunk at a time (an ``information`` job first scores them all: its order is global), and writes each chunk's priorities with its progress and ``cursor`` in one
-  transaction (:mod:`training.active.writes`), so a job taken up again after its worker died
-  continues after the last chunk written. A margin job records the model version it uses when
+  chunk at a time (an ``information`` job first scores them all: its order is global), and
+  writes each chunk's priorities with its progress and ``cursor`` in one transaction
+  (:mod:`training.active.writes`), so a job taken up again after its worker died continues
+  after the last chunk written. A margin job records the model version it uses when
   it first starts and keeps it on resumption. Recomputing gives the same priorities.
 * **Stops.** A job stops (failed, with the reason) when the project's order changes under it
   (``set_pair_order`` has zeroed the priorities; the new order's job recomputes them) or a newer
